@@ -1,0 +1,188 @@
+//! One connection: what phase it is in, what it has queued, and which readiness it holds.
+//!
+//! Each socket is registered once for READABLE | WRITABLE and never re-registered. mio is
+//! edge-triggered, so readiness is remembered here (`readable`, `writable`) and cleared only
+//! when a call returns `WouldBlock`; a client whose output is queued after its writable edge
+//! was spent would otherwise stall for good (the classic stall sozu's docs describe).
+//!
+//! A streaming client owns no read buffer: its request buffer is dropped with the `Request`
+//! phase, and later reads into the shard's scratch space only detect EOF or a reset.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::outbox::{Flush, Outbox};
+
+/// A connection in the shard's slab.
+#[derive(Debug)]
+pub struct Client {
+    /// The socket, non-blocking.
+    pub socket: TcpStream,
+    /// Bytes waiting for the socket.
+    pub outbox: Outbox,
+    /// What the connection is doing.
+    pub phase: Phase,
+    /// The last read stopped before `WouldBlock`: input may be waiting.
+    pub readable: bool,
+    /// The last write did not hit `WouldBlock`: output can go now.
+    pub writable: bool,
+    /// Listed in the shard's pending-flush list.
+    pub pending: bool,
+    /// Listed for removal at the end of the turn; ignore further events.
+    pub closing: bool,
+    /// Once the outbox is empty, half-close and wait for the peer to leave.
+    pub close_after_flush: bool,
+}
+
+/// The phases of a connection.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading requests (a new connection, or a keep-alive publisher).
+    Request(Box<RequestState>),
+    /// An event stream.
+    Stream(Stream),
+    /// The last response is written and our side half-closed; waiting for the peer's EOF
+    /// so that closing cannot turn unread input into a reset that destroys the response.
+    Linger {
+        /// When to close regardless.
+        deadline: Instant,
+    },
+}
+
+/// A connection that is reading a request.
+#[derive(Debug)]
+pub struct RequestState {
+    /// Bytes received and not yet consumed by a complete request.
+    pub buf: Vec<u8>,
+    /// The current request must be complete by then.
+    pub deadline: Instant,
+    /// `100 Continue` was sent for the current request.
+    pub continue_sent: bool,
+}
+
+/// A streaming connection's subscription.
+#[derive(Debug)]
+pub struct Stream {
+    /// For each topic carried: the shard's topic index and this client's slot in its
+    /// subscriber list, so that leaving is O(1) per topic.
+    pub subs: Box<[(u32, u32)]>,
+    /// Something was queued since the last keep-alive check.
+    pub active: bool,
+}
+
+/// What a read pass found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Bytes arrived; more may follow.
+    Data,
+    /// Nothing more for now.
+    WouldBlock,
+    /// The peer closed or reset the connection.
+    Closed,
+}
+
+/// What a write pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStatus {
+    /// Everything was written (this many bytes).
+    Drained(usize),
+    /// The socket is full; this many bytes went before it.
+    Blocked(usize),
+    /// The connection is broken.
+    Failed,
+}
+
+impl Client {
+    /// A freshly accepted connection, waiting for its first request until `deadline`.
+    pub fn new(socket: TcpStream, deadline: Instant) -> Client {
+        Client {
+            socket,
+            outbox: Outbox::default(),
+            phase: Phase::Request(Box::new(RequestState {
+                buf: Vec::new(),
+                deadline,
+                continue_sent: false,
+            })),
+            readable: false,
+            // A just-accepted socket has room; a WouldBlock corrects this if not.
+            writable: true,
+            pending: false,
+            closing: false,
+            close_after_flush: false,
+        }
+    }
+
+    /// Whether this client is an event stream.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.phase, Phase::Stream(_))
+    }
+
+    /// Reads once into `scratch` and appends what came to `buf`.
+    ///
+    /// Called while a request is incomplete. Clears `readable` on `WouldBlock`.
+    pub fn read_request_bytes(&mut self, buf: &mut Vec<u8>, scratch: &mut [u8]) -> ReadStatus {
+        loop {
+            match self.socket.read(scratch) {
+                Ok(0) => return ReadStatus::Closed,
+                Ok(n) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    return ReadStatus::Data;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return ReadStatus::WouldBlock;
+                }
+                Err(_) => return ReadStatus::Closed,
+            }
+        }
+    }
+
+    /// Reads and discards input until `WouldBlock`, to learn whether the peer left.
+    ///
+    /// Streams have nothing to say after their request; anything they send is dropped.
+    pub fn discard_input(&mut self, scratch: &mut [u8]) -> ReadStatus {
+        loop {
+            match self.socket.read(scratch) {
+                Ok(0) => return ReadStatus::Closed,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return ReadStatus::WouldBlock;
+                }
+                Err(_) => return ReadStatus::Closed,
+            }
+        }
+    }
+
+    /// Writes the outbox until it is empty or the socket would block.
+    pub fn flush(&mut self) -> WriteStatus {
+        match self.outbox.write_to(&mut self.socket) {
+            Ok((Flush::Empty, n)) => WriteStatus::Drained(n),
+            Ok((Flush::Blocked, n)) => {
+                self.writable = false;
+                WriteStatus::Blocked(n)
+            }
+            Err(_) => WriteStatus::Failed,
+        }
+    }
+
+    /// Half-closes our side after the last response and waits for the peer until `deadline`.
+    pub fn start_linger(&mut self, deadline: Instant) {
+        let _ = self.socket.shutdown(Shutdown::Write);
+        self.phase = Phase::Linger { deadline };
+    }
+
+    /// The deadline this client must meet now, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Request(state) => Some(state.deadline),
+            Phase::Linger { deadline } => Some(*deadline),
+            Phase::Stream(_) => None,
+        }
+    }
+}

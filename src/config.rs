@@ -1,0 +1,252 @@
+//! Command-line and environment configuration, with the contract's defaults.
+//!
+//! Every flag `--some-flag` can also be given as `SSE_EDGE_SOME_FLAG`. Parsing never exits
+//! the process by itself: [`Config::parse_from_env`] returns the outcome, and `main` turns an
+//! error into one line on stderr and exit code 2.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The server's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sse-edge",
+    version,
+    about = "A Server-Sent Events fan-out edge: holds many idle browser streams and pushes each \
+             published event to all of them.",
+    long_about = "A Server-Sent Events fan-out edge: holds many idle browser streams and pushes \
+                  each published event to all of them.\n\n\
+                  Subscribe with GET /stream, publish with POST /broadcast, open / in a browser. \
+                  Every flag can also be set as SSE_EDGE_<FLAG> (upper case, '-' becomes '_').",
+    after_help = "Example: sse-edge --listen 127.0.0.1:9000 --tick 0 --client-buffer 131072"
+)]
+pub struct Config {
+    /// Address to serve on.
+    #[arg(
+        long,
+        env = "SSE_EDGE_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Reactor threads, each with its own SO_REUSEPORT listener; `auto` = available cores.
+    #[arg(long, env = "SSE_EDGE_SHARDS", default_value = "1", value_name = "N|auto", value_parser = parse_shards)]
+    pub shards: usize,
+
+    /// Deliberately share the port with other sse-edge processes (several nodes on one host).
+    /// Without it, a port held by anyone else is an error.
+    #[arg(long, env = "SSE_EDGE_REUSE_PORT")]
+    pub reuse_port: bool,
+
+    /// Demo ticker: broadcast `Auto heartbeat #n` every SECS seconds, like the original Go
+    /// demo; 0 = off.
+    #[arg(long, env = "SSE_EDGE_TICK", default_value_t = 5, value_name = "SECS")]
+    pub tick: u64,
+
+    /// Send a `:` comment line to streams that were otherwise idle for SECS seconds, so
+    /// proxies and browsers keep them open; 0 = off.
+    #[arg(
+        long,
+        env = "SSE_EDGE_KEEPALIVE",
+        default_value_t = 15,
+        value_name = "SECS"
+    )]
+    pub keepalive: u64,
+
+    /// Bound on one client's queued outbound bytes; a frame that does not fit is dropped for
+    /// that client (an empty queue always takes one frame).
+    #[arg(
+        long,
+        env = "SSE_EDGE_CLIENT_BUFFER",
+        default_value_t = 65536,
+        value_name = "BYTES"
+    )]
+    pub client_buffer: usize,
+
+    /// Base of the `retry:` hint sent to each new stream, jittered ±50 % per stream so clients
+    /// do not all come back in the same instant after a restart.
+    #[arg(
+        long,
+        env = "SSE_EDGE_RETRY_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    pub retry_ms: u64,
+
+    /// Largest publish body accepted (413 beyond).
+    #[arg(
+        long,
+        env = "SSE_EDGE_MAX_BODY",
+        default_value_t = 65536,
+        value_name = "BYTES"
+    )]
+    pub max_body: usize,
+
+    /// A request whose head is not complete this long after the connection became ready for
+    /// it is closed.
+    #[arg(
+        long,
+        env = "SSE_EDGE_HEADER_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECS"
+    )]
+    pub header_timeout: u64,
+
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a RUST_LOG-style filter such as
+    /// `sse_edge=debug`.
+    #[arg(
+        long,
+        env = "SSE_EDGE_LOG",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
+    pub log: String,
+}
+
+fn parse_shards(s: &str) -> Result<usize, String> {
+    if s == "auto" {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err("expected a number of shards from 1 to 1024, or `auto`".to_owned()),
+    }
+}
+
+/// Why the command line did not yield a configuration.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// `--help` or `--version`: print the text and exit 0.
+    Info(String),
+    /// A bad flag or value: print this one line and exit 2.
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses the process's arguments and `SSE_EDGE_*` environment, then validates.
+    pub fn parse_from_env() -> Result<Config, ConfigError> {
+        Self::parse_args(std::env::args_os())
+    }
+
+    /// Parses the given arguments (the first is the program name), then validates.
+    pub fn parse_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let config = Config::try_parse_from(args).map_err(|e| {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ConfigError::Info(e.render().to_string())
+                }
+                _ => ConfigError::Invalid(one_line(&e.render().to_string())),
+            }
+        })?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Rejects values that parse but cannot work.
+    fn validate(&self) -> Result<(), String> {
+        if self.client_buffer < 1024 {
+            return Err("--client-buffer must be at least 1024 bytes".into());
+        }
+        if self.max_body == 0 || self.max_body > 64 << 20 {
+            return Err("--max-body must be between 1 byte and 64 MiB".into());
+        }
+        if self.header_timeout == 0 {
+            return Err("--header-timeout must be at least 1 second".into());
+        }
+        if self.retry_ms == 0 || self.retry_ms > 3_600_000 {
+            return Err("--retry-ms must be between 1 and 3600000".into());
+        }
+        if self.tick > 86_400 || self.keepalive > 86_400 {
+            return Err("--tick and --keepalive must be at most 86400 seconds".into());
+        }
+        Ok(())
+    }
+
+    /// The demo ticker's period, if on.
+    pub fn tick_period(&self) -> Option<Duration> {
+        (self.tick > 0).then(|| Duration::from_secs(self.tick))
+    }
+
+    /// The keep-alive period, if on.
+    pub fn keepalive_period(&self) -> Option<Duration> {
+        (self.keepalive > 0).then(|| Duration::from_secs(self.keepalive))
+    }
+
+    /// The request-head deadline.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout)
+    }
+}
+
+/// Reduces clap's multi-line error to its first line, without the `error: ` prefix.
+fn one_line(rendered: &str) -> String {
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(rendered);
+    first.trim_start_matches("error: ").trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::parse_args(std::iter::once("sse-edge").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!((c.shards, c.reuse_port), (1, false));
+        assert_eq!((c.tick, c.keepalive), (5, 15));
+        assert_eq!((c.client_buffer, c.max_body), (65536, 65536));
+        assert_eq!((c.retry_ms, c.header_timeout), (2000, 10));
+        assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn bad_values_are_one_line() {
+        for args in [
+            &["--listen", "nowhere"][..],
+            &["--tick", "-1"],
+            &["--shards", "0"],
+            &["--client-buffer", "10"],
+            &["--no-such-flag"],
+        ] {
+            match parse(args) {
+                Err(ConfigError::Invalid(line)) => {
+                    assert!(
+                        !line.contains('\n') && !line.is_empty(),
+                        "{args:?}: {line:?}"
+                    )
+                }
+                other => panic!("{args:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn help_is_information_not_an_error() {
+        assert!(
+            matches!(parse(&["--help"]), Err(ConfigError::Info(text)) if text.contains("--client-buffer"))
+        );
+    }
+
+    #[test]
+    fn auto_shards_is_at_least_one() {
+        assert!(parse(&["--shards", "auto"]).unwrap().shards >= 1);
+    }
+}

@@ -1,0 +1,43 @@
+//! # sse-edge
+//!
+//! A Server-Sent Events fan-out edge: it holds very many idle browser streams and pushes each
+//! published event to all of them, as fast as the kernel takes the bytes.
+//!
+//! ## Architecture
+//!
+//! A node runs one or more **shards** ([`shard`]). Each shard is a thread with its own mio
+//! `Poll`, its own `SO_REUSEPORT` listener ([`listener`]) and its own slab of clients
+//! ([`client`]); the kernel spreads new connections over the listeners. Shards share only the
+//! [`hub`], a small lock taken once per published event (never per client).
+//!
+//! ## The flow of one broadcast
+//!
+//! 1. `POST /broadcast` arrives on some shard; [`http`] parses it, [`params`] validates it.
+//! 2. [`hub::Hub::publish`] takes the next id and encodes the event **once** ([`sse`]) into a
+//!    `bytes::Bytes`; every other shard gets a clone through its mailbox and is woken.
+//! 3. Each shard pushes a clone (a refcount bump) into the bounded [`outbox`] of each
+//!    subscriber of the topic. A frame that does not fit is dropped for that client alone.
+//! 4. Before the shard sleeps again it flushes every client it queued to, with `writev`,
+//!    until the queue is empty or the socket would block; a blocked client resumes on its
+//!    next writable event.
+//! 5. EOF or an error marks a client closing; the end of the turn frees its slot.
+//!
+//! Counters live per shard as plain integers ([`metrics`]) and are summed when scraped.
+
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod fdlimit;
+pub mod http;
+pub mod hub;
+pub mod listener;
+pub mod metrics;
+pub mod outbox;
+pub mod params;
+pub mod server;
+pub mod shard;
+pub mod sse;
+
+pub use config::Config;
+pub use server::{Control, Server, StartError};

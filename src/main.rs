@@ -1,0 +1,77 @@
+//! The `sse-edge` server: command line → config, listeners, shards, signals.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use sse_edge::config::ConfigError;
+use sse_edge::{fdlimit, Config, Server};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a bad command line or a server that cannot start.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = match Config::parse_from_env() {
+        Ok(config) => config,
+        Err(ConfigError::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(ConfigError::Invalid(line)) => return fail(&line),
+    };
+    let filter = match EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(e) => return fail(&format!("invalid --log filter {:?}: {e}", config.log)),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+
+    match fdlimit::raise_to_hard_limit() {
+        Ok((before, now)) => info!("open files limit: {now} (was {before})"),
+        Err(e) => warn!("cannot raise the open files limit: {e}"),
+    }
+
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(e) => return fail(&e.to_string()),
+    };
+
+    let control = server.control();
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+    };
+    std::thread::spawn(move || {
+        let mut asked = false;
+        for signal in signals.forever() {
+            if asked {
+                // A second signal means now.
+                std::process::exit(128 + signal);
+            }
+            asked = true;
+            info!(signal, "shutting down");
+            control.shutdown();
+        }
+    });
+
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sse-edge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints one line on stderr and returns the usage exit code.
+fn fail(line: &str) -> ExitCode {
+    eprintln!("sse-edge: {line}");
+    ExitCode::from(EXIT_USAGE)
+}

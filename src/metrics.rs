@@ -1,0 +1,200 @@
+//! Counters and their Prometheus text rendering.
+//!
+//! The shard that owns a set of counters is its only writer: it bumps plain integers on the
+//! hot path ([`Counters`]) and mirrors them into atomics ([`ShardStats`]) once per loop turn,
+//! so a scrape served by any shard reads every shard without a lock and the per-event path
+//! pays no atomic operation.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Statuses counted in `sse_edge_rejected_requests_total`.
+pub const REJECTED_STATUSES: [u16; 10] = [400, 401, 403, 404, 405, 408, 413, 431, 503, 500];
+
+macro_rules! stats {
+    ($($name:ident => $metric:literal, $kind:literal, $help:literal;)*) => {
+        /// One counter or gauge kept per shard.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[allow(missing_docs)]
+        pub enum Stat { $($name,)* }
+
+        const INFO: &[(&str, &str, &str)] = &[$(($metric, $kind, $help),)*];
+    };
+}
+
+stats! {
+    Connections => "sse_edge_connections", "gauge", "Open connections (streams and requests in progress).";
+    Streams => "sse_edge_clients", "gauge", "Event streams currently open.";
+    StreamsOpened => "sse_edge_streams_opened_total", "counter", "Event streams opened.";
+    StreamsClosed => "sse_edge_streams_closed_total", "counter", "Event streams closed.";
+    EventsPublished => "sse_edge_events_published_total", "counter", "Events published through this shard.";
+    FramesQueued => "sse_edge_frames_queued_total", "counter", "Event frames queued to streams.";
+    FramesDropped => "sse_edge_frames_dropped_total", "counter", "Event frames dropped because a stream's queue was full.";
+    KeepalivesSent => "sse_edge_keepalives_total", "counter", "Keep-alive comments queued to idle streams.";
+    BytesWritten => "sse_edge_bytes_written_total", "counter", "Bytes written to sockets.";
+    QueuedBytes => "sse_edge_queued_bytes", "gauge", "Bytes waiting in all outbound queues.";
+    QueuePeakBytes => "sse_edge_queue_peak_bytes", "gauge", "Largest number of bytes one stream has had queued after an event.";
+    AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
+    HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
+}
+
+const STAT_COUNT: usize = INFO.len();
+const SLOTS: usize = STAT_COUNT + REJECTED_STATUSES.len();
+
+/// A shard's counters as plain integers, written only by that shard.
+#[derive(Debug, Clone)]
+pub struct Counters([u64; SLOTS]);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters([0; SLOTS])
+    }
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(&mut self, stat: Stat, n: u64) {
+        self.0[stat as usize] += n;
+    }
+
+    /// Subtracts `n` from a gauge.
+    #[inline]
+    pub fn sub(&mut self, stat: Stat, n: u64) {
+        self.0[stat as usize] -= n;
+    }
+
+    /// Raises a gauge to `n` if it is lower.
+    #[inline]
+    pub fn raise(&mut self, stat: Stat, n: u64) {
+        let slot = &mut self.0[stat as usize];
+        *slot = (*slot).max(n);
+    }
+
+    /// The current value.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.0[stat as usize]
+    }
+
+    /// Counts one rejected request with `status`.
+    pub fn reject(&mut self, status: u16) {
+        let at = REJECTED_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(REJECTED_STATUSES.len() - 1);
+        self.0[STAT_COUNT + at] += 1;
+    }
+}
+
+/// A shard's counters as atomics, readable from any thread.
+#[derive(Debug)]
+pub struct ShardStats([AtomicU64; SLOTS]);
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl ShardStats {
+    /// Mirrors the owner's plain counters (called by the owning shard once per turn).
+    pub fn store(&self, counters: &Counters) {
+        for (slot, value) in self.0.iter().zip(counters.0.iter()) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads one stat.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.0[stat as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Renders every shard's stats, plus process figures, as Prometheus text (format 0.0.4).
+pub fn render(shards: &[ShardStats]) -> String {
+    let mut out = String::with_capacity(4096);
+    for (i, (metric, kind, help)) in INFO.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (shard, stats) in shards.iter().enumerate() {
+            let v = stats.0[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{metric}{{shard=\"{shard}\"}} {v}");
+        }
+    }
+    let metric = "sse_edge_rejected_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {metric} Requests answered with an error status.\n# TYPE {metric} counter"
+    );
+    for (j, status) in REJECTED_STATUSES.iter().enumerate() {
+        let v: u64 = shards
+            .iter()
+            .map(|s| s.0[STAT_COUNT + j].load(Ordering::Relaxed))
+            .sum();
+        let _ = writeln!(out, "{metric}{{status=\"{status}\"}} {v}");
+    }
+    if let Some(rss) = resident_memory_bytes() {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+        );
+    }
+    out
+}
+
+/// This process's resident set size, from `/proc/self/statm`.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_every_stat_per_shard_and_rejections_summed() {
+        let shards = [ShardStats::default(), ShardStats::default()];
+        let mut a = Counters::default();
+        a.add(Stat::Streams, 3);
+        a.add(Stat::FramesDropped, 7);
+        a.reject(404);
+        a.reject(999);
+        shards[0].store(&a);
+        let mut b = Counters::default();
+        b.add(Stat::Streams, 2);
+        b.reject(404);
+        shards[1].store(&b);
+        let text = render(&shards);
+        assert!(text.contains("sse_edge_clients{shard=\"0\"} 3\n"));
+        assert!(text.contains("sse_edge_clients{shard=\"1\"} 2\n"));
+        assert!(text.contains("sse_edge_frames_dropped_total{shard=\"0\"} 7\n"));
+        assert!(text.contains("sse_edge_rejected_requests_total{status=\"404\"} 2\n"));
+        assert!(text.contains("sse_edge_rejected_requests_total{status=\"500\"} 1\n"));
+        assert!(text.contains("# TYPE sse_edge_clients gauge\n"));
+        // Every sample line is `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap();
+        }
+    }
+
+    #[test]
+    fn gauges_move_both_ways_and_peaks_only_rise() {
+        let mut c = Counters::default();
+        c.add(Stat::QueuedBytes, 10);
+        c.sub(Stat::QueuedBytes, 4);
+        assert_eq!(c.get(Stat::QueuedBytes), 6);
+        c.raise(Stat::QueuePeakBytes, 5);
+        c.raise(Stat::QueuePeakBytes, 3);
+        assert_eq!(c.get(Stat::QueuePeakBytes), 5);
+    }
+
+    #[test]
+    fn resident_memory_is_readable_here() {
+        assert!(resident_memory_bytes().unwrap() > 0);
+    }
+}

@@ -1,0 +1,284 @@
+//! One client's outbound queue: shared frames waiting for the socket, bounded in bytes.
+//!
+//! A broadcast reaches a client as a clone of one `Bytes` (a refcount bump, no copy). The
+//! queue holds those clones in order; a partly written front frame is advanced in place
+//! (`Bytes::advance` moves a pointer), so there is no separate offset to keep in sync.
+//! Writing gathers up to [`MAX_IOV`] frames into one `writev`. Pure: tested without sockets.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// How many frames one `writev` gathers (Linux allows 1024; 64 frames is already far more
+/// than one turn queues for a healthy client, and keeps the iovec array on the stack small).
+pub const MAX_IOV: usize = 64;
+
+/// Bytes waiting to be written to one socket.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Frames in send order; the front may be partly written already.
+    frames: VecDeque<Bytes>,
+    /// Sum of the remaining lengths of `frames`.
+    queued: usize,
+}
+
+/// What happened to a frame offered to a bounded queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// The frame is queued.
+    Queued,
+    /// The frame did not fit and was not queued.
+    Dropped,
+}
+
+/// Where a write pass stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued was written.
+    Empty,
+    /// The socket would block; the rest waits for the next writable readiness.
+    Blocked,
+}
+
+impl Outbox {
+    /// Queues `frame` unless it would take the queue past `limit` bytes.
+    ///
+    /// The new frame is the one dropped, never a queued one: the front frame may be half
+    /// written, and cutting it would corrupt the stream. A frame always fits an empty queue,
+    /// so an event larger than `limit` still reaches clients that keep up; the bound is
+    /// therefore `limit` or one frame, whichever is larger.
+    pub fn push_bounded(&mut self, frame: Bytes, limit: usize) -> Push {
+        if !self.frames.is_empty() && self.queued + frame.len() > limit {
+            return Push::Dropped;
+        }
+        self.push(frame);
+        Push::Queued
+    }
+
+    /// Queues `frame` whatever its size (HTTP responses and stream heads, which must not be lost).
+    pub fn push(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes still to write.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Frees the queue's storage once it is empty (for a stream that goes idle for long).
+    pub fn shrink(&mut self) {
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Writes queued frames with vectored writes until the queue is empty or `out` would block.
+    ///
+    /// Returns the state reached and the bytes written. `Interrupted` is retried; any other
+    /// error is returned and the caller closes the client.
+    pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(Flush, usize)> {
+        let mut total = 0;
+        while !self.frames.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (slot, frame) in iov.iter_mut().zip(self.frames.iter()) {
+                *slot = IoSlice::new(frame);
+                n += 1;
+            }
+            match out.write_vectored(&iov[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    total += written;
+                    self.consume(written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flush::Blocked, total))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((Flush::Empty, total))
+    }
+
+    /// Removes `written` bytes from the front of the queue.
+    fn consume(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let front = self.frames.front_mut().expect("wrote more than was queued");
+            if written >= front.len() {
+                written -= front.len();
+                self.frames.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that accepts at most `budget` bytes in total, then would block.
+    struct Throttled {
+        got: Vec<u8>,
+        budget: usize,
+        per_call: usize,
+        calls: usize,
+    }
+
+    impl Throttled {
+        fn new(budget: usize, per_call: usize) -> Self {
+            Throttled {
+                got: Vec::new(),
+                budget,
+                per_call,
+                calls: 0,
+            }
+        }
+    }
+
+    impl Write for Throttled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut room = self.budget.min(self.per_call);
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(room);
+                self.got.extend_from_slice(&b[..take]);
+                room -= take;
+                n += take;
+                if room == 0 {
+                    break;
+                }
+            }
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frame(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn push_counts_bytes_and_keeps_order() {
+        let mut q = Outbox::default();
+        assert_eq!(q.push_bounded(frame("abc"), 10), Push::Queued);
+        assert_eq!(q.push_bounded(frame("defg"), 10), Push::Queued);
+        assert_eq!(q.queued_bytes(), 7);
+        let mut w = Throttled::new(100, 100);
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, 7));
+        assert_eq!(w.got, b"abcdefg");
+        assert!(q.is_empty());
+        assert_eq!(w.calls, 1, "both frames left in one writev");
+    }
+
+    #[test]
+    fn frame_that_does_not_fit_is_dropped_and_queue_unchanged() {
+        let mut q = Outbox::default();
+        q.push_bounded(frame("12345"), 8);
+        assert_eq!(q.push_bounded(frame("6789"), 8), Push::Dropped);
+        assert_eq!(q.queued_bytes(), 5);
+        assert_eq!(q.push_bounded(frame("678"), 8), Push::Queued);
+        assert_eq!(q.queued_bytes(), 8);
+        assert_eq!(q.push_bounded(frame("x"), 8), Push::Dropped);
+    }
+
+    #[test]
+    fn an_oversized_frame_still_fits_an_empty_queue() {
+        let mut q = Outbox::default();
+        assert_eq!(q.push_bounded(frame("0123456789"), 4), Push::Queued);
+        assert_eq!(q.push_bounded(frame("a"), 4), Push::Dropped);
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut q = Outbox::default();
+        for s in ["hello ", "brave ", "new ", "world"] {
+            q.push(frame(s));
+        }
+        let mut w = Throttled::new(8, 3);
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Blocked, 8));
+        assert_eq!(w.got, b"hello br");
+        assert_eq!(q.queued_bytes(), 21 - 8);
+        w.budget = 1000;
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, 13));
+        assert_eq!(w.got, b"hello brave new world");
+    }
+
+    #[test]
+    fn more_frames_than_one_iovec_batch() {
+        let mut q = Outbox::default();
+        for i in 0..(MAX_IOV * 2 + 5) {
+            q.push(frame(&format!("{i},")));
+        }
+        let expected: String = (0..(MAX_IOV * 2 + 5)).map(|i| format!("{i},")).collect();
+        let mut w = Throttled::new(usize::MAX, usize::MAX);
+        q.write_to(&mut w).unwrap();
+        assert_eq!(String::from_utf8(w.got).unwrap(), expected);
+        assert_eq!(w.calls, 3);
+    }
+
+    #[test]
+    fn shared_frames_are_not_copied() {
+        let shared = frame("the same bytes");
+        let mut a = Outbox::default();
+        let mut b = Outbox::default();
+        a.push(shared.clone());
+        b.push(shared.clone());
+        assert_eq!(a.frames[0].as_ptr(), b.frames[0].as_ptr());
+        assert_eq!(a.frames[0].as_ptr(), shared.as_ptr());
+    }
+
+    #[test]
+    fn empty_frames_are_ignored_and_shrink_frees() {
+        let mut q = Outbox::default();
+        q.push(Bytes::new());
+        assert!(q.is_empty());
+        q.push(frame("x"));
+        q.write_to(&mut Throttled::new(10, 10)).unwrap();
+        q.shrink();
+        assert_eq!(q.frames.capacity(), 0);
+    }
+
+    #[test]
+    fn errors_other_than_would_block_surface() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::ConnectionReset.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut q = Outbox::default();
+        q.push(frame("x"));
+        assert_eq!(
+            q.write_to(&mut Broken).unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset
+        );
+    }
+}

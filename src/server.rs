@@ -1,0 +1,146 @@
+//! A node: its listeners, its shards, and the threads that run them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use mio::{Poll, Waker};
+use tracing::info;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::listener::{self, ListenError};
+use crate::metrics::ShardStats;
+use crate::shard::{Shard, ShardParts, WAKER};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listening sockets could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// `epoll_create` failed.
+    #[error("cannot create an event loop: {0}")]
+    Poll(io::Error),
+    /// The eventfd behind a waker could not be created.
+    #[error("cannot create a shard waker: {0}")]
+    Waker(io::Error),
+    /// The listener could not be added to its event loop.
+    #[error("cannot register the listener: {0}")]
+    Register(io::Error),
+}
+
+/// A bound, not yet running node.
+pub struct Server {
+    shards: Vec<Shard>,
+    local_addr: SocketAddr,
+    control: Control,
+}
+
+/// A handle that stops a running server from any thread.
+#[derive(Clone)]
+pub struct Control {
+    stop: Arc<AtomicBool>,
+    hub: Arc<Hub>,
+    stats: Arc<[ShardStats]>,
+}
+
+impl Control {
+    /// Asks every shard to stop: stop accepting, flush what is queued, close, return.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.hub.wake_all();
+    }
+
+    /// The node's hub (ids, encode counts).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Every shard's counters, as last mirrored by its loop.
+    pub fn stats(&self) -> &[ShardStats] {
+        &self.stats
+    }
+}
+
+impl Server {
+    /// Binds the listeners and sets up one shard per listener; nothing runs yet.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let listeners = listener::bind(config.listen, config.shards, config.reuse_port)?;
+        let local_addr = listeners[0].local_addr().map_err(StartError::Register)?;
+        let mut polls = Vec::with_capacity(listeners.len());
+        let mut wakers = Vec::with_capacity(listeners.len());
+        for _ in 0..listeners.len() {
+            let poll = Poll::new().map_err(StartError::Poll)?;
+            wakers.push(Arc::new(
+                Waker::new(poll.registry(), WAKER).map_err(StartError::Waker)?,
+            ));
+            polls.push(poll);
+        }
+        let (hub, inboxes) = Hub::new(wakers);
+        let stats: Arc<[ShardStats]> = (0..listeners.len())
+            .map(|_| ShardStats::default())
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let config = Arc::new(config);
+        let mut shards = Vec::with_capacity(listeners.len());
+        for (id, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+        {
+            let shard = Shard::new(ShardParts {
+                id,
+                poll,
+                listener,
+                inbox,
+                hub: hub.clone(),
+                config: config.clone(),
+                stats: stats.clone(),
+                stop: stop.clone(),
+            })
+            .map_err(StartError::Register)?;
+            shards.push(shard);
+        }
+        Ok(Server {
+            shards,
+            local_addr,
+            control: Control { stop, hub, stats },
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to stop the server.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Runs every shard, shard 0 on the calling thread, until [`Control::shutdown`].
+    ///
+    /// Returns the first shard error, if any.
+    pub fn run(self) -> io::Result<()> {
+        info!(addr = %self.local_addr, shards = self.shards.len(), "listening on {}", self.local_addr);
+        let mut shards = self.shards.into_iter();
+        let first = shards.next().expect("at least one shard");
+        let threads: Vec<_> = shards
+            .enumerate()
+            .map(|(i, shard)| {
+                thread::Builder::new()
+                    .name(format!("shard-{}", i + 1))
+                    .spawn(move || shard.run())
+            })
+            .collect::<io::Result<_>>()?;
+        let mut result = first.run();
+        for thread in threads {
+            let outcome = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a shard thread panicked")));
+            result = result.and(outcome);
+        }
+        result
+    }
+}

@@ -1,0 +1,785 @@
+//! One reactor: a mio `Poll`, a listener, a slab of clients, and the loop that drives them.
+//! This is the only file that calls `poll()`.
+//!
+//! # The OS contract
+//!
+//! mio is edge-triggered: an event says readiness *changed*, once. Every accept, read and
+//! write therefore repeats until `WouldBlock`, or the edge is lost and the socket stalls. A
+//! client's readiness is remembered in the client ([`Client::readable`], [`Client::writable`])
+//! and cleared only by a `WouldBlock`, so work can stop early (backpressure) and resume later
+//! without a new edge. Events may be spurious; every handler tolerates finding nothing to do.
+//!
+//! # One turn of the loop
+//!
+//! 1. `poll` with a timeout that is the nearest timer (ticker, keep-alive, request deadline,
+//!    accept back-off), or zero while clients are pending a flush.
+//! 2. Handle events: accept until `WouldBlock`; read requests; notice closed streams; a
+//!    wake-up means the mailbox has events from other shards (or shutdown was asked).
+//! 3. Fire due timers.
+//! 4. Flush every pending client once, with vectored writes, until empty or `WouldBlock`.
+//!    Flushing just before sleeping lets all frames queued in this turn leave in one write.
+//! 5. Free the slab slots of clients closed during the turn. Closing is deferred to here so a
+//!    token never changes owner while events for it may still be in the batch.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use crate::client::{Client, Phase, ReadStatus, Stream, WriteStatus};
+use crate::config::Config;
+use crate::http::{self, Parse, Rejection, Request, Route};
+use crate::hub::{Delivery, Hub};
+use crate::metrics::{self, Counters, ShardStats, Stat};
+use crate::outbox::Push;
+use crate::params::{self, DEFAULT_TOPIC};
+use crate::sse;
+
+/// The listener's token; client tokens are slab keys, far below it.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The waker's token: the mailbox has deliveries, or shutdown was asked.
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// How long accepting pauses after running out of file descriptors (no new edge would come
+/// for connections already waiting, so the timer is what resumes accepting).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a connection we half-closed may take to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+/// A request connection stops reading new requests while this much output is queued, so a
+/// pipelining client that never reads its responses cannot grow our memory.
+const RESPONSE_BACKLOG: usize = 256 * 1024;
+/// Bytes read per `read` call.
+const SCRATCH: usize = 16 * 1024;
+/// Events handled per `poll` call.
+const EVENTS: usize = 1024;
+
+/// The page served at `/`, compiled in.
+static PAGE: &[u8] = include_bytes!("../index.html");
+
+/// What a shard needs from its server to run.
+pub(crate) struct ShardParts {
+    pub id: usize,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub inbox: Receiver<Delivery>,
+    pub hub: Arc<Hub>,
+    pub config: Arc<Config>,
+    pub stats: Arc<[ShardStats]>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The topics this shard's streams carry, each with its local subscriber list.
+#[derive(Default)]
+struct Topics {
+    by_name: HashMap<Arc<str>, u32>,
+    list: Slab<LocalTopic>,
+}
+
+struct LocalTopic {
+    name: Arc<str>,
+    /// Slab keys of the subscribed clients.
+    subscribers: Slab<usize>,
+}
+
+/// One reactor thread's state.
+pub(crate) struct Shard {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    inbox: Receiver<Delivery>,
+    hub: Arc<Hub>,
+    config: Arc<Config>,
+    stats: Arc<[ShardStats]>,
+    counters: Counters,
+    stop: Arc<AtomicBool>,
+    clients: Slab<Client>,
+    topics: Topics,
+    /// Clients with output queued and not yet flushed this turn.
+    pending: Vec<usize>,
+    /// Clients to free at the end of the turn.
+    closing: Vec<usize>,
+    /// Request and linger deadlines, earliest first; stale entries are skipped when due.
+    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+    next_tick: Option<Instant>,
+    ticks: u64,
+    next_keepalive: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    scratch: Box<[u8]>,
+    rng: u64,
+    stream_head: Bytes,
+}
+
+impl Shard {
+    /// Sets up a shard; the listener is registered here, the waker already was.
+    pub(crate) fn new(parts: ShardParts) -> io::Result<Shard> {
+        let ShardParts {
+            id,
+            poll,
+            mut listener,
+            inbox,
+            hub,
+            config,
+            stats,
+            stop,
+        } = parts;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        // Only shard 0 runs the demo ticker, so a tick is one event however many shards.
+        let next_tick = config.tick_period().filter(|_| id == 0).map(|p| now + p);
+        let next_keepalive = config.keepalive_period().map(|p| now + p / 2);
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(Shard {
+            id,
+            poll,
+            listener: Some(listener),
+            inbox,
+            hub,
+            config,
+            stats,
+            counters: Counters::default(),
+            stop,
+            clients: Slab::with_capacity(1024),
+            topics: Topics::default(),
+            pending: Vec::with_capacity(1024),
+            closing: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            next_tick,
+            ticks: 0,
+            next_keepalive,
+            accept_paused_until: None,
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            rng: seed ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15) | 1,
+            stream_head: Bytes::from_static(http::STREAM_HEAD),
+        })
+    }
+
+    /// Runs the loop until shutdown is asked.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut woken = false;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => woken = true,
+                    Token(key) => self.on_client_event(key, event),
+                }
+            }
+            if woken {
+                self.drain_inbox();
+            }
+            self.fire_timers(Instant::now());
+            self.flush_pending();
+            self.sweep_closing();
+            self.stats[self.id].store(&self.counters);
+            if woken && self.stop.load(Ordering::Acquire) {
+                self.shut_down();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops accepting, gives queued output one last flush, and closes every connection.
+    fn shut_down(mut self) {
+        self.listener = None;
+        for (key, client) in self.clients.iter() {
+            if !client.outbox.is_empty() && !client.pending {
+                self.pending.push(key);
+            }
+        }
+        self.flush_pending();
+        info!(
+            shard = self.id,
+            clients = self.clients.len(),
+            "shard stopped"
+        );
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
+        self.sweep_closing();
+        self.stats[self.id].store(&self.counters);
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.pending.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.next_tick,
+            self.next_keepalive,
+            self.accept_paused_until,
+            self.deadlines.peek().map(|Reverse((t, _))| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
+    }
+
+    // ----- accepting ---------------------------------------------------------------------
+
+    /// Accepts until `WouldBlock`, unless paused after running out of descriptors.
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => self.admit(socket, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The peer gave up between SYN and accept: nothing to do.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE (or ENOBUFS/ENOMEM): accepting again at once would fail
+                    // again at once, and spin. Pause; the timer resumes.
+                    self.counters.add(Stat::AcceptErrors, 1);
+                    warn!(shard = self.id, error = %e, "accept failed; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+        // Each frame is a complete message; do not let Nagle hold it back.
+        let _ = socket.set_nodelay(true);
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(shard = self.id, %peer, error = %e, "cannot register connection");
+            return;
+        }
+        let deadline = Instant::now() + self.config.header_timeout();
+        entry.insert(Client::new(socket, deadline));
+        self.deadlines.push(Reverse((deadline, key)));
+        self.counters.add(Stat::Connections, 1);
+        debug!(shard = self.id, %peer, key, "connection accepted");
+    }
+
+    // ----- reading -----------------------------------------------------------------------
+
+    fn on_client_event(&mut self, key: usize, event: &Event) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if client.closing {
+            return;
+        }
+        if event.is_writable() {
+            client.writable = true;
+            if !client.outbox.is_empty() {
+                self.mark_pending(key);
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.clients[key].readable = true;
+            self.on_readable(key);
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        let client = &mut self.clients[key];
+        match client.phase {
+            Phase::Request(_) => self.serve_requests(key),
+            Phase::Stream(_) | Phase::Linger { .. } => {
+                if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
+                    self.close(key);
+                }
+            }
+        }
+    }
+
+    /// Parses and answers requests from `key` until its input runs out, it becomes a
+    /// stream, it must close, or its unread responses reach [`RESPONSE_BACKLOG`].
+    fn serve_requests(&mut self, key: usize) {
+        let max_body = self.config.max_body;
+        loop {
+            let client = &mut self.clients[key];
+            if client.closing || client.close_after_flush {
+                return;
+            }
+            if client.outbox.queued_bytes() >= RESPONSE_BACKLOG {
+                return; // resumed by flush_pending once the peer reads
+            }
+            let Phase::Request(state) = &mut client.phase else {
+                return;
+            };
+            match http::parse_request(&state.buf, max_body) {
+                Ok(Parse::Complete { request, consumed }) => {
+                    state.buf.drain(..consumed);
+                    state.continue_sent = false;
+                    state.deadline = Instant::now() + self.config.header_timeout();
+                    if state.buf.is_empty() {
+                        state.buf = Vec::new(); // an idle keep-alive connection holds no buffer
+                    }
+                    self.dispatch(key, request);
+                }
+                Ok(Parse::Incomplete { expects_continue }) => {
+                    if expects_continue && !state.continue_sent {
+                        state.continue_sent = true;
+                        self.queue(key, Bytes::from_static(http::CONTINUE));
+                        continue;
+                    }
+                    if !client.readable {
+                        return;
+                    }
+                    let mut buf = std::mem::take(&mut state.buf);
+                    let status = client.read_request_bytes(&mut buf, &mut self.scratch);
+                    if let Phase::Request(state) = &mut client.phase {
+                        state.buf = buf;
+                    }
+                    match status {
+                        ReadStatus::Data => {}
+                        ReadStatus::WouldBlock => return,
+                        ReadStatus::Closed => return self.close(key),
+                    }
+                }
+                Err(rejection) => return self.reject(key, rejection),
+            }
+        }
+    }
+
+    /// Answers one complete request.
+    fn dispatch(&mut self, key: usize, request: Request) {
+        let keep_alive = request.keep_alive;
+        match http::route(request.method, &request.path) {
+            Route::Stream => self.start_stream(key, request),
+            Route::Broadcast => self.publish_request(key, request),
+            Route::Page => self.respond(
+                key,
+                http::response(
+                    200,
+                    "text/html; charset=utf-8",
+                    PAGE,
+                    keep_alive,
+                    "Cache-Control: no-cache\r\n",
+                ),
+                keep_alive,
+            ),
+            Route::Health => self.respond(
+                key,
+                http::response(200, "text/plain; charset=utf-8", b"ok\n", keep_alive, ""),
+                keep_alive,
+            ),
+            Route::Metrics => {
+                // Include this turn's counts of the shard that answers.
+                self.stats[self.id].store(&self.counters);
+                let body = metrics::render(&self.stats);
+                self.respond(
+                    key,
+                    http::response(
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        body.as_bytes(),
+                        keep_alive,
+                        "",
+                    ),
+                    keep_alive,
+                );
+            }
+            Route::Preflight => self.respond(
+                key,
+                http::response(
+                    204,
+                    "text/plain",
+                    b"",
+                    keep_alive,
+                    "Access-Control-Allow-Origin: *\r\n\
+                     Access-Control-Allow-Methods: GET, OPTIONS\r\n\
+                     Access-Control-Allow-Headers: Last-Event-ID, Cache-Control\r\n\
+                     Access-Control-Max-Age: 86400\r\n\
+                     Allow: GET, POST, OPTIONS\r\n",
+                ),
+                keep_alive,
+            ),
+            Route::WrongMethod(allow) => {
+                self.counters.reject(405);
+                let response = http::error_response(
+                    405,
+                    &format!("method not allowed here; allowed: {allow}"),
+                    keep_alive,
+                    &format!("Allow: {allow}\r\n"),
+                );
+                self.respond(key, response, keep_alive);
+            }
+            Route::NotFound => {
+                self.counters.reject(404);
+                let response = http::error_response(404, "no such path", keep_alive, "");
+                self.respond(key, response, keep_alive);
+            }
+        }
+    }
+
+    /// Queues a response; without keep-alive the connection closes once it is written.
+    fn respond(&mut self, key: usize, response: Bytes, keep_alive: bool) {
+        if !keep_alive {
+            self.clients[key].close_after_flush = true;
+        }
+        self.queue(key, response);
+    }
+
+    /// Answers a request that cannot be served, then ends the connection.
+    fn reject(&mut self, key: usize, rejection: Rejection) {
+        self.counters.reject(rejection.status);
+        debug!(
+            shard = self.id,
+            key,
+            status = rejection.status,
+            reason = rejection.reason,
+            "request rejected"
+        );
+        let response = http::error_response(rejection.status, rejection.reason, false, "");
+        self.respond(key, response, false);
+    }
+
+    // ----- publishing --------------------------------------------------------------------
+
+    fn publish_request(&mut self, key: usize, request: Request) {
+        let keep_alive = request.keep_alive;
+        let publish = match params::parse_publish(request, SystemTime::now()) {
+            Ok(p) => p,
+            Err(rejection) => {
+                // The body was read whole: the connection can serve the next request.
+                self.counters.reject(rejection.status);
+                let response =
+                    http::error_response(rejection.status, rejection.reason, keep_alive, "");
+                return self.respond(key, response, keep_alive);
+            }
+        };
+        let (id, subscribers) =
+            self.publish(&publish.topic, publish.event.as_deref(), &publish.data);
+        let body = format!(
+            "{{\"id\":\"{id}\",\"topic\":\"{}\",\"clients\":{subscribers}}}\n",
+            publish.topic
+        );
+        let response = http::response(200, "application/json", body.as_bytes(), keep_alive, "");
+        self.respond(key, response, keep_alive);
+    }
+
+    /// Publishes through the hub and delivers to this shard's subscribers.
+    fn publish(&mut self, topic: &str, event: Option<&str>, data: &str) -> (u64, usize) {
+        let published = self.hub.publish(self.id, topic, event, data);
+        self.counters.add(Stat::EventsPublished, 1);
+        // Events other shards published before this one are already in the mailbox.
+        self.drain_inbox();
+        self.deliver(&published.delivery);
+        (published.delivery.id, published.subscribers)
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(delivery) = self.inbox.try_recv() {
+            self.deliver(&delivery);
+        }
+    }
+
+    /// The fan-out: one refcount bump and one queue push per subscriber, no allocation.
+    fn deliver(&mut self, delivery: &Delivery) {
+        let Some(&t) = self.topics.by_name.get(&delivery.topic) else {
+            return;
+        };
+        let limit = self.config.client_buffer;
+        let Shard {
+            topics,
+            clients,
+            pending,
+            counters,
+            ..
+        } = self;
+        let (mut queued, mut dropped, mut peak) = (0, 0, 0);
+        for (_, &key) in topics.list[t as usize].subscribers.iter() {
+            let client = &mut clients[key];
+            if client.closing {
+                continue;
+            }
+            match client.outbox.push_bounded(delivery.frame.clone(), limit) {
+                Push::Queued => {
+                    queued += 1;
+                    peak = peak.max(client.outbox.queued_bytes());
+                    if let Phase::Stream(stream) = &mut client.phase {
+                        stream.active = true;
+                    }
+                    if !client.pending {
+                        client.pending = true;
+                        pending.push(key);
+                    }
+                }
+                Push::Dropped => dropped += 1,
+            }
+        }
+        counters.add(Stat::FramesQueued, queued);
+        counters.add(Stat::FramesDropped, dropped);
+        counters.add(Stat::QueuedBytes, queued * delivery.frame.len() as u64);
+        counters.raise(Stat::QueuePeakBytes, peak as u64);
+    }
+
+    // ----- streams -----------------------------------------------------------------------
+
+    fn start_stream(&mut self, key: usize, request: Request) {
+        let subscribe = match params::parse_subscribe(&request) {
+            Ok(s) => s,
+            Err(rejection) => return self.reject(key, rejection),
+        };
+        let names = self
+            .hub
+            .subscribe(subscribe.topics.iter().map(String::as_str));
+        let mut subs = Vec::with_capacity(names.len());
+        for name in names {
+            let t = match self.topics.by_name.get(&name) {
+                Some(&t) => t,
+                None => {
+                    let t = self.topics.list.insert(LocalTopic {
+                        name: name.clone(),
+                        subscribers: Slab::new(),
+                    }) as u32;
+                    self.topics.by_name.insert(name, t);
+                    t
+                }
+            };
+            let slot = self.topics.list[t as usize].subscribers.insert(key) as u32;
+            subs.push((t, slot));
+        }
+        let retry = self.jittered_retry();
+        self.clients[key].phase = Phase::Stream(Stream {
+            subs: subs.into_boxed_slice(),
+            active: true,
+        });
+        self.queue(key, self.stream_head.clone());
+        self.queue(key, sse::encode_preamble(retry));
+        self.counters.add(Stat::Streams, 1);
+        self.counters.add(Stat::StreamsOpened, 1);
+        debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
+    }
+
+    /// The `retry:` for one new stream: uniform in [base/2, base*3/2), so that clients of a
+    /// restarted node come back spread over a whole `retry` period.
+    fn jittered_retry(&mut self) -> u64 {
+        // xorshift64: cheap, and quality is irrelevant here.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.config.retry_ms;
+        base / 2 + self.rng % base.max(1)
+    }
+
+    // ----- timers ------------------------------------------------------------------------
+
+    fn fire_timers(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        while let Some(&Reverse((due, key))) = self.deadlines.peek() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.expire(key, now);
+        }
+        if let (Some(at), Some(period)) = (self.next_tick, self.config.tick_period()) {
+            if at <= now {
+                self.ticks += 1;
+                let text = format!("Auto heartbeat #{}", self.ticks);
+                self.publish(DEFAULT_TOPIC, None, &text);
+                self.next_tick = Some(next_after(at, period, now));
+            }
+        }
+        if let (Some(at), Some(period)) = (self.next_keepalive, self.config.keepalive_period()) {
+            if at <= now {
+                self.send_keepalives();
+                // Checking every half period bounds the silence on a stream by one period.
+                self.next_keepalive = Some(next_after(at, period / 2, now));
+            }
+        }
+    }
+
+    /// Closes `key` if its current deadline has passed; re-arms it if it moved later.
+    fn expire(&mut self, key: usize, now: Instant) {
+        let Some(client) = self.clients.get(key) else {
+            return;
+        };
+        match client.deadline() {
+            Some(deadline) if deadline <= now => {
+                if matches!(client.phase, Phase::Request(_)) {
+                    self.counters.add(Stat::HeaderTimeouts, 1);
+                    debug!(
+                        shard = self.id,
+                        key, "request not complete in time; closing"
+                    );
+                }
+                self.close(key);
+            }
+            Some(deadline) => self.deadlines.push(Reverse((deadline, key))),
+            None => {}
+        }
+    }
+
+    /// Queues a keep-alive comment to every stream that had nothing queued since the last check.
+    fn send_keepalives(&mut self) {
+        let frame = Bytes::from_static(sse::KEEPALIVE);
+        let limit = self.config.client_buffer;
+        let mut sent = 0;
+        for (key, client) in self.clients.iter_mut() {
+            let Phase::Stream(stream) = &mut client.phase else {
+                continue;
+            };
+            if std::mem::replace(&mut stream.active, false) || client.closing {
+                continue;
+            }
+            if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {
+                sent += 1;
+                self.counters.add(Stat::QueuedBytes, frame.len() as u64);
+                if !client.pending {
+                    client.pending = true;
+                    self.pending.push(key);
+                }
+            }
+        }
+        self.counters.add(Stat::KeepalivesSent, sent);
+    }
+
+    // ----- writing -----------------------------------------------------------------------
+
+    /// Queues bytes that must not be dropped (responses, stream heads) and marks `key` pending.
+    fn queue(&mut self, key: usize, bytes: Bytes) {
+        self.counters.add(Stat::QueuedBytes, bytes.len() as u64);
+        self.clients[key].outbox.push(bytes);
+        self.mark_pending(key);
+    }
+
+    fn mark_pending(&mut self, key: usize) {
+        let client = &mut self.clients[key];
+        if !client.pending {
+            client.pending = true;
+            self.pending.push(key);
+        }
+    }
+
+    /// Flushes every pending client once. A client that would block waits for its next
+    /// writable event; one that drained its output may read further requests.
+    fn flush_pending(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut resume = Vec::new();
+        for key in pending.drain(..) {
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
+            client.pending = false;
+            if client.closing || !client.writable {
+                continue;
+            }
+            let written = match client.flush() {
+                WriteStatus::Drained(n) => {
+                    if client.close_after_flush {
+                        let deadline = Instant::now() + LINGER;
+                        client.start_linger(deadline);
+                        self.deadlines.push(Reverse((deadline, key)));
+                        // The peer may have closed already; its EOF edge may be spent.
+                        if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
+                            self.close(key);
+                        }
+                    } else if matches!(client.phase, Phase::Request(_)) {
+                        resume.push(key);
+                    }
+                    n
+                }
+                WriteStatus::Blocked(n) => n,
+                WriteStatus::Failed => {
+                    self.close(key);
+                    0
+                }
+            };
+            self.counters.add(Stat::BytesWritten, written as u64);
+            self.counters.sub(Stat::QueuedBytes, written as u64);
+        }
+        // Keep the list's capacity; anything queued while resuming goes out next turn.
+        pending.append(&mut self.pending);
+        self.pending = pending;
+        // A request connection may have stopped reading at RESPONSE_BACKLOG; with its
+        // output gone it can go on (finding nothing to do is cheap).
+        for key in resume {
+            self.serve_requests(key);
+        }
+    }
+
+    // ----- closing -----------------------------------------------------------------------
+
+    /// Marks `key` for removal at the end of the turn.
+    fn close(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if !client.closing {
+                client.closing = true;
+                self.closing.push(key);
+            }
+        }
+    }
+
+    /// Frees closed clients: leaves their topics, drops their sockets (which also removes
+    /// them from epoll), and gives back any bytes they still had queued.
+    fn sweep_closing(&mut self) {
+        for key in std::mem::take(&mut self.closing) {
+            let client = self.clients.remove(key);
+            self.counters
+                .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
+            self.counters.sub(Stat::Connections, 1);
+            if let Phase::Stream(stream) = client.phase {
+                let mut left = Vec::with_capacity(stream.subs.len());
+                for &(t, slot) in stream.subs.iter() {
+                    let topic = &mut self.topics.list[t as usize];
+                    topic.subscribers.remove(slot as usize);
+                    left.push(topic.name.clone());
+                    if topic.subscribers.is_empty() {
+                        let topic = self.topics.list.remove(t as usize);
+                        self.topics.by_name.remove(&topic.name);
+                    }
+                }
+                self.hub.unsubscribe(left.iter().map(|n| &**n));
+                self.counters.sub(Stat::Streams, 1);
+                self.counters.add(Stat::StreamsClosed, 1);
+                debug!(shard = self.id, key, "stream closed");
+            } else {
+                debug!(shard = self.id, key, "connection closed");
+            }
+        }
+    }
+}
+
+/// The next firing of a periodic timer that was due at `at`; skips missed periods.
+fn next_after(at: Instant, period: Duration, now: Instant) -> Instant {
+    let next = at + period;
+    if next > now {
+        next
+    } else {
+        now + period
+    }
+}

@@ -1,0 +1,172 @@
+//! SSE framing: the bytes one event becomes on the wire, encoded once and shared by every
+//! subscriber.
+//!
+//! Everything here is pure. The one rule that matters for safety: a publisher controls the
+//! body, so every line break it contains (`\n`, `\r\n` or a lone `\r`, which the SSE parser
+//! all treats as line ends) starts a new `data:` line. No body can end the event early or
+//! forge an `id:`/`event:`/`retry:` field. Event names and ids are validated before they
+//! reach this module, so they cannot carry line breaks.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The comment sent to a stream that had nothing else to say for a keep-alive period.
+pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// Encodes one event: `id:`, optional `event:`, one `data:` line per line of `data`, blank line.
+pub fn encode_event(id: u64, event: Option<&str>, data: &str) -> Bytes {
+    let breaks = data.bytes().filter(|&b| b == b'\n' || b == b'\r').count();
+    let capacity = 32 + event.map_or(0, |e| e.len() + 8) + data.len() + 7 * (breaks + 1);
+    let mut out = BytesMut::with_capacity(capacity);
+    out.put_slice(b"id: ");
+    out.put_slice(itoa(id, &mut [0; 20]));
+    out.put_u8(b'\n');
+    if let Some(event) = event {
+        out.put_slice(b"event: ");
+        out.put_slice(event.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in lines(data.as_bytes()) {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// Encodes the start of every stream body: the `: connected` comment and the `retry:` hint.
+pub fn encode_preamble(retry_ms: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(40);
+    out.put_slice(b": connected\nretry: ");
+    out.put_slice(itoa(retry_ms, &mut [0; 20]));
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// Splits a body into SSE lines: `\r\n`, `\n` and a lone `\r` each end one line.
+///
+/// A body with `n` line breaks yields `n + 1` lines, so a trailing newline survives the
+/// round trip as a trailing empty `data:` line (the browser rebuilds `"a\n"` from it).
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(body);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => {
+                rest = None;
+                Some(text)
+            }
+            Some(at) => {
+                let skip = if text[at] == b'\r' && text.get(at + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&text[at + skip..]);
+                Some(&text[..at])
+            }
+        }
+    })
+}
+
+/// Formats `n` in decimal into `buf` without allocating.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn single_line_event() {
+        assert_eq!(
+            text(&encode_event(7, None, "hello")),
+            "id: 7\ndata: hello\n\n"
+        );
+    }
+
+    #[test]
+    fn event_name_comes_before_data() {
+        assert_eq!(
+            text(&encode_event(12, Some("price.update"), "1.5")),
+            "id: 12\nevent: price.update\ndata: 1.5\n\n"
+        );
+    }
+
+    #[test]
+    fn every_line_ending_starts_a_new_data_line() {
+        assert_eq!(
+            text(&encode_event(1, None, "a\nb\r\nc\rd")),
+            "id: 1\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn empty_lines_and_trailing_breaks_are_kept() {
+        assert_eq!(
+            text(&encode_event(1, None, "a\n\nb\n")),
+            "id: 1\ndata: a\ndata: \ndata: b\ndata: \n\n"
+        );
+        assert_eq!(
+            text(&encode_event(1, None, "\r\r\n")),
+            "id: 1\ndata: \ndata: \ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn empty_body_is_one_empty_data_line() {
+        assert_eq!(text(&encode_event(3, None, "")), "id: 3\ndata: \n\n");
+    }
+
+    #[test]
+    fn a_body_cannot_forge_fields_or_events() {
+        let hostile = "x\n\nid: 999\nevent: admin\r\ndata: injected\rretry: 1";
+        let frame = encode_event(5, None, hostile);
+        let s = text(&frame);
+        // Exactly one blank line, at the very end: one event.
+        assert_eq!(s.matches("\n\n").count(), 1);
+        assert!(s.ends_with("\n\n"));
+        // Every line but the first is a data line.
+        for line in s.trim_end_matches('\n').lines().skip(1) {
+            assert!(line.starts_with("data: "), "line {line:?}");
+        }
+        assert!(!s.contains('\r'));
+    }
+
+    #[test]
+    fn leading_spaces_survive_because_exactly_one_is_stripped() {
+        assert_eq!(text(&encode_event(1, None, " x")), "id: 1\ndata:  x\n\n");
+    }
+
+    #[test]
+    fn large_ids_and_capacity_estimate() {
+        let frame = encode_event(u64::MAX, Some("e"), &"z\n".repeat(1000));
+        assert!(text(&frame).starts_with("id: 18446744073709551615\nevent: e\n"));
+        assert_eq!(text(&frame).matches("data: ").count(), 1001);
+    }
+
+    #[test]
+    fn preamble_has_comment_then_retry() {
+        assert_eq!(text(&encode_preamble(2345)), ": connected\nretry: 2345\n\n");
+    }
+
+    #[test]
+    fn itoa_formats_edges() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(10, &mut [0; 20]), b"10");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}
