@@ -1,0 +1,130 @@
+//! The command line and process behaviour: exit codes, one-line errors, env, timers, signals.
+
+mod util;
+
+use std::process::Command;
+
+use util::{published_id, Server, SseClient};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run sse-edge")
+}
+
+fn assert_one_line_exit_2(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.contains(needle), "{needle:?} in {stderr:?}");
+}
+
+#[test]
+fn port_in_use_is_one_line_and_exit_2() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let out = run(&["--listen", &addr, "--log", "error"], &[]);
+    assert_one_line_exit_2(&out, "already in use");
+    let out = run(&["--listen", &addr, "--shards", "2", "--log", "error"], &[]);
+    assert_one_line_exit_2(&out, "already in use");
+}
+
+#[test]
+fn bad_flags_and_values_are_one_line_and_exit_2() {
+    assert_one_line_exit_2(&run(&["--tick", "soon"], &[]), "--tick");
+    assert_one_line_exit_2(&run(&["--bogus"], &[]), "--bogus");
+    assert_one_line_exit_2(&run(&["--listen", "localhost"], &[]), "--listen");
+    assert_one_line_exit_2(&run(&["--client-buffer", "1"], &[]), "--client-buffer");
+    assert_one_line_exit_2(&run(&["--log", "[[["], &[]), "--log");
+    assert_one_line_exit_2(&run(&[], &[("SSE_EDGE_MAX_BODY", "lots")]), "--max-body");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = run(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--shards",
+        "--reuse-port",
+        "--tick",
+        "--keepalive",
+        "--client-buffer",
+        "--retry-ms",
+        "--max-body",
+        "--header-timeout",
+        "--log",
+        "SSE_EDGE_LISTEN",
+    ] {
+        assert!(help.contains(flag), "{flag} in --help");
+    }
+}
+
+#[test]
+fn environment_sets_flags_and_the_demo_ticker_runs() {
+    // The test helper passes --tick 0, and a flag beats the environment, so this server is
+    // started by hand with its address and ticker from the environment only.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .env("SSE_EDGE_LISTEN", "127.0.0.1:0")
+        .env("SSE_EDGE_TICK", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(at) = line.find("listening on ") {
+                let _ = tx.send(
+                    line[at + 13..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let addr = rx.recv_timeout(util::PATIENCE).unwrap().parse().unwrap();
+    let mut c = SseClient::connect(addr, "/stream", &[]);
+    let first = c.next_event();
+    let second = c.next_event();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let n: u64 = first
+        .data
+        .strip_prefix("Auto heartbeat #")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(second.data, format!("Auto heartbeat #{}", n + 1));
+}
+
+#[test]
+fn idle_streams_get_keepalive_comments() {
+    let server = Server::start(&["--keepalive", "1"]);
+    let mut c = server.stream("/stream");
+    c.wait_for_comment("keepalive");
+    assert!(server.metrics()["sse_edge_keepalives_total"] >= 1.0);
+}
+
+#[test]
+fn sigterm_flushes_and_exits_zero() {
+    let mut server = Server::start(&[]);
+    let mut c = server.stream("/stream");
+    published_id(&server.publish("", b"before shutdown"));
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(util::PATIENCE).expect("exited");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(c.next_event().data, "before shutdown");
+    assert!(c.try_next_event().is_none(), "stream closed on shutdown");
+    assert!(server.log().contains("shutting down"));
+}

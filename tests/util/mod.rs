@@ -1,0 +1,499 @@
+//! Shared helpers for the integration tests: the real server binary on a random loopback
+//! port, a blocking SSE reader, an HTTP/1.1 connection, and a `/metrics` scraper.
+//!
+//! Every wait has a deadline and polls; nothing sleeps hoping it was long enough.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything that should happen "soon" on a noisy machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The real `sse-edge` binary, running until dropped.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on 127.0.0.1 with a random port, no demo ticker, and `args`.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_limited(args, None)
+    }
+
+    /// Like [`Server::start`], with the server's open-files limit (soft and hard) set to
+    /// `nofile` when given.
+    pub fn start_limited(args: &[&str], nofile: Option<u64>) -> Server {
+        raise_fd_limit();
+        let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "0", "--log", "info"];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
+        cmd.args(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start sse-edge");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            // Keep draining stderr for the server's whole life so it never blocks on a log line.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on ") {
+                    let addr = line[at + 13..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the process to exit; returns its status (None on timeout).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A stream on `path` (e.g. `/stream`), head read and checked.
+    pub fn stream(&self, path: &str) -> SseClient {
+        SseClient::connect(self.addr, path, &[])
+    }
+
+    /// One request on a fresh connection.
+    pub fn request(&self, raw: &[u8]) -> Response {
+        let mut c = HttpConn::open(self.addr);
+        c.send(raw);
+        c.read_response()
+    }
+
+    /// Publishes `body` to `/broadcast{query}`; returns the response.
+    pub fn publish(&self, query: &str, body: &[u8]) -> Response {
+        let mut c = HttpConn::open(self.addr);
+        c.publish(query, body)
+    }
+
+    /// The current metrics, each name summed over its label sets.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let r = self.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200);
+        parse_metrics(&r.text())
+    }
+
+    /// Polls metrics until `cond` holds; panics with the last values after [`PATIENCE`].
+    pub fn wait_metrics(
+        &self,
+        what: &str,
+        cond: impl Fn(&HashMap<String, f64>) -> bool,
+    ) -> HashMap<String, f64> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let m = self.metrics();
+            if cond(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; metrics: {m:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums Prometheus samples by metric name (labels dropped).
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let name = series.split('{').next().unwrap().to_owned();
+        let value: f64 = value.parse().expect("sample value");
+        *out.entry(name).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// Raises this test process's open-files soft limit (1000+ sockets per test).
+pub fn raise_fd_limit() {
+    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
+}
+
+/// One SSE event as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `id:`
+    pub id: Option<String>,
+    /// `event:` (None means "message")
+    pub event: Option<String>,
+    /// The data lines joined by `\n`.
+    pub data: String,
+}
+
+/// A blocking SSE client over one TCP connection.
+pub struct SseClient {
+    /// The socket.
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+    /// The response head.
+    pub head: String,
+    /// Comment lines seen (without the leading `:`).
+    pub comments: Vec<String>,
+    /// The last `retry:` value seen.
+    pub retry: Option<u64>,
+}
+
+impl SseClient {
+    /// Connects, sends `GET path` with `extra` header lines, reads and checks a 200 head.
+    pub fn connect(addr: SocketAddr, path: &str, extra: &[&str]) -> SseClient {
+        let c = Self::connect_raw(addr, path, extra);
+        assert!(
+            c.head.starts_with("HTTP/1.1 200 "),
+            "stream head: {}",
+            c.head
+        );
+        c
+    }
+
+    /// Like [`SseClient::connect`] but accepts any status.
+    pub fn connect_raw(addr: SocketAddr, path: &str, extra: &[&str]) -> SseClient {
+        let mut sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
+        for h in extra {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).unwrap();
+        SseClient::from_stream(sock)
+    }
+
+    /// Takes over a stream whose request was sent and nothing read yet.
+    pub fn from_stream(sock: TcpStream) -> SseClient {
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut c = SseClient {
+            sock,
+            buf: Vec::new(),
+            head: String::new(),
+            comments: Vec::new(),
+            retry: None,
+        };
+        c.read_head();
+        c
+    }
+
+    fn read_head(&mut self) {
+        let end = loop {
+            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
+                break at;
+            }
+            assert!(
+                self.fill() > 0,
+                "connection closed before the response head"
+            );
+        };
+        self.head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end + 4);
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16384];
+        match self.sock.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                panic!("no data within {PATIENCE:?}")
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// The next event with data; comments and `retry:` are recorded on the way.
+    /// Panics if the stream ends first.
+    pub fn next_event(&mut self) -> Event {
+        self.try_next_event()
+            .expect("stream ended before the next event")
+    }
+
+    /// The next event, or None if the server closed the stream first.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        loop {
+            while let Some(end) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(event) = self.parse_block(&block[..end]) {
+                    return Some(event);
+                }
+            }
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until a comment line equal to `text` has been seen (panics if the stream ends).
+    pub fn wait_for_comment(&mut self, text: &str) {
+        loop {
+            while let Some(end) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                self.parse_block(&block[..end]);
+            }
+            if self.comments.iter().any(|c| c == text) {
+                return;
+            }
+            assert!(self.fill() > 0, "stream ended before the comment {text:?}");
+        }
+    }
+
+    /// Reads until the server closes; returns every event seen.
+    pub fn read_to_end(&mut self) -> Vec<Event> {
+        let mut all = Vec::new();
+        while let Some(e) = self.try_next_event() {
+            all.push(e);
+        }
+        all
+    }
+
+    fn parse_block(&mut self, block: &[u8]) -> Option<Event> {
+        let text = std::str::from_utf8(block).expect("utf-8 stream");
+        let (mut id, mut event, mut data): (Option<String>, Option<String>, Option<String>) =
+            (None, None, None);
+        for line in text.split('\n') {
+            if let Some(comment) = line.strip_prefix(':') {
+                self.comments.push(comment.trim().to_owned());
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = Some(value.to_owned()),
+                "event" => event = Some(value.to_owned()),
+                "retry" => self.retry = value.parse().ok(),
+                "data" => match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_owned()),
+                },
+                other => panic!("unexpected field {other:?} in {text:?}"),
+            }
+        }
+        data.map(|data| Event { id, event, data })
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A persistent HTTP/1.1 connection (requests written raw, responses read one by one).
+pub struct HttpConn {
+    /// The socket.
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects.
+    pub fn open(addr: SocketAddr) -> HttpConn {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        HttpConn {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, raw: &[u8]) {
+        self.sock.write_all(raw).unwrap();
+    }
+
+    /// Publishes and reads the response.
+    pub fn publish(&mut self, query: &str, body: &[u8]) -> Response {
+        let head = format!(
+            "POST /broadcast{query} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.send(&[head.as_bytes(), body].concat());
+        self.read_response()
+    }
+
+    /// Reads one response with a `Content-Length` body.
+    pub fn read_response(&mut self) -> Response {
+        self.try_read_response()
+            .expect("connection closed before a response")
+    }
+
+    /// Reads one response, or None if the connection closed first.
+    pub fn try_read_response(&mut self) -> Option<Response> {
+        let end = loop {
+            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
+                break at;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        self.buf.drain(..end + 4);
+        while self.buf.len() < len {
+            assert!(self.fill(), "connection closed inside a body");
+        }
+        let body = self.buf.drain(..len).collect();
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Whether the server has closed the connection (reads until EOF or error).
+    pub fn closed_by_server(&mut self) -> bool {
+        while self.fill() {}
+        true
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match self.sock.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                panic!("no response within {PATIENCE:?}")
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The id of a publish response.
+pub fn published_id(r: &Response) -> u64 {
+    assert_eq!(r.status, 200, "publish failed: {}", r.text());
+    let text = r.text();
+    let at = text.find("\"id\":\"").expect("id field") + 6;
+    text[at..].split('"').next().unwrap().parse().unwrap()
+}
