@@ -21,7 +21,9 @@ use clap::Parser;
                   each published event to all of them.\n\n\
                   Subscribe with GET /stream, publish with POST /broadcast, open / in a browser. \
                   Every flag can also be set as SSE_EDGE_<FLAG> (upper case, '-' becomes '_').",
-    after_help = "Example: sse-edge --listen 127.0.0.1:9000 --tick 0 --client-buffer 131072"
+    after_help = "Example: sse-edge --listen 127.0.0.1:9000 --tick 0 --client-buffer 131072",
+    // A flag given twice takes its last value, so wrapper scripts can append overrides.
+    args_override_self = true
 )]
 pub struct Config {
     /// Address to serve on.
@@ -243,6 +245,11 @@ mod tests {
         assert!(
             matches!(parse(&["--help"]), Err(ConfigError::Info(text)) if text.contains("--client-buffer"))
         );
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        assert_eq!(parse(&["--tick", "0", "--tick", "3"]).unwrap().tick, 3);
     }
 
     #[test]

@@ -110,9 +110,17 @@ impl ShardStats {
     }
 }
 
-/// Renders every shard's stats, plus process figures, as Prometheus text (format 0.0.4).
-pub fn render(shards: &[ShardStats]) -> String {
+/// Renders every shard's stats, plus node and process figures, as Prometheus text (0.0.4).
+///
+/// `events_encoded` is the hub's count of frames encoded: one per event, however many shards
+/// and streams it went to.
+pub fn render(shards: &[ShardStats], events_encoded: u64) -> String {
     let mut out = String::with_capacity(4096);
+    let _ = writeln!(
+        out,
+        "# HELP sse_edge_events_encoded_total Events encoded into frames (once per event, node-wide).\n\
+         # TYPE sse_edge_events_encoded_total counter\nsse_edge_events_encoded_total {events_encoded}"
+    );
     for (i, (metric, kind, help)) in INFO.iter().enumerate() {
         let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
         for (shard, stats) in shards.iter().enumerate() {
@@ -168,7 +176,8 @@ mod tests {
         b.add(Stat::Streams, 2);
         b.reject(404);
         shards[1].store(&b);
-        let text = render(&shards);
+        let text = render(&shards, 9);
+        assert!(text.contains("sse_edge_events_encoded_total 9\n"));
         assert!(text.contains("sse_edge_clients{shard=\"0\"} 3\n"));
         assert!(text.contains("sse_edge_clients{shard=\"1\"} 2\n"));
         assert!(text.contains("sse_edge_frames_dropped_total{shard=\"0\"} 7\n"));

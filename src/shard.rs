@@ -162,7 +162,7 @@ impl Shard {
             next_keepalive,
             accept_paused_until: None,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
-            rng: seed ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15) | 1,
+            rng: (seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
             stream_head: Bytes::from_static(http::STREAM_HEAD),
         })
     }
@@ -395,7 +395,7 @@ impl Shard {
             Route::Metrics => {
                 // Include this turn's counts of the shard that answers.
                 self.stats[self.id].store(&self.counters);
-                let body = metrics::render(&self.stats);
+                let body = metrics::render(&self.stats, self.hub.frames_encoded());
                 self.respond(
                     key,
                     http::response(

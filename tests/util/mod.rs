@@ -167,6 +167,27 @@ impl Drop for Server {
     }
 }
 
+/// The values of `name` per shard, in shard order, from `/metrics`.
+pub fn per_shard(server: &Server, name: &str) -> Vec<f64> {
+    let r = server.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut values = Vec::new();
+    for line in r.text().lines() {
+        if let Some(rest) = line
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix("{shard=\""))
+        {
+            let (shard, rest) = rest.split_once('"').unwrap();
+            let shard: usize = shard.parse().unwrap();
+            let value: f64 = rest.rsplit_once(' ').unwrap().1.parse().unwrap();
+            if values.len() <= shard {
+                values.resize(shard + 1, 0.0);
+            }
+            values[shard] = value;
+        }
+    }
+    values
+}
+
 /// Sums Prometheus samples by metric name (labels dropped).
 pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
