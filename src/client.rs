@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::outbox::{Flush, Outbox};
+use crate::outbox::{Flush, Outbox, Written};
+use crate::stream::Stream;
 
 /// A connection in the shard's slab.
 #[derive(Debug)]
@@ -63,16 +64,6 @@ pub struct RequestState {
     pub continue_sent: bool,
 }
 
-/// A streaming connection's subscription.
-#[derive(Debug)]
-pub struct Stream {
-    /// For each topic carried: the shard's topic index and this client's slot in its
-    /// subscriber list, so that leaving is O(1) per topic.
-    pub subs: Box<[(u32, u32)]>,
-    /// Something was queued since the last keep-alive check.
-    pub active: bool,
-}
-
 /// What a read pass found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStatus {
@@ -87,10 +78,10 @@ pub enum ReadStatus {
 /// What a write pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteStatus {
-    /// Everything was written (this many bytes).
-    Drained(usize),
-    /// The socket is full; this many bytes went before it.
-    Blocked(usize),
+    /// Everything was written.
+    Drained(Written),
+    /// The socket is full; this much went before it.
+    Blocked(Written),
     /// The connection is broken.
     Failed,
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::access::Cidr;
+
 /// The server's settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -69,6 +71,25 @@ pub struct Config {
     )]
     pub client_buffer: usize,
 
+    /// A stream that keeps losing frames (its queue full) for this long is disconnected; it
+    /// reconnects and replays what it missed. 0 = never.
+    #[arg(
+        long,
+        env = "SSE_EDGE_SLOW_CLIENT_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
+    pub slow_client_timeout: u64,
+
+    /// Events kept per topic for `Last-Event-ID` replay (and the most one stream replays).
+    #[arg(
+        long,
+        env = "SSE_EDGE_HISTORY",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub history: usize,
+
     /// Base of the `retry:` hint sent to each new stream, jittered ±50 % per stream so clients
     /// do not all come back in the same instant after a restart.
     #[arg(
@@ -78,6 +99,32 @@ pub struct Config {
         value_name = "MS"
     )]
     pub retry_ms: u64,
+
+    /// Publishing needs `Authorization: Bearer TOKEN`. Without a token, only peers in
+    /// --publish-allow may publish.
+    #[arg(
+        long,
+        env = "SSE_EDGE_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub publish_token: Option<String>,
+
+    /// Networks that may publish without a token (comma-separated addresses or ADDR/PREFIX).
+    /// Ignored when --publish-token is set.
+    #[arg(
+        long,
+        env = "SSE_EDGE_PUBLISH_ALLOW",
+        value_name = "CIDRS",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1"
+    )]
+    pub publish_allow: Vec<Cidr>,
+
+    /// Streams this node holds before it sheds new ones (200, `: shed`, a long `retry:`,
+    /// closed). Default: the open-files limit less a reserve for listeners and publishers.
+    #[arg(long, env = "SSE_EDGE_MAX_CLIENTS", value_name = "N")]
+    pub max_clients: Option<usize>,
 
     /// Largest publish body accepted (413 beyond).
     #[arg(
@@ -97,6 +144,16 @@ pub struct Config {
         value_name = "SECS"
     )]
     pub header_timeout: u64,
+
+    /// On SIGTERM/SIGINT: stop accepting, flush queued events for up to SECS, close every
+    /// stream, exit 0.
+    #[arg(
+        long,
+        env = "SSE_EDGE_DRAIN_TIMEOUT",
+        default_value_t = 5,
+        value_name = "SECS"
+    )]
+    pub drain_timeout: u64,
 
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a RUST_LOG-style filter such as
     /// `sse_edge=debug`.
@@ -169,6 +226,19 @@ impl Config {
         if self.retry_ms == 0 || self.retry_ms > 3_600_000 {
             return Err("--retry-ms must be between 1 and 3600000".into());
         }
+        if self.max_clients == Some(0) {
+            return Err("--max-clients must be at least 1".into());
+        }
+        if self.history > 1_000_000 {
+            return Err("--history must be at most 1000000".into());
+        }
+        if self
+            .publish_token
+            .as_deref()
+            .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
+        {
+            return Err("--publish-token must be non-empty and without spaces".into());
+        }
         if self.tick > 86_400 || self.keepalive > 86_400 {
             return Err("--tick and --keepalive must be at most 86400 seconds".into());
         }
@@ -183,6 +253,14 @@ impl Config {
     /// The keep-alive period, if on.
     pub fn keepalive_period(&self) -> Option<Duration> {
         (self.keepalive > 0).then(|| Duration::from_secs(self.keepalive))
+    }
+
+    /// How long a stream may keep losing frames, if limited.
+    pub fn slow_client_period(&self) -> Duration {
+        match self.slow_client_timeout {
+            0 => Duration::MAX,
+            secs => Duration::from_secs(secs),
+        }
     }
 
     /// The request-head deadline.
@@ -217,6 +295,12 @@ mod tests {
         assert_eq!((c.client_buffer, c.max_body), (65536, 65536));
         assert_eq!((c.retry_ms, c.header_timeout), (2000, 10));
         assert_eq!(c.log, "info");
+        assert_eq!(
+            (c.slow_client_timeout, c.history, c.drain_timeout),
+            (30, 1024, 5)
+        );
+        assert_eq!((c.publish_token.as_deref(), c.max_clients), (None, None));
+        assert_eq!(c.publish_allow.len(), 2);
     }
 
     #[test]
@@ -227,6 +311,9 @@ mod tests {
             &["--shards", "0"],
             &["--client-buffer", "10"],
             &["--no-such-flag"],
+            &["--publish-allow", "10.0.0.0/99"],
+            &["--max-clients", "0"],
+            &["--publish-token", ""],
         ] {
             match parse(args) {
                 Err(ConfigError::Invalid(line)) => {

@@ -24,6 +24,19 @@ pub fn raise_to_hard_limit() -> io::Result<(u64, u64)> {
     Ok((before, lim.rlim_cur))
 }
 
+/// The current soft `RLIMIT_NOFILE`.
+pub fn soft_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes a plain struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

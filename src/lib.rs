@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod client;
 pub mod config;
 pub mod fdlimit;
@@ -38,6 +39,7 @@ pub mod params;
 pub mod server;
 pub mod shard;
 pub mod sse;
+pub mod stream;
 
 pub use config::Config;
 pub use server::{Control, Server, StartError};

@@ -30,6 +30,12 @@ stats! {
     EventsPublished => "sse_edge_events_published_total", "counter", "Events published through this shard.";
     FramesQueued => "sse_edge_frames_queued_total", "counter", "Event frames queued to streams.";
     FramesDropped => "sse_edge_frames_dropped_total", "counter", "Event frames dropped because a stream's queue was full.";
+    FramesWritten => "sse_edge_frames_written_total", "counter", "Frames (events, notices, responses) fully written to sockets.";
+    GapNotices => "sse_edge_gap_notices_total", "counter", "event: gap notices sent to streams that had lost frames.";
+    SlowDisconnects => "sse_edge_slow_disconnects_total", "counter", "Streams disconnected for losing frames longer than --slow-client-timeout.";
+    Replayed => "sse_edge_replayed_events_total", "counter", "Events replayed to streams resuming from a Last-Event-ID.";
+    ResetNotices => "sse_edge_reset_notices_total", "counter", "event: reset notices (Last-Event-ID expired or unknown).";
+    Shed => "sse_edge_shed_total", "counter", "Streams shed at capacity (max clients or out of descriptors).";
     KeepalivesSent => "sse_edge_keepalives_total", "counter", "Keep-alive comments queued to idle streams.";
     BytesWritten => "sse_edge_bytes_written_total", "counter", "Bytes written to sockets.";
     QueuedBytes => "sse_edge_queued_bytes", "gauge", "Bytes waiting in all outbound queues.";

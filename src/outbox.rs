@@ -32,6 +32,15 @@ pub enum Push {
     Dropped,
 }
 
+/// What a write pass wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written.
+    pub bytes: usize,
+    /// Frames that left completely.
+    pub frames: usize,
+}
+
 /// Where a write pass stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flush {
@@ -49,11 +58,16 @@ impl Outbox {
     /// so an event larger than `limit` still reaches clients that keep up; the bound is
     /// therefore `limit` or one frame, whichever is larger.
     pub fn push_bounded(&mut self, frame: Bytes, limit: usize) -> Push {
-        if !self.frames.is_empty() && self.queued + frame.len() > limit {
+        if !self.fits(frame.len(), limit) {
             return Push::Dropped;
         }
         self.push(frame);
         Push::Queued
+    }
+
+    /// Whether `len` more bytes may be queued under `limit` (always, into an empty queue).
+    pub fn fits(&self, len: usize, limit: usize) -> bool {
+        self.frames.is_empty() || self.queued + len <= limit
     }
 
     /// Queues `frame` whatever its size (HTTP responses and stream heads, which must not be lost).
@@ -84,10 +98,10 @@ impl Outbox {
 
     /// Writes queued frames with vectored writes until the queue is empty or `out` would block.
     ///
-    /// Returns the state reached and the bytes written. `Interrupted` is retried; any other
+    /// Returns the state reached and what was written. `Interrupted` is retried; any other
     /// error is returned and the caller closes the client.
-    pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(Flush, usize)> {
-        let mut total = 0;
+    pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(Flush, Written)> {
+        let mut total = Written::default();
         while !self.frames.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
@@ -98,8 +112,8 @@ impl Outbox {
             match out.write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
-                    total += written;
-                    self.consume(written);
+                    total.bytes += written;
+                    total.frames += self.consume(written);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((Flush::Blocked, total))
@@ -111,19 +125,22 @@ impl Outbox {
         Ok((Flush::Empty, total))
     }
 
-    /// Removes `written` bytes from the front of the queue.
-    fn consume(&mut self, mut written: usize) {
+    /// Removes `written` bytes from the front of the queue; returns the frames completed.
+    fn consume(&mut self, mut written: usize) -> usize {
         self.queued -= written;
+        let mut completed = 0;
         while written > 0 {
             let front = self.frames.front_mut().expect("wrote more than was queued");
             if written >= front.len() {
                 written -= front.len();
                 self.frames.pop_front();
+                completed += 1;
             } else {
                 front.advance(written);
                 written = 0;
             }
         }
+        completed
     }
 }
 
@@ -189,7 +206,11 @@ mod tests {
         assert_eq!(q.push_bounded(frame("defg"), 10), Push::Queued);
         assert_eq!(q.queued_bytes(), 7);
         let mut w = Throttled::new(100, 100);
-        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, 7));
+        let done = Written {
+            bytes: 7,
+            frames: 2,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, done));
         assert_eq!(w.got, b"abcdefg");
         assert!(q.is_empty());
         assert_eq!(w.calls, 1, "both frames left in one writev");
@@ -220,11 +241,19 @@ mod tests {
             q.push(frame(s));
         }
         let mut w = Throttled::new(8, 3);
-        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Blocked, 8));
+        let part = Written {
+            bytes: 8,
+            frames: 1,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Blocked, part));
         assert_eq!(w.got, b"hello br");
         assert_eq!(q.queued_bytes(), 21 - 8);
         w.budget = 1000;
-        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, 13));
+        let rest = Written {
+            bytes: 13,
+            frames: 3,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, rest));
         assert_eq!(w.got, b"hello brave new world");
     }
 

@@ -2,18 +2,25 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use mio::{Poll, Waker};
 use tracing::info;
 
+use crate::access::PublishAccess;
 use crate::config::Config;
+use crate::fdlimit;
 use crate::hub::Hub;
 use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
-use crate::shard::{Shard, ShardParts, WAKER};
+use crate::shard::{Node, Shard, ShardParts, WAKER};
+
+/// Descriptors kept back from the default `--max-clients`: per shard an epoll, a waker, a
+/// listener and a reserve, and for the process its std streams, logging, signals, and the
+/// publishers and scrapers that must still get through when streams fill the node.
+const FD_HEADROOM: u64 = 64;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +49,7 @@ pub struct Server {
 /// A handle that stops a running server from any thread.
 #[derive(Clone)]
 pub struct Control {
-    stop: Arc<AtomicBool>,
+    node: Arc<Node>,
     hub: Arc<Hub>,
     stats: Arc<[ShardStats]>,
 }
@@ -50,13 +57,18 @@ pub struct Control {
 impl Control {
     /// Asks every shard to stop: stop accepting, flush what is queued, close, return.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.node.stop.store(true, Ordering::Release);
         self.hub.wake_all();
     }
 
     /// The node's hub (ids, encode counts).
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Streams open across the node.
+    pub fn streams(&self) -> usize {
+        self.node.streams.load(Ordering::Relaxed)
     }
 
     /// Every shard's counters, as last mirrored by its loop.
@@ -79,11 +91,22 @@ impl Server {
             ));
             polls.push(poll);
         }
-        let (hub, inboxes) = Hub::new(wakers);
+        let (hub, inboxes) = Hub::new(wakers, config.history);
         let stats: Arc<[ShardStats]> = (0..listeners.len())
             .map(|_| ShardStats::default())
             .collect();
-        let stop = Arc::new(AtomicBool::new(false));
+        let max_streams = config.max_clients.unwrap_or_else(|| {
+            let shards = listeners.len() as u64;
+            let limit = fdlimit::soft_limit().unwrap_or(1024);
+            limit.saturating_sub(FD_HEADROOM + 4 * shards).max(1) as usize
+        });
+        info!(max_streams, "streams beyond this are shed");
+        let node = Arc::new(Node {
+            stop: AtomicBool::new(false),
+            streams: AtomicUsize::new(0),
+            max_streams,
+            access: PublishAccess::new(config.publish_token.clone(), config.publish_allow.clone()),
+        });
         let config = Arc::new(config);
         let mut shards = Vec::with_capacity(listeners.len());
         for (id, ((poll, listener), inbox)) in
@@ -97,7 +120,7 @@ impl Server {
                 hub: hub.clone(),
                 config: config.clone(),
                 stats: stats.clone(),
-                stop: stop.clone(),
+                node: node.clone(),
             })
             .map_err(StartError::Register)?;
             shards.push(shard);
@@ -105,7 +128,7 @@ impl Server {
         Ok(Server {
             shards,
             local_addr,
-            control: Control { stop, hub, stats },
+            control: Control { node, hub, stats },
         })
     }
 

@@ -20,12 +20,27 @@
 //!    Flushing just before sleeping lets all frames queued in this turn leave in one write.
 //! 5. Free the slab slots of clients closed during the turn. Closing is deferred to here so a
 //!    token never changes owner while events for it may still be in the batch.
+//!
+//! # At capacity
+//!
+//! A new stream beyond `--max-clients` is *shed*: it gets `200`, the stream head, `: shed`
+//! and a long jittered `retry:`, and is closed. A browser treats any other status as final
+//! and never reconnects; a shed stream comes back later, or to another node. Out of file
+//! descriptors, the shard frees a reserve descriptor to accept one waiting connection, sheds
+//! it the same way, and takes the reserve back; only without a reserve does it pause.
+//!
+//! # Draining
+//!
+//! On shutdown the listener closes, request connections close once answered, and each stream
+//! closes as soon as its queue is flushed, until none is left or `--drain-timeout` passes.
+//! The loop keeps sleeping in `poll` meanwhile: blocked streams wake it when writable.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,14 +52,16 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, Phase, ReadStatus, Stream, WriteStatus};
+use crate::access::PublishAccess;
+use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::http::{self, Parse, Rejection, Request, Route};
 use crate::hub::{Delivery, Hub};
 use crate::metrics::{self, Counters, ShardStats, Stat};
-use crate::outbox::Push;
+use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
 use crate::sse;
+use crate::stream::{Offer, Stream};
 
 /// The listener's token; client tokens are slab keys, far below it.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -63,9 +80,23 @@ const RESPONSE_BACKLOG: usize = 256 * 1024;
 const SCRATCH: usize = 16 * 1024;
 /// Events handled per `poll` call.
 const EVENTS: usize = 1024;
+/// A shed stream's `retry:` is this many times `--retry-ms` (jittered): come back later.
+const SHED_RETRY_FACTOR: u64 = 10;
 
 /// The page served at `/`, compiled in.
 static PAGE: &[u8] = include_bytes!("../index.html");
+
+/// What every shard of a node shares besides the hub.
+pub(crate) struct Node {
+    /// Shutdown was asked.
+    pub stop: AtomicBool,
+    /// Streams open across the node.
+    pub streams: AtomicUsize,
+    /// Streams the node holds before it sheds new ones.
+    pub max_streams: usize,
+    /// Who may publish.
+    pub access: PublishAccess,
+}
 
 /// What a shard needs from its server to run.
 pub(crate) struct ShardParts {
@@ -76,7 +107,7 @@ pub(crate) struct ShardParts {
     pub hub: Arc<Hub>,
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
-    pub stop: Arc<AtomicBool>,
+    pub node: Arc<Node>,
 }
 
 /// The topics this shard's streams carry, each with its local subscriber list.
@@ -102,7 +133,7 @@ pub(crate) struct Shard {
     config: Arc<Config>,
     stats: Arc<[ShardStats]>,
     counters: Counters,
-    stop: Arc<AtomicBool>,
+    node: Arc<Node>,
     clients: Slab<Client>,
     topics: Topics,
     /// Clients with output queued and not yet flushed this turn.
@@ -115,6 +146,13 @@ pub(crate) struct Shard {
     ticks: u64,
     next_keepalive: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// A descriptor held back so that, out of descriptors, one connection can still be
+    /// accepted and told to come back later.
+    reserve: Option<File>,
+    /// Set once shutdown began: when to give up flushing.
+    drain_deadline: Option<Instant>,
+    /// The time at the start of this turn (one clock read per turn, not per client).
+    now: Instant,
     scratch: Box<[u8]>,
     rng: u64,
     stream_head: Bytes,
@@ -131,7 +169,7 @@ impl Shard {
             hub,
             config,
             stats,
-            stop,
+            node,
         } = parts;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -151,7 +189,7 @@ impl Shard {
             config,
             stats,
             counters: Counters::default(),
-            stop,
+            node,
             clients: Slab::with_capacity(1024),
             topics: Topics::default(),
             pending: Vec::with_capacity(1024),
@@ -161,13 +199,16 @@ impl Shard {
             ticks: 0,
             next_keepalive,
             accept_paused_until: None,
+            reserve: File::open("/dev/null").ok(),
+            drain_deadline: None,
+            now,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             rng: (seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
             stream_head: Bytes::from_static(http::STREAM_HEAD),
         })
     }
 
-    /// Runs the loop until shutdown is asked.
+    /// Runs the loop until shutdown is asked and the drain is over.
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
         loop {
@@ -178,6 +219,7 @@ impl Shard {
                 }
                 return Err(e);
             }
+            self.now = Instant::now();
             let mut woken = false;
             for event in events.iter() {
                 match event.token() {
@@ -188,38 +230,57 @@ impl Shard {
             }
             if woken {
                 self.drain_inbox();
+                if self.drain_deadline.is_none() && self.node.stop.load(Ordering::Acquire) {
+                    self.begin_drain();
+                }
             }
-            self.fire_timers(Instant::now());
+            self.fire_timers(self.now);
             self.flush_pending();
+            if self.drain_deadline.is_some() {
+                self.close_drained();
+            }
             self.sweep_closing();
             self.stats[self.id].store(&self.counters);
-            if woken && self.stop.load(Ordering::Acquire) {
-                self.shut_down();
+            if self.drain_deadline.is_some() && self.clients.is_empty() {
+                info!(shard = self.id, "shard stopped");
                 return Ok(());
             }
         }
     }
 
-    /// Stops accepting, gives queued output one last flush, and closes every connection.
-    fn shut_down(mut self) {
+    /// Stops accepting and starts the drain.
+    fn begin_drain(&mut self) {
         self.listener = None;
-        for (key, client) in self.clients.iter() {
-            if !client.outbox.is_empty() && !client.pending {
-                self.pending.push(key);
-            }
-        }
-        self.flush_pending();
+        self.accept_paused_until = None;
+        let timeout = Duration::from_secs(self.config.drain_timeout);
+        self.drain_deadline = Some(self.now + timeout);
         info!(
             shard = self.id,
             clients = self.clients.len(),
-            "shard stopped"
+            "draining for up to {timeout:?}"
         );
-        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
-        for key in keys {
+    }
+
+    /// Closes every connection that has nothing left to send, or all of them once the drain
+    /// deadline has passed.
+    fn close_drained(&mut self) {
+        let expired = self.drain_deadline.is_some_and(|d| self.now >= d);
+        let done: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.closing && (expired || c.outbox.is_empty()))
+            .map(|(key, _)| key)
+            .collect();
+        if expired && !done.is_empty() {
+            warn!(
+                shard = self.id,
+                left = done.len(),
+                "drain timeout: closing with output unsent"
+            );
+        }
+        for key in done {
             self.close(key);
         }
-        self.sweep_closing();
-        self.stats[self.id].store(&self.counters);
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -230,6 +291,7 @@ impl Shard {
             self.next_tick,
             self.next_keepalive,
             self.accept_paused_until,
+            self.drain_deadline,
             self.deadlines.peek().map(|Reverse((t, _))| *t),
         ]
         .into_iter()
@@ -256,15 +318,56 @@ impl Shard {
                 // The peer gave up between SYN and accept: nothing to do.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    // EMFILE/ENFILE (or ENOBUFS/ENOMEM): accepting again at once would fail
-                    // again at once, and spin. Pause; the timer resumes.
                     self.counters.add(Stat::AcceptErrors, 1);
+                    if out_of_descriptors(&e) && self.shed_with_reserve() {
+                        continue;
+                    }
+                    // Accepting again at once would fail again at once, and spin. Pause; the
+                    // timer resumes (no new edge would come for connections already waiting).
                     warn!(shard = self.id, error = %e, "accept failed; pausing accepts for {ACCEPT_BACKOFF:?}");
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
                     return;
                 }
             }
         }
+    }
+
+    /// Out of descriptors: gives up the reserve to accept one waiting connection and shed it.
+    /// Returns false when there was no reserve or the accept failed anyway.
+    fn shed_with_reserve(&mut self) -> bool {
+        if self.reserve.take().is_none() {
+            return false;
+        }
+        let accepted = self.listener.as_ref().map(TcpListener::accept);
+        let shed = match accepted {
+            Some(Ok((socket, _))) => {
+                self.shed_unadmitted(socket);
+                true
+            }
+            _ => false,
+        };
+        self.reserve = File::open("/dev/null").ok();
+        shed
+    }
+
+    /// Answers a connection there is no room to keep, from the one read it gets: a stream
+    /// request is shed (so the browser comes back), anything else gets 503, silence gets
+    /// closed (an `EventSource` retries after a network error too).
+    fn shed_unadmitted(&mut self, mut socket: TcpStream) {
+        let n = socket.read(&mut self.scratch).unwrap_or(0);
+        let response = if self.scratch[..n].starts_with(b"GET /stream") {
+            self.counters.add(Stat::Shed, 1);
+            let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
+            [http::STREAM_HEAD, &sse::encode_shed(retry)].concat()
+        } else if n > 0 {
+            self.counters.reject(503);
+            http::error_response(503, "server at capacity; retry later", false, "").to_vec()
+        } else {
+            Vec::new()
+        };
+        // One non-blocking write into an empty socket buffer; a few hundred bytes fit.
+        let _ = socket.write(&response);
+        let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
@@ -323,6 +426,9 @@ impl Shard {
     /// Parses and answers requests from `key` until its input runs out, it becomes a
     /// stream, it must close, or its unread responses reach [`RESPONSE_BACKLOG`].
     fn serve_requests(&mut self, key: usize) {
+        if self.drain_deadline.is_some() {
+            return; // draining: answer nothing new; close_drained closes the connection
+        }
         let max_body = self.config.max_body;
         loop {
             let client = &mut self.clients[key];
@@ -467,13 +573,26 @@ impl Shard {
 
     fn publish_request(&mut self, key: usize, request: Request) {
         let keep_alive = request.keep_alive;
-        let publish = match params::parse_publish(request, SystemTime::now()) {
+        let allowed = match self.clients[key].socket.peer_addr() {
+            Ok(peer) => self
+                .node
+                .access
+                .check(request.authorization.as_deref(), peer.ip()),
+            Err(_) => return self.close(key),
+        };
+        let publish = allowed.and_then(|()| params::parse_publish(request, SystemTime::now()));
+        let publish = match publish {
             Ok(p) => p,
             Err(rejection) => {
                 // The body was read whole: the connection can serve the next request.
                 self.counters.reject(rejection.status);
+                let extra = if rejection.status == 401 {
+                    "WWW-Authenticate: Bearer\r\n"
+                } else {
+                    ""
+                };
                 let response =
-                    http::error_response(rejection.status, rejection.reason, keep_alive, "");
+                    http::error_response(rejection.status, rejection.reason, keep_alive, extra);
                 return self.respond(key, response, keep_alive);
             }
         };
@@ -503,44 +622,74 @@ impl Shard {
         }
     }
 
-    /// The fan-out: one refcount bump and one queue push per subscriber, no allocation.
+    /// The fan-out: one refcount bump and one queue push per subscriber, no allocation
+    /// (a stream that starts losing frames allocates its gap record, once).
     fn deliver(&mut self, delivery: &Delivery) {
         let Some(&t) = self.topics.by_name.get(&delivery.topic) else {
             return;
         };
         let limit = self.config.client_buffer;
+        let slow_after = self.config.slow_client_period();
         let Shard {
             topics,
             clients,
             pending,
+            closing,
             counters,
+            now,
             ..
         } = self;
-        let (mut queued, mut dropped, mut peak) = (0, 0, 0);
+        let (mut queued, mut bytes, mut dropped, mut notices, mut too_slow, mut peak) =
+            (0, 0, 0, 0, 0, 0);
         for (_, &key) in topics.list[t as usize].subscribers.iter() {
             let client = &mut clients[key];
+            let Phase::Stream(stream) = &mut client.phase else {
+                continue;
+            };
             if client.closing {
                 continue;
             }
-            match client.outbox.push_bounded(delivery.frame.clone(), limit) {
-                Push::Queued => {
+            let frame = &delivery.frame;
+            match stream.offer(
+                &mut client.outbox,
+                delivery.id,
+                frame,
+                limit,
+                *now,
+                slow_after,
+            ) {
+                Offer::Queued(n) => {
                     queued += 1;
+                    bytes += n;
+                    notices += usize::from(n > frame.len());
                     peak = peak.max(client.outbox.queued_bytes());
-                    if let Phase::Stream(stream) = &mut client.phase {
-                        stream.active = true;
-                    }
                     if !client.pending {
                         client.pending = true;
                         pending.push(key);
                     }
                 }
-                Push::Dropped => dropped += 1,
+                Offer::Dropped => dropped += 1,
+                Offer::TooSlow => {
+                    dropped += 1;
+                    too_slow += 1;
+                    client.closing = true;
+                    closing.push(key);
+                }
+                Offer::Skipped => {}
             }
         }
         counters.add(Stat::FramesQueued, queued);
         counters.add(Stat::FramesDropped, dropped);
-        counters.add(Stat::QueuedBytes, queued * delivery.frame.len() as u64);
+        counters.add(Stat::GapNotices, notices as u64);
+        counters.add(Stat::SlowDisconnects, too_slow);
+        counters.add(Stat::QueuedBytes, bytes as u64);
         counters.raise(Stat::QueuePeakBytes, peak as u64);
+        if too_slow > 0 {
+            debug!(
+                shard = self.id,
+                too_slow, "disconnected streams that kept losing frames"
+            );
+        }
     }
 
     // ----- streams -----------------------------------------------------------------------
@@ -550,11 +699,22 @@ impl Shard {
             Ok(s) => s,
             Err(rejection) => return self.reject(key, rejection),
         };
-        let names = self
+        let max = self.node.max_streams;
+        let admitted = self
+            .node
+            .streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return self.shed(key);
+        }
+        let subscription = self
             .hub
-            .subscribe(subscribe.topics.iter().map(String::as_str));
-        let mut subs = Vec::with_capacity(names.len());
-        for name in names {
+            .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref());
+        let mut subs = Vec::with_capacity(subscription.names.len());
+        for name in subscription.names {
             let t = match self.topics.by_name.get(&name) {
                 Some(&t) => t,
                 None => {
@@ -569,26 +729,46 @@ impl Shard {
             let slot = self.topics.list[t as usize].subscribers.insert(key) as u32;
             subs.push((t, slot));
         }
-        let retry = self.jittered_retry();
-        self.clients[key].phase = Phase::Stream(Stream {
-            subs: subs.into_boxed_slice(),
-            active: true,
-        });
+        let retry = self.jitter(self.config.retry_ms);
+        self.clients[key].phase = Phase::Stream(Stream::new(
+            subs.into_boxed_slice(),
+            subscription.skip_through,
+        ));
         self.queue(key, self.stream_head.clone());
         self.queue(key, sse::encode_preamble(retry));
+        if let Some(reset) = subscription.reset {
+            self.counters.add(Stat::ResetNotices, 1);
+            self.queue(key, reset);
+        }
+        // Replayed frames are shared with the history: the queue holds references, not copies.
+        self.counters
+            .add(Stat::Replayed, subscription.replay.len() as u64);
+        for frame in subscription.replay {
+            self.queue(key, frame);
+        }
         self.counters.add(Stat::Streams, 1);
         self.counters.add(Stat::StreamsOpened, 1);
         debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
     }
 
-    /// The `retry:` for one new stream: uniform in [base/2, base*3/2), so that clients of a
-    /// restarted node come back spread over a whole `retry` period.
-    fn jittered_retry(&mut self) -> u64 {
+    /// Answers a stream request beyond capacity: stream head, `: shed`, a long jittered
+    /// `retry:`, then close.
+    fn shed(&mut self, key: usize) {
+        self.counters.add(Stat::Shed, 1);
+        let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
+        self.queue(key, self.stream_head.clone());
+        self.queue(key, sse::encode_shed(retry));
+        self.clients[key].close_after_flush = true;
+        debug!(shard = self.id, key, "stream shed at capacity");
+    }
+
+    /// A `retry:` around `base` for one stream: uniform in [base/2, base*3/2), so that the
+    /// clients of a restarted node come back spread over a whole period.
+    fn jitter(&mut self, base: u64) -> u64 {
         // xorshift64: cheap, and quality is irrelevant here.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let base = self.config.retry_ms;
         base / 2 + self.rng % base.max(1)
     }
 
@@ -699,7 +879,7 @@ impl Shard {
                 continue;
             }
             let written = match client.flush() {
-                WriteStatus::Drained(n) => {
+                WriteStatus::Drained(w) => {
                     if client.close_after_flush {
                         let deadline = Instant::now() + LINGER;
                         client.start_linger(deadline);
@@ -711,16 +891,18 @@ impl Shard {
                     } else if matches!(client.phase, Phase::Request(_)) {
                         resume.push(key);
                     }
-                    n
+                    w
                 }
-                WriteStatus::Blocked(n) => n,
+                WriteStatus::Blocked(w) => w,
                 WriteStatus::Failed => {
                     self.close(key);
-                    0
+                    Written::default()
                 }
             };
-            self.counters.add(Stat::BytesWritten, written as u64);
-            self.counters.sub(Stat::QueuedBytes, written as u64);
+            self.counters.add(Stat::BytesWritten, written.bytes as u64);
+            self.counters
+                .add(Stat::FramesWritten, written.frames as u64);
+            self.counters.sub(Stat::QueuedBytes, written.bytes as u64);
         }
         // Keep the list's capacity; anything queued while resuming goes out next turn.
         pending.append(&mut self.pending);
@@ -764,6 +946,7 @@ impl Shard {
                     }
                 }
                 self.hub.unsubscribe(left.iter().map(|n| &**n));
+                self.node.streams.fetch_sub(1, Ordering::Relaxed);
                 self.counters.sub(Stat::Streams, 1);
                 self.counters.add(Stat::StreamsClosed, 1);
                 debug!(shard = self.id, key, "stream closed");
@@ -772,6 +955,11 @@ impl Shard {
             }
         }
     }
+}
+
+/// Whether an accept error means the process or system is out of file descriptors.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// The next firing of a periodic timer that was due at `at`; skips missed periods.

@@ -43,6 +43,73 @@ pub fn encode_preamble(retry_ms: u64) -> Bytes {
     out.freeze()
 }
 
+/// Encodes the preamble of a stream shed at capacity: the `: shed` comment and a long retry.
+pub fn encode_shed(retry_ms: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(40);
+    out.put_slice(b": shed\nretry: ");
+    out.put_slice(itoa(retry_ms, &mut [0; 20]));
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// Encodes the `event: gap` notice: frames `from..=to` (`dropped` of them) were not sent.
+///
+/// Notices carry no `id:`, so the client's last event id stays that of the last real event.
+pub fn encode_gap(from: u64, to: u64, dropped: u64) -> Bytes {
+    encode_notice(
+        "gap",
+        &format!("{{\"from\":\"{from}\",\"to\":\"{to}\",\"dropped\":{dropped}}}"),
+    )
+}
+
+/// Why a requested `Last-Event-ID` cannot be replayed exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// Events after it were already evicted from the history.
+    Expired,
+    /// It is not an id this node handed out.
+    Unknown,
+}
+
+/// Encodes the `event: reset` notice sent before a replay that cannot start where asked.
+pub fn encode_reset(reason: ResetReason, requested: &str, oldest: Option<u64>) -> Bytes {
+    let reason = match reason {
+        ResetReason::Expired => "expired",
+        ResetReason::Unknown => "unknown",
+    };
+    let oldest = oldest.map_or_else(|| "null".to_owned(), |id| format!("\"{id}\""));
+    encode_notice(
+        "reset",
+        &format!(
+            "{{\"reason\":\"{reason}\",\"requested\":{},\"oldest\":{oldest}}}",
+            json_string(requested)
+        ),
+    )
+}
+
+/// A server notice: an event type and one line of JSON data, no id.
+fn encode_notice(event: &str, json: &str) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {json}\n\n"))
+}
+
+/// Quotes `s` as a JSON string. Control characters are escaped, so the result is one line.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Splits a body into SSE lines: `\r\n`, `\n` and a lone `\r` each end one line.
 ///
 /// A body with `n` line breaks yields `n + 1` lines, so a trailing newline survives the
@@ -161,6 +228,38 @@ mod tests {
     #[test]
     fn preamble_has_comment_then_retry() {
         assert_eq!(text(&encode_preamble(2345)), ": connected\nretry: 2345\n\n");
+    }
+
+    #[test]
+    fn notices_have_no_id_and_one_json_data_line() {
+        assert_eq!(
+            text(&encode_gap(5, 9, 5)),
+            "event: gap\ndata: {\"from\":\"5\",\"to\":\"9\",\"dropped\":5}\n\n"
+        );
+        assert_eq!(
+            text(&encode_reset(ResetReason::Expired, "3", Some(10))),
+            "event: reset\ndata: {\"reason\":\"expired\",\"requested\":\"3\",\"oldest\":\"10\"}\n\n"
+        );
+        assert_eq!(
+            text(&encode_reset(ResetReason::Unknown, "x", None)),
+            "event: reset\ndata: {\"reason\":\"unknown\",\"requested\":\"x\",\"oldest\":null}\n\n"
+        );
+    }
+
+    #[test]
+    fn a_hostile_requested_id_cannot_break_the_notice() {
+        let frame = encode_reset(ResetReason::Unknown, "a\"\n\ndata: evil\r\\", None);
+        let s = text(&frame);
+        assert_eq!(s.matches('\n').count(), 3, "{s:?}");
+        assert!(
+            s.contains(r#""requested":"a\"\u000a\u000adata: evil\u000d\\""#),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn shed_preamble() {
+        assert_eq!(text(&encode_shed(30000)), ": shed\nretry: 30000\n\n");
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! Out of file descriptors, the server backs off instead of spinning, and resumes accepting
-//! when descriptors free up.
+//! Out of file descriptors, the server still answers: it frees a reserve descriptor to
+//! accept each waiting stream and sheds it (so the browser comes back later), never spins,
+//! and serves new streams again once descriptors free up.
 
 mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::{Server, PATIENCE};
 
@@ -18,77 +19,78 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// Whether a stream's response head has arrived (without blocking past `wait`).
-fn got_head(sock: &mut TcpStream, wait: Duration) -> bool {
-    sock.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 256];
-    matches!(sock.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Stream,
+    Shed { retry: u64 },
 }
 
-/// Polls the streams not yet marked served until some get their head and then a whole pass
-/// brings no more; returns how many were newly served.
-fn collect_heads(socks: &mut [TcpStream], served: &mut [bool]) -> usize {
-    let deadline = Instant::now() + PATIENCE;
-    let mut total = 0;
-    while Instant::now() < deadline {
-        let mut new = 0;
-        for (sock, done) in socks.iter_mut().zip(served.iter_mut()) {
-            if !*done && got_head(sock, Duration::from_millis(5)) {
-                *done = true;
-                new += 1;
-            }
+/// Opens a stream and reads until it is clearly a live stream or a shed one.
+fn open(server: &Server) -> (TcpStream, Answer) {
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if text.contains(": connected\n") && text.contains("\n\n") {
+            return (s, Answer::Stream);
         }
-        total += new;
-        if total > 0 && new == 0 {
-            break;
+        let n = s.read(&mut buf).expect("an answer in time");
+        if n == 0 {
+            // Closed: it must have been a complete shed answer.
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("Content-Type: text/event-stream"), "{text}");
+            assert!(text.contains("\r\n\r\n: shed\nretry: "), "{text}");
+            let retry = text
+                .split("retry: ")
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            return (s, Answer::Shed { retry });
         }
+        got.extend_from_slice(&buf[..n]);
     }
-    total
 }
 
 #[test]
-fn emfile_on_accept_backs_off_and_recovers() {
-    let server = Server::start_limited(&[], Some(48));
-    let mut socks: Vec<TcpStream> = (0..80)
-        .map(|_| {
-            let mut s = TcpStream::connect(server.addr).unwrap();
-            s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
-                .unwrap();
-            s
+fn out_of_descriptors_streams_are_shed_not_left_hanging() {
+    // 48 descriptors, and no --max-clients shedding before the descriptors run out.
+    let server = Server::start_limited(&["--max-clients", "1000", "--retry-ms", "1000"], Some(48));
+    let answers: Vec<(TcpStream, Answer)> = (0..60).map(|_| open(&server)).collect();
+    let live = answers.iter().filter(|(_, a)| *a == Answer::Stream).count();
+    let shed: Vec<u64> = answers
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Answer::Shed { retry } => Some(*retry),
+            Answer::Stream => None,
         })
         .collect();
-    // Some get their stream; the rest wait in the backlog while the server is out of fds.
-    let mut served = vec![false; socks.len()];
-    let first = collect_heads(&mut socks, &mut served);
-    assert!(first > 0 && first < 80, "served {first}");
+    assert!(live > 10, "live streams up to the limit: {live}");
+    assert!(!shed.is_empty(), "the rest were shed");
+    assert_eq!(live + shed.len(), 60, "every connection got an answer");
+    // A shed stream is told to come back much later than --retry-ms (jittered ±50 %).
+    assert!(shed.iter().all(|r| (5_000..15_000).contains(r)), "{shed:?}");
 
-    // Out of descriptors with connections waiting: the loop must sleep, not spin.
+    // Nothing is waiting and the loop sleeps: no spinning while full.
     let before = cpu_ticks(server.pid());
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks(server.pid()) - before;
-    // A spinning loop would burn ~200 ticks (100 Hz) in 2 s; back-off wakes 20 times.
     assert!(
-        used < 50,
-        "server used {used} ticks of CPU in 2 s while out of fds"
-    );
-    assert!(
-        server.log().contains("accept failed"),
-        "the condition was logged"
+        used < 25,
+        "server used {used} ticks of CPU in 1 s while full"
     );
 
-    // Free descriptors: waiting connections are accepted once the back-off ends.
-    let mut waiting: Vec<TcpStream> = socks
-        .into_iter()
-        .zip(served)
-        .filter_map(|(sock, served)| (!served).then_some(sock))
-        .collect();
-    let mut served = vec![false; waiting.len()];
-    let later = collect_heads(&mut waiting, &mut served);
-    assert!(
-        later > 0,
-        "none of the waiting streams was served after fds were freed"
-    );
-    drop(waiting);
-    let m = server.wait_metrics("streams gone", |m| m["sse_edge_clients"] == 0.0);
-    assert!(m["sse_edge_accept_errors_total"] >= 1.0);
+    // Free the descriptors: new streams are live again.
+    drop(answers);
+    server.wait_metrics("streams gone", |m| m["sse_edge_clients"] == 0.0);
+    let (_s, again) = open(&server);
+    assert_eq!(again, Answer::Stream);
+    let m = server.metrics();
+    assert!(m["sse_edge_accept_errors_total"] >= shed.len() as f64);
+    assert_eq!(m["sse_edge_shed_total"], shed.len() as f64);
 }

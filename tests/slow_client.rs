@@ -111,13 +111,25 @@ fn a_reader_that_never_reads_gets_drops_and_everyone_else_gets_everything() {
     };
     // Ids it saw: what the kernel and its queue held, then (after the drops) the marker.
     let mut ids = Vec::new();
+    let mut notices = Vec::new();
     loop {
         let e = late.next_event();
+        if e.event.as_deref() == Some("gap") {
+            notices.push((ids.last().copied(), e.data));
+            continue;
+        }
         ids.push(e.id.unwrap().parse::<u64>().unwrap());
         if e.event.as_deref() == Some("marker") {
             break;
         }
     }
+    // It was told, right where the hole is, which ids it lost.
+    let (before, notice) = notices.first().cloned().expect("an event: gap notice");
+    let hole_start = before.unwrap() + 1;
+    assert!(
+        notice.starts_with(&format!("{{\"from\":\"{hole_start}\",")),
+        "{notice}"
+    );
     done.store(true, Ordering::Release);
     marker.join().unwrap();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");

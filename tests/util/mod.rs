@@ -135,9 +135,14 @@ impl Server {
 
     /// The current metrics, each name summed over its label sets.
     pub fn metrics(&self) -> HashMap<String, f64> {
+        self.try_metrics().expect("GET /metrics answered 200")
+    }
+
+    /// The current metrics, or None when the server answered otherwise (e.g. 503 while it
+    /// is out of file descriptors).
+    pub fn try_metrics(&self) -> Option<HashMap<String, f64>> {
         let r = self.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        assert_eq!(r.status, 200);
-        parse_metrics(&r.text())
+        (r.status == 200).then(|| parse_metrics(&r.text()))
     }
 
     /// Polls metrics until `cond` holds; panics with the last values after [`PATIENCE`].
@@ -148,9 +153,11 @@ impl Server {
     ) -> HashMap<String, f64> {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let m = self.metrics();
-            if cond(&m) {
-                return m;
+            let m = self.try_metrics();
+            if let Some(m) = &m {
+                if cond(m) {
+                    return m.clone();
+                }
             }
             if Instant::now() > deadline {
                 panic!("timed out waiting for {what}; metrics: {m:?}");
