@@ -1,0 +1,93 @@
+//! Fan-out enqueue: one shared frame offered to N in-memory streams, through the very code the
+//! shard runs per subscriber (`Stream::offer` into a bounded `Outbox`), N = 1k, 10k, 100k.
+//!
+//! This is the per-client part of a broadcast that is not a syscall: a refcount bump and a
+//! queue push. Throughput is clients, so the report reads as clients per second (the inverse
+//! is ns per client). A counting allocator checks it allocates nothing per client once queues
+//! have their capacity; the count is printed after the run (`allocations per client`), and
+//! `tests/fanout_allocations.rs` asserts it is zero.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sse_edge::outbox::Outbox;
+use sse_edge::sse::encode_event;
+use sse_edge::stream::Stream;
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+struct Subscriber {
+    stream: Stream,
+    outbox: Outbox,
+}
+
+/// One broadcast into every subscriber, then the queues emptied as a flush would.
+fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> usize {
+    let mut queued = 0;
+    for s in subs.iter_mut() {
+        let offer = s.stream.offer(
+            &mut s.outbox,
+            id,
+            frame,
+            65536,
+            now,
+            std::time::Duration::MAX,
+        );
+        queued += matches!(offer, sse_edge::stream::Offer::Queued(_)) as usize;
+    }
+    for s in subs.iter_mut() {
+        s.outbox.write_to(&mut std::io::sink()).unwrap();
+    }
+    queued
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_enqueue");
+    let frame = encode_event(1, None, "a typical small event body of a few dozen bytes");
+    let now = Instant::now();
+    for n in [1_000usize, 10_000, 100_000] {
+        let mut subs: Vec<Subscriber> = (0..n)
+            .map(|_| Subscriber {
+                stream: Stream::new(Box::new([(0, 0)]), 0),
+                outbox: Outbox::default(),
+            })
+            .collect();
+        let mut id = 1;
+        broadcast(&mut subs, id, &frame, now); // warm-up: queues take their capacity
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        id += 1;
+        broadcast(&mut subs, id, &frame, now);
+        let per_client = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        eprintln!("fanout_enqueue/{n}: allocations per client per event: {per_client}");
+
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                id += 1;
+                broadcast(&mut subs, id, &frame, now)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,63 @@
+//! The per-client fan-out path allocates nothing: offering one shared frame to 10 000
+//! streams, through the same `Stream::offer` and `Outbox` the shard uses, makes no heap
+//! allocation once the queues have their capacity.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sse_edge::outbox::Outbox;
+use sse_edge::sse::encode_event;
+use sse_edge::stream::{Offer, Stream};
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn offering_a_frame_to_ten_thousand_streams_allocates_nothing() {
+    let mut subs: Vec<(Stream, Outbox)> = (0..10_000)
+        .map(|_| (Stream::new(Box::new([(0, 0)]), 0), Outbox::default()))
+        .collect();
+    let now = Instant::now();
+    let mut sink = std::io::sink();
+    let mut round = |id: u64| -> (u64, usize) {
+        let frame = encode_event(id, None, "payload");
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let mut queued = 0;
+        for (stream, outbox) in subs.iter_mut() {
+            let offer = stream.offer(outbox, id, &frame, 65536, now, Duration::MAX);
+            queued += usize::from(matches!(offer, Offer::Queued(_)));
+        }
+        let during = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        for (_, outbox) in subs.iter_mut() {
+            outbox.write_to(&mut sink).unwrap();
+        }
+        (during, queued)
+    };
+    let (warm_up, _) = round(1);
+    assert!(
+        warm_up >= 10_000,
+        "the first round gives each queue its capacity"
+    );
+    for id in 2..10 {
+        assert_eq!(
+            round(id),
+            (0, 10_000),
+            "event {id}: no allocation, every stream queued"
+        );
+    }
+}
