@@ -125,8 +125,13 @@ pub struct Summary {
     pub procs: u64,
     /// Source addresses used (empty: the kernel's choice).
     pub sources: Vec<String>,
-    /// `stamped` or `closed-loop`.
+    /// `stamped`, `closed-loop`, or `none` (streams only held).
     pub publish_mode: String,
+    /// Seconds the streams were held without a publisher.
+    pub hold_secs: f64,
+    /// CPU seconds the load generator itself used (parent and workers): near the core count
+    /// times the run time, the client and not the server may be the bottleneck.
+    pub client_cpu_secs: f64,
     /// Seconds from the first connect until every stream was established or failed.
     pub connect_secs: f64,
     /// Seconds spent publishing.
@@ -206,48 +211,15 @@ impl Summary {
             row(&mut t, "failures", kinds.join(", "));
         }
         let publish_errors: u64 = self.publish_errors.values().sum();
-        row(
-            &mut t,
-            "published",
-            format!(
-                "{} messages in {:.1} s ({:.1}/s, {}), {} POST errors, POST p50 {} p99 {}",
-                self.messages_published,
-                self.publish_secs,
-                self.messages_published as f64 / self.publish_secs.max(1e-9),
-                self.publish_mode,
-                publish_errors,
-                ms(self.publish_latency_us.p50),
-                ms(self.publish_latency_us.p99)
-            ),
-        );
-        row(
-            &mut t,
-            "deliveries",
-            format!(
-                "{} expected, {} received, {} lost, {} duplicate, {} other  ({:.0}/s)",
-                self.deliveries_expected,
-                self.deliveries_received,
-                self.deliveries_lost,
-                self.duplicates,
-                self.other_events,
-                self.deliveries_per_sec
-            ),
-        );
-        let l = &self.latency_us;
-        row(
-            &mut t,
-            "latency",
-            format!(
-                "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, n={})",
-                ms(l.p50),
-                ms(l.p90),
-                ms(l.p99),
-                ms(l.p999),
-                ms(l.max),
-                ms(l.mean as u64),
-                l.count
-            ),
-        );
+        if self.publish_mode == "none" {
+            row(
+                &mut t,
+                "published",
+                format!("nothing (streams held {:.1} s)", self.hold_secs),
+            );
+        } else {
+            self.publishing_rows(&mut t, publish_errors);
+        }
         if self.slow.clients > 0 {
             row(
                 &mut t,
@@ -283,9 +255,19 @@ impl Summary {
             row(
                 &mut t,
                 "server cpu",
-                format!("{cpu:.2} s while publishing, {per}"),
+                format!("{cpu:.2} s from the first publish to the end of the wait, {per}"),
             );
         }
+        row(
+            &mut t,
+            "client cpu",
+            format!(
+                "{:.2} s (loadtest and its workers) over {:.1} s: {:.2} cores busy",
+                self.client_cpu_secs,
+                self.elapsed_secs,
+                self.client_cpu_secs / self.elapsed_secs.max(1e-9)
+            ),
+        );
         if let Some(clients) = self.server_reported_clients {
             row(
                 &mut t,
@@ -337,6 +319,54 @@ impl Summary {
             },
         );
         t
+    }
+    /// The rows about publishing, deliveries and latency.
+    fn publishing_rows(&self, t: &mut String, publish_errors: u64) {
+        let row = |t: &mut String, name: &str, value: String| {
+            let _ = writeln!(t, "  {name:<12} {value}");
+        };
+        row(
+            t,
+            "published",
+            format!(
+                "{} messages in {:.1} s ({:.1}/s, {}), {} POST errors, POST p50 {} p99 {}",
+                self.messages_published,
+                self.publish_secs,
+                self.messages_published as f64 / self.publish_secs.max(1e-9),
+                self.publish_mode,
+                publish_errors,
+                ms(self.publish_latency_us.p50),
+                ms(self.publish_latency_us.p99)
+            ),
+        );
+        row(
+            t,
+            "deliveries",
+            format!(
+                "{} expected, {} received, {} lost, {} duplicate, {} other  ({:.0}/s)",
+                self.deliveries_expected,
+                self.deliveries_received,
+                self.deliveries_lost,
+                self.duplicates,
+                self.other_events,
+                self.deliveries_per_sec
+            ),
+        );
+        let l = &self.latency_us;
+        row(
+            t,
+            "latency",
+            format!(
+                "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, n={})",
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max),
+                ms(l.mean as u64),
+                l.count
+            ),
+        );
     }
 }
 

@@ -217,6 +217,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
         eprintln!("loadtest: {e}");
     }
     drop(workers);
+    let client_cpu_secs = own_cpu_secs();
 
     let counters = board.counters();
     let mut latency = new_latency();
@@ -226,6 +227,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
     }
     let timing = Timing {
         t0,
+        client_cpu_secs,
         connect_secs,
         publish_start,
         delivery_end,
@@ -262,6 +264,20 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
         code = ExitCode::FAILURE;
     }
     Ok(code)
+}
+
+/// CPU seconds used by this process and its reaped children (the workers).
+fn own_cpu_secs() -> f64 {
+    let secs = |who| {
+        // SAFETY: getrusage fills a plain struct we own.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    };
+    secs(libc::RUSAGE_SELF) + secs(libc::RUSAGE_CHILDREN)
 }
 
 fn secs_us(secs: f64) -> u64 {
@@ -433,6 +449,8 @@ fn pump(
 /// When things happened.
 struct Timing {
     t0: u64,
+    /// CPU time of this process and its (reaped) workers.
+    client_cpu_secs: f64,
     connect_secs: f64,
     publish_start: u64,
     delivery_end: u64,
@@ -536,10 +554,17 @@ fn summarize(
         sizing,
         procs,
         sources: sources.iter().map(|s| s.to_string()).collect(),
-        publish_mode: match args.publish_mode {
-            Mode::Stamped => "stamped".to_owned(),
-            Mode::ClosedLoop => "closed-loop".to_owned(),
+        publish_mode: match (&args.publish_url, args.publish_mode) {
+            (None, _) => "none".to_owned(),
+            (Some(_), Mode::Stamped) => "stamped".to_owned(),
+            (Some(_), Mode::ClosedLoop) => "closed-loop".to_owned(),
         },
+        hold_secs: if args.publish_url.is_none() {
+            timing.delivery_end.saturating_sub(timing.publish_start) as f64 / 1e6
+        } else {
+            0.0
+        },
+        client_cpu_secs: timing.client_cpu_secs,
         connect_secs: timing.connect_secs,
         publish_secs: outcome.map_or(0.0, |o| (o.ended_us - o.started_us) as f64 / 1e6),
         elapsed_secs: (now_us() - timing.t0) as f64 / 1e6,
