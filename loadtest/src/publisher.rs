@@ -78,6 +78,9 @@ pub struct Outcome {
     pub started_us: u64,
     /// See `started_us`.
     pub ended_us: u64,
+    /// Largest delay of a send behind its schedule, µs (the server, or this one connection,
+    /// could not keep up with `--rate`).
+    pub max_lag_us: u64,
 }
 
 /// Runs the schedule until done or `stop`; `before_send(seq, scheduled_us)` runs just before
@@ -96,6 +99,7 @@ pub fn run(
         server_clients: None,
         started_us,
         ended_us: started_us,
+        max_lag_us: 0,
     };
     let mut conn = Connection::new(job.url.clone());
     let (end_us, limit) = match job.schedule {
@@ -132,6 +136,7 @@ pub fn run(
         before_send(seq, scheduled);
         let body = stamp::body(seq, scheduled, job.body_size);
         let sent = now_us();
+        out.max_lag_us = out.max_lag_us.max(sent.saturating_sub(scheduled));
         match conn.post(&body) {
             Ok(clients) => {
                 out.post_latency
@@ -361,5 +366,29 @@ mod tests {
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);
         assert!(out.errors.is_empty());
         assert_eq!(out.post_latency.len(), 5);
+    }
+
+    #[test]
+    fn a_rate_schedule_stamps_each_message_with_its_scheduled_time() {
+        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        let url = canned(vec![answer; 10]);
+        let job = Job {
+            url,
+            mode: Mode::Stamped,
+            schedule: Schedule::Rate {
+                per_sec: 200.0,
+                duration_us: 50_000,
+            },
+            body_size: 0,
+        };
+        let mut times = Vec::new();
+        let out = run(&job, &AtomicBool::new(false), &Live::default(), |_, at| {
+            times.push(at)
+        });
+        assert_eq!(out.published, 10);
+        // Exactly 5 ms apart, however late each one actually left.
+        let steps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|&d| d.abs_diff(5_000) <= 1), "{steps:?}");
+        assert_eq!(times[0], out.started_us);
     }
 }

@@ -65,8 +65,10 @@ pub struct Slow {
 pub struct Summary {
     /// The stream URL.
     pub url: String,
-    /// Streams asked for (and started).
+    /// Streams asked for.
     pub connections_requested: u64,
+    /// Streams started (fewer than requested only when Ctrl-C cut the ramp short).
+    pub connections_started: u64,
     /// Streams that got a 200 stream head.
     pub connections_established: u64,
     /// Streams that failed before their head.
@@ -136,6 +138,8 @@ pub struct Summary {
     pub connect_secs: f64,
     /// Seconds spent publishing.
     pub publish_secs: f64,
+    /// Largest delay of a POST behind its schedule, µs; latencies include it.
+    pub publish_max_lag_us: u64,
     /// Seconds the whole run took.
     pub elapsed_secs: f64,
     /// Ctrl-C cut the run short.
@@ -352,6 +356,16 @@ impl Summary {
                 self.deliveries_per_sec
             ),
         );
+        if self.publish_max_lag_us >= 10_000 {
+            row(
+                t,
+                "",
+                format!(
+                    "behind schedule by up to {}: each POST waited for the previous answer; latency counts from the schedule",
+                    ms(self.publish_max_lag_us)
+                ),
+            );
+        }
         let l = &self.latency_us;
         row(
             t,

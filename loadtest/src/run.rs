@@ -518,7 +518,8 @@ fn summarize(
         .then(|| sizing::size(&measured, args.plan));
     let mut summary = Summary {
         url: url.to_string(),
-        connections_requested: c.requested,
+        connections_requested: args.connections,
+        connections_started: c.requested,
         connections_established: c.established,
         connect_errors: c.connect_errors,
         disconnects: c.disconnects,
@@ -567,6 +568,7 @@ fn summarize(
         client_cpu_secs: timing.client_cpu_secs,
         connect_secs: timing.connect_secs,
         publish_secs: outcome.map_or(0.0, |o| (o.ended_us - o.started_us) as f64 / 1e6),
+        publish_max_lag_us: outcome.map_or(0, |o| o.max_lag_us),
         elapsed_secs: (now_us() - timing.t0) as f64 / 1e6,
         interrupted: interrupted(),
         worker_errors: worker_errors as u64,

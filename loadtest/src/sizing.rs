@@ -96,7 +96,10 @@ pub fn size(m: &Measured, target: Option<(u64, f64)>) -> Sizing {
                 "stream state may use {:.0} % of a node's memory (the rest: kernel socket buffers, OS, bursts)",
                 MEMORY_SHARE * 100.0
             ),
-            format!("deliveries may use {:.0} % of a node's CPU", CPU_SHARE * 100.0),
+            format!(
+                "deliveries may use {:.0} % of a node's CPU, so the server must use every core (--shards auto, or a process per core)",
+                CPU_SHARE * 100.0
+            ),
             "server memory grows linearly with streams and CPU with deliveries, as measured here"
                 .to_owned(),
             "the load generator shared this machine's CPU with the server during the run".to_owned(),

@@ -32,6 +32,9 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        // The tests share this process; its streams' peers are in other processes, but its
+        // own pipes and sockets still count.
+        loadtest::fdlimit::raise_to_hard_limit().expect("raise the open-files limit");
         let exe = server_binary();
         let mut child = Command::new(&exe)
             .args(["--listen", "127.0.0.1:0", "--tick", "0"])
@@ -149,7 +152,6 @@ fn describe(out: &Output) -> String {
 
 #[test]
 fn two_thousand_streams_over_two_workers_lose_nothing() {
-    loadtest::fdlimit::raise_to_hard_limit().expect("raise the open-files limit");
     let server = Server::start();
     let json = temp_path("smoke.json");
     let hgrm = temp_path("smoke.hgrm");
