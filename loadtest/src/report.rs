@@ -256,11 +256,12 @@ impl Summary {
             let per = self
                 .server_cpu_ns_per_delivery
                 .map_or("-".to_owned(), |ns| format!("{ns:.0} ns/delivery"));
-            row(
-                &mut t,
-                "server cpu",
-                format!("{cpu:.2} s from the first publish to the end of the wait, {per}"),
-            );
+            let window = if self.publish_mode == "none" {
+                "while the streams were held"
+            } else {
+                "from the first publish to the end of the wait"
+            };
+            row(&mut t, "server cpu", format!("{cpu:.2} s {window}, {per}"));
         }
         row(
             &mut t,
