@@ -20,7 +20,7 @@
 //! 2. Read the parent's commands, then handle stream events. An event may still be read
 //!    before the command the parent sent ahead of its POST (a later socket in the same turn
 //!    can hold newer bytes than the pipe did); the meter then reads the pipe again first.
-//! 3. Handle stream events; then expire connect deadlines and start new connections.
+//! 3. Expire connect deadlines, start new connections, report progress when due.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -35,13 +35,13 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Socket, Type};
 
 use crate::clock::now_us;
+use crate::meter::{Acct, Meter};
 use crate::response::{parse_head, Dechunker, HeadParse};
 use crate::slots::Slots;
-use crate::sse::{Item, Parser};
-use crate::stamp;
-use crate::stats::{self, new_latency, Counters, Failure, Latency};
+use crate::sse::Parser;
+use crate::stats::{self, Counters, Failure};
 use crate::url::Url;
-use crate::wire::{self, Command, Mode, Plan, Report};
+use crate::wire::{self, Command, Plan, Report};
 
 /// The parent's command pipe; stream tokens are slab keys, far below it.
 const STDIN: Token = Token(usize::MAX - 1);
@@ -71,19 +71,6 @@ enum Body {
     Chunked(Dechunker),
 }
 
-/// Loss accounting of one stream.
-#[derive(Debug, Default)]
-struct Acct {
-    /// Reads nothing once established, until `Drain`.
-    slow: bool,
-    /// Next sequence number expected (all below it were received or counted lost).
-    next: u64,
-    /// Events seen since `Start` (closed-loop mode pairs the n-th with the n-th POST).
-    events: u64,
-    /// The server said `: shed` (it closes the stream at capacity).
-    shed: bool,
-}
-
 /// One stream.
 struct Sub {
     stream: TcpStream,
@@ -95,140 +82,6 @@ struct Sub {
     body: Body,
     parser: Parser,
     acct: Acct,
-}
-
-/// Counters and histograms, and what is needed to turn an event into a delivery.
-struct Meter {
-    counters: Counters,
-    /// Every latency of the run.
-    total: Latency,
-    /// Latencies since the last progress report.
-    interval: Latency,
-    mode: Mode,
-    /// Closed-loop mode: `Start` arrived, events from now on are deliveries.
-    measuring: bool,
-    /// Closed-loop mode: scheduled send time of each message, by sequence number.
-    sent: Vec<u64>,
-    /// The parent's commands.
-    inbox: Inbox,
-    /// Commands read but left for the loop (`Drain`, `Stop`).
-    deferred: Vec<Command>,
-}
-
-/// The parent's command pipe, read without blocking.
-struct Inbox {
-    fd: i32,
-    /// Bytes of a line not yet complete.
-    partial: Vec<u8>,
-    /// The parent closed the pipe (or it broke): it is gone.
-    closed: bool,
-}
-
-impl Inbox {
-    /// Reads every complete command line waiting in the pipe.
-    fn read(&mut self) -> Vec<Command> {
-        let mut buf = [0u8; 4096];
-        while !self.closed {
-            // SAFETY: reads into a buffer we own, at most its length.
-            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                self.partial.extend_from_slice(&buf[..n as usize]);
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                _ if n == 0 => self.closed = true,
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => break,
-                _ => self.closed = true,
-            }
-        }
-        let mut commands = Vec::new();
-        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            match serde_json::from_slice::<Command>(&line) {
-                Ok(command) => commands.push(command),
-                Err(e) => eprintln!("loadtest worker: bad command: {e}"),
-            }
-        }
-        commands
-    }
-}
-
-impl Meter {
-    /// Reads the parent's commands now: those about measuring apply at once, the rest wait
-    /// for the loop.
-    ///
-    /// Called when an event needs a command not seen yet: the parent writes `Start` and each
-    /// `Sent` *before* the POST they describe, so when the event is here, so is the command,
-    /// even if this turn's poll reported the stream before the pipe.
-    fn refresh(&mut self) {
-        for command in self.inbox.read() {
-            match command {
-                Command::Start => self.measuring = true,
-                Command::Sent { seq, at_us } => {
-                    let seq = seq as usize;
-                    // A POST that failed is retried under the same number with a new time.
-                    if seq < self.sent.len() {
-                        self.sent[seq] = at_us;
-                    } else {
-                        self.sent.resize(seq, at_us);
-                        self.sent.push(at_us);
-                    }
-                }
-                other => self.deferred.push(other),
-            }
-        }
-    }
-
-    /// Accounts for one parsed item of a stream.
-    fn on_item(&mut self, acct: &mut Acct, item: Item<'_>, now: u64) {
-        let data = match item {
-            Item::Event { data, .. } => data,
-            Item::Comment(b"shed") => {
-                acct.shed = true;
-                return;
-            }
-            Item::Comment(_) | Item::Retry(_) => return,
-        };
-        let stamped = match self.mode {
-            Mode::Stamped => stamp::parse(data),
-            Mode::ClosedLoop => {
-                if !self.measuring || acct.events >= self.sent.len() as u64 {
-                    self.refresh();
-                }
-                if !self.measuring {
-                    // Not ours: the server's own events before publishing began.
-                    self.counters.other_events += 1;
-                    return;
-                }
-                let seq = acct.events;
-                acct.events += 1;
-                self.sent.get(seq as usize).map(|&at| (seq, at))
-            }
-        };
-        let Some((seq, sent_us)) = stamped else {
-            self.counters.other_events += 1;
-            return;
-        };
-        if seq < acct.next {
-            self.counters.duplicates += 1;
-            return;
-        }
-        let gap = seq - acct.next;
-        acct.next = seq + 1;
-        if acct.slow {
-            self.counters.slow_received += 1;
-            self.counters.slow_lost += gap;
-        } else {
-            self.counters.received += 1;
-            self.counters.lost += gap;
-            // Latency from the *scheduled* send time: a stalled server cannot hide its stall.
-            let latency = now.saturating_sub(sent_us).max(1);
-            self.total.saturating_record(latency);
-            self.interval.saturating_record(latency);
-        }
-    }
 }
 
 /// Whether the stream with global index `i` is a slow reader: spreads `fraction` evenly.
@@ -278,20 +131,7 @@ impl Worker {
             ..Counters::default()
         };
         Ok(Worker {
-            meter: Meter {
-                counters,
-                total: new_latency(),
-                interval: new_latency(),
-                mode: plan.mode,
-                measuring: false,
-                sent: Vec::new(),
-                inbox: Inbox {
-                    fd: io::stdin().as_raw_fd(),
-                    partial: Vec::new(),
-                    closed: false,
-                },
-                deferred: Vec::new(),
-            },
+            meter: Meter::new(plan.mode, counters, io::stdin().as_raw_fd()),
             next_report_us: now + plan.progress_ms * 1000,
             subs: Slots::with_capacity(plan.connections as usize),
             plan,
@@ -341,7 +181,7 @@ impl Worker {
                     self.on_event(event.token().0, event);
                 }
             }
-            self.orphaned |= self.meter.inbox.closed;
+            self.orphaned |= self.meter.orphaned();
             for command in std::mem::take(&mut self.meter.deferred) {
                 self.on_command(command);
             }
@@ -592,7 +432,7 @@ impl Worker {
 
     /// Settles the books at the end: what each stream never got is lost.
     fn finish(&mut self) {
-        let published = self.stop.unwrap_or(self.meter.sent.len() as u64);
+        let published = self.stop.unwrap_or(self.meter.sent_count());
         let unfinished = self
             .subs
             .iter()
@@ -718,102 +558,5 @@ mod tests {
         assert!((0..1000).all(|i| is_slow(i, 1.0)));
         // Any window of ten consecutive streams holds one slow reader.
         assert_eq!((500..510).filter(|&i| is_slow(i, 0.1)).count(), 1);
-    }
-
-    fn meter(mode: Mode) -> Meter {
-        Meter {
-            counters: Counters::default(),
-            total: new_latency(),
-            interval: new_latency(),
-            mode,
-            measuring: true,
-            sent: vec![100, 200, 300],
-            // No pipe: reading it finds it closed.
-            inbox: Inbox {
-                fd: -1,
-                partial: Vec::new(),
-                closed: false,
-            },
-            deferred: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn stamped_events_count_gaps_and_duplicates() {
-        let mut m = meter(Mode::Stamped);
-        let mut acct = Acct::default();
-        let mut deliver = |m: &mut Meter, seq: u64| {
-            let body = stamp::body(seq, 1_000, 0);
-            m.on_item(
-                &mut acct,
-                Item::Event {
-                    event: "",
-                    data: &body,
-                    id: "",
-                },
-                1_500,
-            );
-        };
-        for seq in [0, 1, 3, 2, 4] {
-            deliver(&mut m, seq);
-        }
-        m.on_item(
-            &mut acct,
-            Item::Event {
-                event: "",
-                data: "Auto heartbeat",
-                id: "",
-            },
-            0,
-        );
-        let c = &m.counters;
-        assert_eq!(
-            (c.received, c.lost, c.duplicates, c.other_events),
-            (4, 1, 1, 1)
-        );
-        assert_eq!(m.total.len(), 4);
-        assert!(m.total.equivalent(m.total.max(), 500));
-    }
-
-    #[test]
-    fn closed_loop_pairs_the_nth_event_with_the_nth_post() {
-        let mut m = meter(Mode::ClosedLoop);
-        let mut acct = Acct::default();
-        for _ in 0..4 {
-            m.on_item(
-                &mut acct,
-                Item::Event {
-                    event: "",
-                    data: "x",
-                    id: "",
-                },
-                1_000,
-            );
-        }
-        assert_eq!((m.counters.received, m.counters.other_events), (3, 1));
-        assert!(m.total.equivalent(m.total.min(), 700));
-        assert!(m.total.equivalent(m.total.max(), 900));
-    }
-
-    #[test]
-    fn events_before_start_are_not_deliveries() {
-        let mut m = meter(Mode::ClosedLoop);
-        m.measuring = false;
-        let mut acct = Acct {
-            slow: true,
-            ..Acct::default()
-        };
-        let event = |data| Item::Event {
-            event: "",
-            data,
-            id: "",
-        };
-        m.on_item(&mut acct, event("Auto heartbeat #1"), 200);
-        m.on_item(&mut acct, Item::Comment(b"shed"), 200);
-        assert_eq!((m.counters.received, m.counters.other_events), (0, 1));
-        assert!(acct.shed);
-        m.measuring = true;
-        m.on_item(&mut acct, event("x"), 200);
-        assert_eq!((m.counters.slow_received, m.total.len()), (1, 0));
     }
 }

@@ -10,7 +10,7 @@
 //! open-files limit is per process, so past ~19.8k streams more processes are the only way.
 //! Each worker is one mio event loop ([`client`]) holding its streams; its parsing is pure
 //! ([`response`] for the HTTP head and chunked bodies, [`sse`] for events, [`stamp`] for
-//! the message body). Workers send progress and a final report up a pipe ([`wire`]):
+//! the message body, [`meter`] for turning events into latencies and losses). Workers send progress and a final report up a pipe ([`wire`]):
 //! counters plus a V2-serialized HdrHistogram, merged by adding ([`stats`]).
 //!
 //! ## The flow of one message
@@ -29,6 +29,7 @@ pub mod args;
 pub mod client;
 pub mod clock;
 pub mod fdlimit;
+pub mod meter;
 pub mod plot;
 pub mod probe;
 pub mod progress;
