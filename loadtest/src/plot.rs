@@ -35,23 +35,25 @@ pub fn write_svg(h: &Latency, title: &str, path: &Path) -> Result<(), String> {
     root.present().map_err(|e| err(&e))
 }
 
-/// `(1/(1-p), latency ms)` for each step of the distribution, capped at p = 99.9999 %.
+/// `(1/(1-p), latency ms)` for each step of the distribution; the 100 % point (where
+/// `1/(1-p)` is infinite) is drawn one decade past the last finite one, so the axis ends
+/// where the data does.
 fn curve(h: &Latency) -> Vec<(f64, f64)> {
     if h.is_empty() {
         return Vec::new();
     }
-    let cap = 1e6;
-    h.iter_quantiles(5)
-        .map(|v| {
-            let q = v.quantile_iterated_to();
-            let x = if q >= 1.0 {
-                cap
-            } else {
-                (1.0 / (1.0 - q)).min(cap)
-            };
-            (x, v.value_iterated_to() as f64 / 1000.0)
-        })
-        .collect()
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let ms = v.value_iterated_to() as f64 / 1000.0;
+        let x = if q < 1.0 {
+            1.0 / (1.0 - q)
+        } else {
+            points.last().map_or(10.0, |p| p.0 * 10.0)
+        };
+        points.push((x, ms));
+    }
+    points
 }
 
 /// `10` → `90%`, `1000` → `99.9%`.
