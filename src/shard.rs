@@ -56,7 +56,7 @@ use crate::access::PublishAccess;
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::http::{self, Parse, Rejection, Request, Route};
-use crate::hub::{Delivery, Hub};
+use crate::hub::{Delivery, Hub, Published};
 use crate::metrics::{self, Counters, ShardStats, Stat};
 use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
@@ -146,6 +146,8 @@ pub(crate) struct Shard {
     ticks: u64,
     next_keepalive: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// Accepting has been failing since the last success (log the failure once, not per try).
+    accept_failing: bool,
     /// A descriptor held back so that, out of descriptors, one connection can still be
     /// accepted and told to come back later.
     reserve: Option<File>,
@@ -199,6 +201,7 @@ impl Shard {
             ticks: 0,
             next_keepalive,
             accept_paused_until: None,
+            accept_failing: false,
             reserve: File::open("/dev/null").ok(),
             drain_deadline: None,
             now,
@@ -235,6 +238,9 @@ impl Shard {
                 }
             }
             self.fire_timers(self.now);
+            // Mirror before flushing too: a client that sees a response (or an event) can
+            // then also see it counted, whichever shard answers its scrape.
+            self.stats[self.id].store(&self.counters);
             self.flush_pending();
             if self.drain_deadline.is_some() {
                 self.close_drained();
@@ -312,19 +318,24 @@ impl Shard {
                 return;
             };
             match listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer),
+                Ok((socket, peer)) => {
+                    self.accept_failing = false;
+                    self.admit(socket, peer)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The peer gave up between SYN and accept: nothing to do.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     self.counters.add(Stat::AcceptErrors, 1);
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        warn!(shard = self.id, error = %e, "accept failed; shedding or pausing until it works again (counted in sse_edge_accept_errors_total)");
+                    }
                     if out_of_descriptors(&e) && self.shed_with_reserve() {
                         continue;
                     }
                     // Accepting again at once would fail again at once, and spin. Pause; the
                     // timer resumes (no new edge would come for connections already waiting).
-                    warn!(shard = self.id, error = %e, "accept failed; pausing accepts for {ACCEPT_BACKOFF:?}");
                     self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -596,24 +607,30 @@ impl Shard {
                 return self.respond(key, response, keep_alive);
             }
         };
-        let (id, subscribers) =
-            self.publish(&publish.topic, publish.event.as_deref(), &publish.data);
+        let published = self.publish(&publish.topic, publish.event.as_deref(), &publish.data);
         let body = format!(
-            "{{\"id\":\"{id}\",\"topic\":\"{}\",\"clients\":{subscribers}}}\n",
-            publish.topic
+            "{{\"id\":\"{}\",\"topic\":\"{}\",\"clients\":{}}}\n",
+            published.delivery.id, publish.topic, published.subscribers
         );
         let response = http::response(200, "application/json", body.as_bytes(), keep_alive, "");
+        // Answer first: queued ahead of the fan-out it causes, the answer leaves in this
+        // turn's first write, so a publisher's round trip does not grow with the audience.
         self.respond(key, response, keep_alive);
+        self.fan_out(&published.delivery);
     }
 
-    /// Publishes through the hub and delivers to this shard's subscribers.
-    fn publish(&mut self, topic: &str, event: Option<&str>, data: &str) -> (u64, usize) {
-        let published = self.hub.publish(self.id, topic, event, data);
+    /// Publishes through the hub (id, one encoding, other shards' mailboxes); the caller then
+    /// hands the delivery to [`Shard::fan_out`] for this shard's own subscribers.
+    fn publish(&mut self, topic: &str, event: Option<&str>, data: &str) -> Published {
         self.counters.add(Stat::EventsPublished, 1);
+        self.hub.publish(self.id, topic, event, data)
+    }
+
+    /// Delivers an event this shard published to its own subscribers.
+    fn fan_out(&mut self, delivery: &Delivery) {
         // Events other shards published before this one are already in the mailbox.
         self.drain_inbox();
-        self.deliver(&published.delivery);
-        (published.delivery.id, published.subscribers)
+        self.deliver(delivery);
     }
 
     fn drain_inbox(&mut self) {
@@ -790,7 +807,8 @@ impl Shard {
             if at <= now {
                 self.ticks += 1;
                 let text = format!("Auto heartbeat #{}", self.ticks);
-                self.publish(DEFAULT_TOPIC, None, &text);
+                let published = self.publish(DEFAULT_TOPIC, None, &text);
+                self.fan_out(&published.delivery);
                 self.next_tick = Some(next_after(at, period, now));
             }
         }

@@ -30,10 +30,18 @@ fn two_shards_four_hundred_streams_publishes_from_either_shard() {
         ids.push(published_id(
             &conn.publish("", format!("probe {attempt}").as_bytes()),
         ));
-        let after = per_shard(&server, "sse_edge_events_published_total");
-        let shard = (0..2)
-            .find(|&s| after[s] > before.get(s).copied().unwrap_or(0.0))
-            .unwrap();
+        // Shards mirror their counters once per loop turn: poll until the publish shows.
+        let deadline = std::time::Instant::now() + util::PATIENCE;
+        let shard = loop {
+            let after = per_shard(&server, "sse_edge_events_published_total");
+            if let Some(s) = (0..2).find(|&s| after[s] > before.get(s).copied().unwrap_or(0.0)) {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the publish never showed in /metrics"
+            );
+        };
         on_shard[shard].get_or_insert(conn);
     }
     let [Some(mut a), Some(mut b)] = on_shard else {

@@ -1,0 +1,273 @@
+//! The command line (names fixed by the contract), and what follows from it: how many worker
+//! processes, which source addresses.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::wire::Mode;
+
+/// Descriptors a worker keeps for itself (poll, pipes, stdio, slack) below its limit.
+pub const FD_RESERVE: u64 = 200;
+/// Streams per source address per destination before another source address is used;
+/// below the ~28k ephemeral ports Linux offers, with room for TIME_WAIT leftovers.
+pub const STREAMS_PER_SOURCE: u64 = 20_000;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Hold 10k streams against a local sse-edge, publish 10 msg/s for 20 s, measure the server:
+  loadtest --url http://127.0.0.1:8080/stream --connections 10000 \\
+           --publish-url http://127.0.0.1:8080/broadcast --rate 10 --duration 20 \\
+           --server-pid $(pgrep -x sse-edge) --json run.json --hgrm run.hgrm --svg run.svg
+
+  # CI smoke: 2000 streams over 2 worker processes, 50 messages one at a time:
+  loadtest --url http://127.0.0.1:8080/stream --connections 2000 --procs 2 \\
+           --publish-url http://127.0.0.1:8080/broadcast --messages 50 --json out.json
+
+  # A server that ignores the body (the original Go demo): pair events with POSTs by order:
+  loadtest --url http://127.0.0.1:8080/events --connections 500 \\
+           --publish-url http://127.0.0.1:8080/broadcast --messages 100 --publish-mode closed-loop
+
+  # 50k streams: 3 workers and 3 source addresses are chosen automatically:
+  loadtest --url http://127.0.0.1:8080/stream --connections 50000 --ramp 5000 --duration 30
+
+  # How many nodes for 200k streams at 5 msg/s, from what this run measured:
+  loadtest ... --server-pid 1234 --plan 200000,5
+
+Exit status: 0 when every stream connected and no fast reader lost a message, 1 otherwise
+(unless --allow-loss), 2 for a bad command line, 130 after Ctrl-C (the report is printed).";
+
+/// Opens many SSE streams, publishes stamped messages, and reports latency, loss and the
+/// server's cost per stream and per delivery.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadtest", version, after_long_help = EXAMPLES, after_help = "See --help for examples.")]
+pub struct Args {
+    /// SSE stream URL (http:// only), e.g. http://127.0.0.1:8080/stream?topic=load.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+
+    /// Streams to open and hold.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections: u64,
+
+    /// Where to POST messages, e.g. http://127.0.0.1:8080/broadcast?topic=load. Without it
+    /// the streams are only held for --duration.
+    #[arg(long, value_name = "URL")]
+    pub publish_url: Option<String>,
+
+    /// Publish this many messages per second on a fixed schedule, for --duration; latency is
+    /// measured from each message's scheduled time (no coordinated omission).
+    #[arg(long, value_name = "MSGS_PER_SEC", conflicts_with = "messages")]
+    pub rate: Option<f64>,
+
+    /// Publish M messages one at a time, each after the previous POST was answered.
+    #[arg(long, value_name = "M")]
+    pub messages: Option<u64>,
+
+    /// How long to publish at --rate, or to hold the streams without a publisher; with
+    /// --messages, an upper bound.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// How latency is taken: `stamped` (the body carries a sequence number and send time) or
+    /// `closed-loop` (for servers that ignore the body: the n-th event answers the n-th POST).
+    #[arg(long, value_enum, default_value_t = Mode::Stamped)]
+    pub publish_mode: Mode,
+
+    /// Bytes per published body (padded); the stamp itself is ~40 bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub body_size: usize,
+
+    /// Streams opened per second, over all workers; 0 = as fast as --max-in-flight allows.
+    #[arg(long, value_name = "CONNS_PER_SEC", default_value_t = 0.0)]
+    pub ramp: f64,
+
+    /// Connections awaiting their stream head at once, per worker.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// Seconds a stream may take to connect and get its head before it counts as a timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    pub connect_timeout: f64,
+
+    /// Seconds to wait after the last publish for deliveries still in flight.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub grace: f64,
+
+    /// Worker processes holding the streams; default: enough to stay under the open-files
+    /// limit (about 19.8k streams each here).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub procs: Option<u64>,
+
+    /// Local addresses to connect from, used in turn (e.g. 127.0.0.1,127.0.0.2). Default: the
+    /// kernel's choice, or with more than 20k streams to a loopback server, 127.0.0.1..k.
+    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
+    pub source: Vec<IpAddr>,
+
+    /// Share of streams (0..1) that stop reading once connected, to see what the server does
+    /// with slow readers; their loss is reported apart and allowed.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub slow_fraction: f64,
+
+    /// Server process(es) to measure from /proc (RSS, CPU of all threads); comma-separated
+    /// or repeated for a multi-process server.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Target for the sizing report: how many nodes like the measured one it takes.
+    #[arg(long, value_name = "STREAMS,MSGS_PER_SEC", value_parser = parse_plan)]
+    pub plan: Option<(u64, f64)>,
+
+    /// Write the summary as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write the latency distribution in HdrHistogram's percentile format (milliseconds).
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+
+    /// Write a latency-by-percentile plot (SVG, log x axis).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// No live progress line (it is also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// Exit 0 even when streams failed or fast readers lost messages.
+    #[arg(long)]
+    pub allow_loss: bool,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a fraction from 0 to 1, e.g. 0.1".to_owned()),
+    }
+}
+
+fn parse_plan(s: &str) -> Result<(u64, f64), String> {
+    let err = || "expected STREAMS,MSGS_PER_SEC, e.g. 200000,5".to_owned();
+    let (streams, rate) = s.split_once(',').ok_or_else(err)?;
+    let streams = streams.trim().parse::<u64>().map_err(|_| err())?;
+    let rate = rate.trim().parse::<f64>().map_err(|_| err())?;
+    if streams == 0 || !(rate >= 0.0 && rate.is_finite()) {
+        return Err(err());
+    }
+    Ok((streams, rate))
+}
+
+impl Args {
+    /// Checks what clap cannot: positive rates and times.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be a positive number"))
+            }
+        };
+        if let Some(rate) = self.rate {
+            positive("rate", rate)?;
+        }
+        positive("duration", self.duration)?;
+        positive("connect-timeout", self.connect_timeout)?;
+        positive("grace", self.grace)?;
+        if !(self.ramp >= 0.0 && self.ramp.is_finite()) {
+            return Err("--ramp must be 0 or more".to_owned());
+        }
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".to_owned());
+        }
+        if self.publish_url.is_none() && (self.rate.is_some() || self.messages.is_some()) {
+            return Err("--rate and --messages need --publish-url".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Worker processes: as asked, or enough that none goes past `fd_limit`.
+    pub fn procs(&self, fd_limit: u64) -> u64 {
+        self.procs.unwrap_or_else(|| {
+            let per = fd_limit.saturating_sub(FD_RESERVE).max(1);
+            self.connections.div_ceil(per)
+        })
+    }
+
+    /// Source addresses: as asked, or 127.0.0.1..k when a loopback destination would run out
+    /// of ephemeral ports from one address.
+    pub fn sources(&self, destination: IpAddr) -> Vec<IpAddr> {
+        if !self.source.is_empty() {
+            return self.source.clone();
+        }
+        let needed = self.connections.div_ceil(STREAMS_PER_SOURCE);
+        match destination {
+            IpAddr::V4(ip) if ip.is_loopback() && needed > 1 => (1..=needed.min(254))
+                .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn args(line: &str) -> Result<Args, clap::Error> {
+        Args::try_parse_from(line.split_whitespace())
+    }
+
+    #[test]
+    fn the_contract_flags_parse() {
+        let a = args(
+            "loadtest --url http://127.0.0.1:1/stream --connections 2000 \
+             --publish-url http://127.0.0.1:1/broadcast --rate 10 --duration 20 --ramp 500 \
+             --procs 2 --source 127.0.0.2,127.0.0.3 --slow-fraction 0.1 --server-pid 1,2 \
+             --server-pid 3 --json a.json --hgrm a.hgrm --svg a.svg --no-progress --allow-loss \
+             --plan 200000,5",
+        )
+        .unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.connections, 2000);
+        assert_eq!(a.rate, Some(10.0));
+        assert_eq!(a.source.len(), 2);
+        assert_eq!(a.server_pid, vec![1, 2, 3]);
+        assert_eq!(a.plan, Some((200_000, 5.0)));
+        assert_eq!(a.publish_mode, Mode::Stamped);
+        assert!(a.no_progress && a.allow_loss);
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = "loadtest --url http://127.0.0.1:1/ --connections 10";
+        assert!(args(&format!("{base} --slow-fraction 1.5")).is_err());
+        assert!(args(&format!("{base} --plan 10")).is_err());
+        assert!(args(&format!(
+            "{base} --rate 1 --messages 2 --publish-url http://x/"
+        ))
+        .is_err());
+        assert!(args("loadtest --url http://127.0.0.1:1/ --connections 0").is_err());
+        let no_publisher = args(&format!("{base} --messages 2")).unwrap();
+        assert!(no_publisher.validate().is_err());
+        let closed = args(&format!("{base} --publish-mode closed-loop")).unwrap();
+        assert_eq!(closed.publish_mode, Mode::ClosedLoop);
+    }
+
+    #[test]
+    fn procs_and_sources_follow_the_limits() {
+        let a = args("loadtest --url http://127.0.0.1:1/ --connections 50000").unwrap();
+        assert_eq!(a.procs(20_000), 3);
+        assert_eq!(a.procs(1024), 61);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(a.sources(ip).len(), 3);
+        assert_eq!(a.sources(ip)[2], "127.0.0.3".parse::<IpAddr>().unwrap());
+        assert!(a.sources("10.0.0.1".parse().unwrap()).is_empty());
+        let small =
+            args("loadtest --url http://127.0.0.1:1/ --connections 2000 --procs 2").unwrap();
+        assert_eq!(small.procs(20_000), 2);
+        assert!(small.sources(ip).is_empty());
+    }
+}

@@ -1,0 +1,562 @@
+//! One worker's subscribers: a mio event loop holding thousands of SSE streams.
+//!
+//! # The OS contract
+//!
+//! mio is edge-triggered: a readiness event is reported once, so every read repeats until
+//! `WouldBlock`, or the stream stalls. A slow reader is the one exception on purpose: it
+//! leaves its bytes in the kernel, and remembers that it was readable so that `Drain` can
+//! read it later without a new edge.
+//!
+//! # One stream
+//!
+//! `connect()` (non-blocking, optionally from a chosen source address) → writable: send the
+//! `GET` → read the response head (status must be 200) → feed the body, de-chunked when the
+//! server chunks, to the [`sse`](crate::sse) parser → each event becomes a delivery: its
+//! latency goes into the histogram, its sequence number into the loss accounting.
+//!
+//! # One turn of the loop
+//!
+//! 1. `poll` until the next timer: progress report, ramp slot, connect deadline.
+//! 2. Read the parent's commands, then handle stream events. An event may still be read
+//!    before the command the parent sent ahead of its POST (a later socket in the same turn
+//!    can hold newer bytes than the pipe did); the meter then reads the pipe again first.
+//! 3. Expire connect deadlines, start new connections, report progress when due.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Socket, Type};
+
+use crate::clock::now_us;
+use crate::meter::{Acct, Meter};
+use crate::response::{parse_head, Dechunker, HeadParse};
+use crate::slots::Slots;
+use crate::sse::Parser;
+use crate::stats::{self, Counters, Failure};
+use crate::url::Url;
+use crate::wire::{self, Command, Plan, Report};
+
+/// The parent's command pipe; stream tokens are slab keys, far below it.
+const STDIN: Token = Token(usize::MAX - 1);
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Longest sleep, so a missed timer computation costs at most this.
+const MAX_WAIT_US: u64 = 100_000;
+/// Readiness events handled per `poll`.
+const EVENTS: usize = 1024;
+
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `connect()` in progress, then the request being written (`written` bytes so far).
+    Connecting { written: usize },
+    /// Request sent, response head not complete.
+    Head,
+    /// Head was 200: reading events.
+    Streaming,
+}
+
+/// How the body is framed.
+enum Body {
+    /// Raw bytes until the connection ends.
+    Plain,
+    /// `Transfer-Encoding: chunked`.
+    Chunked(Dechunker),
+}
+
+/// One stream.
+struct Sub {
+    stream: TcpStream,
+    /// Tells a connect deadline apart from a later stream in the same slab slot.
+    serial: u64,
+    phase: Phase,
+    /// Response head bytes until it is complete.
+    head: Vec<u8>,
+    body: Body,
+    parser: Parser,
+    acct: Acct,
+}
+
+/// Whether the stream with global index `i` is a slow reader: spreads `fraction` evenly.
+pub fn is_slow(i: u64, fraction: f64) -> bool {
+    ((i + 1) as f64 * fraction).floor() > (i as f64 * fraction).floor()
+}
+
+/// One worker process's event loop.
+pub struct Worker {
+    plan: Plan,
+    url: Url,
+    request: Vec<u8>,
+    poll: Poll,
+    subs: Slots<Sub>,
+    scratch: Box<[u8]>,
+    meter: Meter,
+    /// Streams started so far.
+    started: u64,
+    /// Streams between `connect()` and their head.
+    in_flight: usize,
+    serial: u64,
+    /// Connect deadlines in start order (so in deadline order): `(at_us, key, serial)`.
+    deadlines: VecDeque<(u64, usize, u64)>,
+    ramp_start_us: u64,
+    draining: bool,
+    /// `Stop` arrived with this many messages published.
+    stop: Option<u64>,
+    /// The parent is gone: finish at once.
+    orphaned: bool,
+    /// `next` of streams that ended after being established: (slow, next).
+    ended: Vec<(bool, u64)>,
+    next_report_us: u64,
+}
+
+impl Worker {
+    /// Sets up the loop for `plan`.
+    pub fn new(plan: Plan) -> io::Result<Worker> {
+        let url = Url::parse(&plan.url).map_err(io::Error::other)?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-edge-loadtest\r\n\r\n",
+            url.target, url.host_header
+        )
+        .into_bytes();
+        let now = now_us();
+        let counters = Counters {
+            requested: plan.connections,
+            ..Counters::default()
+        };
+        Ok(Worker {
+            meter: Meter::new(plan.mode, counters, io::stdin().as_raw_fd()),
+            next_report_us: now + plan.progress_ms * 1000,
+            subs: Slots::with_capacity(plan.connections as usize),
+            plan,
+            url,
+            request,
+            poll: Poll::new()?,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            started: 0,
+            in_flight: 0,
+            serial: 0,
+            deadlines: VecDeque::new(),
+            ramp_start_us: now,
+            draining: false,
+            stop: None,
+            orphaned: false,
+            ended: Vec::new(),
+        })
+    }
+
+    /// Runs until `Stop`, the parent's exit or the plan's deadline; writes reports to `out`.
+    pub fn run(mut self, out: &mut impl Write) -> io::Result<()> {
+        let stdin = io::stdin().as_raw_fd();
+        set_nonblocking(stdin)?;
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&stdin), STDIN, Interest::READABLE)?;
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            let now = now_us();
+            if self.stop.is_some() || self.orphaned || now >= self.plan.deadline_us {
+                break;
+            }
+            let wait = self.next_wake(now).saturating_sub(now).min(MAX_WAIT_US);
+            match self
+                .poll
+                .poll(&mut events, Some(Duration::from_micros(wait)))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if events.iter().any(|e| e.token() == STDIN) {
+                self.meter.refresh();
+            }
+            for event in events.iter() {
+                if event.token() != STDIN {
+                    self.on_event(event.token().0, event);
+                }
+            }
+            self.orphaned |= self.meter.orphaned();
+            for command in std::mem::take(&mut self.meter.deferred) {
+                self.on_command(command);
+            }
+            let now = now_us();
+            self.expire(now);
+            self.start_connections(now);
+            if now >= self.next_report_us {
+                self.next_report_us = now + self.plan.progress_ms * 1000;
+                let report = self.report(false);
+                let histogram = stats::encode(&self.meter.interval);
+                self.meter.interval.reset();
+                if wire::write_frame(out, &report, &histogram).is_err() {
+                    self.orphaned = true;
+                }
+            }
+        }
+        self.finish();
+        let report = self.report(true);
+        match wire::write_frame(out, &report, &stats::encode(&self.meter.total)) {
+            // Nobody is left to read it.
+            Err(_) if self.orphaned => Ok(()),
+            other => other,
+        }
+    }
+
+    fn report(&self, is_final: bool) -> Report {
+        Report {
+            is_final,
+            connect_done: self.started == self.plan.connections && self.in_flight == 0,
+            counters: self.meter.counters.clone(),
+        }
+    }
+
+    /// The next time something is due, in µs.
+    fn next_wake(&self, now: u64) -> u64 {
+        let mut at = self.next_report_us.min(self.plan.deadline_us);
+        if let Some(&(deadline, _, _)) = self.deadlines.front() {
+            at = at.min(deadline);
+        }
+        if self.plan.ramp_per_sec > 0.0
+            && self.started < self.plan.connections
+            && self.in_flight < self.plan.max_in_flight
+        {
+            let slot =
+                self.ramp_start_us + (self.started as f64 * 1e6 / self.plan.ramp_per_sec) as u64;
+            at = at.min(slot);
+        }
+        at.max(now)
+    }
+
+    /// Acts on a loop-level command (`Meter::refresh` keeps the measuring ones).
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Start | Command::Sent { .. } => {}
+            Command::Drain => {
+                self.draining = true;
+                let slow: Vec<usize> = self
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| s.acct.slow && s.phase == Phase::Streaming)
+                    .map(|(key, _)| key)
+                    .collect();
+                for key in slow {
+                    self.read_stream(key);
+                }
+            }
+            Command::Stop { published } => self.stop = Some(published),
+        }
+    }
+
+    fn on_event(&mut self, key: usize, event: &Event) {
+        let Some(sub) = self.subs.get(key) else {
+            // The stream was closed earlier in this batch.
+            return;
+        };
+        if let Phase::Connecting { .. } = sub.phase {
+            self.on_connecting(key);
+        } else if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read_stream(key);
+        }
+    }
+
+    /// Finishes `connect()` and writes the request; then reads like any stream.
+    fn on_connecting(&mut self, key: usize) {
+        let Some(sub) = self.subs.get_mut(key) else {
+            return;
+        };
+        match sub.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return self.close(key, Failure::of(&e)),
+        }
+        match sub.stream.peer_addr() {
+            Ok(_) => {}
+            // Still connecting: a spurious event.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            Err(e) => return self.close(key, Failure::of(&e)),
+        }
+        let Phase::Connecting { mut written } = sub.phase else {
+            return;
+        };
+        while written < self.request.len() {
+            match sub.stream.write(&self.request[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sub.phase = Phase::Connecting { written };
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(key, Failure::of(&e)),
+            }
+        }
+        sub.phase = Phase::Head;
+        // Nothing more to write: stop hearing about writability.
+        if let Err(e) =
+            self.poll
+                .registry()
+                .reregister(&mut sub.stream, Token(key), Interest::READABLE)
+        {
+            return self.close(key, Failure::of(&e));
+        }
+        self.read_stream(key);
+    }
+
+    /// Reads a stream until `WouldBlock` (slow readers: not at all until `Drain`).
+    fn read_stream(&mut self, key: usize) {
+        loop {
+            let Some(sub) = self.subs.get_mut(key) else {
+                return;
+            };
+            if sub.acct.slow && sub.phase == Phase::Streaming && !self.draining {
+                return;
+            }
+            match sub.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    let kind = match sub.phase {
+                        Phase::Streaming if sub.acct.shed => Failure::Shed,
+                        Phase::Streaming => Failure::Closed,
+                        _ => Failure::BadResponse,
+                    };
+                    return self.close(key, kind);
+                }
+                Ok(n) => {
+                    let before = sub.phase;
+                    let result = ingest(sub, &self.scratch[..n], &mut self.meter, now_us());
+                    if before != Phase::Streaming && sub.phase == Phase::Streaming {
+                        self.in_flight -= 1;
+                    }
+                    if let Err(kind) = result {
+                        return self.close(key, kind);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(key, Failure::of(&e)),
+            }
+        }
+    }
+
+    /// Ends a stream and counts why.
+    fn close(&mut self, key: usize, kind: Failure) {
+        let Some(mut sub) = self.subs.remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut sub.stream);
+        let counters = &mut self.meter.counters;
+        counters.fail(kind);
+        if sub.phase == Phase::Streaming {
+            if sub.acct.slow {
+                counters.slow_disconnects += 1;
+            } else {
+                counters.disconnects += 1;
+            }
+            self.ended.push((sub.acct.slow, sub.acct.next));
+        } else {
+            counters.connect_errors += 1;
+            self.in_flight -= 1;
+        }
+    }
+
+    /// Fails the streams whose head did not arrive in time.
+    fn expire(&mut self, now: u64) {
+        while let Some(&(at, key, serial)) = self.deadlines.front() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop_front();
+            let pending = self
+                .subs
+                .get(key)
+                .is_some_and(|s| s.serial == serial && s.phase != Phase::Streaming);
+            if pending {
+                self.close(key, Failure::Timeout);
+            }
+        }
+    }
+
+    /// Starts as many connections as the ramp and the in-flight bound allow.
+    fn start_connections(&mut self, now: u64) {
+        let allowed = if self.plan.ramp_per_sec > 0.0 {
+            1 + ((now - self.ramp_start_us) as f64 * self.plan.ramp_per_sec / 1e6) as u64
+        } else {
+            u64::MAX
+        };
+        while self.started < self.plan.connections
+            && self.started < allowed
+            && self.in_flight < self.plan.max_in_flight
+        {
+            let index = self.plan.first_index + self.started;
+            self.started += 1;
+            let source = (!self.plan.sources.is_empty())
+                .then(|| self.plan.sources[index as usize % self.plan.sources.len()]);
+            let mut stream = match connect(self.url.addr, source) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    self.meter.counters.connect_errors += 1;
+                    self.meter.counters.fail(Failure::of(&e));
+                    continue;
+                }
+            };
+            let key = self.subs.next_key();
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                self.meter.counters.connect_errors += 1;
+                self.meter.counters.fail(Failure::of(&e));
+                continue;
+            }
+            self.serial += 1;
+            self.subs.insert(Sub {
+                stream,
+                serial: self.serial,
+                phase: Phase::Connecting { written: 0 },
+                head: Vec::new(),
+                body: Body::Plain,
+                parser: Parser::new(),
+                acct: Acct {
+                    slow: is_slow(index, self.plan.slow_fraction),
+                    ..Acct::default()
+                },
+            });
+            self.in_flight += 1;
+            self.deadlines
+                .push_back((now + self.plan.connect_timeout_ms * 1000, key, self.serial));
+        }
+    }
+
+    /// Settles the books at the end: what each stream never got is lost.
+    fn finish(&mut self) {
+        let published = self.stop.unwrap_or(self.meter.sent_count());
+        let unfinished = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.phase != Phase::Streaming)
+            .count();
+        let counters = &mut self.meter.counters;
+        let live = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Streaming)
+            .map(|(_, s)| (s.acct.slow, s.acct.next));
+        for (slow, next) in live.chain(self.ended.iter().copied()) {
+            let missing = published.saturating_sub(next);
+            if slow {
+                counters.slow_lost += missing;
+            } else {
+                counters.lost += missing;
+            }
+        }
+        // Streams still connecting when the run ended never made it.
+        for _ in 0..unfinished {
+            counters.connect_errors += 1;
+            counters.fail(Failure::Timeout);
+        }
+        // Streams never started (an interrupted ramp) are not failures, only not requested.
+        counters.requested = self.started;
+    }
+}
+
+/// Feeds bytes read from a stream: head first, then the (de-chunked) body to the parser.
+fn ingest(sub: &mut Sub, bytes: &[u8], meter: &mut Meter, now: u64) -> Result<(), Failure> {
+    let head_bytes;
+    let mut bytes = bytes;
+    if sub.phase == Phase::Head {
+        sub.head.extend_from_slice(bytes);
+        let head = match parse_head(&sub.head) {
+            HeadParse::Partial => return Ok(()),
+            HeadParse::Bad(_) => return Err(Failure::BadResponse),
+            HeadParse::Done(head) if head.status != 200 => return Err(Failure::BadStatus),
+            HeadParse::Done(head) => head,
+        };
+        sub.phase = Phase::Streaming;
+        meter.counters.established += 1;
+        if sub.acct.slow {
+            meter.counters.slow_established += 1;
+        }
+        if head.chunked {
+            sub.body = Body::Chunked(Dechunker::new());
+        }
+        head_bytes = std::mem::take(&mut sub.head);
+        bytes = &head_bytes[head.len..];
+    }
+    let Sub {
+        body, parser, acct, ..
+    } = sub;
+    match body {
+        Body::Plain => parser.feed(bytes, &mut |item| meter.on_item(acct, item, now)),
+        Body::Chunked(dechunker) => dechunker
+            .feed(bytes, &mut |data| {
+                parser.feed(data, &mut |item| meter.on_item(acct, item, now))
+            })
+            .map_err(|_| Failure::BadResponse)?,
+    }
+    Ok(())
+}
+
+/// Starts a non-blocking connect, from `source` when given.
+fn connect(to: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    if let Some(source) = source {
+        // Choose the port at connect() time, by the whole 4-tuple: without this, bind() gives
+        // each socket a port of its own and one source address tops out at ~28k streams
+        // *in total* instead of per destination.
+        set_bind_address_no_port(&socket)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+    }
+    match socket.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain int option on a socket we own, with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_nonblocking(fd: i32) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor this process owns, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_readers_are_spread_evenly() {
+        let slow = (0..1000).filter(|&i| is_slow(i, 0.1)).count();
+        assert_eq!(slow, 100);
+        assert!(!(0..1000).any(|i| is_slow(i, 0.0)));
+        assert!((0..1000).all(|i| is_slow(i, 1.0)));
+        // Any window of ten consecutive streams holds one slow reader.
+        assert_eq!((500..510).filter(|&i| is_slow(i, 0.1)).count(), 1);
+    }
+}

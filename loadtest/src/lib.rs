@@ -1,0 +1,47 @@
+//! # loadtest
+//!
+//! The capacity-planning load generator for sse-edge, and for any SSE server: it opens many
+//! streams, publishes stamped messages, and reports delivery latency (HDR histograms, free
+//! of coordinated omission), loss, and what the server paid per stream and per delivery.
+//!
+//! ## Architecture
+//!
+//! The parent process ([`run`]) plans the run and starts worker processes ([`worker`]): the
+//! open-files limit is per process, so past ~19.8k streams more processes are the only way.
+//! Each worker is one mio event loop ([`client`]) holding its streams; its parsing is pure
+//! ([`response`] for the HTTP head and chunked bodies, [`sse`] for events, [`stamp`] for
+//! the message body, [`meter`] for turning events into latencies and losses). Workers send progress and a final report up a pipe ([`wire`]):
+//! counters plus a V2-serialized HdrHistogram, merged by adding ([`stats`]).
+//!
+//! ## The flow of one message
+//!
+//! 1. The [`publisher`] POSTs message *k* with its *scheduled* time `t0 + k/rate`
+//!    (`CLOCK_MONOTONIC` µs, [`clock`], the same clock in every process).
+//! 2. The server fans it out; each worker reads it on each stream, parses the event, and
+//!    records `now − scheduled` in its histogram; a jump in *k* is a loss.
+//! 3. After the last message and a bounded grace period, the parent sends `Stop`, merges,
+//!    and reports ([`report`], [`plot`], [`sizing`]); the server's cost comes from /proc
+//!    ([`probe`]).
+
+#![deny(missing_docs)]
+
+pub mod args;
+pub mod client;
+pub mod clock;
+pub mod fdlimit;
+pub mod meter;
+pub mod plot;
+pub mod probe;
+pub mod progress;
+pub mod publisher;
+pub mod report;
+pub mod response;
+pub mod run;
+pub mod sizing;
+pub mod slots;
+pub mod sse;
+pub mod stamp;
+pub mod stats;
+pub mod url;
+pub mod wire;
+pub mod worker;

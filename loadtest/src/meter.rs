@@ -1,0 +1,280 @@
+//! From parsed items to deliveries: latency, loss by sequence gaps, slow readers apart.
+//!
+//! Pure apart from one thing: in closed-loop mode an event may need a send time the parent
+//! has written to the pipe but the loop has not read yet, so the meter reads the pipe itself
+//! ([`Meter::refresh`]).
+
+use std::io;
+
+use crate::sse::Item;
+use crate::stamp;
+use crate::stats::{new_latency, Counters, Latency};
+use crate::wire::{Command, Mode};
+
+/// Loss accounting of one stream.
+#[derive(Debug, Default)]
+pub struct Acct {
+    /// Reads nothing once established, until `Drain`.
+    pub slow: bool,
+    /// Next sequence number expected (all below it were received or counted lost).
+    pub next: u64,
+    /// Events seen since `Start` (closed-loop mode pairs the n-th with the n-th POST).
+    pub events: u64,
+    /// The server said `: shed` (it closes the stream at capacity).
+    pub shed: bool,
+}
+
+/// Counters and histograms, and what is needed to turn an event into a delivery.
+pub struct Meter {
+    /// What was counted so far.
+    pub counters: Counters,
+    /// Every latency of the run.
+    pub total: Latency,
+    /// Latencies since the last progress report.
+    pub interval: Latency,
+    mode: Mode,
+    /// Closed-loop mode: `Start` arrived, events from now on are deliveries.
+    measuring: bool,
+    /// Closed-loop mode: scheduled send time of each message, by sequence number.
+    sent: Vec<u64>,
+    /// The parent's commands.
+    inbox: Inbox,
+    /// Commands read but left for the loop (`Drain`, `Stop`).
+    pub deferred: Vec<Command>,
+}
+
+/// The parent's command pipe, read without blocking.
+struct Inbox {
+    fd: i32,
+    /// Bytes of a line not yet complete.
+    partial: Vec<u8>,
+    /// The parent closed the pipe (or it broke): it is gone.
+    closed: bool,
+}
+
+impl Inbox {
+    /// Reads every complete command line waiting in the pipe.
+    fn read(&mut self) -> Vec<Command> {
+        let mut buf = [0u8; 4096];
+        while !self.closed {
+            // SAFETY: reads into a buffer we own, at most its length.
+            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                self.partial.extend_from_slice(&buf[..n as usize]);
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                _ if n == 0 => self.closed = true,
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => break,
+                _ => self.closed = true,
+            }
+        }
+        let mut commands = Vec::new();
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            match serde_json::from_slice::<Command>(&line) {
+                Ok(command) => commands.push(command),
+                Err(e) => eprintln!("loadtest worker: bad command: {e}"),
+            }
+        }
+        commands
+    }
+}
+
+impl Meter {
+    /// A meter for `mode` whose parent writes commands to `fd` (a non-blocking pipe).
+    pub fn new(mode: Mode, counters: Counters, fd: i32) -> Meter {
+        Meter {
+            counters,
+            total: new_latency(),
+            interval: new_latency(),
+            mode,
+            measuring: false,
+            sent: Vec::new(),
+            inbox: Inbox {
+                fd,
+                partial: Vec::new(),
+                closed: false,
+            },
+            deferred: Vec::new(),
+        }
+    }
+
+    /// The parent closed the command pipe: it is gone.
+    pub fn orphaned(&self) -> bool {
+        self.inbox.closed
+    }
+
+    /// Messages whose send time is known (closed-loop mode), i.e. published so far.
+    pub fn sent_count(&self) -> u64 {
+        self.sent.len() as u64
+    }
+    /// Reads the parent's commands now: those about measuring apply at once, the rest wait
+    /// for the loop.
+    ///
+    /// Called when an event needs a command not seen yet: the parent writes `Start` and each
+    /// `Sent` *before* the POST they describe, so when the event is here, so is the command,
+    /// even if this turn's poll reported the stream before the pipe.
+    pub fn refresh(&mut self) {
+        for command in self.inbox.read() {
+            match command {
+                Command::Start => self.measuring = true,
+                Command::Sent { seq, at_us } => {
+                    let seq = seq as usize;
+                    // A POST that failed is retried under the same number with a new time.
+                    if seq < self.sent.len() {
+                        self.sent[seq] = at_us;
+                    } else {
+                        self.sent.resize(seq, at_us);
+                        self.sent.push(at_us);
+                    }
+                }
+                other => self.deferred.push(other),
+            }
+        }
+    }
+
+    /// Accounts for one parsed item of a stream.
+    pub fn on_item(&mut self, acct: &mut Acct, item: Item<'_>, now: u64) {
+        let data = match item {
+            Item::Event { data, .. } => data,
+            Item::Comment(b"shed") => {
+                acct.shed = true;
+                return;
+            }
+            Item::Comment(_) | Item::Retry(_) => return,
+        };
+        let stamped = match self.mode {
+            Mode::Stamped => stamp::parse(data),
+            Mode::ClosedLoop => {
+                if !self.measuring || acct.events >= self.sent.len() as u64 {
+                    self.refresh();
+                }
+                if !self.measuring {
+                    // Not ours: the server's own events before publishing began.
+                    self.counters.other_events += 1;
+                    return;
+                }
+                let seq = acct.events;
+                acct.events += 1;
+                self.sent.get(seq as usize).map(|&at| (seq, at))
+            }
+        };
+        let Some((seq, sent_us)) = stamped else {
+            self.counters.other_events += 1;
+            return;
+        };
+        if seq < acct.next {
+            self.counters.duplicates += 1;
+            return;
+        }
+        let gap = seq - acct.next;
+        acct.next = seq + 1;
+        if acct.slow {
+            self.counters.slow_received += 1;
+            self.counters.slow_lost += gap;
+        } else {
+            self.counters.received += 1;
+            self.counters.lost += gap;
+            // Latency from the *scheduled* send time: a stalled server cannot hide its stall.
+            let latency = now.saturating_sub(sent_us).max(1);
+            self.total.saturating_record(latency);
+            self.interval.saturating_record(latency);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A meter that has seen `Start` and three send times; it has no pipe (reading it finds
+    /// it closed).
+    fn meter(mode: Mode) -> Meter {
+        let mut m = Meter::new(mode, Counters::default(), -1);
+        m.measuring = true;
+        m.sent = vec![100, 200, 300];
+        m
+    }
+
+    #[test]
+    fn stamped_events_count_gaps_and_duplicates() {
+        let mut m = meter(Mode::Stamped);
+        let mut acct = Acct::default();
+        let mut deliver = |m: &mut Meter, seq: u64| {
+            let body = stamp::body(seq, 1_000, 0);
+            m.on_item(
+                &mut acct,
+                Item::Event {
+                    event: "",
+                    data: &body,
+                    id: "",
+                },
+                1_500,
+            );
+        };
+        for seq in [0, 1, 3, 2, 4] {
+            deliver(&mut m, seq);
+        }
+        m.on_item(
+            &mut acct,
+            Item::Event {
+                event: "",
+                data: "Auto heartbeat",
+                id: "",
+            },
+            0,
+        );
+        let c = &m.counters;
+        assert_eq!(
+            (c.received, c.lost, c.duplicates, c.other_events),
+            (4, 1, 1, 1)
+        );
+        assert_eq!(m.total.len(), 4);
+        assert!(m.total.equivalent(m.total.max(), 500));
+    }
+
+    #[test]
+    fn closed_loop_pairs_the_nth_event_with_the_nth_post() {
+        let mut m = meter(Mode::ClosedLoop);
+        let mut acct = Acct::default();
+        for _ in 0..4 {
+            m.on_item(
+                &mut acct,
+                Item::Event {
+                    event: "",
+                    data: "x",
+                    id: "",
+                },
+                1_000,
+            );
+        }
+        assert_eq!((m.counters.received, m.counters.other_events), (3, 1));
+        assert!(m.total.equivalent(m.total.min(), 700));
+        assert!(m.total.equivalent(m.total.max(), 900));
+    }
+
+    #[test]
+    fn events_before_start_are_not_deliveries() {
+        let mut m = meter(Mode::ClosedLoop);
+        m.measuring = false;
+        let mut acct = Acct {
+            slow: true,
+            ..Acct::default()
+        };
+        let event = |data| Item::Event {
+            event: "",
+            data,
+            id: "",
+        };
+        m.on_item(&mut acct, event("Auto heartbeat #1"), 200);
+        m.on_item(&mut acct, Item::Comment(b"shed"), 200);
+        assert_eq!((m.counters.received, m.counters.other_events), (0, 1));
+        assert!(acct.shed);
+        m.measuring = true;
+        m.on_item(&mut acct, event("x"), 200);
+        assert_eq!((m.counters.slow_received, m.total.len()), (1, 0));
+    }
+}

@@ -1,0 +1,175 @@
+//! The parent ↔ worker protocol.
+//!
+//! The parent writes the [`Plan`] and then [`Command`]s to a worker's stdin, one JSON object
+//! per line (each line is one `write` below `PIPE_BUF`, so it arrives whole). A worker writes
+//! [`Report`] frames to its stdout: `u32` length + JSON, then `u32` length + a V2 histogram,
+//! little-endian. Binary framing keeps the histogram bytes as they are.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Counters;
+
+/// Largest frame part accepted, so a corrupt length cannot make the parent allocate wildly.
+const MAX_PART: usize = 64 << 20;
+
+/// How receivers turn an event into a latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The body carries a sequence number and its scheduled send time; loss is a gap.
+    Stamped,
+    /// The server ignores the body: the n-th event after the start answers the n-th POST.
+    ClosedLoop,
+}
+
+/// One worker's share of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Index of this worker, for messages.
+    pub worker: usize,
+    /// The stream URL.
+    pub url: String,
+    /// Streams to open.
+    pub connections: u64,
+    /// Global index of this worker's first stream (spreads sources and slow readers evenly).
+    pub first_index: u64,
+    /// Source addresses to bind, used in turn; empty = let the kernel choose.
+    pub sources: Vec<IpAddr>,
+    /// Streams started per second; 0 = as fast as `max_in_flight` allows.
+    pub ramp_per_sec: f64,
+    /// Connections between `connect()` and their stream head, at most.
+    pub max_in_flight: usize,
+    /// How long a stream may take to get its head.
+    pub connect_timeout_ms: u64,
+    /// Share of streams that stop reading once established.
+    pub slow_fraction: f64,
+    /// How latencies are taken.
+    pub mode: Mode,
+    /// How often to report progress.
+    pub progress_ms: u64,
+    /// `CLOCK_MONOTONIC` µs after which the worker reports and exits whatever happens.
+    pub deadline_us: u64,
+}
+
+/// What the parent tells a running worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Publishing begins: events from now on are measured.
+    Start,
+    /// Closed-loop mode: message `seq` is (re)sent at `at_us`.
+    Sent {
+        /// 0-based message number.
+        seq: u64,
+        /// Its scheduled send time.
+        at_us: u64,
+    },
+    /// Slow readers start reading, to count what they got.
+    Drain,
+    /// Send the final report and exit; `published` messages went out.
+    Stop {
+        /// Messages published successfully.
+        published: u64,
+    },
+}
+
+/// Where a worker is, with its counters so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The last report: the histogram holds every latency of the run.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Every stream is established or failed.
+    pub connect_done: bool,
+    /// Counters since the start.
+    pub counters: Counters,
+}
+
+/// Writes one line of JSON.
+pub fn write_line<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
+    out.flush()
+}
+
+/// Writes a report frame with its histogram (V2 bytes; empty for none).
+pub fn write_frame(out: &mut impl Write, report: &Report, histogram: &[u8]) -> io::Result<()> {
+    let json = serde_json::to_vec(report).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(8 + json.len() + histogram.len());
+    frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&json);
+    frame.extend_from_slice(&(histogram.len() as u32).to_le_bytes());
+    frame.extend_from_slice(histogram);
+    out.write_all(&frame)?;
+    out.flush()
+}
+
+/// Reads one report frame; `None` at a clean end of stream.
+pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(Report, Vec<u8>)>> {
+    let Some(json) = read_part(input, true)? else {
+        return Ok(None);
+    };
+    let report = serde_json::from_slice(&json).map_err(io::Error::other)?;
+    let histogram = read_part(input, false)?.unwrap_or_default();
+    Ok(Some((report, histogram)))
+}
+
+fn read_part(input: &mut impl Read, eof_ok: bool) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0; 4];
+    if let Err(e) = input.read_exact(&mut len) {
+        return if eof_ok && e.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_PART {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut part = vec![0; len];
+    input.read_exact(&mut part)?;
+    Ok(Some(part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_commands_round_trip() {
+        let mut report = Report {
+            connect_done: true,
+            ..Report::default()
+        };
+        report.counters.received = 42;
+        let mut pipe = Vec::new();
+        write_frame(&mut pipe, &report, b"hist").unwrap();
+        write_frame(&mut pipe, &Report::default(), b"").unwrap();
+        let mut r = pipe.as_slice();
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some((report, b"hist".to_vec()))
+        );
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some((Report::default(), vec![]))
+        );
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+        // A frame cut short is an error, not a clean end.
+        assert!(read_frame(&mut &pipe[..6]).is_err());
+
+        let mut line = Vec::new();
+        write_line(&mut line, &Command::Sent { seq: 3, at_us: 9 }).unwrap();
+        assert_eq!(line, b"{\"cmd\":\"sent\",\"seq\":3,\"at_us\":9}\n");
+        let back: Command = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, Command::Sent { seq: 3, at_us: 9 });
+    }
+}

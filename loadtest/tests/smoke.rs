@@ -1,0 +1,272 @@
+//! The real `loadtest` binary against the real `sse-edge` server on loopback.
+//!
+//! The server binary is the workspace's own build, found next to this test's `deps/`
+//! directory (`target/<profile>/sse-edge`); the README's test command builds it first with
+//! `cargo build --workspace --bins`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Longest any one loadtest run may take here before the test gives up on it.
+const RUN_LIMIT: Duration = Duration::from_secs(50);
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running sse-edge on a loopback port chosen by the kernel.
+struct Server {
+    process: KillOnDrop,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        // The tests share this process; its streams' peers are in other processes, but its
+        // own pipes and sockets still count.
+        loadtest::fdlimit::raise_to_hard_limit().expect("raise the open-files limit");
+        let exe = server_binary();
+        let mut child = Command::new(&exe)
+            .args(["--listen", "127.0.0.1:0", "--tick", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let stderr = child.stderr.take().expect("piped");
+        let process = KillOnDrop(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining after the port is known, so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = listening_port(&line) {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sse-edge did not log `listening on 127.0.0.1:PORT` within 30 s");
+        Server { process, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}
+
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("listening on 127.0.0.1:")? + "listening on 127.0.0.1:".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `target/<profile>/sse-edge`, beside the `deps/` directory this test runs from.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let server = profile_dir.join(format!("sse-edge{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        server.exists(),
+        "{} is missing: build the server first with `cargo build --workspace --bins` \
+         (the README's test command does), then run `cargo test --workspace`",
+        server.display()
+    );
+    server
+}
+
+/// Runs the loadtest binary with `args`, killing it if it overruns.
+fn loadtest(args: &[String]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .arg("--no-progress")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loadtest");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let mut guard = KillOnDrop(child);
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "loadtest ran past {RUN_LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("loadtest-{}-{name}", std::process::id()))
+}
+
+fn read_json(path: &PathBuf) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("--json file written");
+    let _ = std::fs::remove_file(path);
+    serde_json::from_str(&text).expect("--json is JSON")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn two_thousand_streams_over_two_workers_lose_nothing() {
+    let server = Server::start();
+    let json = temp_path("smoke.json");
+    let hgrm = temp_path("smoke.hgrm");
+    let mut args = strings(&["--connections", "2000", "--procs", "2", "--messages", "50"]);
+    args.extend([
+        "--url".into(),
+        server.url("/stream?topic=smoke"),
+        "--publish-url".into(),
+        server.url("/broadcast?topic=smoke"),
+        "--server-pid".into(),
+        server.pid().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+        "--hgrm".into(),
+        hgrm.display().to_string(),
+    ]);
+    let out = loadtest(&args);
+    assert!(out.status.success(), "{}", describe(&out));
+    let j = read_json(&json);
+    assert_eq!(j["connections_requested"], 2000, "{j:#}");
+    assert_eq!(j["connections_established"], 2000, "{j:#}");
+    assert_eq!(j["connect_errors"], 0, "{j:#}");
+    assert_eq!(j["messages_published"], 50, "{j:#}");
+    assert_eq!(j["deliveries_expected"], 100_000, "{j:#}");
+    assert_eq!(j["deliveries_received"], 100_000, "{j:#}");
+    assert_eq!(j["deliveries_lost"], 0, "{j:#}");
+    assert_eq!(j["procs"], 2);
+    assert_eq!(j["server_reported_clients"], 2000);
+    assert_eq!(j["passed"], true);
+    let latency = &j["latency_us"];
+    let p = |name: &str| {
+        latency[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("latency_us.{name}"))
+    };
+    assert!(p("p50") >= 1 && p("p50") <= p("p90") && p("p90") <= p("p99"));
+    assert!(p("p99") <= p("p999") && p("p999") <= p("max"));
+    assert_eq!(latency["count"], 100_000);
+    assert!(j["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(j["server_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(j["server_bytes_per_conn"].as_f64().is_some());
+    assert!(j["server_cpu_ns_per_delivery"].as_f64().is_some());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("result       PASS"), "{table}");
+    let hgrm_text = std::fs::read_to_string(&hgrm).expect("--hgrm file written");
+    let _ = std::fs::remove_file(&hgrm);
+    assert!(hgrm_text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+    assert!(hgrm_text.contains("Total count    =       100000]"));
+}
+
+#[test]
+fn closed_loop_mode_and_slow_readers_against_the_real_server() {
+    let server = Server::start();
+    let json = temp_path("closed.json");
+    let mut args = strings(&[
+        "--connections",
+        "300",
+        "--procs",
+        "1",
+        "--messages",
+        "20",
+        "--publish-mode",
+        "closed-loop",
+        "--slow-fraction",
+        "0.1",
+    ]);
+    args.extend([
+        "--url".into(),
+        server.url("/stream"),
+        "--publish-url".into(),
+        server.url("/broadcast"),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let out = loadtest(&args);
+    assert!(out.status.success(), "{}", describe(&out));
+    let j = read_json(&json);
+    assert_eq!(j["connections_established"], 300, "{j:#}");
+    assert_eq!(j["slow"]["clients"], 30, "{j:#}");
+    // 270 fast readers × 20 messages, each paired with its POST.
+    assert_eq!(j["deliveries_expected"], 5400, "{j:#}");
+    assert_eq!(j["deliveries_received"], 5400, "{j:#}");
+    assert_eq!(j["latency_us"]["count"], 5400, "{j:#}");
+    // 20 small messages fit the server's per-client buffer: slow readers get them on drain.
+    assert_eq!(j["slow"]["received"], 600, "{j:#}");
+}
+
+#[test]
+fn refused_streams_are_counted_by_kind_and_fail_the_run() {
+    // A port that was just free: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let json = temp_path("refused.json");
+    let args = strings(&[
+        "--url",
+        &format!("http://127.0.0.1:{port}/stream"),
+        "--connections",
+        "20",
+        "--duration",
+        "0.1",
+        "--json",
+        &json.display().to_string(),
+    ]);
+    let out = loadtest(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let j = read_json(&json);
+    assert_eq!(j["connect_errors"], 20, "{j:#}");
+    assert_eq!(j["errors_by_kind"]["refused"], 20, "{j:#}");
+    assert_eq!(j["passed"], false);
+    // --allow-loss turns the same run into a success.
+    let mut allowed = args.clone();
+    allowed.push("--allow-loss".into());
+    let out = loadtest(&allowed);
+    assert!(out.status.success(), "{}", describe(&out));
+    let _ = std::fs::remove_file(&json);
+}
