@@ -232,8 +232,17 @@ async function main() {
   await check("events/s follows /metrics (a burst to another topic shows in the figures, not the list)", async () => {
     await page.fill("#types", "chat, deploy");
     await publish("Deploy 1432 finished in 41 s\nall 12 nodes healthy", { event: "deploy" });
-    for (let i = 0; i < 150; i++) await publish(`bulk ${i}`, { topic: "bulk" });
-    await page.waitForFunction(() => parseFloat(document.getElementById("m-rate").textContent) >= 20);
+    // Three bursts, each waited into its own scrape (the page samples /metrics once a second).
+    const samples = () => page.evaluate(() => Number(document.getElementById("chart").dataset.samples || 0));
+    for (const n of [60, 150, 90]) {
+      const before = await samples();
+      for (let i = 0; i < n; i++) await publish(`bulk ${i}`, { topic: "bulk" });
+      await page.waitForFunction(
+        (b) => Number(document.getElementById("chart").dataset.samples) > b && parseFloat(document.getElementById("m-rate").textContent) >= 20,
+        before,
+        { timeout: 3000 },
+      );
+    }
     assert((await page.locator("#log li.event", { hasText: "bulk " }).count()) === 0, "a bulk-topic event reached the list");
     await page.fill("#message", "The fan-out edge is live ✓");
     await page.fill("#pub-event", "");
@@ -246,9 +255,9 @@ async function main() {
 
   await check("screenshots at 1440 px and 375 px, no horizontal overflow", async () => {
     await page.evaluate(() => { document.activeElement.blur(); window.scrollTo(0, 0); });
-    await page.screenshot({ path: path.join(OUT, "page-1440.png"), animations: "disabled" });
+    await page.screenshot({ path: path.join(OUT, "page-1440.png"), fullPage: true, animations: "disabled" });
     await page.emulateMedia({ colorScheme: "dark" });
-    await page.screenshot({ path: path.join(OUT, "page-1440-dark.png"), animations: "disabled" });
+    await page.screenshot({ path: path.join(OUT, "page-1440-dark.png"), fullPage: true, animations: "disabled" });
     await page.emulateMedia({ colorScheme: "light" });
     await page.setViewportSize({ width: 375, height: 812 });
     await page.waitForFunction(() => document.documentElement.clientWidth === 375);
@@ -332,7 +341,12 @@ async function main() {
 }
 
 async function cleanup() {
-  if (context) await Promise.race([context.close().catch(() => {}), new Promise((r) => setTimeout(r, WAIT))]);
+  if (context) {
+    let timer;
+    const deadline = new Promise((r) => { timer = setTimeout(r, WAIT); });
+    await Promise.race([context.close().catch(() => {}), deadline]);
+    clearTimeout(timer);
+  }
   await stopServer(server);
   if (profile) fs.rmSync(profile, { recursive: true, force: true });
 }
