@@ -254,6 +254,7 @@ async function main() {
   });
 
   await check("screenshots at 1440 px and 375 px, no horizontal overflow", async () => {
+    await page.mouse.move(0, 0);
     await page.evaluate(() => { document.activeElement.blur(); window.scrollTo(0, 0); });
     await page.screenshot({ path: path.join(OUT, "page-1440.png"), fullPage: true, animations: "disabled" });
     await page.emulateMedia({ colorScheme: "dark" });
