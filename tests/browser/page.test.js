@@ -49,7 +49,7 @@ async function check(name, fn) {
 /** Starts the server; resolves once its "listening on" line names the port. */
 function startServer(listen, extra = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["--listen", listen, "--tick", "1", "--retry-ms", "300", ...extra], {
+    const child = spawn(BIN, ["--listen", listen, "--tick", "1", "--retry-ms", "300", "--max-body", "4096", ...extra], {
       stdio: ["ignore", "ignore", "pipe"],
     });
     const s = { child, port: 0, log: "", exited: false };
@@ -206,6 +206,9 @@ async function main() {
     await page.click("#broadcast");
     const r = await answer;
     assert(r.status() === 200, `publish answered ${r.status()}`);
+    const sent = await r.request().allHeaders();
+    assert(!("authorization" in sent), "an Authorization header was sent with the token field empty");
+    assert(new URL(r.url()).searchParams.get("event") === "chat", `publish URL ${r.url()}`);
     const j = await r.json();
     pageId = j.id;
     assert(j.topic === "default" && j.clients === 1, `unexpected answer ${JSON.stringify(j)}`);
@@ -276,6 +279,20 @@ async function main() {
     await page.locator("#log li.error", { hasText: "is not a topic name" }).waitFor();
     assert(requests.filter((u) => u.includes("/broadcast")).length === before, "a request was sent anyway");
     await page.fill("#pub-topic", "default");
+  });
+
+  await check("a refused publish shows the server's one-line reason; the token goes out as a Bearer header", async () => {
+    await page.fill("#token", "s3cret");
+    await page.fill("#message", "x".repeat(5000)); // over --max-body 4096
+    const answer = page.waitForResponse((r) => r.url().startsWith(origin + "/broadcast"));
+    await page.click("#broadcast");
+    const r = await answer;
+    assert(r.status() === 413, `publish answered ${r.status()}`);
+    const sent = await r.request().allHeaders();
+    assert(sent.authorization === "Bearer s3cret", `Authorization header: ${sent.authorization}`);
+    await page.locator("#log li.error", { hasText: "Publish refused (413)" }).waitFor();
+    await page.fill("#token", "");
+    await page.fill("#message", "");
   });
 
   await check("Disconnect turns the badge closed", async () => {
