@@ -197,7 +197,6 @@ async function main() {
     assert((await hb.locator(".topic").textContent()) === "default", "heartbeat topic chip is not default");
   });
 
-  let pageId = "";
   await check("Broadcast from the page: the message comes back with its id and event type", async () => {
     await page.fill("#message", "Hello from the browser test");
     await page.fill("#pub-event", "chat");
@@ -210,7 +209,7 @@ async function main() {
     assert(!("authorization" in sent), "an Authorization header was sent with the token field empty");
     assert(new URL(r.url()).searchParams.get("event") === "chat", `publish URL ${r.url()}`);
     const j = await r.json();
-    pageId = j.id;
+    const pageId = j.id;
     assert(j.topic === "default" && j.clients === 1, `unexpected answer ${JSON.stringify(j)}`);
     const li = row(page, pageId);
     await li.waitFor();
@@ -345,6 +344,26 @@ async function main() {
     await page.locator("#log li.system", { hasText: "the browser did this by itself" }).waitFor();
     const j = await publish("after restart", { topic: "news" });
     await row(page, j.id).waitFor();
+  });
+
+  await check("two topics on one stream: a topic is shown only where the page knows it", async () => {
+    await page.click("#disconnect");
+    await page.locator('#status[data-state="closed"]').waitFor();
+    await page.fill("#topics", "news, sport");
+    await page.click("#connect");
+    await page.locator('#status[data-state="connected"]').waitFor();
+    assert(/do not say which/.test(await page.locator("#sub-line").textContent()), "the stream card does not explain the missing topic");
+    const other = await publish("from elsewhere", { topic: "news" });
+    await page.fill("#message", "from this page");
+    await page.fill("#pub-topic", "sport");
+    const answer = page.waitForResponse((r) => r.url().startsWith(origin + "/broadcast"));
+    await page.click("#broadcast");
+    const mine = await (await answer).json();
+    await row(page, other.id).waitFor();
+    await row(page, mine.id).waitFor();
+    assert(await row(page, other.id).locator(".topic").isHidden(), "a topic is shown for an event the page cannot place");
+    await page.waitForFunction((id) => document.querySelector(`#log li[data-id="${id}"] .topic`).textContent === "sport", mine.id);
+    assert(await row(page, mine.id).locator(".topic").isVisible(), "the page's own event does not show its topic");
   });
 
   await check("nothing but the server was asked for anything; no dialog, script error or CSP violation", async () => {
