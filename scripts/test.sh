@@ -26,3 +26,19 @@ cargo build --workspace --bins
 
 say "unit and integration tests"
 cargo test --workspace
+
+say "browser test (the page in headless Chromium against the real server)"
+# Debian's chromium (a downloaded browser is not an option) and the test's npm packages.
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -d tests/browser/node_modules ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+node tests/browser/page.test.js
