@@ -27,6 +27,9 @@ cargo build --workspace --bins
 say "unit and integration tests"
 cargo test --workspace
 
+say "benches build (running them is 'cargo bench'; figures in BENCHMARKS.md)"
+cargo bench --workspace --no-run --quiet
+
 say "browser test (the page in headless Chromium against the real server)"
 # Debian's chromium (a downloaded browser is not an option) and the test's npm packages.
 need=()

@@ -500,7 +500,12 @@ impl Shard {
                     "text/html; charset=utf-8",
                     PAGE,
                     keep_alive,
-                    "Cache-Control: no-cache\r\n",
+                    // The page's own CSP (a meta tag) pins its script; framing can only be
+                    // forbidden by a header.
+                    "Cache-Control: no-cache\r\n\
+                     Content-Security-Policy: frame-ancestors 'none'\r\n\
+                     X-Content-Type-Options: nosniff\r\n\
+                     Referrer-Policy: no-referrer\r\n",
                 ),
                 keep_alive,
             ),

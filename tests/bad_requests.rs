@@ -118,6 +118,11 @@ fn page_health_and_preflight() {
         .starts_with("text/html"));
     assert!(page.text().contains("EventSource"));
     assert!(!page.text().contains("://cdn"), "self-contained page");
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some("frame-ancestors 'none'")
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     let health = server.request(b"GET /healthz HTTP/1.1\r\n\r\n");
     assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
     let pre = server.request(b"OPTIONS /stream HTTP/1.1\r\nOrigin: http://a.example\r\nAccess-Control-Request-Method: GET\r\n\r\n");
