@@ -212,6 +212,11 @@ impl Worker {
             is_final,
             connect_done: self.started == self.plan.connections && self.in_flight == 0,
             counters: self.meter.counters.clone(),
+            completion_us: if is_final {
+                self.meter.completion.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 

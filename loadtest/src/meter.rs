@@ -11,6 +11,9 @@ use crate::stamp;
 use crate::stats::{new_latency, Counters, Latency};
 use crate::wire::{Command, Mode};
 
+/// Messages whose broadcast completion is tracked (per-message worst latency).
+const MAX_TRACKED: usize = 1 << 24;
+
 /// Loss accounting of one stream.
 #[derive(Debug, Default)]
 pub struct Acct {
@@ -32,6 +35,8 @@ pub struct Meter {
     pub total: Latency,
     /// Latencies since the last progress report.
     pub interval: Latency,
+    /// Per message (by sequence number): the slowest fast stream's latency so far, µs.
+    pub completion: Vec<u64>,
     mode: Mode,
     /// Closed-loop mode: `Start` arrived, events from now on are deliveries.
     measuring: bool,
@@ -90,6 +95,7 @@ impl Meter {
             counters,
             total: new_latency(),
             interval: new_latency(),
+            completion: Vec::new(),
             mode,
             measuring: false,
             sent: Vec::new(),
@@ -182,6 +188,13 @@ impl Meter {
             let latency = now.saturating_sub(sent_us).max(1);
             self.total.saturating_record(latency);
             self.interval.saturating_record(latency);
+            // A sequence number is the server's echo of ours; bound it all the same.
+            if let Some(i) = usize::try_from(seq).ok().filter(|&i| i < MAX_TRACKED) {
+                if self.completion.len() <= i {
+                    self.completion.resize(i + 1, 0);
+                }
+                self.completion[i] = self.completion[i].max(latency);
+            }
         }
     }
 }
@@ -234,6 +247,32 @@ mod tests {
         );
         assert_eq!(m.total.len(), 4);
         assert!(m.total.equivalent(m.total.max(), 500));
+    }
+
+    #[test]
+    fn completion_keeps_each_messages_slowest_fast_stream() {
+        let mut m = meter(Mode::Stamped);
+        let (mut a, mut b, mut slow) = (Acct::default(), Acct::default(), Acct::default());
+        slow.slow = true;
+        let body0 = stamp::body(0, 1_000, 0);
+        let body1 = stamp::body(1, 2_000, 0);
+        let event = |data: &str| Item::Event {
+            event: "",
+            data: leaked(data),
+            id: "",
+        };
+        m.on_item(&mut a, event(&body0), 1_100);
+        m.on_item(&mut b, event(&body0), 1_700);
+        m.on_item(&mut a, event(&body1), 2_050);
+        m.on_item(&mut b, event(&body1), 2_020);
+        // A slow reader's late arrival is not the broadcast's completion.
+        m.on_item(&mut slow, event(&body0), 9_000);
+        assert_eq!(m.completion, vec![700, 50]);
+    }
+
+    /// Test helper: a `'static` copy of a body, for `Item`'s borrowed data.
+    fn leaked(s: &str) -> &'static str {
+        Box::leak(s.to_owned().into_boxed_str())
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Summary {
     pub other_events: u64,
     /// Delivery latency of fast streams, from scheduled send to receipt.
     pub latency_us: Percentiles,
+    /// Per message, from its scheduled send until the last fast stream had it.
+    pub broadcast_completion_us: Percentiles,
     /// Time the server took to answer each POST.
     pub publish_latency_us: Percentiles,
     /// Deliveries received per second, from the first publish to the last delivery wait.
@@ -382,6 +384,19 @@ impl Summary {
                 l.count
             ),
         );
+        let b = &self.broadcast_completion_us;
+        if b.count > 0 {
+            row(
+                t,
+                "completion",
+                format!(
+                    "p50 {}  p99 {}  max {}  (per message, until the last stream had it)",
+                    ms(b.p50),
+                    ms(b.p99),
+                    ms(b.max)
+                ),
+            );
+        }
     }
 }
 

@@ -221,9 +221,23 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
 
     let counters = board.counters();
     let mut latency = new_latency();
-    for (_, histogram) in board.finals.iter().flatten() {
-        stats::merge_encoded(&mut latency, histogram)
+    for f in board.finals.iter().flatten() {
+        stats::merge_encoded(&mut latency, &f.histogram)
             .map_err(|e| format!("a worker sent a bad histogram: {e}"))?;
+    }
+    // A message's broadcast is complete when the slowest stream of any worker has it.
+    let mut worst: Vec<u64> = Vec::new();
+    for f in board.finals.iter().flatten() {
+        if worst.len() < f.completion.len() {
+            worst.resize(f.completion.len(), 0);
+        }
+        for (w, &c) in worst.iter_mut().zip(&f.completion) {
+            *w = (*w).max(c);
+        }
+    }
+    let mut completion = new_latency();
+    for c in worst.into_iter().filter(|&c| c > 0) {
+        completion.saturating_record(c);
     }
     let timing = Timing {
         t0,
@@ -246,6 +260,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
         &sources,
         &counters,
         &latency,
+        &completion,
         outcome.as_ref(),
         &server,
         &timing,
@@ -317,10 +332,21 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
         .collect()
 }
 
+/// A worker's final report.
+#[derive(Clone)]
+struct Final {
+    counters: Counters,
+    /// Its latency histogram, V2-serialized.
+    histogram: Vec<u8>,
+    /// Per message, its slowest fast stream's latency (µs).
+    completion: Vec<u64>,
+}
+
 /// The latest word from every worker.
 struct Board {
     latest: Vec<Option<Report>>,
-    finals: Vec<Option<(Counters, Vec<u8>)>>,
+    /// Each worker's last report, once it has sent it.
+    finals: Vec<Option<Final>>,
     gone: Vec<Option<Option<String>>>,
     /// Latencies reported since the progress line last showed a p99.
     recent: Latency,
@@ -340,7 +366,11 @@ impl Board {
         match message {
             Message::Frame(w, report, histogram) => {
                 if report.is_final {
-                    self.finals[w] = Some((report.counters.clone(), histogram));
+                    self.finals[w] = Some(Final {
+                        counters: report.counters.clone(),
+                        histogram,
+                        completion: report.completion_us.clone(),
+                    });
                 } else {
                     // A bad progress histogram only blurs the live p99; the final one is checked.
                     let _ = stats::merge_encoded(&mut self.recent, &histogram);
@@ -356,7 +386,7 @@ impl Board {
         let mut total = Counters::default();
         for (latest, last) in self.latest.iter().zip(&self.finals) {
             match (last, latest) {
-                (Some((c, _)), _) => total.merge(c),
+                (Some(f), _) => total.merge(&f.counters),
                 (None, Some(r)) => total.merge(&r.counters),
                 (None, None) => {}
             }
@@ -473,6 +503,7 @@ fn summarize(
     sources: &[std::net::IpAddr],
     c: &Counters,
     latency: &Latency,
+    completion: &Latency,
     outcome: Option<&Outcome>,
     server: &Server,
     timing: &Timing,
@@ -532,6 +563,7 @@ fn summarize(
         duplicates: c.duplicates,
         other_events: c.other_events,
         latency_us: Percentiles::of(latency),
+        broadcast_completion_us: Percentiles::of(completion),
         publish_latency_us: outcome
             .map_or_else(Percentiles::default, |o| Percentiles::of(&o.post_latency)),
         deliveries_per_sec: if window > 0.0 {

@@ -86,6 +86,9 @@ pub struct Report {
     pub connect_done: bool,
     /// Counters since the start.
     pub counters: Counters,
+    /// Final report only: per message, the slowest fast stream's latency (µs; 0: none got it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completion_us: Vec<u64>,
 }
 
 /// Writes one line of JSON.

@@ -190,6 +190,14 @@ fn two_thousand_streams_over_two_workers_lose_nothing() {
     assert!(p("p50") >= 1 && p("p50") <= p("p90") && p("p90") <= p("p99"));
     assert!(p("p99") <= p("p999") && p("p999") <= p("max"));
     assert_eq!(latency["count"], 100_000);
+    // One completion per message, across both workers: at least the slowest delivery of it.
+    let completion = &j["broadcast_completion_us"];
+    assert_eq!(completion["count"], 50, "{j:#}");
+    assert!(completion["p50"].as_u64().unwrap() >= p("p50"));
+    assert_eq!(
+        completion["max"], latency["max"],
+        "the slowest delivery ends some broadcast"
+    );
     assert!(j["deliveries_per_sec"].as_f64().unwrap() > 0.0);
     assert!(j["server_rss_bytes"].as_u64().unwrap() > 0);
     assert!(j["server_bytes_per_conn"].as_f64().is_some());
