@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The loadtest series behind BENCHMARKS.md. Every run starts a fresh server, measures it with
+# loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
+#
+#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k (default: all)
+#
+# edge      sse-edge at 1k/10k/19k streams, stamped publishes at 10/s for 15 s, 3 runs each
+# compare   sse-edge, the floor (benches/floor.rs) and the Go demo at 1k/10k/19k streams,
+#           closed-loop publishing (the Go demo ignores bodies), 100 messages, 3 runs each
+# shards    sse-edge --shards 1 vs 2 at 10k streams, 10/s and 20/s for 15 s, 3 runs each
+# hold50k   50k idle streams over 3 sse-edge processes sharing one port (--reuse-port)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-target/bench-runs}; shift || true
+series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k)
+mkdir -p "$out"
+cargo build --release --workspace --bins --examples -q
+edge=target/release/sse-edge; floor=target/release/examples/floor; lt=target/release/loadtest
+port=18500
+
+start() { # start NAME CMD... → sets pid; waits until the port answers
+  "${@:2}" >"$out/$1.server.log" 2>&1 & pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.05; done
+  echo "server $1 did not start" >&2; exit 1
+}
+stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; port=$((port + 1)); }
+
+for s in "${series[@]}"; do case $s in
+edge)
+  for n in 1000 10000 19000; do for r in 1 2 3; do
+    start "edge-$n-$r" $edge --listen 0.0.0.0:$port --tick 0 --log warn
+    $lt --url http://127.0.0.1:$port/stream --connections $n --publish-url http://127.0.0.1:$port/broadcast \
+        --rate 10 --duration 15 --server-pid $pid --no-progress --json "$out/edge-$n-$r.json" > "$out/edge-$n-$r.txt"
+    stop
+  done; done ;;
+compare)
+  for n in 1000 10000 19000; do for r in 1 2 3; do for server in edge floor go; do
+    case $server in
+      edge)  start "cmp-$server-$n-$r" $edge --listen 0.0.0.0:$port --tick 0 --log warn ;;
+      floor) start "cmp-$server-$n-$r" $floor 0.0.0.0:$port ;;
+      go)    benches/compare/go-demo.sh target/go-demo $port >/dev/null
+             start "cmp-$server-$n-$r" target/go-demo/go-sse-demo ;;
+    esac
+    $lt --url http://127.0.0.1:$port/stream --connections $n --publish-url http://127.0.0.1:$port/broadcast \
+        --publish-mode closed-loop --messages 100 --duration 120 --server-pid $pid --no-progress \
+        --json "$out/cmp-$server-$n-$r.json" > "$out/cmp-$server-$n-$r.txt" || true
+    stop
+  done; done; done ;;
+shards)
+  for shards in 1 2; do for rate in 10 20; do for r in 1 2 3; do
+    name="shards$shards-$rate-$r"
+    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn --shards $shards
+    $lt --url http://127.0.0.1:$port/stream --connections 10000 --publish-url http://127.0.0.1:$port/broadcast \
+        --rate $rate --duration 15 --server-pid $pid --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
+    stop
+  done; done; done ;;
+hold50k)
+  pids=()
+  for i in 1 2 3; do
+    $edge --listen 0.0.0.0:$port --reuse-port --tick 0 --log warn >"$out/hold50k-$i.server.log" 2>&1 & pids+=($!)
+    sleep 0.3
+  done
+  $lt --url http://127.0.0.1:$port/stream --connections 50000 --duration 10 \
+      --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/hold50k.json" > "$out/hold50k.txt" || true
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; port=$((port + 1)) ;;
+*) echo "unknown series $s" >&2; exit 2 ;;
+esac; done
+echo "results in $out; summarize with: python3 benches/compare/summarize.py $out"

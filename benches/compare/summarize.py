@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Prints BENCHMARKS.md's tables from a benches/compare/run.sh results folder: the median of
+the three runs of each configuration (runs are numbered -1, -2, -3)."""
+import glob, json, os, statistics, sys
+
+out = sys.argv[1] if len(sys.argv) > 1 else "target/bench-runs"
+
+def runs(prefix):
+    found = []
+    for f in sorted(glob.glob(os.path.join(out, prefix + "-[0-9].json"))):
+        with open(f) as fh:
+            found.append(json.load(fh))
+    return found
+
+def med(rs, get):
+    vals = [v for v in (get(r) for r in rs) if v is not None]
+    return statistics.median(vals) if vals else None
+
+def ms(us):
+    return "–" if us is None else f"{us / 1000:.1f} ms"
+
+def fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+def lost(rs):
+    return sum(r["deliveries_lost"] + r["connect_errors"] for r in rs)
+
+print("## sse-edge, stamped publishes at 10/s for 15 s (median of 3)\n")
+print("| streams | bytes/idle stream | CPU ns/delivery | latency p50 | p99 | p99.9 | broadcast completion p99 | connect rate | lost |")
+print("|---|---|---|---|---|---|---|---|---|")
+for n in (1000, 10000, 19000):
+    rs = runs(f"edge-{n}")
+    if not rs:
+        continue
+    print(f"| {n:,} | {fmt(med(rs, lambda r: r.get('server_bytes_per_conn')), '.0f')} "
+          f"| {fmt(med(rs, lambda r: r.get('server_cpu_ns_per_delivery')), ',.0f')} "
+          f"| {ms(med(rs, lambda r: r['latency_us']['p50']))} | {ms(med(rs, lambda r: r['latency_us']['p99']))} "
+          f"| {ms(med(rs, lambda r: r['latency_us']['p999']))} "
+          f"| {ms(med(rs, lambda r: r['broadcast_completion_us']['p99']))} "
+          f"| {fmt(med(rs, lambda r: r['connections_established'] / r['connect_secs']), ',.0f')}/s | {lost(rs)} |")
+
+print("\n## Side by side: closed-loop publishing, 100 messages (median of 3)\n")
+print("| streams | server | bytes/idle stream | CPU ns/delivery | vs floor (CPU) | latency p50 | p99 | lost |")
+print("|---|---|---|---|---|---|---|---|")
+for n in (1000, 10000, 19000):
+    floor_cpu = med(runs(f"cmp-floor-{n}"), lambda r: r.get("server_cpu_ns_per_delivery"))
+    for server, label in (("edge", "sse-edge"), ("floor", "floor (one write per stream)"), ("go", "Go demo")):
+        rs = runs(f"cmp-{server}-{n}")
+        if not rs:
+            continue
+        cpu = med(rs, lambda r: r.get("server_cpu_ns_per_delivery"))
+        ratio = "–" if cpu is None or not floor_cpu else f"{cpu / floor_cpu:.2f}×"
+        print(f"| {n:,} | {label} | {fmt(med(rs, lambda r: r.get('server_bytes_per_conn')), ',.0f')} "
+              f"| {fmt(cpu, ',.0f')} | {ratio} | {ms(med(rs, lambda r: r['latency_us']['p50']))} "
+              f"| {ms(med(rs, lambda r: r['latency_us']['p99']))} | {lost(rs)} |")
+
+print("\n## Shards at 10k streams, stamped, 15 s (median of 3)\n")
+print("| shards | offered rate | achieved rate | deliveries/s | CPU ns/delivery | latency p50 | p99 | lost |")
+print("|---|---|---|---|---|---|---|---|")
+for shards in (1, 2):
+    for rate in (10, 20):
+        rs = runs(f"shards{shards}-{rate}")
+        if not rs:
+            continue
+        achieved = med(rs, lambda r: r["messages_published"] / r["publish_secs"] if r["publish_secs"] else None)
+        print(f"| {shards} | {rate}/s | {fmt(achieved, '.1f')}/s | {fmt(med(rs, lambda r: r['deliveries_per_sec']), ',.0f')} "
+              f"| {fmt(med(rs, lambda r: r.get('server_cpu_ns_per_delivery')), ',.0f')} "
+              f"| {ms(med(rs, lambda r: r['latency_us']['p50']))} | {ms(med(rs, lambda r: r['latency_us']['p99']))} | {lost(rs)} |")
+
+hold = os.path.join(out, "hold50k.json")
+if os.path.exists(hold):
+    with open(hold) as fh:
+        h = json.load(fh)
+    print(f"\n## 50k idle streams over 3 processes: {h['connections_established']:,} established, "
+          f"{h['connect_errors']} errors, {h.get('server_bytes_per_conn', 0):.0f} B/stream, "
+          f"{h['connect_secs']:.1f} s to connect")
