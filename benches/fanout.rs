@@ -7,8 +7,6 @@
 //! have their capacity; the count is printed after the run (`allocations per client`), and
 //! `tests/fanout_allocations.rs` asserts it is zero.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,19 +15,9 @@ use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
 use sse_edge::stream::Stream;
 
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+#[path = "../tests/util/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -72,10 +60,10 @@ fn bench(c: &mut Criterion) {
             .collect();
         let mut id = 1;
         broadcast(&mut subs, id, &frame, now); // warm-up: queues take their capacity
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         id += 1;
         broadcast(&mut subs, id, &frame, now);
-        let per_client = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        let per_client = (allocations() - before) as f64 / n as f64;
         eprintln!("fanout_enqueue/{n}: allocations per client per event: {per_client}");
 
         group.throughput(Throughput::Elements(n as u64));

@@ -898,40 +898,48 @@ impl Shard {
                 continue;
             };
             client.pending = false;
-            if client.closing || !client.writable {
+            if client.closing {
                 continue;
             }
-            let written = match client.flush() {
-                WriteStatus::Drained(w) => {
-                    if client.close_after_flush {
-                        let deadline = Instant::now() + LINGER;
-                        client.start_linger(deadline);
-                        self.deadlines.push(Reverse((deadline, key)));
-                        // The peer may have closed already; its EOF edge may be spent.
-                        if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
-                            self.close(key);
+            if client.writable {
+                let written = match client.flush() {
+                    WriteStatus::Drained(w) => {
+                        if client.close_after_flush {
+                            let deadline = Instant::now() + LINGER;
+                            client.start_linger(deadline);
+                            self.deadlines.push(Reverse((deadline, key)));
+                            // The peer may have closed already; its EOF edge may be spent.
+                            if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
+                                self.close(key);
+                            }
                         }
-                    } else if matches!(client.phase, Phase::Request(_)) {
-                        resume.push(key);
+                        w
                     }
-                    w
-                }
-                WriteStatus::Blocked(w) => w,
-                WriteStatus::Failed => {
-                    self.close(key);
-                    Written::default()
-                }
-            };
-            self.counters.add(Stat::BytesWritten, written.bytes as u64);
-            self.counters
-                .add(Stat::FramesWritten, written.frames as u64);
-            self.counters.sub(Stat::QueuedBytes, written.bytes as u64);
+                    WriteStatus::Blocked(w) => w,
+                    WriteStatus::Failed => {
+                        self.close(key);
+                        Written::default()
+                    }
+                };
+                self.counters.add(Stat::BytesWritten, written.bytes as u64);
+                self.counters
+                    .add(Stat::FramesWritten, written.frames as u64);
+                self.counters.sub(Stat::QueuedBytes, written.bytes as u64);
+            }
+            // A request connection stops reading while RESPONSE_BACKLOG bytes wait for its
+            // peer; whenever it is below that again, it may go on (finding nothing is cheap).
+            let client = &self.clients[key];
+            if !client.closing
+                && !client.close_after_flush
+                && matches!(client.phase, Phase::Request(_))
+                && client.outbox.queued_bytes() < RESPONSE_BACKLOG
+            {
+                resume.push(key);
+            }
         }
         // Keep the list's capacity; anything queued while resuming goes out next turn.
         pending.append(&mut self.pending);
         self.pending = pending;
-        // A request connection may have stopped reading at RESPONSE_BACKLOG; with its
-        // output gone it can go on (finding nothing to do is cheap).
         for key in resume {
             self.serve_requests(key);
         }

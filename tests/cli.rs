@@ -4,7 +4,7 @@ mod util;
 
 use std::process::Command;
 
-use util::{published_id, Server, SseClient};
+use util::{heartbeat_number, published_id, Server};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
@@ -66,46 +66,11 @@ fn help_documents_every_flag() {
 
 #[test]
 fn environment_sets_flags_and_the_demo_ticker_runs() {
-    // The test helper passes --tick 0, and a flag beats the environment, so this server is
-    // started by hand with its address and ticker from the environment only.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
-        .env("SSE_EDGE_LISTEN", "127.0.0.1:0")
-        .env("SSE_EDGE_TICK", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(at) = line.find("listening on ") {
-                let _ = tx.send(
-                    line[at + 13..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let addr = rx.recv_timeout(util::PATIENCE).unwrap().parse().unwrap();
-    let mut c = SseClient::connect(addr, "/stream", &[]);
-    let first = c.next_event();
-    let second = c.next_event();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let n: u64 = first
-        .data
-        .strip_prefix("Auto heartbeat #")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(second.data, format!("Auto heartbeat #{}", n + 1));
+    // No flags at all: the address and the ticker come from the environment only.
+    let server = Server::start_env(&[("SSE_EDGE_LISTEN", "127.0.0.1:0"), ("SSE_EDGE_TICK", "1")]);
+    let mut c = server.stream("/stream");
+    let first = heartbeat_number(&c.next_event());
+    assert_eq!(heartbeat_number(&c.next_event()), first + 1);
 }
 
 #[test]

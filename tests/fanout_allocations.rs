@@ -2,27 +2,15 @@
 //! streams, through the same `Stream::offer` and `Outbox` the shard uses, makes no heap
 //! allocation once the queues have their capacity.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
 use sse_edge::stream::{Offer, Stream};
 
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+#[path = "util/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -36,13 +24,13 @@ fn offering_a_frame_to_ten_thousand_streams_allocates_nothing() {
     let mut sink = std::io::sink();
     let mut round = |id: u64| -> (u64, usize) {
         let frame = encode_event(id, None, "payload");
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let mut queued = 0;
         for (stream, outbox) in subs.iter_mut() {
             let offer = stream.offer(outbox, id, &frame, 65536, now, Duration::MAX);
             queued += usize::from(matches!(offer, Offer::Queued(_)));
         }
-        let during = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let during = allocations() - before;
         for (_, outbox) in subs.iter_mut() {
             outbox.write_to(&mut sink).unwrap();
         }

@@ -278,3 +278,72 @@ fn refused_streams_are_counted_by_kind_and_fail_the_run() {
     assert!(out.status.success(), "{}", describe(&out));
     let _ = std::fs::remove_file(&json);
 }
+
+/// Events the server has published so far, from its `/metrics`.
+fn events_published(server: &Server) -> u64 {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.lines()
+        .filter(|l| l.starts_with("sse_edge_events_published_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn ctrl_c_prints_what_it_has_so_far() {
+    let server = Server::start();
+    let json = temp_path("interrupted.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(strings(&[
+            "--url",
+            &server.url("/stream"),
+            "--connections",
+            "50",
+            "--publish-url",
+            &server.url("/broadcast"),
+            "--rate",
+            "20",
+            "--duration",
+            "600",
+            "--json",
+            &json.display().to_string(),
+            "--no-progress",
+        ]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start loadtest");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut guard = KillOnDrop(child);
+    // Interrupt once publishing is well under way.
+    let deadline = Instant::now() + RUN_LIMIT;
+    while events_published(&server) < 10 {
+        assert!(Instant::now() < deadline, "loadtest never published");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signals a child process we own.
+    unsafe { libc::kill(guard.0.id() as i32, libc::SIGINT) };
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "loadtest ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut table = String::new();
+    stdout.read_to_string(&mut table).expect("stdout");
+    assert_eq!(status.code(), Some(130), "{table}");
+    assert!(table.contains("deliveries"), "the table so far: {table}");
+    let j = read_json(&json);
+    assert_eq!(j["interrupted"], true);
+    assert!(j["messages_published"].as_u64().unwrap() >= 10, "{j:#}");
+    assert!(
+        j["deliveries_received"].as_u64().unwrap() >= 10 * 50,
+        "{j:#}"
+    );
+}

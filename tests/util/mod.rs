@@ -29,17 +29,21 @@ impl Server {
         Self::start_limited(args, None)
     }
 
+    /// Starts the server with no flags at all, configured by `SSE_EDGE_*` variables only
+    /// (which must include an `SSE_EDGE_LISTEN` on 127.0.0.1).
+    pub fn start_env(env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
+
     /// Like [`Server::start`], with the server's open-files limit (soft and hard) set to
     /// `nofile` when given.
     pub fn start_limited(args: &[&str], nofile: Option<u64>) -> Server {
-        raise_fd_limit();
         let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "0", "--log", "info"];
         all.extend_from_slice(args);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
-        cmd.args(&all)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(&all);
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
@@ -56,6 +60,15 @@ impl Server {
                 });
             }
         }
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd`, reads its stderr until the listening line, and keeps draining it.
+    fn spawn(mut cmd: Command) -> Server {
+        raise_fd_limit();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start sse-edge");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -516,6 +529,14 @@ impl HttpConn {
             Err(_) => false,
         }
     }
+}
+
+/// The `n` of an `Auto heartbeat #n` event.
+pub fn heartbeat_number(e: &Event) -> u64 {
+    e.data
+        .strip_prefix("Auto heartbeat #")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a heartbeat: {e:?}"))
 }
 
 /// The id of a publish response.
