@@ -12,17 +12,22 @@
 //!
 //! ## The flow of one broadcast
 //!
-//! 1. `POST /broadcast` arrives on some shard; [`http`] parses it, [`params`] validates it.
-//! 2. [`hub::Hub::publish`] takes the next id and encodes the event **once** ([`sse`]) into a
-//!    `bytes::Bytes`; every other shard gets a clone through its mailbox and is woken.
-//! 3. Each shard pushes a clone (a refcount bump) into the bounded [`outbox`] of each
-//!    subscriber of the topic. A frame that does not fit is dropped for that client alone.
-//! 4. Before the shard sleeps again it flushes every client it queued to, with `writev`,
-//!    until the queue is empty or the socket would block; a blocked client resumes on its
-//!    next writable event.
+//! 1. `POST /broadcast` arrives on some shard; [`http`] parses it, [`access`] decides whether
+//!    this peer may publish, [`params`] validates topic, event name and body.
+//! 2. [`hub::Hub::publish`] takes the next id, encodes the event **once** ([`sse`]) into a
+//!    `bytes::Bytes` and keeps it in the topic's history; every other shard gets a clone
+//!    through its mailbox and is woken. The publisher's answer is queued first.
+//! 3. Each shard walks the topic's subscribers; [`stream::Stream::offer`] pushes a clone (a
+//!    refcount bump) into each one's bounded [`outbox`], or drops it for that stream alone
+//!    and records the gap, to be announced before the next frame that fits.
+//! 4. Before the shard sleeps again it flushes every client it queued to (`write`, or
+//!    `writev` for several frames) until the queue is empty or the socket would block; a
+//!    blocked client resumes on its next writable event.
 //! 5. EOF or an error marks a client closing; the end of the turn frees its slot.
 //!
-//! Counters live per shard as plain integers ([`metrics`]) and are summed when scraped.
+//! A stream that resumes with `Last-Event-ID` takes its replay from the hub under the same
+//! lock that orders publishes, so the seam between replay and live has no gap and no
+//! duplicate. Counters live per shard as plain integers ([`metrics`]), summed when scraped.
 
 #![deny(missing_docs)]
 
