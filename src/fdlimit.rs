@@ -5,14 +5,7 @@ use std::io;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft before, soft now).
 pub fn raise_to_hard_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes a plain struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut lim = get()?;
     let before = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
@@ -26,6 +19,10 @@ pub fn raise_to_hard_limit() -> io::Result<(u64, u64)> {
 
 /// The current soft `RLIMIT_NOFILE`.
 pub fn soft_limit() -> io::Result<u64> {
+    Ok(get()?.rlim_cur)
+}
+
+fn get() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -34,7 +31,7 @@ pub fn soft_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_cur)
+    Ok(lim)
 }
 
 #[cfg(test)]
