@@ -146,7 +146,10 @@ impl Server {
     ///
     /// Returns the first shard error, if any.
     pub fn run(self) -> io::Result<()> {
-        info!(addr = %self.local_addr, shards = self.shards.len(), "listening on {}", self.local_addr);
+        info!(
+            shards = self.shards.len(),
+            "listening on {}", self.local_addr
+        );
         let mut shards = self.shards.into_iter();
         let first = shards.next().expect("at least one shard");
         let threads: Vec<_> = shards
