@@ -106,11 +106,6 @@ impl Client {
         }
     }
 
-    /// Whether this client is an event stream.
-    pub fn is_stream(&self) -> bool {
-        matches!(self.phase, Phase::Stream(_))
-    }
-
     /// Reads once into `scratch` and appends what came to `buf`.
     ///
     /// Called while a request is incomplete. Clears `readable` on `WouldBlock`.

@@ -271,11 +271,6 @@ impl Hub {
         self.lock().encoded
     }
 
-    /// The last id handed out.
-    pub fn last_id(&self) -> u64 {
-        self.lock().last_id
-    }
-
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         // The ledger stays consistent across a panic in another shard (every update is a
         // few plain assignments), so a poisoned lock is still safe to use.

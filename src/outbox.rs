@@ -89,13 +89,6 @@ impl Outbox {
         self.frames.is_empty()
     }
 
-    /// Frees the queue's storage once it is empty (for a stream that goes idle for long).
-    pub fn shrink(&mut self) {
-        if self.frames.is_empty() {
-            self.frames = VecDeque::new();
-        }
-    }
-
     /// Writes queued frames with vectored writes until the queue is empty or `out` would block.
     ///
     /// Returns the state reached and what was written. `Interrupted` is retried; any other
@@ -289,14 +282,10 @@ mod tests {
     }
 
     #[test]
-    fn empty_frames_are_ignored_and_shrink_frees() {
+    fn empty_frames_are_ignored() {
         let mut q = Outbox::default();
         q.push(Bytes::new());
         assert!(q.is_empty());
-        q.push(frame("x"));
-        q.write_to(&mut Throttled::new(10, 10)).unwrap();
-        q.shrink();
-        assert_eq!(q.frames.capacity(), 0);
     }
 
     #[test]
