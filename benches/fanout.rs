@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     for n in [1_000usize, 10_000, 100_000] {
         let mut subs: Vec<Subscriber> = (0..n)
             .map(|_| Subscriber {
-                stream: Stream::new(Box::new([(0, 0)]), 0),
+                stream: Stream::new(Box::new([(0, 0)]), 0, None),
                 outbox: Outbox::default(),
             })
             .collect();

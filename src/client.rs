@@ -36,6 +36,8 @@ pub struct Client {
     pub closing: bool,
     /// Once the outbox is empty, half-close and wait for the peer to leave.
     pub close_after_flush: bool,
+    /// The shard's accept count when this connection came (a slab key is reused; this is not).
+    pub serial: u32,
 }
 
 /// The phases of a connection.
@@ -87,8 +89,9 @@ pub enum WriteStatus {
 }
 
 impl Client {
-    /// A freshly accepted connection, waiting for its first request until `deadline`.
-    pub fn new(socket: TcpStream, deadline: Instant) -> Client {
+    /// A freshly accepted connection, the shard's `serial`-th, waiting for its first request
+    /// until `deadline`.
+    pub fn new(socket: TcpStream, deadline: Instant, serial: u32) -> Client {
         Client {
             socket,
             outbox: Outbox::default(),
@@ -103,6 +106,7 @@ impl Client {
             pending: false,
             closing: false,
             close_after_flush: false,
+            serial,
         }
     }
 
@@ -161,6 +165,11 @@ impl Client {
     pub fn start_linger(&mut self, deadline: Instant) {
         let _ = self.socket.shutdown(Shutdown::Write);
         self.phase = Phase::Linger { deadline };
+    }
+
+    /// Whether this is a request-phase connection with no partial request buffered.
+    pub fn is_idle_request(&self) -> bool {
+        matches!(&self.phase, Phase::Request(state) if state.buf.is_empty())
     }
 
     /// The deadline this client must meet now, if any.

@@ -155,6 +155,41 @@ pub struct Config {
     )]
     pub drain_timeout: u64,
 
+    /// Node-wide budget for kept history over all topics: encoded frame bytes plus the
+    /// bookkeeping of each frame and topic. The oldest frames are evicted first.
+    #[arg(
+        long,
+        env = "SSE_EDGE_HISTORY_BYTES",
+        default_value_t = 64 << 20,
+        value_name = "BYTES"
+    )]
+    pub history_bytes: usize,
+
+    /// A topic with no subscribers and no publish for this long is forgotten (a later resume
+    /// from before that gets `event: reset`).
+    #[arg(
+        long,
+        env = "SSE_EDGE_TOPIC_IDLE",
+        default_value_t = 3600,
+        value_name = "SECS"
+    )]
+    pub topic_idle: u64,
+
+    /// Streams one client address may hold (IPv6 counted per /64); beyond it that address's
+    /// new streams are shed. Off by default: behind a proxy every stream shares one address.
+    #[arg(long, env = "SSE_EDGE_MAX_STREAMS_PER_IP", value_name = "N")]
+    pub max_streams_per_ip: Option<usize>,
+
+    /// Connections still sending a request (not yet a stream), per shard. At the cap the
+    /// oldest idle one is closed to make room, so silent connections cannot lock clients out.
+    #[arg(
+        long,
+        env = "SSE_EDGE_MAX_REQUEST_CONNECTIONS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_request_connections: usize,
+
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a RUST_LOG-style filter such as
     /// `sse_edge=debug`.
     #[arg(
@@ -214,6 +249,33 @@ impl Config {
 
     /// Rejects values that parse but cannot work.
     fn validate(&self) -> Result<(), String> {
+        // Durations are added to `Instant`s later; a value that would overflow there is
+        // refused here, where it can still be one clear line.
+        for (flag, secs, max) in [
+            ("--header-timeout", self.header_timeout, HOUR),
+            ("--drain-timeout", self.drain_timeout, DAY),
+            ("--slow-client-timeout", self.slow_client_timeout, DAY),
+            ("--topic-idle", self.topic_idle, 30 * DAY),
+        ] {
+            if secs > max {
+                return Err(format!("{flag} must be at most {max} seconds"));
+            }
+        }
+        if self.client_buffer > 1 << 30 {
+            return Err("--client-buffer must be at most 1 GiB".into());
+        }
+        if !(64 << 10..=1 << 40).contains(&self.history_bytes) {
+            return Err("--history-bytes must be between 64 KiB and 1 TiB".into());
+        }
+        if self.topic_idle == 0 {
+            return Err("--topic-idle must be at least 1 second".into());
+        }
+        if self.max_streams_per_ip == Some(0) {
+            return Err("--max-streams-per-ip must be at least 1".into());
+        }
+        if self.max_request_connections == 0 || self.max_request_connections > 1 << 20 {
+            return Err("--max-request-connections must be between 1 and 1048576".into());
+        }
         if self.client_buffer < 1024 {
             return Err("--client-buffer must be at least 1024 bytes".into());
         }
@@ -226,8 +288,8 @@ impl Config {
         if self.retry_ms == 0 || self.retry_ms > 3_600_000 {
             return Err("--retry-ms must be between 1 and 3600000".into());
         }
-        if self.max_clients == Some(0) {
-            return Err("--max-clients must be at least 1".into());
+        if self.max_clients == Some(0) || self.max_clients > Some(1 << 30) {
+            return Err("--max-clients must be between 1 and 1073741824".into());
         }
         if self.history > 1_000_000 {
             return Err("--history must be at most 1000000".into());
@@ -263,11 +325,20 @@ impl Config {
         }
     }
 
+    /// How long an unused topic is kept.
+    pub fn topic_idle_period(&self) -> Duration {
+        Duration::from_secs(self.topic_idle)
+    }
+
     /// The request-head deadline.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout)
     }
 }
+
+/// Seconds in an hour and in a day, for the bounds on durations.
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
 
 /// Reduces clap's multi-line error to its first line, without the `error: ` prefix.
 fn one_line(rendered: &str) -> String {
@@ -301,6 +372,11 @@ mod tests {
         );
         assert_eq!((c.publish_token.as_deref(), c.max_clients), (None, None));
         assert_eq!(c.publish_allow.len(), 2);
+        assert_eq!((c.history_bytes, c.topic_idle), (64 << 20, 3600));
+        assert_eq!(
+            (c.max_streams_per_ip, c.max_request_connections),
+            (None, 1024)
+        );
     }
 
     #[test]
@@ -314,6 +390,17 @@ mod tests {
             &["--publish-allow", "10.0.0.0/99"],
             &["--max-clients", "0"],
             &["--publish-token", ""],
+            &["--header-timeout", "18446744073709551615"],
+            &["--drain-timeout", "18446744073709551615"],
+            &["--slow-client-timeout", "99999999999"],
+            &["--topic-idle", "0"],
+            &["--topic-idle", "18446744073709551615"],
+            &["--history-bytes", "0"],
+            &["--history-bytes", "18446744073709551615"],
+            &["--client-buffer", "18446744073709551615"],
+            &["--max-streams-per-ip", "0"],
+            &["--max-request-connections", "0"],
+            &["--max-clients", "18446744073709551615"],
         ] {
             match parse(args) {
                 Err(ConfigError::Invalid(line)) => {

@@ -10,23 +10,25 @@
 //! an event with a smaller id is already in every mailbox when a larger id is handed out.
 //! The lock is taken once per event, never per client; with one shard it is uncontended.
 //!
-//! The hub also keeps each topic's last `--history` frames. A stream that resumes from a
-//! `Last-Event-ID` takes its replay under the same lock, and notes the last id handed out at
-//! that moment ([`Subscription::skip_through`]): anything newer reaches it live through the
-//! mailbox, anything older that is still in the mailbox is skipped, so the seam between
-//! replay and live has neither a gap nor a duplicate.
+//! The hub also keeps the [`History`]. A stream that resumes from a `Last-Event-ID` walks it
+//! in batches ([`Hub::replay_batch`]) while live events for it are skipped; the batch that
+//! finds nothing more notes the last id handed out at that moment
+//! ([`ReplayStep::Live`]): anything newer reaches the stream live through the mailbox,
+//! anything older still in the mailbox is skipped, so the seam between replay and live has
+//! neither a gap nor a duplicate.
 //!
 //! A cluster broker (events through Redis) replaces what happens under the lock; the shards
 //! only ever see [`Delivery`] values arriving in their mailbox.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::Waker;
 
-use crate::sse::{self, ResetReason};
+use crate::history::{Batch, Cursor, History};
+use crate::sse;
 
 /// One encoded event on its way to the shards.
 #[derive(Debug, Clone)]
@@ -53,37 +55,14 @@ struct Mailbox {
 }
 
 /// What is known node-wide, under the hub's lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ledger {
     /// The last id handed out.
     last_id: u64,
-    /// Topics that have subscribers or have been published to.
-    topics: HashMap<Arc<str>, Topic>,
     /// How many events were encoded (the encode-once check).
     encoded: u64,
-    /// Frames kept per topic (and at most replayed per stream).
-    history: usize,
-}
-
-#[derive(Debug)]
-struct Topic {
-    name: Arc<str>,
-    subscribers: usize,
-    /// The last frames published here, oldest first.
-    kept: VecDeque<(u64, Bytes)>,
-    /// The newest id evicted from `kept` (0: none yet).
-    evicted_through: u64,
-}
-
-impl Topic {
-    fn new(name: Arc<str>) -> Topic {
-        Topic {
-            name,
-            subscribers: 0,
-            kept: VecDeque::new(),
-            evicted_through: 0,
-        }
-    }
+    /// Kept frames and topic bookkeeping.
+    history: History,
 }
 
 /// A stream's start, as the hub sees it.
@@ -91,12 +70,21 @@ impl Topic {
 pub struct Subscription {
     /// The shared topic names, in the order asked.
     pub names: Vec<Arc<str>>,
-    /// A `reset` notice to send before the replay, when the replay cannot start where asked.
+    /// A `reset` notice to send first, when the replay cannot start where asked.
     pub reset: Option<Bytes>,
-    /// Kept frames after the requested id, in id order.
-    pub replay: Vec<Bytes>,
-    /// The last id handed out when the replay was taken: later ids arrive live.
+    /// Where the replay stands, for a resuming stream; `None` goes live at once.
+    pub replay: Option<Cursor>,
+    /// The last id handed out when subscribing: later ids arrive live.
     pub skip_through: u64,
+}
+
+/// The next step of a replay.
+#[derive(Debug)]
+pub enum ReplayStep {
+    /// More frames (and perhaps a `reset` first); ask again once they have drained.
+    More(Batch),
+    /// The last frames; the stream is live after this id.
+    Live(Batch, u64),
 }
 
 /// The outcome of a publish.
@@ -110,8 +98,12 @@ pub struct Published {
 
 impl Hub {
     /// A hub for shards whose wakers are given in shard order, keeping `history` frames per
-    /// topic; returns each shard's mailbox.
-    pub fn new(wakers: Vec<Arc<Waker>>, history: usize) -> (Arc<Hub>, Vec<Receiver<Delivery>>) {
+    /// topic within `history_bytes`; returns each shard's mailbox.
+    pub fn new(
+        wakers: Vec<Arc<Waker>>,
+        history: usize,
+        history_bytes: usize,
+    ) -> (Arc<Hub>, Vec<Receiver<Delivery>>) {
         let mut mailboxes = Vec::with_capacity(wakers.len());
         let mut inboxes = Vec::with_capacity(wakers.len());
         for waker in wakers {
@@ -121,8 +113,9 @@ impl Hub {
         }
         let hub = Hub {
             ledger: Mutex::new(Ledger {
-                history,
-                ..Ledger::default()
+                last_id: 0,
+                encoded: 0,
+                history: History::new(history, history_bytes),
             }),
             mailboxes,
         };
@@ -139,26 +132,9 @@ impl Hub {
         ledger.last_id += 1;
         ledger.encoded += 1;
         let id = ledger.last_id;
-        let entry = match ledger.topics.get_mut(topic) {
-            Some(t) => t,
-            None => ledger
-                .topics
-                .entry(Arc::from(topic))
-                .or_insert_with_key(|k| Topic::new(k.clone())),
-        };
         let frame = sse::encode_event(id, event, data);
-        entry.kept.push_back((id, frame.clone()));
-        while entry.kept.len() > ledger.history {
-            if let Some((old, _)) = entry.kept.pop_front() {
-                entry.evicted_through = old;
-            }
-        }
-        let subscribers = entry.subscribers;
-        let delivery = Delivery {
-            id,
-            topic: entry.name.clone(),
-            frame,
-        };
+        let (topic, subscribers) = ledger.history.record(topic, id, &frame, Instant::now());
+        let delivery = Delivery { id, topic, frame };
         if subscribers > 0 {
             for (shard, mailbox) in self.mailboxes.iter().enumerate() {
                 if shard != from {
@@ -177,86 +153,54 @@ impl Hub {
 
     /// Starts a stream on `topics`, resuming after `last_event_id` when given.
     ///
-    /// An id that is not a number this node handed out gets a `reset` (unknown) and the whole
-    /// kept history; an id older than what is kept gets a `reset` (expired) and what is kept.
-    /// A replay is capped at `--history` frames (the newest), which also counts as expired.
+    /// A resume gets a cursor for [`Hub::replay_batch`]; see [`History::start_replay`] for
+    /// when it also gets a `reset` notice.
     pub fn subscribe(&self, topics: &[String], last_event_id: Option<&str>) -> Subscription {
         let mut guard = self.lock();
         let ledger = &mut *guard;
-        let names: Vec<Arc<str>> = topics
-            .iter()
-            .map(|topic| {
-                let entry = match ledger.topics.get_mut(topic.as_str()) {
-                    Some(t) => t,
-                    None => ledger
-                        .topics
-                        .entry(Arc::from(topic.as_str()))
-                        .or_insert_with_key(|k| Topic::new(k.clone())),
-                };
-                entry.subscribers += 1;
-                entry.name.clone()
-            })
-            .collect();
-        let mut subscription = Subscription {
+        let names = ledger.history.subscribe(topics, Instant::now());
+        let (reset, replay) = match last_event_id {
+            Some(requested) => {
+                let start = ledger
+                    .history
+                    .start_replay(&names, requested, ledger.last_id);
+                (start.reset, Some(start.cursor))
+            }
+            None => (None, None),
+        };
+        Subscription {
             names,
-            reset: None,
-            replay: Vec::new(),
+            reset,
+            replay,
             skip_through: ledger.last_id,
-        };
-        let Some(requested) = last_event_id else {
-            return subscription;
-        };
-        let known = requested
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|&id| id <= ledger.last_id);
-        let after = known.unwrap_or(0);
-        let mut expired = false;
-        let mut frames: Vec<(u64, Bytes)> = Vec::new();
-        for name in &subscription.names {
-            let topic = &ledger.topics[name];
-            expired |= topic.evicted_through > after;
-            let start = topic.kept.partition_point(|(id, _)| *id <= after);
-            frames.extend(topic.kept.range(start..).cloned());
         }
-        if subscription.names.len() > 1 {
-            frames.sort_unstable_by_key(|(id, _)| *id);
+    }
+
+    /// The next frames of a replay over `names`, up to `room` bytes (at least one frame).
+    pub fn replay_batch(&self, names: &[Arc<str>], cursor: &mut Cursor, room: usize) -> ReplayStep {
+        let ledger = self.lock();
+        let batch = ledger.history.replay_batch(names, cursor, room);
+        if batch.done {
+            ReplayStep::Live(batch, ledger.last_id)
+        } else {
+            ReplayStep::More(batch)
         }
-        if frames.len() > ledger.history {
-            frames.drain(..frames.len() - ledger.history);
-            expired = true;
-        }
-        let oldest = frames.first().map(|(id, _)| *id).or_else(|| {
-            subscription
-                .names
-                .iter()
-                .filter_map(|n| ledger.topics[n].kept.front().map(|(id, _)| *id))
-                .min()
-        });
-        let reason = match known {
-            None => Some(ResetReason::Unknown),
-            Some(_) if expired => Some(ResetReason::Expired),
-            Some(_) => None,
-        };
-        subscription.reset = reason.map(|r| sse::encode_reset(r, requested, oldest));
-        subscription.replay = frames.into_iter().map(|(_, frame)| frame).collect();
-        subscription
     }
 
     /// Counts one stream fewer on each of `topics`.
     pub fn unsubscribe<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
-        let mut ledger = self.lock();
-        for topic in topics {
-            if let Some(entry) = ledger.topics.get_mut(topic) {
-                entry.subscribers -= 1;
-                // A topic only ever subscribed to leaves no trace; one that was published to
-                // keeps its history (and its eviction mark) for streams that resume later.
-                if entry.subscribers == 0 && entry.kept.is_empty() && entry.evicted_through == 0 {
-                    ledger.topics.remove(topic);
-                }
-            }
-        }
+        self.lock().history.unsubscribe(topics, Instant::now());
+    }
+
+    /// Forgets topics unused for `idle` (see [`History::forget_idle`]); returns how many.
+    pub fn forget_idle(&self, idle: Duration) -> usize {
+        self.lock().history.forget_idle(Instant::now(), idle)
+    }
+
+    /// Bytes the history is charged, and topics it knows.
+    pub fn history_size(&self) -> (usize, usize) {
+        let ledger = self.lock();
+        (ledger.history.bytes(), ledger.history.topics())
     }
 
     /// Wakes every shard (to notice a shutdown request).
@@ -291,7 +235,7 @@ mod tests {
             .iter()
             .map(|p| Arc::new(Waker::new(p.registry(), Token(0)).unwrap()))
             .collect();
-        let (hub, inboxes) = Hub::new(wakers, 4);
+        let (hub, inboxes) = Hub::new(wakers, 4, 1 << 20);
         (hub, inboxes, polls)
     }
 
@@ -329,92 +273,32 @@ mod tests {
         assert_eq!(hub.publish(0, "t", None, "x").subscribers, 1);
         hub.unsubscribe(["t", "u"]);
         // "u" was never published to and leaves no trace; "t" keeps its history.
-        assert_eq!(
-            hub.lock().topics.keys().map(|k| &**k).collect::<Vec<_>>(),
-            vec!["t"]
-        );
+        assert_eq!(hub.history_size().1, 1);
     }
 
     fn topics(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
 
-    fn ids(frames: &[Bytes]) -> Vec<u64> {
-        frames
-            .iter()
-            .map(|f| {
-                let text = std::str::from_utf8(f).unwrap();
-                text[4..text.find('\n').unwrap()].parse().unwrap()
-            })
-            .collect()
-    }
-
-    fn reset_text(s: &Subscription) -> Option<String> {
-        s.reset
-            .as_ref()
-            .map(|r| String::from_utf8(r.to_vec()).unwrap())
-    }
-
     #[test]
-    fn replay_after_an_id_is_exact_and_in_order_across_topics() {
+    fn a_resume_walks_the_history_then_goes_live_at_the_last_id() {
         let (hub, _inboxes, _polls) = hub(1);
-        for (i, topic) in ["a", "b", "a", "c", "b"].iter().enumerate() {
-            hub.publish(0, topic, None, &format!("{i}"));
-        }
-        let s = hub.subscribe(&topics(&["a", "b"]), Some("1"));
-        assert_eq!(ids(&s.replay), vec![2, 3, 5]);
-        assert_eq!(s.reset, None);
-        assert_eq!(s.skip_through, 5);
-        let s = hub.subscribe(&topics(&["a"]), Some("5"));
-        assert!(s.replay.is_empty() && s.reset.is_none());
-    }
-
-    #[test]
-    fn an_id_older_than_the_history_gets_an_expired_reset() {
-        let (hub, _inboxes, _polls) = hub(1); // keeps 4 per topic
-        for i in 0..10 {
+        for i in 0..3 {
             hub.publish(0, "t", None, &format!("{i}"));
         }
-        let s = hub.subscribe(&topics(&["t"]), Some("2"));
-        assert_eq!(ids(&s.replay), vec![7, 8, 9, 10]);
-        assert_eq!(
-            reset_text(&s).unwrap(),
-            "event: reset\ndata: {\"reason\":\"expired\",\"requested\":\"2\",\"oldest\":\"7\"}\n\n"
-        );
-        // Exactly at the edge of what is kept: nothing was lost, no reset.
-        let s = hub.subscribe(&topics(&["t"]), Some("6"));
-        assert_eq!(
-            (ids(&s.replay), s.reset.is_none()),
-            (vec![7, 8, 9, 10], true)
-        );
-    }
-
-    #[test]
-    fn unknown_ids_get_an_unknown_reset_and_everything_kept() {
-        let (hub, _inboxes, _polls) = hub(1);
-        hub.publish(0, "t", None, "x");
-        for bad in ["abc", "99", "-1", ""] {
-            let s = hub.subscribe(&topics(&["t"]), Some(bad));
-            assert!(
-                reset_text(&s).unwrap().contains("\"reason\":\"unknown\""),
-                "{bad}"
-            );
-            assert_eq!(ids(&s.replay), vec![1]);
-        }
-        let s = hub.subscribe(&topics(&["empty"]), Some("nope"));
-        assert!(reset_text(&s).unwrap().contains("\"oldest\":null"));
-    }
-
-    #[test]
-    fn a_multi_topic_replay_is_capped_at_the_history_size() {
-        let (hub, _inboxes, _polls) = hub(1);
-        for i in 0..4 {
-            hub.publish(0, "a", None, &format!("{i}"));
-            hub.publish(0, "b", None, &format!("{i}"));
-        }
-        let s = hub.subscribe(&topics(&["a", "b"]), Some("0"));
-        assert_eq!(ids(&s.replay), vec![5, 6, 7, 8]);
-        assert!(reset_text(&s).unwrap().contains("expired"));
+        let s = hub.subscribe(&topics(&["t"]), Some("1"));
+        assert!(s.reset.is_none());
+        let mut cursor = s.replay.unwrap();
+        let ReplayStep::More(first) = hub.replay_batch(&s.names, &mut cursor, 1) else {
+            panic!("a one-byte room takes one frame, and there is more");
+        };
+        assert_eq!(first.frames.len(), 1);
+        hub.publish(0, "t", None, "during");
+        let ReplayStep::Live(rest, live_after) = hub.replay_batch(&s.names, &mut cursor, 1 << 20)
+        else {
+            panic!("the rest fits");
+        };
+        assert_eq!((rest.frames.len(), live_after), (2, 4));
     }
 
     #[test]

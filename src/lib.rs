@@ -32,9 +32,12 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod fdlimit;
+pub mod guard;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listener;

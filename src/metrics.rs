@@ -42,6 +42,7 @@ stats! {
     QueuePeakBytes => "sse_edge_queue_peak_bytes", "gauge", "Largest number of bytes one stream has had queued after an event.";
     AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
     HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
+    RequestEvictions => "sse_edge_request_evictions_total", "counter", "Request-phase connections closed to make room at --max-request-connections.";
 }
 
 const STAT_COUNT: usize = INFO.len();
@@ -116,17 +117,45 @@ impl ShardStats {
     }
 }
 
+/// Figures kept node-wide (by the hub), not per shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    /// Frames encoded: one per event, however many shards and streams it went to.
+    pub events_encoded: u64,
+    /// Bytes the history is charged (frames and bookkeeping).
+    pub history_bytes: u64,
+    /// Topics the history knows.
+    pub history_topics: u64,
+}
+
 /// Renders every shard's stats, plus node and process figures, as Prometheus text (0.0.4).
-///
-/// `events_encoded` is the hub's count of frames encoded: one per event, however many shards
-/// and streams it went to.
-pub fn render(shards: &[ShardStats], events_encoded: u64) -> String {
+pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
     let mut out = String::with_capacity(4096);
-    let _ = writeln!(
-        out,
-        "# HELP sse_edge_events_encoded_total Events encoded into frames (once per event, node-wide).\n\
-         # TYPE sse_edge_events_encoded_total counter\nsse_edge_events_encoded_total {events_encoded}"
-    );
+    for (metric, kind, help, value) in [
+        (
+            "sse_edge_events_encoded_total",
+            "counter",
+            "Events encoded into frames (once per event, node-wide).",
+            node.events_encoded,
+        ),
+        (
+            "sse_edge_history_bytes",
+            "gauge",
+            "Bytes charged to the replay history (frames and bookkeeping; bound: --history-bytes).",
+            node.history_bytes,
+        ),
+        (
+            "sse_edge_history_topics",
+            "gauge",
+            "Topics the node knows (subscribed to, or with kept events).",
+            node.history_topics,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+        );
+    }
     for (i, (metric, kind, help)) in INFO.iter().enumerate() {
         let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
         for (shard, stats) in shards.iter().enumerate() {
@@ -182,8 +211,16 @@ mod tests {
         b.add(Stat::Streams, 2);
         b.reject(404);
         shards[1].store(&b);
-        let text = render(&shards, 9);
+        let text = render(
+            &shards,
+            NodeFigures {
+                events_encoded: 9,
+                history_bytes: 5,
+                history_topics: 1,
+            },
+        );
         assert!(text.contains("sse_edge_events_encoded_total 9\n"));
+        assert!(text.contains("sse_edge_history_bytes 5\n"));
         assert!(text.contains("sse_edge_clients{shard=\"0\"} 3\n"));
         assert!(text.contains("sse_edge_clients{shard=\"1\"} 2\n"));
         assert!(text.contains("sse_edge_frames_dropped_total{shard=\"0\"} 7\n"));

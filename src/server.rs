@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -10,8 +10,10 @@ use mio::{Poll, Waker};
 use tracing::info;
 
 use crate::access::PublishAccess;
+use crate::admission::Quota;
 use crate::config::Config;
 use crate::fdlimit;
+use crate::guard;
 use crate::hub::Hub;
 use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
@@ -68,7 +70,7 @@ impl Control {
 
     /// Streams open across the node.
     pub fn streams(&self) -> usize {
-        self.node.streams.load(Ordering::Relaxed)
+        self.node.quota.streams()
     }
 
     /// Every shard's counters, as last mirrored by its loop.
@@ -91,7 +93,7 @@ impl Server {
             ));
             polls.push(poll);
         }
-        let (hub, inboxes) = Hub::new(wakers, config.history);
+        let (hub, inboxes) = Hub::new(wakers, config.history, config.history_bytes);
         let stats: Arc<[ShardStats]> = (0..listeners.len())
             .map(|_| ShardStats::default())
             .collect();
@@ -103,8 +105,7 @@ impl Server {
         info!(max_streams, "streams beyond this are shed");
         let node = Arc::new(Node {
             stop: AtomicBool::new(false),
-            streams: AtomicUsize::new(0),
-            max_streams,
+            quota: Quota::new(max_streams, config.max_streams_per_ip),
             access: PublishAccess::new(config.publish_token.clone(), config.publish_allow.clone()),
         });
         let config = Arc::new(config);
@@ -142,31 +143,35 @@ impl Server {
         self.control.clone()
     }
 
-    /// Runs every shard, shard 0 on the calling thread, until [`Control::shutdown`].
+    /// Runs every shard, shard 0 on the calling thread, until [`Control::shutdown`] and the
+    /// drain are over.
     ///
-    /// Returns the first shard error, if any.
+    /// A shard that panics or whose event loop fails ends the process (see [`guard`]):
+    /// a node that silently lost a shard would hold streams nobody serves.
     pub fn run(self) -> io::Result<()> {
+        guard::install_hook();
         info!(
             shards = self.shards.len(),
             "listening on {}", self.local_addr
         );
         let mut shards = self.shards.into_iter();
-        let first = shards.next().expect("at least one shard");
+        let Some(first) = shards.next() else {
+            return Ok(());
+        };
         let threads: Vec<_> = shards
             .enumerate()
             .map(|(i, shard)| {
+                let id = i + 1;
                 thread::Builder::new()
-                    .name(format!("shard-{}", i + 1))
-                    .spawn(move || shard.run())
+                    .name(format!("shard-{id}"))
+                    .spawn(move || guard::run_shard(id, || shard.run()))
             })
             .collect::<io::Result<_>>()?;
-        let mut result = first.run();
+        guard::run_shard(0, || first.run());
         for thread in threads {
-            let outcome = thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a shard thread panicked")));
-            result = result.and(outcome);
+            // run_shard returns only after a normal stop; a panic there already exited.
+            let _ = thread.join();
         }
-        result
+        Ok(())
     }
 }

@@ -36,11 +36,11 @@
 //! The loop keeps sleeping in `poll` meanwhile: blocked streams wake it when writable.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -53,10 +53,11 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::access::PublishAccess;
+use crate::admission::{Quota, Refusal};
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::http::{self, Parse, Rejection, Request, Route};
-use crate::hub::{Delivery, Hub, Published};
+use crate::hub::{Delivery, Hub, Published, ReplayStep};
 use crate::metrics::{self, Counters, ShardStats, Stat};
 use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
@@ -82,6 +83,8 @@ const SCRATCH: usize = 16 * 1024;
 const EVENTS: usize = 1024;
 /// A shed stream's `retry:` is this many times `--retry-ms` (jittered): come back later.
 const SHED_RETRY_FACTOR: u64 = 10;
+/// How often shard 0 looks for idle topics to forget, at most and at least.
+const FORGET_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// The page served at `/`, compiled in.
 static PAGE: &[u8] = include_bytes!("../index.html");
@@ -90,10 +93,8 @@ static PAGE: &[u8] = include_bytes!("../index.html");
 pub(crate) struct Node {
     /// Shutdown was asked.
     pub stop: AtomicBool,
-    /// Streams open across the node.
-    pub streams: AtomicUsize,
-    /// Streams the node holds before it sheds new ones.
-    pub max_streams: usize,
+    /// Who may hold a stream.
+    pub quota: Quota,
     /// Who may publish.
     pub access: PublishAccess,
 }
@@ -142,6 +143,18 @@ pub(crate) struct Shard {
     closing: Vec<usize>,
     /// Request and linger deadlines, earliest first; stale entries are skipped when due.
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Connections in the request phase, oldest first, as (key, serial); entries of
+    /// connections that left the phase are skipped when met and compacted in bulk.
+    requesting: VecDeque<(usize, u32)>,
+    /// How many connections are in the request phase now (the live entries of `requesting`).
+    requesting_now: usize,
+    /// Serial of the last connection accepted (tells a reused slab key from its old owner).
+    serial: u32,
+    /// When shard 0 next forgets idle topics.
+    next_forget: Option<Instant>,
+    /// Debug builds: deliveries of this topic panic (tests prove a panic ends the process).
+    #[cfg(debug_assertions)]
+    panic_topic: Option<String>,
     next_tick: Option<Instant>,
     ticks: u64,
     next_keepalive: Option<Instant>,
@@ -179,6 +192,7 @@ impl Shard {
         // Only shard 0 runs the demo ticker, so a tick is one event however many shards.
         let next_tick = config.tick_period().filter(|_| id == 0).map(|p| now + p);
         let next_keepalive = config.keepalive_period().map(|p| now + p / 2);
+        let next_forget = (id == 0).then(|| now + forget_period(&config));
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -197,6 +211,12 @@ impl Shard {
             pending: Vec::with_capacity(1024),
             closing: Vec::new(),
             deadlines: BinaryHeap::new(),
+            requesting: VecDeque::new(),
+            requesting_now: 0,
+            serial: 0,
+            next_forget,
+            #[cfg(debug_assertions)]
+            panic_topic: std::env::var("SSE_EDGE_TEST_PANIC_TOPIC").ok(),
             next_tick,
             ticks: 0,
             next_keepalive,
@@ -298,6 +318,7 @@ impl Shard {
             self.next_keepalive,
             self.accept_paused_until,
             self.drain_deadline,
+            self.next_forget,
             self.deadlines.peek().map(|Reverse((t, _))| *t),
         ]
         .into_iter()
@@ -395,10 +416,64 @@ impl Shard {
             return;
         }
         let deadline = Instant::now() + self.config.header_timeout();
-        entry.insert(Client::new(socket, deadline));
+        self.serial = self.serial.wrapping_add(1);
+        entry.insert(Client::new(socket, deadline, self.serial));
         self.deadlines.push(Reverse((deadline, key)));
         self.counters.add(Stat::Connections, 1);
+        if self.requesting_now >= self.config.max_request_connections {
+            self.evict_a_request_connection();
+        }
+        self.requesting.push_back((key, self.serial));
+        self.requesting_now += 1;
+        // Drop entries of connections that moved on, once they outnumber the live ones.
+        if self.requesting.len() > 2 * self.requesting_now + 64 {
+            let requesting = std::mem::take(&mut self.requesting);
+            self.requesting = requesting
+                .into_iter()
+                .filter(|&(key, serial)| self.is_requesting(key, serial))
+                .collect();
+        }
         debug!(shard = self.id, %peer, key, "connection accepted");
+    }
+
+    /// Whether `key` with `serial` is still a connection in the request phase.
+    fn is_requesting(&self, key: usize, serial: u32) -> bool {
+        self.clients.get(key).is_some_and(|c| {
+            c.serial == serial && !c.closing && matches!(c.phase, Phase::Request(_))
+        })
+    }
+
+    /// At the cap of request-phase connections: closes the oldest idle one (nothing
+    /// buffered, nothing to send), else the oldest, so silent connections cannot lock new
+    /// clients out. Each has had the longest to finish its request.
+    fn evict_a_request_connection(&mut self) {
+        let mut oldest = None;
+        let mut victim = None;
+        for &(key, serial) in &self.requesting {
+            if !self.is_requesting(key, serial) {
+                continue;
+            }
+            oldest.get_or_insert(key);
+            let client = &self.clients[key];
+            if client.outbox.is_empty() && client.is_idle_request() {
+                victim = Some(key);
+                break;
+            }
+        }
+        if let Some(key) = victim.or(oldest) {
+            self.counters.add(Stat::RequestEvictions, 1);
+            debug!(
+                shard = self.id,
+                key, "request connections at the cap; closing the oldest idle one"
+            );
+            self.close(key);
+        }
+    }
+
+    /// Bookkeeping for a connection leaving the request phase (it became a stream, it is
+    /// lingering after its last answer, or it is closing).
+    fn left_request_phase(&mut self) {
+        self.requesting_now = self.requesting_now.saturating_sub(1);
     }
 
     // ----- reading -----------------------------------------------------------------------
@@ -517,7 +592,13 @@ impl Shard {
             Route::Metrics => {
                 // Include this turn's counts of the shard that answers.
                 self.stats[self.id].store(&self.counters);
-                let body = metrics::render(&self.stats, self.hub.frames_encoded());
+                let (history_bytes, history_topics) = self.hub.history_size();
+                let figures = metrics::NodeFigures {
+                    events_encoded: self.hub.frames_encoded(),
+                    history_bytes: history_bytes as u64,
+                    history_topics: history_topics as u64,
+                };
+                let body = metrics::render(&self.stats, figures);
                 self.respond(
                     key,
                     http::response(
@@ -650,6 +731,13 @@ impl Shard {
         let Some(&t) = self.topics.by_name.get(&delivery.topic) else {
             return;
         };
+        #[cfg(debug_assertions)]
+        if self.panic_topic.as_deref() == Some(&*delivery.topic) {
+            panic!(
+                "SSE_EDGE_TEST_PANIC_TOPIC: injected panic in shard {}",
+                self.id
+            );
+        }
         let limit = self.config.client_buffer;
         let slow_after = self.config.slow_client_period();
         let Shard {
@@ -721,17 +809,14 @@ impl Shard {
             Ok(s) => s,
             Err(rejection) => return self.reject(key, rejection),
         };
-        let max = self.node.max_streams;
-        let admitted = self
-            .node
-            .streams
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        if !admitted {
-            return self.shed(key);
-        }
+        let peer = match self.clients[key].socket.peer_addr() {
+            Ok(peer) => peer.ip(),
+            Err(_) => return self.close(key),
+        };
+        let admitted = match self.node.quota.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return self.shed(key, refusal),
+        };
         let subscription = self
             .hub
             .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref());
@@ -752,36 +837,82 @@ impl Shard {
             subs.push((t, slot));
         }
         let retry = self.jitter(self.config.retry_ms);
-        self.clients[key].phase = Phase::Stream(Stream::new(
+        let replaying = subscription.replay.is_some();
+        let mut stream = Stream::new(
             subs.into_boxed_slice(),
             subscription.skip_through,
-        ));
+            subscription.replay,
+        );
+        stream.admitted = admitted;
+        self.clients[key].phase = Phase::Stream(stream);
+        self.left_request_phase();
         self.queue(key, self.stream_head.clone());
         self.queue(key, sse::encode_preamble(retry));
         if let Some(reset) = subscription.reset {
             self.counters.add(Stat::ResetNotices, 1);
             self.queue(key, reset);
         }
-        // Replayed frames are shared with the history: the queue holds references, not copies.
-        self.counters
-            .add(Stat::Replayed, subscription.replay.len() as u64);
-        for frame in subscription.replay {
-            self.queue(key, frame);
+        if replaying {
+            self.continue_replay(key);
         }
         self.counters.add(Stat::Streams, 1);
         self.counters.add(Stat::StreamsOpened, 1);
         debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
     }
 
+    /// Queues the next part of `key`'s replay: as much as fits the room left in its queue
+    /// (at least one frame). Replayed frames are shared with the history: the queue holds
+    /// references, not copies.
+    fn continue_replay(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Phase::Stream(stream) = &mut client.phase else {
+            return;
+        };
+        let Some(cursor) = stream.replay.as_deref_mut() else {
+            return;
+        };
+        if client.closing {
+            return;
+        }
+        let names: Vec<Arc<str>> = stream
+            .subs
+            .iter()
+            .map(|&(t, _)| self.topics.list[t as usize].name.clone())
+            .collect();
+        let room = self
+            .config
+            .client_buffer
+            .saturating_sub(client.outbox.queued_bytes())
+            .max(1);
+        let batch = match self.hub.replay_batch(&names, cursor, room) {
+            ReplayStep::More(batch) => batch,
+            ReplayStep::Live(batch, live_after) => {
+                stream.replay = None;
+                stream.skip_through = live_after;
+                batch
+            }
+        };
+        if let Some(reset) = batch.reset {
+            self.counters.add(Stat::ResetNotices, 1);
+            self.queue(key, reset);
+        }
+        self.counters.add(Stat::Replayed, batch.frames.len() as u64);
+        for frame in batch.frames {
+            self.queue(key, frame);
+        }
+    }
+
     /// Answers a stream request beyond capacity: stream head, `: shed`, a long jittered
     /// `retry:`, then close.
-    fn shed(&mut self, key: usize) {
+    fn shed(&mut self, key: usize, refusal: Refusal) {
         self.counters.add(Stat::Shed, 1);
         let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
         self.queue(key, self.stream_head.clone());
         self.queue(key, sse::encode_shed(retry));
         self.clients[key].close_after_flush = true;
-        debug!(shard = self.id, key, "stream shed at capacity");
+        debug!(shard = self.id, key, ?refusal, "stream shed");
     }
 
     /// A `retry:` around `base` for one stream: uniform in [base/2, base*3/2), so that the
@@ -816,6 +947,13 @@ impl Shard {
                 self.fan_out(&published.delivery);
                 self.next_tick = Some(next_after(at, period, now));
             }
+        }
+        if self.next_forget.is_some_and(|at| at <= now) {
+            let forgotten = self.hub.forget_idle(self.config.topic_idle_period());
+            if forgotten > 0 {
+                debug!(forgotten, "forgot idle topics");
+            }
+            self.next_forget = Some(now + forget_period(&self.config));
         }
         if let (Some(at), Some(period)) = (self.next_keepalive, self.config.keepalive_period()) {
             if at <= now {
@@ -893,6 +1031,7 @@ impl Shard {
     fn flush_pending(&mut self) {
         let mut pending = std::mem::take(&mut self.pending);
         let mut resume = Vec::new();
+        let mut replays = Vec::new();
         for key in pending.drain(..) {
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
@@ -906,6 +1045,9 @@ impl Shard {
                     WriteStatus::Drained(w) => {
                         if client.close_after_flush {
                             let deadline = Instant::now() + LINGER;
+                            if matches!(client.phase, Phase::Request(_)) {
+                                self.requesting_now = self.requesting_now.saturating_sub(1);
+                            }
                             client.start_linger(deadline);
                             self.deadlines.push(Reverse((deadline, key)));
                             // The peer may have closed already; its EOF edge may be spent.
@@ -926,6 +1068,20 @@ impl Shard {
                     .add(Stat::FramesWritten, written.frames as u64);
                 self.counters.sub(Stat::QueuedBytes, written.bytes as u64);
             }
+            let client = &mut self.clients[key];
+            if let Phase::Stream(stream) = &mut client.phase {
+                if client.outbox.is_empty() {
+                    stream.on_drained(self.now);
+                }
+                // A replay goes on once half the queue's room is free again, so it never
+                // holds more than --client-buffer and the socket always has the next part.
+                if stream.replay.is_some()
+                    && !client.closing
+                    && client.outbox.queued_bytes() < self.config.client_buffer / 2
+                {
+                    replays.push(key);
+                }
+            }
             // A request connection stops reading while RESPONSE_BACKLOG bytes wait for its
             // peer; whenever it is below that again, it may go on (finding nothing is cheap).
             let client = &self.clients[key];
@@ -943,6 +1099,9 @@ impl Shard {
         for key in resume {
             self.serve_requests(key);
         }
+        for key in replays {
+            self.continue_replay(key);
+        }
     }
 
     // ----- closing -----------------------------------------------------------------------
@@ -953,6 +1112,9 @@ impl Shard {
             if !client.closing {
                 client.closing = true;
                 self.closing.push(key);
+                if matches!(client.phase, Phase::Request(_)) {
+                    self.left_request_phase();
+                }
             }
         }
     }
@@ -977,7 +1139,7 @@ impl Shard {
                     }
                 }
                 self.hub.unsubscribe(left.iter().map(|n| &**n));
-                self.node.streams.fetch_sub(1, Ordering::Relaxed);
+                self.node.quota.release(stream.admitted);
                 self.counters.sub(Stat::Streams, 1);
                 self.counters.add(Stat::StreamsClosed, 1);
                 debug!(shard = self.id, key, "stream closed");
@@ -991,6 +1153,13 @@ impl Shard {
 /// Whether an accept error means the process or system is out of file descriptors.
 fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// How often idle topics are looked for: a quarter of `--topic-idle`, within
+/// [`FORGET_PERIOD`], so a topic outlives its idle period by at most a quarter of it (or a
+/// minute).
+fn forget_period(config: &Config) -> Duration {
+    (config.topic_idle_period() / 4).clamp(FORGET_PERIOD.0, FORGET_PERIOD.1)
 }
 
 /// The next firing of a periodic timer that was due at `at`; skips missed periods.

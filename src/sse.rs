@@ -62,6 +62,18 @@ pub fn encode_gap(from: u64, to: u64, dropped: u64) -> Bytes {
     )
 }
 
+/// The length of [`encode_gap`]'s notice, without encoding it (the slow path of a losing
+/// stream measures the notice on every frame and must not allocate).
+pub fn gap_len(from: u64, to: u64, dropped: u64) -> usize {
+    const FIXED: usize = "event: gap\ndata: {\"from\":\"\",\"to\":\"\",\"dropped\":}\n\n".len();
+    let digits = |n: u64| itoa(n, &mut [0; 20]).len();
+    FIXED + digits(from) + digits(to) + digits(dropped)
+}
+
+/// Most bytes of a requested id echoed back in a `reset` notice: an attacker's 8 KiB header
+/// is not worth repeating, and the client knows what it sent.
+pub const MAX_ECHOED_ID: usize = 64;
+
 /// Why a requested `Last-Event-ID` cannot be replayed exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetReason {
@@ -78,6 +90,11 @@ pub fn encode_reset(reason: ResetReason, requested: &str, oldest: Option<u64>) -
         ResetReason::Unknown => "unknown",
     };
     let oldest = oldest.map_or_else(|| "null".to_owned(), |id| format!("\"{id}\""));
+    let mut cut = requested.len().min(MAX_ECHOED_ID);
+    while !requested.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let requested = requested.get(..cut).unwrap_or_default();
     encode_notice(
         "reset",
         &format!(
@@ -267,5 +284,30 @@ mod tests {
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         assert_eq!(itoa(10, &mut [0; 20]), b"10");
         assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+
+    #[test]
+    fn gap_len_is_the_encoded_length() {
+        for (from, to, dropped) in [
+            (1, 1, 1),
+            (9, 10, 2),
+            (123, 45_678, 9_999),
+            (u64::MAX, u64::MAX, u64::MAX),
+        ] {
+            assert_eq!(
+                gap_len(from, to, dropped),
+                encode_gap(from, to, dropped).len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_requested_id_is_cut_at_a_char_boundary() {
+        let long = format!("{}é{}", "x".repeat(MAX_ECHOED_ID - 1), "y".repeat(8000));
+        let notice = encode_reset(ResetReason::Unknown, &long, None);
+        let text = std::str::from_utf8(&notice).unwrap();
+        let expected = format!("\"requested\":\"{}\"", "x".repeat(MAX_ECHOED_ID - 1));
+        assert!(text.contains(&expected), "{text}");
+        assert!(notice.len() < 200);
     }
 }

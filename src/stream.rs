@@ -1,21 +1,25 @@
-//! One event stream's delivery state: which topics it carries, where its replay ended, and
+//! One event stream's delivery state: which topics it carries, where its replay stands, and
 //! what it has lost. Pure: the shard hands it frames and its outbox; no sockets here.
 //!
-//! The per-event path is [`Stream::offer`]: skip what the replay already sent, else try the
-//! bounded queue. A stream that cannot take a frame starts a [`Gap`] (the only allocation,
-//! and only on the slow path); the first frame that fits afterwards goes out behind an
-//! `event: gap` notice naming what was lost, so the client can reconnect with its
-//! `Last-Event-ID` and have it replayed. A stream that keeps losing for the slow-client
-//! timeout is told to go.
+//! The per-event path is [`Stream::offer`]: skip what a replay covers, else try the bounded
+//! queue. A stream that cannot take a frame starts a [`Loss`] record (one allocation when
+//! losing starts, none per dropped frame); the first frame that fits afterwards goes out
+//! behind an `event: gap` notice naming what was lost, so the client can reconnect with its
+//! `Last-Event-ID` and have it replayed. The record lasts until the queue is empty again:
+//! a stream that lost frames and has not caught up within the slow-client timeout is told
+//! to go, even if a frame fits now and then (a reader trickling a few bytes would otherwise
+//! hold its queue full forever).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::admission::Admitted;
+use crate::history::Cursor;
 use crate::outbox::Outbox;
 use crate::sse;
 
-/// A streaming connection's subscription and loss record.
+/// A streaming connection's subscription, replay position and loss record.
 #[derive(Debug)]
 pub struct Stream {
     /// For each topic carried: the shard's topic index and this stream's slot in its
@@ -26,12 +30,26 @@ pub struct Stream {
     pub skip_through: u64,
     /// Something was queued since the last keep-alive check.
     pub active: bool,
-    /// Frames lost since the last one that fitted.
-    pub gap: Option<Box<Gap>>,
+    /// Set while the stream replays from the history: live frames are skipped (the replay
+    /// reaches them in the history, in order) until the replay catches up.
+    pub replay: Option<Box<Cursor>>,
+    /// Frames lost since the queue was last empty.
+    pub loss: Option<Box<Loss>>,
+    /// What the stream claimed of the node's quotas, given back when it closes.
+    pub admitted: Admitted,
+}
+
+/// A stream's losses since its queue was last empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    /// Frames dropped and not yet announced.
+    pub gap: Option<Gap>,
+    /// When the first frame was dropped, or the queue last emptied while a gap was pending.
+    pub since: Instant,
 }
 
 /// A run of frames dropped for one stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
     /// The first id dropped.
     pub from: u64,
@@ -39,37 +57,38 @@ pub struct Gap {
     pub to: u64,
     /// How many frames were dropped.
     pub dropped: u64,
-    /// When the first was dropped.
-    pub since: Instant,
 }
 
 /// What became of a frame offered to a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    /// Already sent by the replay.
+    /// Already sent by the replay, or the replay will send it.
     Skipped,
     /// Queued (with this many bytes, a gap notice included).
     Queued(usize),
     /// Dropped: it did not fit.
     Dropped,
-    /// Dropped, and the stream has been losing frames for longer than allowed.
+    /// The stream lost frames and has not caught up for longer than allowed.
     TooSlow,
 }
 
 impl Stream {
-    /// A new stream whose replay (or start) covered ids up to `skip_through`.
-    pub fn new(subs: Box<[(u32, u32)]>, skip_through: u64) -> Stream {
+    /// A new stream whose start covered ids up to `skip_through`; replaying when `replay`.
+    pub fn new(subs: Box<[(u32, u32)]>, skip_through: u64, replay: Option<Cursor>) -> Stream {
         Stream {
             subs,
             skip_through,
             active: true,
-            gap: None,
+            replay: replay.map(Box::new),
+            loss: None,
+            admitted: Admitted { address: None },
         }
     }
 
     /// Offers event `id`'s frame to this stream's `outbox`, bounded by `limit` bytes.
     ///
-    /// `slow_after` is how long a stream may keep dropping before it is [`Offer::TooSlow`].
+    /// `slow_after` is how long a stream may stay behind after losing frames before it is
+    /// [`Offer::TooSlow`].
     pub fn offer(
         &mut self,
         outbox: &mut Outbox,
@@ -79,38 +98,64 @@ impl Stream {
         now: Instant,
         slow_after: Duration,
     ) -> Offer {
-        if id <= self.skip_through {
+        if self.replay.is_some() || id <= self.skip_through {
             return Offer::Skipped;
         }
-        let Some(gap) = &mut self.gap else {
+        let Some(loss) = &mut self.loss else {
             if outbox.fits(frame.len(), limit) {
                 outbox.push(frame.clone());
                 self.active = true;
                 return Offer::Queued(frame.len());
             }
-            self.gap = Some(Box::new(Gap {
-                from: id,
-                to: id,
-                dropped: 1,
+            self.loss = Some(Box::new(Loss {
+                gap: Some(Gap {
+                    from: id,
+                    to: id,
+                    dropped: 1,
+                }),
                 since: now,
             }));
             return Offer::Dropped;
         };
-        let notice = sse::encode_gap(gap.from, gap.to, gap.dropped);
-        if outbox.fits(notice.len() + frame.len(), limit) {
-            let bytes = notice.len() + frame.len();
-            outbox.push(notice);
+        if now.saturating_duration_since(loss.since) >= slow_after {
+            return Offer::TooSlow;
+        }
+        let Some(gap) = &mut loss.gap else {
+            if outbox.fits(frame.len(), limit) {
+                outbox.push(frame.clone());
+                self.active = true;
+                return Offer::Queued(frame.len());
+            }
+            loss.gap = Some(Gap {
+                from: id,
+                to: id,
+                dropped: 1,
+            });
+            return Offer::Dropped;
+        };
+        // Measured before it is encoded, so a losing stream allocates nothing per frame.
+        let notice_len = sse::gap_len(gap.from, gap.to, gap.dropped);
+        if outbox.fits(notice_len.saturating_add(frame.len()), limit) {
+            outbox.push(sse::encode_gap(gap.from, gap.to, gap.dropped));
             outbox.push(frame.clone());
-            self.gap = None;
+            loss.gap = None;
             self.active = true;
-            return Offer::Queued(bytes);
+            return Offer::Queued(notice_len + frame.len());
         }
         gap.to = id;
         gap.dropped += 1;
-        if now.saturating_duration_since(gap.since) >= slow_after {
-            Offer::TooSlow
-        } else {
-            Offer::Dropped
+        Offer::Dropped
+    }
+
+    /// The queue just emptied: the stream has caught up. A loss already announced is
+    /// forgotten; one still pending restarts its clock (the notice goes with the next frame).
+    pub fn on_drained(&mut self, now: Instant) {
+        if let Some(loss) = &mut self.loss {
+            if loss.gap.is_none() {
+                self.loss = None;
+            } else {
+                loss.since = now;
+            }
         }
     }
 }
@@ -138,7 +183,7 @@ mod tests {
     #[test]
     fn frames_up_to_the_replay_seam_are_skipped() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), 10),
+            Stream::new(Box::new([]), 10, None),
             Outbox::default(),
             Instant::now(),
         );
@@ -155,7 +200,7 @@ mod tests {
     #[test]
     fn drops_become_one_gap_notice_before_the_next_frame_that_fits() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), 0),
+            Stream::new(Box::new([]), 0, None),
             Outbox::default(),
             Instant::now(),
         );
@@ -170,7 +215,10 @@ mod tests {
             );
         }
         assert_eq!(
-            s.gap.as_ref().map(|g| (g.from, g.to, g.dropped)),
+            s.loss
+                .as_ref()
+                .and_then(|l| l.gap)
+                .map(|g| (g.from, g.to, g.dropped)),
             Some((2, 4, 3))
         );
         drain(&mut q);
@@ -184,13 +232,15 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(s.gap.is_none());
+        assert!(s.loss.as_ref().is_some_and(|l| l.gap.is_none()));
+        s.on_drained(now);
+        assert!(s.loss.is_none());
     }
 
     #[test]
     fn a_gap_notice_that_does_not_fit_with_its_frame_extends_the_gap() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), 0),
+            Stream::new(Box::new([]), 0, None),
             Outbox::default(),
             Instant::now(),
         );
@@ -201,13 +251,16 @@ mod tests {
             s.offer(&mut q, 3, &frame(3, 9), LIMIT, now, SLOW),
             Offer::Dropped
         );
-        assert_eq!(s.gap.as_ref().map(|g| (g.from, g.to)), Some((2, 3)));
+        assert_eq!(
+            s.loss.as_ref().and_then(|l| l.gap).map(|g| (g.from, g.to)),
+            Some((2, 3))
+        );
     }
 
     #[test]
     fn losing_for_the_whole_timeout_is_too_slow() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), 0),
+            Stream::new(Box::new([]), 0, None),
             Outbox::default(),
             Instant::now(),
         );
@@ -228,21 +281,85 @@ mod tests {
     }
 
     #[test]
-    fn recovering_resets_the_slow_clock() {
+    fn catching_up_resets_the_slow_clock() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), 0),
+            Stream::new(Box::new([]), 0, None),
             Outbox::default(),
             Instant::now(),
         );
         s.offer(&mut q, 1, &frame(1, 90), LIMIT, t0, SLOW);
         s.offer(&mut q, 2, &frame(2, 90), LIMIT, t0, SLOW);
         drain(&mut q);
-        s.offer(&mut q, 3, &frame(3, 20), LIMIT, t0 + SLOW / 2, SLOW);
+        s.on_drained(t0 + SLOW / 2);
+        assert!(matches!(
+            s.offer(&mut q, 3, &frame(3, 20), LIMIT, t0 + SLOW / 2, SLOW),
+            Offer::Queued(_)
+        ));
+        drain(&mut q);
+        s.on_drained(t0 + SLOW / 2);
+        assert!(s.loss.is_none());
         s.offer(&mut q, 4, &frame(4, 90), LIMIT, t0 + SLOW, SLOW);
-        // A new gap began at t0 + SLOW; it is not "too slow" until SLOW after that.
+        s.offer(&mut q, 5, &frame(5, 90), LIMIT, t0 + SLOW, SLOW);
+        // A new loss began at t0 + SLOW; it is not "too slow" until SLOW after that.
         assert_eq!(
-            s.offer(&mut q, 5, &frame(5, 90), LIMIT, t0 + SLOW + SLOW / 2, SLOW),
+            s.offer(&mut q, 6, &frame(6, 90), LIMIT, t0 + SLOW + SLOW / 2, SLOW),
             Offer::Dropped
+        );
+    }
+
+    #[test]
+    fn a_trickling_reader_that_never_empties_its_queue_is_too_slow() {
+        let (mut s, mut q, t0) = (
+            Stream::new(Box::new([]), 0, None),
+            Outbox::default(),
+            Instant::now(),
+        );
+        s.offer(&mut q, 1, &frame(1, 90), LIMIT, t0, SLOW);
+        assert_eq!(
+            s.offer(&mut q, 2, &frame(2, 90), LIMIT, t0, SLOW),
+            Offer::Dropped
+        );
+        // The reader takes a little now and then: a frame fits, but the queue never empties.
+        let mut id = 3;
+        let mut t = t0;
+        while t < t0 + SLOW {
+            let mut sink = Vec::new();
+            let mut front = Outbox::default();
+            std::mem::swap(&mut front, &mut q);
+            front.write_to(&mut sink).unwrap();
+            q.push(frame(99, 95)); // what is still unread
+            let offered = s.offer(&mut q, id, &frame(id, 4), LIMIT, t, SLOW);
+            assert_ne!(offered, Offer::TooSlow, "at {:?}", t - t0);
+            id += 1;
+            t += SLOW / 10;
+        }
+        assert_eq!(
+            s.offer(&mut q, id, &frame(id, 4), LIMIT, t0 + SLOW, SLOW),
+            Offer::TooSlow
+        );
+    }
+
+    #[test]
+    fn a_replaying_stream_skips_live_frames() {
+        let mut s = Stream::new(
+            Box::new([]),
+            0,
+            Some(
+                crate::history::History::new(1, 1 << 20)
+                    .start_replay(&[], "0", 0)
+                    .cursor,
+            ),
+        );
+        let mut q = Outbox::default();
+        let now = Instant::now();
+        assert_eq!(
+            s.offer(&mut q, 1, &frame(1, 20), LIMIT, now, SLOW),
+            Offer::Skipped
+        );
+        s.replay = None;
+        assert_eq!(
+            s.offer(&mut q, 2, &frame(2, 20), LIMIT, now, SLOW),
+            Offer::Queued(20)
         );
     }
 }

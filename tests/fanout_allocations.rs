@@ -18,7 +18,7 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn offering_a_frame_to_ten_thousand_streams_allocates_nothing() {
     let mut subs: Vec<(Stream, Outbox)> = (0..10_000)
-        .map(|_| (Stream::new(Box::new([(0, 0)]), 0), Outbox::default()))
+        .map(|_| (Stream::new(Box::new([(0, 0)]), 0, None), Outbox::default()))
         .collect();
     let now = Instant::now();
     let mut sink = std::io::sink();
