@@ -81,7 +81,7 @@ pub struct Config {
     )]
     pub slow_client_timeout: u64,
 
-    /// Events kept per topic for `Last-Event-ID` replay (and the most one stream replays).
+    /// Events kept per topic for `Last-Event-ID` replay (within --history-bytes node-wide).
     #[arg(
         long,
         env = "SSE_EDGE_HISTORY",
