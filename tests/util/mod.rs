@@ -546,3 +546,156 @@ pub fn published_id(r: &Response) -> u64 {
     let at = text.find("\"id\":\"").expect("id field") + 6;
     text[at..].split('"').next().unwrap().parse().unwrap()
 }
+
+// ----- helpers for the hardening tests (resource bounds, admission, panics) ----------------
+
+impl Server {
+    /// Like [`Server::start`], with extra environment variables for the server process (for
+    /// example the debug build's fault injection, `SSE_EDGE_TEST_PANIC_TOPIC`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "0", "--log", "info"];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
+        cmd.args(&all);
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// The server's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+}
+
+/// A process's resident set size in bytes (`VmRSS` in `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
+
+/// A blocking TCP connection to `addr` from the local address `source` (port chosen by the
+/// kernel), with the receive buffer set to `recv_buffer` bytes before connecting when given.
+///
+/// `std::net::TcpStream` can neither bind before connecting nor size its buffers early enough
+/// (the window is negotiated in the handshake), hence socket2. Any 127.0.0.0/8 address works
+/// on Linux loopback, which gives the tests several "client addresses" on one machine.
+pub fn connect_from(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    recv_buffer: Option<usize>,
+) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    if let Some(bytes) = recv_buffer {
+        s.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+    }
+    s.bind(&SocketAddr::new(source, 0).into())
+        .expect("bind source");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// A well-behaved subscriber kept beside an attack: it must receive every event published to
+/// its topic during and after the attack, exactly once and in order.
+pub struct Control {
+    /// The stream, on topic [`Control::TOPIC`].
+    pub client: SseClient,
+    addr: SocketAddr,
+    sent: Vec<u64>,
+    seen: usize,
+}
+
+impl Control {
+    /// The topic only the control stream subscribes to.
+    pub const TOPIC: &'static str = "control";
+
+    /// Opens the control stream (from 127.0.0.1).
+    pub fn open(server: &Server) -> Control {
+        Self::open_from(server, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// Opens the control stream from the local address `source` (so that it does not count
+    /// against a per-address limit under test).
+    pub fn open_from(server: &Server, source: std::net::IpAddr) -> Control {
+        let mut sock = connect_from(server.addr, source, None);
+        let req = format!(
+            "GET /stream?topic={} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n",
+            Self::TOPIC
+        );
+        sock.write_all(req.as_bytes()).unwrap();
+        let client = SseClient::from_stream(sock);
+        assert!(
+            client.head.starts_with("HTTP/1.1 200 "),
+            "control stream head: {}",
+            client.head
+        );
+        Control {
+            client,
+            addr: server.addr,
+            sent: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    /// Publishes one control event (on a fresh connection, like a new publisher would).
+    pub fn publish(&mut self) -> u64 {
+        let n = self.sent.len();
+        let mut c = HttpConn::open(self.addr);
+        let id = published_id(&c.publish(
+            &format!("?topic={}", Self::TOPIC),
+            format!("control {n}").as_bytes(),
+        ));
+        self.sent.push(id);
+        id
+    }
+
+    /// Reads until every control event published so far has arrived; panics on a missing,
+    /// repeated or reordered one (or after [`PATIENCE`] of silence).
+    pub fn check(&mut self) {
+        while self.seen < self.sent.len() {
+            let e = self.client.try_next_event().unwrap_or_else(|| {
+                panic!(
+                    "control stream closed after {} of {} events",
+                    self.seen,
+                    self.sent.len()
+                )
+            });
+            let id: Option<u64> = e.id.as_deref().and_then(|i| i.parse().ok());
+            assert_eq!(
+                (id, e.data.as_str()),
+                (
+                    Some(self.sent[self.seen]),
+                    format!("control {}", self.seen).as_str()
+                ),
+                "control stream: event {} of {}",
+                self.seen,
+                self.sent.len()
+            );
+            self.seen += 1;
+        }
+    }
+
+    /// Publishes one more control event and checks that everything so far arrived.
+    pub fn publish_and_check(&mut self) {
+        self.publish();
+        self.check();
+    }
+
+    /// How many control events were published.
+    pub fn published(&self) -> usize {
+        self.sent.len()
+    }
+}
+
+/// A metric's value, 0 when the server does not export it (yet), so a test against an older
+/// build fails on its assertion with the metrics shown instead of on a missing key.
+pub fn metric(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.get(name).copied().unwrap_or(0.0)
+}
