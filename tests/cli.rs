@@ -93,3 +93,95 @@ fn sigterm_flushes_and_exits_zero() {
     assert!(c.try_next_event().is_none(), "stream closed on shutdown");
     assert!(server.log().contains("shutting down"));
 }
+
+/// A server started with `args` on a free loopback port, expected to refuse them at once.
+struct Refused {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Refused {
+    fn spawn(args: &[&str]) -> Refused {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "0", "--log", "error"];
+        all.extend_from_slice(args);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sse-edge");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        });
+        Refused { child, stderr }
+    }
+
+    /// Its output once it exited, or (after killing it) an error if it still runs at
+    /// `deadline`.
+    fn output(mut self, deadline: std::time::Instant) -> Result<std::process::Output, String> {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err("accepted: the server was still running".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: self.stderr.join().unwrap().into_bytes(),
+        })
+    }
+}
+
+#[test]
+fn values_that_would_overflow_later_are_refused_at_start() {
+    const HUGE: &str = "18446744073709551615"; // u64::MAX
+    let cases = [
+        ("--header-timeout", HUGE),
+        ("--drain-timeout", HUGE),
+        ("--slow-client-timeout", HUGE),
+        ("--topic-idle", HUGE),
+        ("--history-bytes", "0"),
+        ("--history-bytes", HUGE),
+    ];
+    // All at once: one shared deadline, not PATIENCE per case when a value is accepted.
+    let running: Vec<_> = cases
+        .iter()
+        .map(|(flag, value)| Refused::spawn(&[flag, value]))
+        .collect();
+    let deadline = std::time::Instant::now() + util::PATIENCE;
+    // Every case is waited for (and killed if need be) before anything is asserted.
+    let outcomes: Vec<_> = running.into_iter().map(|r| r.output(deadline)).collect();
+    let mut wrong = Vec::new();
+    for ((flag, value), outcome) in cases.iter().zip(outcomes) {
+        match outcome {
+            Err(e) => wrong.push(format!("{flag} {value}: {e}")),
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let one_line = stderr.trim_end().lines().count() == 1;
+                if out.status.code() != Some(2) || !one_line || !stderr.contains(flag) {
+                    wrong.push(format!(
+                        "{flag} {value}: {:?}, stderr {stderr:?}",
+                        out.status
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "refused at start with one line naming the flag and exit 2:\n{}",
+        wrong.join("\n")
+    );
+}
