@@ -7,6 +7,8 @@
 
 mod util;
 
+use std::time::{Duration, Instant};
+
 use util::{per_shard, Control, HttpConn, Server, SseClient, PATIENCE};
 
 const INJECT: (&str, &str) = ("SSE_EDGE_TEST_PANIC_TOPIC", "boom");
@@ -14,10 +16,19 @@ const INJECT: (&str, &str) = ("SSE_EDGE_TEST_PANIC_TOPIC", "boom");
 fn a_delivery_panic_exits_the_process(shards: usize) {
     let mut server = Server::start_with_env(&["--shards", &shards.to_string()], &[INJECT]);
     let mut control = Control::open(&server);
-    let control_shard = per_shard(&server, "sse_edge_clients")
-        .iter()
-        .position(|&n| n == 1.0)
-        .expect("the control stream's shard");
+    // Which shard holds it (each shard mirrors its counts once per loop turn: poll).
+    let deadline = Instant::now() + PATIENCE;
+    let control_shard = loop {
+        let per = per_shard(&server, "sse_edge_clients");
+        if per.iter().sum::<f64>() == 1.0 {
+            break per.iter().position(|&n| n == 1.0).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "control stream not counted: {per:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     // Streams on `boom` until every shard has one (SO_REUSEPORT spreads connections by a
     // hash, so a few usually suffice; bounded all the same).
     let mut boom: Vec<SseClient> = Vec::new();
@@ -25,7 +36,14 @@ fn a_delivery_panic_exits_the_process(shards: usize) {
         boom.push(server.stream("/stream?topic=boom"));
         let per = per_shard(&server, "sse_edge_clients");
         let boom_per_shard: Vec<f64> = (0..shards)
-            .map(|s| per.get(s).copied().unwrap_or(0.0) - f64::from(u8::from(s == control_shard)))
+            .map(|s| {
+                let streams = per.get(s).copied().unwrap_or(0.0);
+                if s == control_shard {
+                    streams - 1.0
+                } else {
+                    streams
+                }
+            })
             .collect();
         if boom_per_shard.iter().all(|&n| n >= 1.0) {
             break;
