@@ -42,6 +42,7 @@ stats! {
     QueuePeakBytes => "sse_edge_queue_peak_bytes", "gauge", "Largest number of bytes one stream has had queued after an event.";
     AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
     HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
+    ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
 }
 
 const STAT_COUNT: usize = INFO.len();
