@@ -5,6 +5,8 @@
 //! of the next request in the byte stream is then unknown.
 
 mod parser;
+#[cfg(test)]
+mod proptests;
 
 pub use parser::{Framing, Head, Request, RequestParser, Shape, Step, MAX_CHUNK_LINE};
 
