@@ -546,3 +546,23 @@ pub fn published_id(r: &Response) -> u64 {
     let at = text.find("\"id\":\"").expect("id field") + 6;
     text[at..].split('"').next().unwrap().parse().unwrap()
 }
+
+/// Sends `raw` on a fresh connection (the server may close before it is all written) and
+/// reads one response: None when the connection ended without one.
+pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
+    let mut c = HttpConn::open(addr);
+    let _ = c.sock.write_all(raw);
+    c.try_read_response()
+}
+
+/// A process's resident set size, from `/proc/PID/status` (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
