@@ -166,9 +166,8 @@ impl Default for RequestParser {
 
 #[derive(Debug)]
 enum State {
-    /// Looking for the end of a head. `scanned` bytes after `pos` were looked at; `window`
-    /// holds the last four of them.
-    Head { scanned: usize, window: u32 },
+    /// Looking for the end of a head; `scanned` bytes after `pos` were looked at.
+    Head { scanned: usize },
     /// A head waits for the caller's judgement.
     Judging(Box<Head>),
     /// Reading a body; `keep` is false when it is read only to be dropped.
@@ -182,16 +181,19 @@ enum State {
     Failed(Rejection),
 }
 
-const FRESH_HEAD: State = State::Head {
-    scanned: 0,
-    window: 0,
-};
+const FRESH_HEAD: State = State::Head { scanned: 0 };
+
+const OBS_FOLD: Rejection = reject(
+    400,
+    "obsolete line folding (a line starting with whitespace) in request head",
+);
 
 #[derive(Debug)]
 enum Decoder {
     Length { left: usize },
     Chunked(Chunked),
 }
+
 /// Where the chunked decoder is, byte by byte outside chunk data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -319,11 +321,7 @@ impl RequestParser {
     }
 
     fn advance_head(&mut self, max_body: usize) -> Result<Option<Step>, Rejection> {
-        let State::Head {
-            mut scanned,
-            mut window,
-        } = self.state
-        else {
+        let State::Head { scanned } = self.state else {
             return Ok(Some(Step::NeedMore));
         };
         if scanned == 0 {
@@ -336,38 +334,39 @@ impl RequestParser {
                 return Ok(Some(Step::NeedMore));
             }
         }
-        let new = self
-            .buf
-            .get(self.pos.saturating_add(scanned)..)
-            .unwrap_or_default();
-        let mut end = None;
-        for &b in new {
-            scanned += 1;
-            if scanned > MAX_HEAD {
-                return Err(reject(431, "request head larger than 8 KiB"));
-            }
-            let prev = window.to_be_bytes()[3];
-            if b == b'\n' && prev != b'\r' {
+        // Line by line, from where the last call stopped: each LF must follow a CR, the line
+        // after it must not start with whitespace (obs-fold), and CRLF CRLF ends the head.
+        // A bare CR inside a line is left to httparse, which refuses it.
+        let start = self.pos;
+        let buf = &self.buf;
+        let limit = start.saturating_add(MAX_HEAD).min(buf.len());
+        let folded = |lf: usize| lf + 1 < limit && matches!(buf.get(lf + 1), Some(b' ' | b'\t'));
+        let mut at = start.saturating_add(scanned);
+        if scanned > 0 && folded(at - 1) && buf.get(at - 1) == Some(&b'\n') {
+            return Err(OBS_FOLD);
+        }
+        let len = loop {
+            let window = buf.get(at..limit).unwrap_or_default();
+            let Some(found) = memchr::memchr(b'\n', window) else {
+                if buf.len() > start.saturating_add(MAX_HEAD) {
+                    return Err(reject(431, "request head larger than 8 KiB"));
+                }
+                self.state = State::Head {
+                    scanned: limit - start,
+                };
+                return Ok(Some(Step::NeedMore));
+            };
+            let lf = at + found;
+            if lf == start || buf.get(lf - 1) != Some(&b'\r') {
                 return Err(reject(400, "bare LF in request head; lines end in CRLF"));
             }
-            if prev == b'\r' && b != b'\n' {
-                return Err(reject(400, "bare CR in request head"));
+            if lf >= start + 3 && buf.get(lf - 3..lf) == Some(&b"\r\n\r"[..]) {
+                break lf + 1 - start;
             }
-            if (b == b' ' || b == b'\t') && window & 0xffff == 0x0d0a {
-                return Err(reject(
-                    400,
-                    "obsolete line folding (a line starting with whitespace) in request head",
-                ));
+            if folded(lf) {
+                return Err(OBS_FOLD);
             }
-            window = window << 8 | u32::from(b);
-            if window == 0x0d0a_0d0a {
-                end = Some(scanned);
-                break;
-            }
-        }
-        let Some(len) = end else {
-            self.state = State::Head { scanned, window };
-            return Ok(Some(Step::NeedMore));
+            at = lf + 1;
         };
         let raw = self
             .buf
