@@ -1,10 +1,30 @@
 //! Who may publish: a bearer token when one is configured, else peers on an allow-list
 //! (loopback by default). Subscribing is always open. Pure.
+//!
+//! # Why the allow-list looks at browser and proxy headers
+//!
+//! The allow-list trusts the peer address. Two kinds of request borrow a trusted address:
+//!
+//! - one relayed by a proxy on an allowed host: the peer is the proxy, the real client is
+//!   unknown. `Forwarded`, `X-Forwarded-For` or `Via` mark it; refused.
+//! - one made by a browser on an allowed host, on behalf of whatever page it shows. A page
+//!   from another site gives itself away by `Sec-Fetch-Site: cross-site` or by its `Origin`.
+//!   DNS rebinding is the subtle case: a page at `http://evil.example:8080` whose name was
+//!   rebound to 127.0.0.1 sends `Host: evil.example:8080` *and* a matching
+//!   `Origin: http://evil.example:8080`, so "Origin matches Host" proves nothing when Host
+//!   is a DNS name. Only a name that cannot be rebound proves it: an IP literal, or
+//!   `localhost`. So a publish that carries an `Origin` is accepted only when its `Host` is
+//!   one of those and the Origin is exactly `http://` + that Host (the page this server
+//!   serves at `http://localhost:8080` or `http://127.0.0.1:8080` publishes that way). A
+//!   browser page served under a DNS name must use `--publish-token`.
+//!
+//! Clients that are not browsers (curl, scripts) send no `Origin` and are judged by their
+//! address alone. With a token configured none of this applies: the token is the proof.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::http::Rejection;
+use crate::http::{Head, Rejection};
 
 /// A network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,18 +92,17 @@ impl PublishAccess {
         PublishAccess { token, allow }
     }
 
-    /// Decides one publish request from `peer` carrying `authorization`.
-    pub fn check(&self, authorization: Option<&str>, peer: IpAddr) -> Result<(), Rejection> {
+    /// Decides one publish request from `peer`, from its head.
+    pub fn check(&self, head: &Head, peer: IpAddr) -> Result<(), Rejection> {
         let Some(token) = &self.token else {
-            if self.allow.iter().any(|net| net.contains(peer)) {
-                return Ok(());
+            if !self.allow.iter().any(|net| net.contains(peer)) {
+                return Err(forbidden(
+                    "publishing is not allowed from this address (see --publish-allow and --publish-token)",
+                ));
             }
-            return Err(Rejection {
-                status: 403,
-                reason: "publishing is not allowed from this address (see --publish-allow and --publish-token)",
-            });
+            return borrowed_address(head).map_or(Ok(()), Err);
         };
-        let presented = authorization.and_then(|h| {
+        let presented = head.authorization.as_deref().and_then(|h| {
             let (scheme, value) = h.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
         });
@@ -101,6 +120,63 @@ impl PublishAccess {
     }
 }
 
+const fn forbidden(reason: &'static str) -> Rejection {
+    Rejection {
+        status: 403,
+        reason,
+    }
+}
+
+/// Why a request from an allowed address may not speak for that address (see the module
+/// documentation), if it may not.
+fn borrowed_address(head: &Head) -> Option<Rejection> {
+    if head.proxied {
+        return Some(forbidden(
+            "behind a proxy the real peer is unknown: use --publish-token",
+        ));
+    }
+    let cross_site = head.sec_fetch_site.as_deref();
+    if cross_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return Some(forbidden(
+            "a cross-site page may not publish: use --publish-token",
+        ));
+    }
+    let origin = head.origin.as_deref()?;
+    let same_origin = head.host.as_deref().is_some_and(|host| {
+        is_unrebindable(host)
+            && origin
+                .strip_prefix("http://")
+                .is_some_and(|o| o.eq_ignore_ascii_case(host))
+    });
+    if same_origin {
+        return None;
+    }
+    Some(forbidden(
+        "a page may publish only from http://<Host> with Host an IP address or localhost: use --publish-token",
+    ))
+}
+
+/// Whether a `Host` value names this machine in a way DNS cannot rebind: an IP literal
+/// (IPv6 in brackets) or `localhost`, each with an optional port.
+fn is_unrebindable(host: &str) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) => (v6.parse::<Ipv6Addr>().is_ok(), after),
+            None => return false,
+        },
+        None => {
+            let (name, after) = host.find(':').map_or((host, ""), |at| host.split_at(at));
+            let ok = name.parse::<Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost");
+            (ok, after)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    name_ok && port_ok
+}
+
 /// Compares two byte strings in time that depends only on their lengths, so a wrong token
 /// does not reveal how much of it was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -115,6 +191,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{RequestParser, Step};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -139,44 +216,99 @@ mod tests {
         }
     }
 
+    /// The head of a publish carrying `lines` (each ending in CRLF).
+    fn head(lines: &str) -> Head {
+        let mut parser = RequestParser::default();
+        parser.feed(format!("POST /broadcast HTTP/1.1\r\n{lines}\r\n").as_bytes());
+        assert_eq!(parser.advance(1024), Ok(Step::Head));
+        parser.head().cloned().unwrap()
+    }
+
+    fn auth(value: &str) -> Head {
+        head(&format!("Authorization: {value}\r\n"))
+    }
+
     #[test]
     fn without_a_token_only_allowed_peers_publish() {
         let access = PublishAccess::new(None, loopback());
-        assert!(access.check(None, ip("127.0.0.1")).is_ok());
-        assert!(access.check(None, ip("127.9.9.9")).is_ok());
-        assert!(access.check(None, ip("::1")).is_ok());
-        assert_eq!(access.check(None, ip("192.0.2.7")).unwrap_err().status, 403);
+        assert!(access.check(&head(""), ip("127.0.0.1")).is_ok());
+        assert!(access.check(&head(""), ip("127.9.9.9")).is_ok());
+        assert!(access.check(&head(""), ip("::1")).is_ok());
+        let err = access.check(&head(""), ip("192.0.2.7")).unwrap_err();
+        assert_eq!(err.status, 403);
     }
 
     #[test]
     fn with_a_token_everyone_needs_it_and_the_scheme_is_case_insensitive() {
         let access = PublishAccess::new(Some("s3cret".into()), loopback());
-        assert_eq!(access.check(None, ip("127.0.0.1")).unwrap_err().status, 401);
+        let local = ip("127.0.0.1");
+        assert_eq!(access.check(&head(""), local).unwrap_err().status, 401);
         assert_eq!(
-            access
-                .check(Some("Basic abc"), ip("127.0.0.1"))
-                .unwrap_err()
-                .status,
+            access.check(&auth("Basic abc"), local).unwrap_err().status,
             401
         );
         assert_eq!(
             access
-                .check(Some("Bearer nope"), ip("127.0.0.1"))
+                .check(&auth("Bearer nope"), local)
                 .unwrap_err()
                 .status,
             403
         );
         assert_eq!(
             access
-                .check(Some("Bearer s3cre"), ip("127.0.0.1"))
+                .check(&auth("Bearer s3cre"), local)
                 .unwrap_err()
                 .status,
             403
         );
-        assert!(access.check(Some("Bearer s3cret"), ip("192.0.2.7")).is_ok());
         assert!(access
-            .check(Some("bearer  s3cret"), ip("127.0.0.1"))
+            .check(&auth("Bearer s3cret"), ip("192.0.2.7"))
             .is_ok());
+        assert!(access.check(&auth("bearer  s3cret"), local).is_ok());
+        // The token is the proof: browser and proxy headers do not matter then.
+        let proxied = head("Authorization: Bearer s3cret\r\nX-Forwarded-For: 1.2.3.4\r\nOrigin: https://a.example\r\nSec-Fetch-Site: cross-site\r\n");
+        assert!(access.check(&proxied, local).is_ok());
+    }
+
+    #[test]
+    fn allowed_addresses_do_not_vouch_for_proxies_or_other_pages() {
+        let access = PublishAccess::new(None, loopback());
+        let local = ip("127.0.0.1");
+        let refused = [
+            "Forwarded: for=192.0.2.1\r\n",
+            "X-Forwarded-For: 192.0.2.1\r\n",
+            "Via: 1.1 proxy\r\n",
+            "Sec-Fetch-Site: cross-site\r\n",
+            "Host: localhost:8080\r\nOrigin: https://evil.example\r\n",
+            "Host: localhost:8080\r\nOrigin: http://localhost:8081\r\n",
+            "Host: localhost:8080\r\nOrigin: null\r\n",
+            "Origin: http://localhost:8080\r\n",
+            // DNS rebinding: a foreign name in both Host and Origin.
+            "Host: evil.example:8080\r\nOrigin: http://evil.example:8080\r\n",
+            "Host: evil.example\r\nOrigin: https://evil.example\r\n",
+            "Host: 127.0.0.1.evil.example\r\nOrigin: http://127.0.0.1.evil.example\r\n",
+            "Host: [::1\r\nOrigin: http://[::1\r\n",
+            "Host: localhost:80x\r\nOrigin: http://localhost:80x\r\n",
+        ];
+        for lines in refused {
+            let err = access.check(&head(lines), local).unwrap_err();
+            assert_eq!(err.status, 403, "{lines:?}");
+        }
+        let proxy = access.check(&head("Via: 1.1 p\r\n"), local).unwrap_err();
+        assert!(proxy.reason.contains("use --publish-token"));
+        let accepted = [
+            "Host: localhost:8080\r\nOrigin: http://localhost:8080\r\nSec-Fetch-Site: same-origin\r\n",
+            "Host: 127.0.0.1:8080\r\nOrigin: http://127.0.0.1:8080\r\n",
+            "Host: [::1]:8080\r\nOrigin: http://[::1]:8080\r\n",
+            "Host: LOCALHOST\r\nOrigin: http://localhost\r\n",
+            "Host: 10.0.0.5\r\nOrigin: http://10.0.0.5\r\n",
+            "Host: anything.example\r\n",
+            "Sec-Fetch-Site: same-site\r\n",
+            "Sec-Fetch-Site: none\r\n",
+        ];
+        for lines in accepted {
+            assert_eq!(access.check(&head(lines), local), Ok(()), "{lines:?}");
+        }
     }
 
     #[test]

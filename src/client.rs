@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::http::RequestParser;
 use crate::outbox::{Flush, Outbox, Written};
 use crate::stream::Stream;
 
@@ -55,15 +56,14 @@ pub enum Phase {
     },
 }
 
-/// A connection that is reading a request.
+/// A connection that is reading requests.
 #[derive(Debug)]
 pub struct RequestState {
-    /// Bytes received and not yet consumed by a complete request.
-    pub buf: Vec<u8>,
-    /// The current request must be complete by then.
+    /// Where the current request is: it holds the bytes received and not yet consumed.
+    pub parser: RequestParser,
+    /// The current request must be complete by then. It moves on only when the connection's
+    /// output has drained, so a client that never reads cannot keep it alive by sending.
     pub deadline: Instant,
-    /// `100 Continue` was sent for the current request.
-    pub continue_sent: bool,
 }
 
 /// What a read pass found.
@@ -96,9 +96,8 @@ impl Client {
             socket,
             outbox: Outbox::default(),
             phase: Phase::Request(Box::new(RequestState {
-                buf: Vec::new(),
+                parser: RequestParser::default(),
                 deadline,
-                continue_sent: false,
             })),
             readable: false,
             // A just-accepted socket has room; a WouldBlock corrects this if not.
@@ -110,15 +109,20 @@ impl Client {
         }
     }
 
-    /// Reads once into `scratch` and appends what came to `buf`.
+    /// Reads once into `scratch` and feeds what came to the request parser.
     ///
-    /// Called while a request is incomplete. Clears `readable` on `WouldBlock`.
-    pub fn read_request_bytes(&mut self, buf: &mut Vec<u8>, scratch: &mut [u8]) -> ReadStatus {
+    /// Called only when the parser needs more (so it holds at most one partial head, and
+    /// memory stays bounded); does nothing outside the request phase. Clears `readable` on
+    /// `WouldBlock`.
+    pub fn read_request_bytes(&mut self, scratch: &mut [u8]) -> ReadStatus {
+        let Phase::Request(state) = &mut self.phase else {
+            return ReadStatus::WouldBlock;
+        };
         loop {
             match self.socket.read(scratch) {
                 Ok(0) => return ReadStatus::Closed,
                 Ok(n) => {
-                    buf.extend_from_slice(&scratch[..n]);
+                    state.parser.feed(scratch.get(..n).unwrap_or_default());
                     return ReadStatus::Data;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -169,7 +173,8 @@ impl Client {
 
     /// Whether this is a request-phase connection with no partial request buffered.
     pub fn is_idle_request(&self) -> bool {
-        matches!(&self.phase, Phase::Request(state) if state.buf.is_empty())
+        matches!(&self.phase, Phase::Request(state)
+            if state.parser.buffered() == 0 && state.parser.head().is_none())
     }
 
     /// The deadline this client must meet now, if any.

@@ -43,6 +43,7 @@ stats! {
     AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
     HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
     RequestEvictions => "sse_edge_request_evictions_total", "counter", "Request-phase connections closed to make room at --max-request-connections.";
+    ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
 }
 
 const STAT_COUNT: usize = INFO.len();

@@ -3,9 +3,11 @@
 //! Pure. Names are checked here against the contract's character sets, which is also what
 //! keeps them from carrying a line break into a frame.
 
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::http::{query_pairs, Rejection, Request};
+use crate::access::PublishAccess;
+use crate::http::{query_pairs, Head, Rejection, Request, Route};
 
 /// The topic of a request that names none.
 pub const DEFAULT_TOPIC: &str = "default";
@@ -54,11 +56,49 @@ pub fn is_event_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
 }
 
+/// Judges a request from its head alone, before any body is read: a publish must be allowed
+/// ([`PublishAccess::check`]) and name a valid topic and event; a stream must name valid
+/// topics. `route` is the head's route; 404 and 405 are the caller's (they carry headers).
+/// `peer` is needed for a publish only; a publish from an unknown peer is refused.
+///
+/// Pure, so the shard runs it where a panic costs only this connection.
+pub fn check_head(
+    route: Route,
+    head: &Head,
+    access: &PublishAccess,
+    peer: Option<IpAddr>,
+) -> Result<(), Rejection> {
+    match route {
+        Route::Broadcast => {
+            let peer = peer.ok_or(Rejection {
+                status: 403,
+                reason: "the peer's address is unknown",
+            })?;
+            access.check(head, peer)?;
+            publish_target(&head.query).map(drop)
+        }
+        Route::Stream => subscribe_from(&head.query, head.last_event_id.as_deref()).map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a publish request; an empty body becomes `Message from server at <RFC 3339 now>`.
 pub fn parse_publish(request: Request, now: SystemTime) -> Result<Publish, Rejection> {
+    let (topic, event) = publish_target(&request.query)?;
+    let data = String::from_utf8(request.body).map_err(|_| bad("body is not valid UTF-8"))?;
+    let data = if data.is_empty() {
+        format!("Message from server at {}", rfc3339(now))
+    } else {
+        data
+    };
+    Ok(Publish { topic, event, data })
+}
+
+/// The topic and event name of a publish query.
+fn publish_target(query: &str) -> Result<(String, Option<String>), Rejection> {
     let mut topic = None;
     let mut event = None;
-    for pair in query_pairs(&request.query) {
+    for pair in query_pairs(query) {
         let (key, value) = pair?;
         match key.as_str() {
             "topic" if topic.is_some() => return Err(bad("publish to one topic at a time")),
@@ -73,24 +113,18 @@ pub fn parse_publish(request: Request, now: SystemTime) -> Result<Publish, Rejec
             _ => {}
         }
     }
-    let data = String::from_utf8(request.body).map_err(|_| bad("body is not valid UTF-8"))?;
-    let data = if data.is_empty() {
-        format!("Message from server at {}", rfc3339(now))
-    } else {
-        data
-    };
-    Ok(Publish {
-        topic: topic.unwrap_or_else(|| DEFAULT_TOPIC.to_owned()),
-        event,
-        data,
-    })
+    Ok((topic.unwrap_or_else(|| DEFAULT_TOPIC.to_owned()), event))
 }
 
 /// Reads a stream request: its topics and where to resume.
 pub fn parse_subscribe(request: &Request) -> Result<Subscribe, Rejection> {
+    subscribe_from(&request.query, request.last_event_id.as_deref())
+}
+
+fn subscribe_from(query: &str, header_last_id: Option<&str>) -> Result<Subscribe, Rejection> {
     let mut topics: Vec<String> = Vec::new();
     let mut query_last_id = None;
-    for pair in query_pairs(&request.query) {
+    for pair in query_pairs(query) {
         let (key, value) = pair?;
         match key.as_str() {
             "topic" if !is_topic(&value) => {
@@ -111,7 +145,7 @@ pub fn parse_subscribe(request: &Request) -> Result<Subscribe, Rejection> {
     Ok(Subscribe {
         topics,
         // A reconnecting browser keeps its first URL and sends a newer header.
-        last_event_id: request.last_event_id.clone().or(query_last_id),
+        last_event_id: header_last_id.map(str::to_owned).or(query_last_id),
     })
 }
 
@@ -155,6 +189,10 @@ mod tests {
             query: query.into(),
             last_event_id: None,
             authorization: None,
+            host: None,
+            origin: None,
+            sec_fetch_site: None,
+            proxied: false,
             keep_alive: true,
             body: body.to_vec(),
         }

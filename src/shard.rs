@@ -56,7 +56,8 @@ use crate::access::PublishAccess;
 use crate::admission::{Quota, Refusal};
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
-use crate::http::{self, Parse, Rejection, Request, Route};
+use crate::guard::{self, Contained};
+use crate::http::{self, Rejection, Request, Route, Step};
 use crate::hub::{Delivery, Hub, Published, ReplayStep};
 use crate::metrics::{self, Counters, ShardStats, Stat};
 use crate::outbox::{Push, Written};
@@ -511,6 +512,10 @@ impl Shard {
 
     /// Parses and answers requests from `key` until its input runs out, it becomes a
     /// stream, it must close, or its unread responses reach [`RESPONSE_BACKLOG`].
+    ///
+    /// The parser is fed only when it needs more, so a connection holds at most one partial
+    /// head or one body. Parsing and judging are pure and run contained: a panic there closes
+    /// this connection only ([`Shard::parse_panicked`]).
     fn serve_requests(&mut self, key: usize) {
         if self.drain_deadline.is_some() {
             return; // draining: answer nothing new; close_drained closes the connection
@@ -527,39 +532,110 @@ impl Shard {
             let Phase::Request(state) = &mut client.phase else {
                 return;
             };
-            match http::parse_request(&state.buf, max_body) {
-                Ok(Parse::Complete { request, consumed }) => {
-                    state.buf.drain(..consumed);
-                    state.continue_sent = false;
-                    state.deadline = Instant::now() + self.config.header_timeout();
-                    if state.buf.is_empty() {
-                        state.buf = Vec::new(); // an idle keep-alive connection holds no buffer
-                    }
-                    self.dispatch(key, request);
-                }
-                Ok(Parse::Incomplete { expects_continue }) => {
-                    if expects_continue && !state.continue_sent {
-                        state.continue_sent = true;
-                        self.queue(key, Bytes::from_static(http::CONTINUE));
-                        continue;
-                    }
+            let step = match guard::contain(|| state.parser.advance(max_body)) {
+                Ok(step) => step,
+                Err(panic) => return self.parse_panicked(key, panic),
+            };
+            match step {
+                Ok(Step::NeedMore) => {
                     if !client.readable {
                         return;
                     }
-                    let mut buf = std::mem::take(&mut state.buf);
-                    let status = client.read_request_bytes(&mut buf, &mut self.scratch);
-                    if let Phase::Request(state) = &mut client.phase {
-                        state.buf = buf;
-                    }
-                    match status {
+                    match client.read_request_bytes(&mut self.scratch) {
                         ReadStatus::Data => {}
                         ReadStatus::WouldBlock => return,
+                        // A client may half-close right after its last request: what is
+                        // already answered still goes out, then the connection closes.
+                        ReadStatus::Closed if !client.outbox.is_empty() => {
+                            client.close_after_flush = true;
+                            return;
+                        }
                         ReadStatus::Closed => return self.close(key),
                     }
                 }
+                Ok(Step::Head) => self.judge_head(key),
+                Ok(Step::Request(request)) => self.dispatch(key, request),
                 Err(rejection) => return self.reject(key, rejection),
             }
         }
+    }
+
+    /// Judges the head `key`'s parser stopped at, before its body is read: 401, 403, 404,
+    /// 405 and bad names are answered now and the body, if any, is read and dropped; an
+    /// accepted head gets `100 Continue` when its client waits for one.
+    fn judge_head(&mut self, key: usize) {
+        let client = &mut self.clients[key];
+        let Phase::Request(state) = &mut client.phase else {
+            return;
+        };
+        let (socket, access) = (&client.socket, &self.node.access);
+        let judged = guard::contain(|| {
+            let head = state.parser.head()?;
+            let route = http::route(head.method, &head.path);
+            let peer = match route {
+                // One system call, only for the route that needs it.
+                Route::Broadcast => socket.peer_addr().ok().map(|a| a.ip()),
+                _ => None,
+            };
+            let verdict = params::check_head(route, head, access, peer);
+            // A client waiting for `100 Continue` may never send the body of a refused
+            // request, so the position of its next request is unknown: close then.
+            let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());
+            Some((route, verdict, keep_alive))
+        });
+        let (route, verdict, keep_alive) = match judged {
+            Err(panic) => return self.parse_panicked(key, panic),
+            Ok(None) => return,
+            Ok(Some(judged)) => judged,
+        };
+        let (status, reason, extra) = match (route, verdict) {
+            (Route::WrongMethod(allow), _) => (
+                405,
+                format!("method not allowed here; allowed: {allow}"),
+                format!("Allow: {allow}\r\n"),
+            ),
+            (Route::NotFound, _) => (404, "no such path".to_owned(), String::new()),
+            (_, Err(r)) if r.status == 401 => (
+                401,
+                r.reason.to_owned(),
+                "WWW-Authenticate: Bearer\r\n".to_owned(),
+            ),
+            (_, Err(r)) => (r.status, r.reason.to_owned(), String::new()),
+            (_, Ok(())) => {
+                if state.parser.accept_head() {
+                    self.queue(key, Bytes::from_static(http::CONTINUE));
+                }
+                return;
+            }
+        };
+        state.parser.skip_body();
+        self.counters.reject(status);
+        debug!(
+            shard = self.id,
+            key, status, reason, "request refused from its head"
+        );
+        let response = http::error_response(status, &reason, keep_alive, &extra);
+        self.respond(key, response, keep_alive);
+    }
+
+    /// Closes a connection whose request made the parser or judge panic, and says so once,
+    /// with the request's shape and never its bytes.
+    fn parse_panicked(&mut self, key: usize, panic: Contained) {
+        self.counters.add(Stat::ParsePanics, 1);
+        if let Phase::Request(state) = &self.clients[key].phase {
+            let shape = state.parser.shape();
+            warn!(
+                shard = self.id,
+                key,
+                method = ?shape.method,
+                path_len = shape.path_len,
+                headers = shape.headers,
+                buffered = shape.buffered,
+                at = panic.location.as_deref().unwrap_or("?"),
+                "parsing a request panicked; its connection is closed (sse_edge_parse_panics_total)"
+            );
+        }
+        self.close(key);
     }
 
     /// Answers one complete request.
@@ -568,22 +644,7 @@ impl Shard {
         match http::route(request.method, &request.path) {
             Route::Stream => self.start_stream(key, request),
             Route::Broadcast => self.publish_request(key, request),
-            Route::Page => self.respond(
-                key,
-                http::response(
-                    200,
-                    "text/html; charset=utf-8",
-                    PAGE,
-                    keep_alive,
-                    // The page's own CSP (a meta tag) pins its script; framing can only be
-                    // forbidden by a header.
-                    "Cache-Control: no-cache\r\n\
-                     Content-Security-Policy: frame-ancestors 'none'\r\n\
-                     X-Content-Type-Options: nosniff\r\n\
-                     Referrer-Policy: no-referrer\r\n",
-                ),
-                keep_alive,
-            ),
+            Route::Page => self.respond(key, Self::page(keep_alive), keep_alive),
             Route::Health => self.respond(
                 key,
                 http::response(200, "text/plain; charset=utf-8", b"ok\n", keep_alive, ""),
@@ -644,6 +705,29 @@ impl Shard {
         }
     }
 
+    /// The page's response, built once per keep-alive variant and shared by every answer (a
+    /// clone is a reference-count bump, not a copy of the page).
+    fn page(keep_alive: bool) -> Bytes {
+        static PAGES: std::sync::OnceLock<[Bytes; 2]> = std::sync::OnceLock::new();
+        let pages = PAGES.get_or_init(|| {
+            [false, true].map(|keep_alive| {
+                http::response(
+                    200,
+                    "text/html; charset=utf-8",
+                    PAGE,
+                    keep_alive,
+                    // The page's own CSP (a meta tag) pins its script; framing can only be
+                    // forbidden by a header.
+                    "Cache-Control: no-cache\r\n\
+                     Content-Security-Policy: frame-ancestors 'none'\r\n\
+                     X-Content-Type-Options: nosniff\r\n\
+                     Referrer-Policy: no-referrer\r\n",
+                )
+            })
+        });
+        pages[usize::from(keep_alive)].clone()
+    }
+
     /// Queues a response; without keep-alive the connection closes once it is written.
     fn respond(&mut self, key: usize, response: Bytes, keep_alive: bool) {
         if !keep_alive {
@@ -653,6 +737,8 @@ impl Shard {
     }
 
     /// Answers a request that cannot be served, then ends the connection.
+    ///
+    /// For framing errors: after one, where the next request starts is unknown.
     fn reject(&mut self, key: usize, rejection: Rejection) {
         self.counters.reject(rejection.status);
         debug!(
@@ -668,28 +754,18 @@ impl Shard {
 
     // ----- publishing --------------------------------------------------------------------
 
+    /// Publishes a complete request whose head was judged allowed ([`Shard::judge_head`]).
     fn publish_request(&mut self, key: usize, request: Request) {
         let keep_alive = request.keep_alive;
-        let allowed = match self.clients[key].socket.peer_addr() {
-            Ok(peer) => self
-                .node
-                .access
-                .check(request.authorization.as_deref(), peer.ip()),
-            Err(_) => return self.close(key),
-        };
-        let publish = allowed.and_then(|()| params::parse_publish(request, SystemTime::now()));
+        let publish = guard::contain(|| params::parse_publish(request, SystemTime::now()));
         let publish = match publish {
-            Ok(p) => p,
-            Err(rejection) => {
+            Err(panic) => return self.parse_panicked(key, panic),
+            Ok(Ok(p)) => p,
+            Ok(Err(rejection)) => {
                 // The body was read whole: the connection can serve the next request.
                 self.counters.reject(rejection.status);
-                let extra = if rejection.status == 401 {
-                    "WWW-Authenticate: Bearer\r\n"
-                } else {
-                    ""
-                };
                 let response =
-                    http::error_response(rejection.status, rejection.reason, keep_alive, extra);
+                    http::error_response(rejection.status, rejection.reason, keep_alive, "");
                 return self.respond(key, response, keep_alive);
             }
         };
@@ -1029,6 +1105,7 @@ impl Shard {
     /// Flushes every pending client once. A client that would block waits for its next
     /// writable event; one that drained its output may read further requests.
     fn flush_pending(&mut self) {
+        let header_timeout = self.config.header_timeout();
         let mut pending = std::mem::take(&mut self.pending);
         let mut resume = Vec::new();
         let mut replays = Vec::new();
@@ -1084,13 +1161,19 @@ impl Shard {
             }
             // A request connection stops reading while RESPONSE_BACKLOG bytes wait for its
             // peer; whenever it is below that again, it may go on (finding nothing is cheap).
-            let client = &self.clients[key];
-            if !client.closing
-                && !client.close_after_flush
-                && matches!(client.phase, Phase::Request(_))
-                && client.outbox.queued_bytes() < RESPONSE_BACKLOG
+            // Its deadline moves on only once everything it was sent is out: a client that
+            // pipelines requests and never reads keeps output queued, and so meets
+            // --header-timeout however many requests it trickles in.
+            let client = &mut self.clients[key];
+            if let (false, false, Phase::Request(state)) =
+                (client.closing, client.close_after_flush, &mut client.phase)
             {
-                resume.push(key);
+                if client.outbox.is_empty() {
+                    state.deadline = self.now + header_timeout;
+                }
+                if client.outbox.queued_bytes() < RESPONSE_BACKLOG {
+                    resume.push(key);
+                }
             }
         }
         // Keep the list's capacity; anything queued while resuming goes out next turn.

@@ -133,3 +133,61 @@ fn page_health_and_preflight() {
         .unwrap()
         .contains("Last-Event-ID"));
 }
+
+#[test]
+fn framing_a_proxy_could_read_differently_is_400_with_a_reason() {
+    let server = Server::start(&[]);
+    let mut witness = server.stream("/stream");
+    let cases: &[(&str, &[u8])] = &[
+        ("TE on HTTP/1.0", b"POST /broadcast HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("bare LF", b"GET /healthz HTTP/1.1\nHost: a\n\n"),
+        ("obs-fold", b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n"),
+        ("trailer", b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n"),
+        ("CL list", b"POST /broadcast HTTP/1.1\r\nContent-Length: 1,1\r\n\r\nx"),
+        ("TE list", b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        ("bad chunk extension", b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;a b\r\nx\r\n0\r\n\r\n"),
+    ];
+    for (name, raw) in cases {
+        let (status, reason) = status_and_reason(&server, raw);
+        assert_eq!(status, 400, "{name}: {reason}");
+    }
+    published_id(&server.publish("", b"after"));
+    assert_eq!(witness.next_event().data, "after");
+}
+
+#[test]
+fn continue_goes_only_to_accepted_http_1_1_heads() {
+    let server = Server::start(&["--publish-allow", "192.0.2.0/24"]);
+    // Refused from its head: the final answer comes at once, no 100, and the connection
+    // closes because the client may never send the body it announced.
+    let mut refused = HttpConn::open(server.addr);
+    refused.send(b"POST /broadcast HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    let r = refused.read_response();
+    assert_eq!((r.status, r.header("connection")), (403, Some("close")));
+    assert!(refused.try_read_response().is_none());
+
+    let server = Server::start(&[]);
+    let mut accepted = HttpConn::open(server.addr);
+    accepted.send(b"POST /broadcast HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(accepted.read_response().status, 100);
+    accepted.send(b"abc");
+    assert_eq!(published_id(&accepted.read_response()), 1);
+    // HTTP/1.0 does not know 100 Continue: the first answer is the final one.
+    let mut old = HttpConn::open(server.addr);
+    old.send(b"POST /broadcast HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+    old.send(b"abc");
+    assert_eq!(published_id(&old.read_response()), 2);
+}
+
+#[test]
+fn a_404_or_405_with_a_body_is_answered_from_the_head_and_the_body_skipped() {
+    let server = Server::start(&[]);
+    let mut conn = HttpConn::open(server.addr);
+    conn.send(b"POST /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(conn.read_response().status, 404);
+    conn.send(b"12345GET /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let r = conn.read_response();
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
+    conn.send(b"3\r\nabc\r\n0\r\n\r\n");
+    assert_eq!(published_id(&conn.publish("", b"next")), 1);
+}

@@ -64,12 +64,74 @@ fn cors_invites_reading_streams_not_publishing() {
         .unwrap()
         .contains("POST"));
     let answer = server.request(b"POST /broadcast HTTP/1.1\r\nOrigin: https://elsewhere.example\r\nContent-Length: 1\r\n\r\nx");
-    assert_eq!(answer.status, 200);
-    assert_eq!(
-        answer.header("access-control-allow-origin"),
-        None,
-        "a cross-origin page cannot read it"
-    );
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert_eq!(answer.header("access-control-allow-origin"), None);
     let stream = server.stream("/stream");
     assert!(stream.head.contains("Access-Control-Allow-Origin: *"));
+}
+
+fn post_with(server: &Server, lines: &str) -> util::Response {
+    server.request(
+        format!("POST /broadcast HTTP/1.1\r\n{lines}Content-Length: 1\r\n\r\nx").as_bytes(),
+    )
+}
+
+#[test]
+fn browsers_and_proxies_cannot_borrow_a_loopback_address() {
+    let server = Server::start(&[]);
+    let mut witness = server.stream("/stream");
+    let refused = [
+        "Host: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\n",
+        "Forwarded: for=192.0.2.1\r\n",
+        "X-Forwarded-For: 192.0.2.1\r\n",
+        "Via: 1.1 proxy\r\n",
+        "Host: localhost:8080\r\nOrigin: http://evil.example\r\n",
+        "Host: localhost:8080\r\nOrigin: https://localhost:8080\r\n",
+        "Host: localhost:8080\r\nOrigin: http://localhost:9999\r\n",
+        // DNS rebinding: the foreign name is in both Host and Origin.
+        "Host: rebound.example:8080\r\nOrigin: http://rebound.example:8080\r\n",
+        "Origin: null\r\n",
+    ];
+    for lines in refused {
+        let r = post_with(&server, lines);
+        assert_eq!(r.status, 403, "{lines:?}: {}", r.text());
+        assert_eq!(r.text().lines().count(), 1);
+        assert!(r.text().contains("--publish-token"), "{}", r.text());
+    }
+    // The page served at http://localhost:8080 (or an IP) publishes same-origin.
+    let page_posts = [
+        "Host: localhost:8080\r\nOrigin: http://localhost:8080\r\nSec-Fetch-Site: same-origin\r\n",
+        "Host: 127.0.0.1:8080\r\nOrigin: http://127.0.0.1:8080\r\nSec-Fetch-Site: same-origin\r\n",
+        "Host: [::1]:8080\r\nOrigin: http://[::1]:8080\r\n",
+    ];
+    for (n, lines) in page_posts.iter().enumerate() {
+        assert_eq!(published_id(&post_with(&server, lines)), n as u64 + 1);
+        assert_eq!(witness.next_event().data, "x");
+    }
+    let m = server.metrics();
+    assert_eq!(m["sse_edge_events_published_total"], 3.0);
+    assert_eq!(m["sse_edge_rejected_requests_total"], refused.len() as f64);
+}
+
+#[test]
+fn with_a_token_browser_headers_do_not_matter() {
+    let server = Server::start(&["--publish-token", "s3cret"]);
+    let r = post_with(
+        &server,
+        "Authorization: Bearer s3cret\r\nOrigin: https://app.example\r\nSec-Fetch-Site: cross-site\r\nX-Forwarded-For: 192.0.2.1\r\n",
+    );
+    assert_eq!(published_id(&r), 1);
+}
+
+#[test]
+fn a_refused_publish_is_answered_from_its_head_without_waiting_for_the_body() {
+    let server = Server::start(&["--publish-allow", "192.0.2.0/24"]);
+    let mut conn = HttpConn::open(server.addr);
+    // The body never comes: the answer must not wait for it.
+    conn.send(b"POST /broadcast HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
+    assert_eq!(conn.read_response().status, 403);
+    // Its body, when it comes, is skipped; the connection goes on.
+    conn.send(&[b'z'; 100]);
+    conn.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!(conn.read_response().status, 200);
 }

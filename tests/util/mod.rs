@@ -699,3 +699,11 @@ impl Control {
 pub fn metric(m: &HashMap<String, f64>, name: &str) -> f64 {
     m.get(name).copied().unwrap_or(0.0)
 }
+
+/// Sends `raw` on a fresh connection (the server may close before it is all written) and
+/// reads one response: None when the connection ended without one.
+pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
+    let mut c = HttpConn::open(addr);
+    let _ = c.sock.write_all(raw);
+    c.try_read_response()
+}

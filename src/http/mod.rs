@@ -1,11 +1,14 @@
-//! HTTP/1.1 at the edge: parse one request (head by httparse, body by length or chunked),
-//! route it, and build the few responses the server sends. Pure: no sockets here.
+//! HTTP/1.1 at the edge: the per-connection request parser ([`RequestParser`]), routes, and
+//! the few responses the server sends. Pure: no sockets here.
 //!
-//! The parser is called again with the whole buffer each time more bytes arrive; it either
-//! says the request is still incomplete, returns it with the number of bytes it used (so
-//! pipelined requests that follow stay in the buffer), or rejects it with a status. A
-//! rejection always ends the connection, because after a framing error the position of the
-//! next request in the byte stream is unknown.
+//! A rejection always ends the connection when it is a framing error, because the position
+//! of the next request in the byte stream is then unknown.
+
+mod parser;
+#[cfg(test)]
+mod proptests;
+
+pub use parser::{Framing, Head, Request, RequestParser, Shape, Step, MAX_CHUNK_LINE};
 
 use bytes::Bytes;
 
@@ -13,7 +16,7 @@ use bytes::Bytes;
 pub const MAX_HEAD: usize = 8 * 1024;
 
 /// Most header lines accepted in one head (431 beyond).
-const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// The response head of every event stream. The body that follows is close-delimited (no
 /// `Content-Length`, no chunking), so the very same frame bytes can go to every client.
@@ -42,27 +45,10 @@ pub enum Method {
     Other,
 }
 
-/// One complete request, owned (its buffer is reused for the next one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// The method.
-    pub method: Method,
-    /// The path, without the query.
-    pub path: String,
-    /// The raw query string after `?` (empty when absent), decoded by [`query_pairs`].
-    pub query: String,
-    /// The `Last-Event-ID` header, when present and valid UTF-8.
-    pub last_event_id: Option<String>,
-    /// The `Authorization` header, when present and valid UTF-8.
-    pub authorization: Option<String>,
-    /// Whether the connection stays open after the response.
-    pub keep_alive: bool,
-    /// The request body (de-chunked).
-    pub body: Vec<u8>,
-}
-
 /// Progress of parsing the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
+// Made once per call in tests and benchmarks, never kept in bulk: size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Parse {
     /// More bytes are needed. `expects_continue` is set once the head is complete and the
     /// client waits for `100 Continue` before it sends the body.
@@ -133,206 +119,23 @@ pub fn route(method: Method, path: &str) -> Route {
     }
 }
 
-/// How the body of a request is delimited.
-enum Framing {
-    Length(usize),
-    Chunked,
-}
-
-/// Parses the request at the start of `buf`; bodies over `max_body` bytes are refused (413).
+/// Parses the request at the start of `buf` in one go, accepting whatever its head asks;
+/// bodies over `max_body` bytes are refused (413). For tests and benchmarks: the server feeds
+/// a [`RequestParser`] per connection instead.
 pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Parse, Rejection> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut head = httparse::Request::new(&mut headers);
-    let head_len = match head.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
-            return Err(reject(431, "request head larger than 8 KiB"))
-        }
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(reject(431, "request head larger than 8 KiB"))
-        }
-        Ok(httparse::Status::Partial) => {
-            return Ok(Parse::Incomplete {
-                expects_continue: false,
-            })
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many header lines")),
-        Err(_) => return Err(reject(400, "malformed request head")),
-    };
-
-    let method = match head.method.unwrap_or_default() {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "OPTIONS" => Method::Options,
-        _ => Method::Other,
-    };
-    let (path, query) = split_target(head.path.unwrap_or_default())?;
-    let mut keep_alive = head.version == Some(1);
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
+    let mut parser = RequestParser::default();
+    parser.feed(buf);
     let mut expects_continue = false;
-    let mut last_event_id = None;
-    let mut authorization = None;
-
-    for h in head.headers.iter() {
-        let value = h.value;
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_length(value)?;
-            if length.is_some_and(|m| m != n) {
-                return Err(reject(400, "conflicting Content-Length headers"));
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if !trim(value).eq_ignore_ascii_case(b"chunked") || chunked {
-                return Err(reject(400, "only Transfer-Encoding: chunked is supported"));
-            }
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|&b| b == b',').map(trim) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                }
-            }
-        } else if h.name.eq_ignore_ascii_case("expect") {
-            expects_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
-        } else if h.name.eq_ignore_ascii_case("last-event-id") {
-            last_event_id = std::str::from_utf8(trim(value)).ok().map(str::to_owned);
-        } else if h.name.eq_ignore_ascii_case("authorization") {
-            authorization = std::str::from_utf8(trim(value)).ok().map(str::to_owned);
-        }
-    }
-
-    let framing = match (length, chunked) {
-        (Some(_), true) => {
-            return Err(reject(
-                400,
-                "both Content-Length and Transfer-Encoding given",
-            ))
-        }
-        (Some(n), false) if n > max_body => return Err(reject(413, "request body too large")),
-        (Some(n), false) => Framing::Length(n),
-        (None, true) => Framing::Chunked,
-        // The contract: a request with neither has an empty body.
-        (None, false) => Framing::Length(0),
-    };
-
-    let rest = &buf[head_len..];
-    let (body, body_len) = match framing {
-        Framing::Length(n) if rest.len() < n => return Ok(Parse::Incomplete { expects_continue }),
-        Framing::Length(n) => (rest[..n].to_vec(), n),
-        Framing::Chunked => match decode_chunked(rest, max_body)? {
-            Some(done) => done,
-            None => return Ok(Parse::Incomplete { expects_continue }),
-        },
-    };
-
-    Ok(Parse::Complete {
-        request: Request {
-            method,
-            path,
-            query,
-            last_event_id,
-            authorization,
-            keep_alive,
-            body,
-        },
-        consumed: head_len + body_len,
-    })
-}
-
-/// Splits a request target into path and raw query; accepts origin-form, absolute-form and `*`.
-fn split_target(target: &str) -> Result<(String, String), Rejection> {
-    let target = match target.find("://") {
-        Some(at)
-            if target[..at].eq_ignore_ascii_case("http")
-                || target[..at].eq_ignore_ascii_case("https") =>
-        {
-            let after = &target[at + 3..];
-            after.find('/').map_or("/", |p| &after[p..])
-        }
-        _ => target,
-    };
-    if !target.starts_with('/') && target != "*" {
-        return Err(reject(400, "request target must be a path"));
-    }
-    let target = target.split('#').next().unwrap_or_default();
-    Ok(match target.split_once('?') {
-        Some((path, query)) => (path.to_owned(), query.to_owned()),
-        None => (target.to_owned(), String::new()),
-    })
-}
-
-fn parse_length(value: &[u8]) -> Result<usize, Rejection> {
-    let digits = trim(value);
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(reject(400, "invalid Content-Length"));
-    }
-    Ok(digits
-        .iter()
-        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')))
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
-/// Decodes a chunked body at the start of `buf`: `None` while incomplete, else the body and
-/// the bytes used (trailers included, and ignored).
-fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, Rejection> {
-    // Chunk-size lines and extensions are overhead a client could inflate without limit;
-    // bound the raw bytes so the buffer stays bounded too.
-    let max_raw = max_body.saturating_mul(2).saturating_add(MAX_HEAD);
-    let incomplete = |at: usize| {
-        if at > max_raw {
-            Err(reject(413, "request body too large"))
-        } else {
-            Ok(None)
-        }
-    };
-    let mut body = Vec::new();
-    let mut at = 0;
     loop {
-        let (size_len, size) = match httparse::parse_chunk_size(&buf[at..]) {
-            Ok(httparse::Status::Complete(found)) => found,
-            Ok(httparse::Status::Partial) => return incomplete(buf.len()),
-            Err(_) => return Err(reject(400, "malformed chunked body")),
-        };
-        at += size_len;
-        if size == 0 {
-            break;
-        }
-        if body.len() as u64 + size > max_body as u64 {
-            return Err(reject(413, "request body too large"));
-        }
-        let size = size as usize;
-        if buf.len() < at + size + 2 {
-            return incomplete(buf.len());
-        }
-        if &buf[at + size..at + size + 2] != b"\r\n" {
-            return Err(reject(400, "malformed chunked body"));
-        }
-        body.extend_from_slice(&buf[at..at + size]);
-        at += size + 2;
-    }
-    // Trailer section: header lines, then an empty line.
-    loop {
-        let Some(end) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
-            if buf.len() - at > MAX_HEAD {
-                return Err(reject(431, "chunked trailers larger than 8 KiB"));
+        match parser.advance(max_body)? {
+            Step::NeedMore => return Ok(Parse::Incomplete { expects_continue }),
+            Step::Head => expects_continue = parser.accept_head(),
+            Step::Request(request) => {
+                return Ok(Parse::Complete {
+                    request,
+                    consumed: buf.len().saturating_sub(parser.buffered()),
+                })
             }
-            return incomplete(buf.len());
-        };
-        at += end + 2;
-        if end == 0 {
-            return Ok(Some((body, at)));
         }
     }
 }
@@ -351,21 +154,19 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = Result<(String, String),
 }
 
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            // Two hex digits, read by hand: `u8::from_str_radix` would take "+1" too.
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
+                let high = parser::hex_value(bytes.next()?)?;
+                let low = parser::hex_value(bytes.next()?)?;
+                high << 4 | low
             }
-            b => out.push(b),
-        }
-        i += 1;
+            b => b,
+        });
     }
     String::from_utf8(out).ok()
 }
@@ -494,9 +295,9 @@ Connection: keep-alive\r\n\r\n";
     }
 
     #[test]
-    fn chunked_body_with_extension_and_trailer() {
+    fn chunked_body_with_extensions() {
         let wire = b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
-5;name=x\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+5;name=x;flag;q=\"a \\\"b\\\" c\"\r\nhello\r\n7\r\n, world\r\n0\r\n\r\nNEXT";
         let (req, used) = complete(wire);
         assert_eq!(req.body, b"hello, world");
         assert_eq!(&wire[used..], b"NEXT");
@@ -548,7 +349,7 @@ Connection: keep-alive\r\n\r\n";
         );
         assert_eq!(
             status_of(b"POST /b HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
-            400
+            413
         );
         assert_eq!(
             status_of(b"POST /b HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
@@ -663,6 +464,156 @@ Connection: keep-alive\r\n\r\n";
         assert!(query_pairs("a=%zz").next().unwrap().is_err());
         assert!(query_pairs("a=%ff").next().unwrap().is_err());
         assert!(query_pairs("a=%4").next().unwrap().is_err());
+    }
+
+    const CHUNKED_HEAD: &[u8] = b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    fn chunked(body: &[u8]) -> Vec<u8> {
+        [CHUNKED_HEAD, body].concat()
+    }
+
+    #[test]
+    fn chunk_sizes_that_would_wrap_are_refused_not_added() {
+        // The crash that started issue #11: a second size near u64::MAX once wrapped the sum.
+        let crash =
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nfffffffffffffffe\r\n";
+        assert_eq!(status_of(crash), 413);
+        for size in [
+            &b"ffffffffffffffff"[..],
+            b"10000000000000000",
+            b"fffffffffffffffffffffffffffffffffffff",
+            b"7fffffffffffffff",
+        ] {
+            let wire = chunked(&[size, b"\r\n"].concat());
+            assert_eq!(status_of(&wire), 413, "{}", String::from_utf8_lossy(size));
+        }
+        // Leading zeros are a valid hex number, but bounded by the line length.
+        let zeros = chunked(&[&[b'0'; MAX_CHUNK_LINE + 1][..], b"1\r\n"].concat());
+        assert_eq!(status_of(&zeros), 400);
+        for len in ["18446744073709551615", "18446744073709551616", "1025"] {
+            let wire = format!("POST /b HTTP/1.1\r\nContent-Length: {len}\r\n\r\n");
+            assert_eq!(status_of(wire.as_bytes()), 413, "{len}");
+        }
+    }
+
+    #[test]
+    fn framing_a_proxy_could_read_differently_is_400() {
+        let cases: &[(&str, &[u8])] = &[
+            ("TE on 1.0", b"POST /b HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            ("bare LF head", b"GET / HTTP/1.1\nHost: a\n\n"),
+            ("bare LF header", b"GET / HTTP/1.1\r\nHost: a\n\r\n"),
+            ("bare CR", b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n"),
+            ("obs-fold", b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n"),
+            ("obs-fold tab", b"GET / HTTP/1.1\r\nX-A: 1\r\n\tfolded\r\n\r\n"),
+            ("leading space TE", b"POST /b HTTP/1.1\r\nHost: a\r\n Transfer-Encoding: chunked\r\n\r\n"),
+            ("space before colon", b"POST /b HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n"),
+            ("CL list", b"POST /b HTTP/1.1\r\nContent-Length: 1,1\r\n\r\nx"),
+            ("CL plus", b"POST /b HTTP/1.1\r\nContent-Length: +1\r\n\r\nx"),
+            ("CL empty", b"POST /b HTTP/1.1\r\nContent-Length: \r\n\r\n"),
+            ("CL and TE", b"POST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ("duplicate TE", b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ("TE list", b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            ("TE identity", b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+            ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            ("two Origins", b"GET / HTTP/1.1\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n"),
+            ("NUL in header", b"GET / HTTP/1.1\r\nLast-Event-ID: a\x00b\r\n\r\n"),
+        ];
+        for (name, wire) in cases {
+            assert_eq!(status_of(wire), 400, "{name}");
+        }
+        let chunk_cases: &[(&str, &[u8])] = &[
+            ("bare LF size line", b"1\nx\r\n0\r\n\r\n"),
+            ("bare LF after data", b"1\r\nx\n0\r\n\r\n"),
+            ("bare CR size line", b"1\rx\r\n"),
+            ("space in extension", b"1; a=b\r\nx\r\n0\r\n\r\n"),
+            ("space before extension", b"1 ;a\r\nx\r\n0\r\n\r\n"),
+            ("empty extension name", b"1;=b\r\nx\r\n0\r\n\r\n"),
+            ("empty extension value", b"1;a=\r\nx\r\n0\r\n\r\n"),
+            ("control in quoted value", b"1;a=\"\x01\"\r\nx\r\n0\r\n\r\n"),
+            ("junk after quoted value", b"1;a=\"b\"c\r\nx\r\n0\r\n\r\n"),
+            ("non-token extension", b"1;a@b\r\nx\r\n0\r\n\r\n"),
+            ("sign in size", b"+1\r\nx\r\n0\r\n\r\n"),
+            ("empty size", b"\r\nx\r\n0\r\n\r\n"),
+            ("trailer", b"0\r\nX-Trailer: 1\r\n\r\n"),
+            ("data longer than size", b"1\r\nxy\r\n0\r\n\r\n"),
+        ];
+        for (name, body) in chunk_cases {
+            assert_eq!(status_of(&chunked(body)), 400, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_parser_stops_at_the_head_and_can_skip_a_refused_body() {
+        let mut parser = RequestParser::default();
+        parser.feed(b"POST /nope HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel");
+        assert_eq!(parser.advance(LIMIT), Ok(Step::Head));
+        let head = parser.head().unwrap();
+        assert_eq!(
+            (head.path.as_str(), head.framing),
+            ("/nope", Framing::Length(5))
+        );
+        parser.skip_body();
+        assert_eq!(parser.advance(LIMIT), Ok(Step::NeedMore));
+        parser.feed(b"loGET /healthz HTTP/1.1\r\n\r\n");
+        assert_eq!(parser.advance(LIMIT), Ok(Step::Head));
+        assert_eq!(parser.head().unwrap().path, "/healthz");
+        assert!(!parser.accept_head());
+        assert!(matches!(parser.advance(LIMIT), Ok(Step::Request(r)) if r.path == "/healthz"));
+        assert_eq!(parser.buffered(), 0);
+    }
+
+    #[test]
+    fn continue_is_owed_only_on_http_1_1_and_before_the_body() {
+        let owed = |wire: &[u8]| {
+            let mut parser = RequestParser::default();
+            parser.feed(wire);
+            assert_eq!(parser.advance(LIMIT), Ok(Step::Head));
+            parser.accept_head()
+        };
+        let expect = "Content-Length: 3\r\nExpect: 100-continue\r\n\r\n";
+        assert!(owed(format!("POST /b HTTP/1.1\r\n{expect}").as_bytes()));
+        assert!(!owed(format!("POST /b HTTP/1.0\r\n{expect}").as_bytes()));
+        assert!(!owed(format!("POST /b HTTP/1.1\r\n{expect}abc").as_bytes()));
+        assert!(!owed(b"POST /b HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_body_in_small_pieces_is_decoded_as_it_comes() {
+        let mut parser = RequestParser::default();
+        parser.feed(CHUNKED_HEAD);
+        assert_eq!(parser.advance(LIMIT), Ok(Step::Head));
+        let mut body = Vec::new();
+        for _ in 0..100 {
+            body.extend_from_slice(b"5;x=1\r\nabcde\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        for piece in body.chunks(3) {
+            assert_eq!(parser.advance(LIMIT), Ok(Step::NeedMore));
+            parser.feed(piece);
+            // Everything fed is consumed at once: nothing is re-read later.
+            let step = parser.advance(LIMIT);
+            assert!(parser.buffered() == 0, "{step:?}");
+            if let Ok(Step::Request(r)) = step {
+                assert_eq!(r.body.len(), 500);
+                return;
+            }
+        }
+        panic!("no request");
+    }
+
+    #[test]
+    fn leading_empty_lines_are_ignored() {
+        let (req, used) = complete(b"\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
+        assert_eq!((req.path.as_str(), used), ("/healthz", 29));
+    }
+
+    #[test]
+    fn percent_decoding_takes_hex_digits_only() {
+        for bad in ["a=%+1", "a=%-1", "a=%1", "a=%", "a=%g0", "a=%ff"] {
+            assert!(query_pairs(bad).next().unwrap().is_err(), "{bad}");
+        }
+        let pairs: Vec<_> = query_pairs("a=%41%6a%00").collect();
+        assert_eq!(pairs, vec![Ok(("a".into(), "Aj\0".into()))]);
     }
 
     #[test]
