@@ -8,7 +8,7 @@ Run by hand:
 
 What it does, all on loopback and bounded in count and time:
 
-- publishes at a steady --rate (one keep-alive connection, ~0.2-2 KiB bodies) to a rotating
+- publishes at a steady --rate (one keep-alive connection, 1-3 KB bodies) to a rotating
   window of WINDOW topics: every ROTATE_SECS one topic leaves the window and a new one enters,
   so old topics go idle and new ones keep appearing;
 - keeps --readers streams that read everything (1-4 topics of the window, 1-30 s each) and
@@ -100,7 +100,9 @@ def publisher(addr, rate, t0, stop, stats):
             time.sleep(next_at - now)
         next_at = max(next_at + period, time.monotonic() - 1.0)
         topic = rng.choice(window_topics(t0, time.monotonic()))
-        body = ("%d " % stats.published).encode() + b"p" * rng.randint(200, 2000)
+        # ~2 KiB on average: the window's 32 topics x 256 events then hold more than the
+        # soak's 16 MiB budget, so eviction by bytes (not only by count) is exercised.
+        body = ("%d " % stats.published).encode() + b"p" * rng.randint(1000, 3000)
         req = (
             b"POST /broadcast?topic=%s HTTP/1.1\r\nHost: soak\r\nContent-Length: %d\r\n\r\n"
             % (topic.encode(), len(body))
@@ -475,13 +477,18 @@ def main():
         sys.exit("soak: no samples (the server is %s)" % ("up" if alive else "gone"))
     churn_rows = [r for r in rows if r["phase"] == "churn"]
     full_at, rule = None, ""
-    if args.budget and any(r["history_bytes"] != "" for r in churn_rows):
-        for r in churn_rows:
-            if r["history_bytes"] != "" and r["history_bytes"] >= 0.9 * args.budget:
-                full_at, rule = r["t"], "history_bytes >= 90 %% of %d" % args.budget
-                break
-        if full_at is None:
-            rule = "history never reached 90 %% of %d; using the second half" % args.budget
+    kept = [r for r in churn_rows if r["history_bytes"] != ""]
+    if kept:
+        # Full: at 90 % of the budget, or else of the peak (the per-topic count may bind
+        # before the bytes do).
+        peak = max(r["history_bytes"] for r in kept)
+        if args.budget and peak >= 0.9 * args.budget:
+            target, what = 0.9 * args.budget, "90 %% of the budget %d" % args.budget
+        else:
+            target, what = 0.9 * peak, "90 %% of its peak %d (budget %s)" % (
+                peak, args.budget or "none")
+        full_at = next(r["t"] for r in kept if r["history_bytes"] >= target)
+        rule = "sse_edge_history_bytes reached " + what
     else:
         rule = "no sse_edge_history_bytes in this build; using the second half"
     if full_at is None:

@@ -109,7 +109,8 @@ fn silent_connections_give_way_to_new_clients_at_the_request_cap() {
     let mut stream = SseClient::connect(server.addr, "/stream?topic=fresh", &[]);
     let r = publisher.publish("?topic=fresh", b"to the new stream");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(stream.next_event().data, "to the new stream");
+    let e = stream.event_within_patience("the new stream");
+    assert_eq!(e.data, "to the new stream");
 
     let m = server.wait_metrics("the silent connections evicted", |m| {
         metric(m, "sse_edge_request_evictions_total") >= 900.0
@@ -181,8 +182,8 @@ fn a_stream_whose_client_half_closes_is_closed_by_the_server() {
     server.wait_metrics("two streams", |m| m["sse_edge_clients"] == 2.0);
     s.sock.shutdown(Shutdown::Write).unwrap();
     control.publish();
-    // read_to_end returns at EOF; SseClient panics if nothing arrives within PATIENCE.
-    s.read_to_end();
+    // Returns at EOF; panics if the server has not closed it within PATIENCE.
+    s.read_to_end_within_patience("the half-closed stream");
     server.wait_metrics("the half-closed stream gone", |m| {
         m["sse_edge_clients"] == 1.0
     });

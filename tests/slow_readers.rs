@@ -84,7 +84,9 @@ fn a_reader_that_trickles_a_few_bytes_is_still_disconnected() {
         let seen = fast_seen.clone();
         std::thread::spawn(move || {
             let mut next = 0u64;
-            while let Some(e) = fast.try_next_event() {
+            // The whole test is bounded by about three PATIENCEs (publishing, EOF, the end).
+            let deadline = Instant::now() + 4 * PATIENCE;
+            while let Some(e) = fast.next_event_before(deadline, "the fast reader") {
                 if e.event.as_deref() == Some("end") {
                     return next;
                 }
@@ -235,7 +237,7 @@ fn streams_resuming_over_32_topics_that_never_read_hold_bounded_memory() {
     // A stream that does read gets the reset, then every kept event of its topics, in id
     // order, each once; then live events.
     let mut reader = SseClient::connect(server.addr, &path, &["Last-Event-ID: nope"]);
-    let reset = reader.next_event();
+    let reset = reader.event_within_patience("the reset before the replay");
     assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
     assert!(
         reset
@@ -245,7 +247,7 @@ fn streams_resuming_over_32_topics_that_never_read_hold_bounded_memory() {
         reset.data
     );
     for (n, want) in kept.iter().enumerate() {
-        let e = reader.next_event();
+        let e = reader.event_within_patience("the replay");
         assert_eq!(
             e.id.as_deref().map(|i| i.parse::<u64>().unwrap()),
             Some(*want),
@@ -255,7 +257,7 @@ fn streams_resuming_over_32_topics_that_never_read_hold_bounded_memory() {
         );
     }
     let live = published_id(&publisher.publish("?topic=t7", b"live"));
-    let e = reader.next_event();
+    let e = reader.event_within_patience("live after the replay");
     assert_eq!((e.id, e.data.as_str()), (Some(live.to_string()), "live"));
     control.publish_and_check();
     drop(silent);

@@ -659,14 +659,19 @@ impl Control {
     /// Reads until every control event published so far has arrived; panics on a missing,
     /// repeated or reordered one (or after [`PATIENCE`] of silence).
     pub fn check(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
         while self.seen < self.sent.len() {
-            let e = self.client.try_next_event().unwrap_or_else(|| {
-                panic!(
-                    "control stream closed after {} of {} events",
-                    self.seen,
-                    self.sent.len()
-                )
-            });
+            let what = "control stream";
+            let e = self
+                .client
+                .next_event_before(deadline, what)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "control stream closed after {} of {} events",
+                        self.seen,
+                        self.sent.len()
+                    )
+                });
             let id: Option<u64> = e.id.as_deref().and_then(|i| i.parse().ok());
             assert_eq!(
                 (id, e.data.as_str()),
@@ -706,4 +711,46 @@ pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
     let mut c = HttpConn::open(addr);
     let _ = c.sock.write_all(raw);
     c.try_read_response()
+}
+
+impl SseClient {
+    /// The next event with data, or None if the stream ends first; panics once `deadline`
+    /// has passed. Unlike [`SseClient::try_next_event`], keep-alive comments do not extend
+    /// the wait: a stream that only ever gets comments fails here instead of hanging.
+    pub fn next_event_before(&mut self, deadline: Instant, what: &str) -> Option<Event> {
+        loop {
+            while let Some(end) = find(&self.buf, b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                if let Some(event) = self.parse_block(&block[..end]) {
+                    return Some(event);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no event by the deadline (comments: {:?})",
+                self.comments
+            );
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The next event with data within [`PATIENCE`]; panics if the stream ends first or
+    /// nothing but comments arrives.
+    pub fn event_within_patience(&mut self, what: &str) -> Event {
+        self.next_event_before(Instant::now() + PATIENCE, what)
+            .unwrap_or_else(|| panic!("{what}: the stream ended"))
+    }
+
+    /// Reads until the server closes, within [`PATIENCE`] even while comments arrive;
+    /// returns every event seen.
+    pub fn read_to_end_within_patience(&mut self, what: &str) -> Vec<Event> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut all = Vec::new();
+        while let Some(e) = self.next_event_before(deadline, what) {
+            all.push(e);
+        }
+        all
+    }
 }
