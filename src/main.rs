@@ -31,6 +31,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        // A log line that cannot be written (stderr closed) is lost, not a panic: by default
+        // the subscriber reports it with eprintln!, which panics when stderr is gone, and a
+        // node whose supervisor stopped reading its logs must still drain on SIGTERM.
+        .log_internal_errors(false)
         .init();
 
     match fdlimit::raise_to_hard_limit() {
@@ -56,8 +60,8 @@ fn main() -> ExitCode {
                 std::process::exit(128 + signal);
             }
             asked = true;
-            info!(signal, "shutting down");
             control.shutdown();
+            info!(signal, "shutting down");
         }
     });
 

@@ -48,3 +48,43 @@ fn a_reader_that_never_reads_cannot_hold_the_drain_past_its_timeout() {
     let mut sink = Vec::new();
     let _ = stalled.read_to_end(&mut sink);
 }
+
+#[test]
+fn sigterm_drains_even_when_nobody_reads_the_log_any_more() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // A supervisor that stopped reading the server's stderr: every later log line fails to
+    // be written. The node must still stop on SIGTERM, not lose its signal thread.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["--listen", "127.0.0.1:0", "--tick", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sse-edge");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on "));
+    assert!(listening.is_some(), "the server started");
+    drop(lines); // closes the pipe's read end
+                 // SAFETY: kill with a pid we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exited 0 on SIGTERM"
+    );
+}
