@@ -81,6 +81,17 @@ pub struct Config {
     )]
     pub slow_client_timeout: u64,
 
+    /// Kernel send buffer of each stream's socket (SO_SNDBUF; Linux doubles it for its own
+    /// bookkeeping). Bounds what a client that stops reading holds in the kernel on top of
+    /// --client-buffer (autotuning lets it grow to megabytes). 0 = the kernel's autotuning.
+    #[arg(
+        long,
+        env = "SSE_EDGE_SEND_BUFFER",
+        default_value_t = 65536,
+        value_name = "BYTES"
+    )]
+    pub send_buffer: usize,
+
     /// Events kept per topic for `Last-Event-ID` replay (within --history-bytes node-wide).
     #[arg(
         long,
@@ -261,6 +272,11 @@ impl Config {
                 return Err(format!("{flag} must be at most {max} seconds"));
             }
         }
+        if self.send_buffer != 0 && !(4096..=1 << 30).contains(&self.send_buffer) {
+            return Err(
+                "--send-buffer must be 0 (kernel autotuning) or 4096 bytes to 1 GiB".into(),
+            );
+        }
         if self.client_buffer > 1 << 30 {
             return Err("--client-buffer must be at most 1 GiB".into());
         }
@@ -373,6 +389,7 @@ mod tests {
         assert_eq!((c.publish_token.as_deref(), c.max_clients), (None, None));
         assert_eq!(c.publish_allow.len(), 2);
         assert_eq!((c.history_bytes, c.topic_idle), (64 << 20, 3600));
+        assert_eq!(c.send_buffer, 65536);
         assert_eq!(
             (c.max_streams_per_ip, c.max_request_connections),
             (None, 1024)
@@ -399,6 +416,7 @@ mod tests {
             &["--history-bytes", "18446744073709551615"],
             &["--client-buffer", "18446744073709551615"],
             &["--max-streams-per-ip", "0"],
+            &["--send-buffer", "100"],
             &["--max-request-connections", "0"],
             &["--max-clients", "18446744073709551615"],
         ] {

@@ -893,6 +893,14 @@ impl Shard {
             Ok(admitted) => admitted,
             Err(refusal) => return self.shed(key, refusal),
         };
+        if self.config.send_buffer > 0 {
+            // A stream's traffic is small frames; a client that stops reading would otherwise
+            // let autotuning park megabytes of ours in its socket before --client-buffer binds.
+            let socket = socket2::SockRef::from(&self.clients[key].socket);
+            if let Err(e) = socket.set_send_buffer_size(self.config.send_buffer) {
+                debug!(shard = self.id, key, error = %e, "cannot size the send buffer");
+            }
+        }
         let subscription = self
             .hub
             .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref());

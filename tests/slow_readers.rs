@@ -262,3 +262,46 @@ fn streams_resuming_over_32_topics_that_never_read_hold_bounded_memory() {
     control.publish_and_check();
     drop(silent);
 }
+
+/// Bytes published to a never-reading stream before the server starts dropping its frames:
+/// what its kernel send buffer, its receive buffer and `--client-buffer` absorb together.
+fn absorbed_before_the_first_drop(args: &[&str]) -> usize {
+    let server = Server::start(args);
+    let stalled = small_buffer_stream(&server, "/stream", "");
+    server.wait_metrics("the stream open", |m| m["sse_edge_clients"] == 1.0);
+    let body = vec![b'z'; 4096];
+    let mut publisher = HttpConn::open(server.addr);
+    let mut published = 0;
+    // Bounded: 64 MiB would be far past any kernel's autotuned buffer.
+    while published < 64 << 20 {
+        published_id(&publisher.publish("", &body));
+        published += body.len();
+        if published % (64 << 10) == 0
+            && metric(&server.metrics(), "sse_edge_frames_dropped_total") > 0.0
+        {
+            break;
+        }
+    }
+    drop(stalled);
+    published
+}
+
+#[test]
+fn a_reader_that_stops_reading_parks_little_in_the_kernel() {
+    let bounded = absorbed_before_the_first_drop(&["--client-buffer", "65536"]);
+    // --send-buffer 65536 (the default): the kernel doubles it; with the 64 KiB queue and the
+    // client's 4 KiB receive buffer, well under a megabyte goes out before frames are dropped.
+    assert!(
+        bounded < 1 << 20,
+        "{bounded} bytes absorbed with the default send buffer"
+    );
+    // Autotuning lets the same reader take megabytes first (about 2.8 MB measured here):
+    // the bound above is the flag's doing, not the machine's.
+    let autotuned =
+        absorbed_before_the_first_drop(&["--client-buffer", "65536", "--send-buffer", "0"]);
+    eprintln!("absorbed before the first drop: {bounded} bounded, {autotuned} autotuned");
+    assert!(
+        autotuned > bounded,
+        "{autotuned} (autotuned) vs {bounded} (bounded)"
+    );
+}
