@@ -12,10 +12,13 @@
 //!
 //! ## The flow of one broadcast
 //!
-//! 1. `POST /broadcast` arrives on some shard; [`http`] parses it, [`access`] decides whether
-//!    this peer may publish, [`params`] validates topic, event name and body.
+//! 1. `POST /broadcast` arrives on some shard; [`http`] parses it incrementally and stops at
+//!    the head, where [`access`] decides whether this peer may publish and [`params`]
+//!    validates topic and event name, before any body is read; then the body (UTF-8).
+//!    Parsing and judging run contained ([`guard`]): a panic there costs one connection.
 //! 2. [`hub::Hub::publish`] takes the next id, encodes the event **once** ([`sse`]) into a
-//!    `bytes::Bytes` and keeps it in the topic's history; every other shard gets a clone
+//!    `bytes::Bytes` and keeps it in the [`history`] (bounded per topic and node-wide, in
+//!    bytes); every other shard gets a clone
 //!    through its mailbox and is woken. The publisher's answer is queued first.
 //! 3. Each shard walks the topic's subscribers; [`stream::Stream::offer`] pushes a clone (a
 //!    refcount bump) into each one's bounded [`outbox`], or drops it for that stream alone
@@ -25,9 +28,12 @@
 //!    blocked client resumes on its next writable event.
 //! 5. EOF or an error marks a client closing; the end of the turn frees its slot.
 //!
-//! A stream that resumes with `Last-Event-ID` takes its replay from the hub under the same
-//! lock that orders publishes, so the seam between replay and live has no gap and no
-//! duplicate. Counters live per shard as plain integers ([`metrics`]), summed when scraped.
+//! A stream that resumes with `Last-Event-ID` walks the history in batches no larger than the
+//! room in its queue, under the same lock that orders publishes, and skips live frames until
+//! it has caught up, so the seam between replay and live has no gap and no duplicate.
+//! [`admission`] decides who may hold a stream. Counters live per shard as plain integers
+//! ([`metrics`]), summed when scraped. A panic outside request parsing, or a failed event
+//! loop, ends the process ([`guard`]) rather than leave a shard silently dead.
 
 #![deny(missing_docs)]
 
