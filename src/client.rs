@@ -37,8 +37,6 @@ pub struct Client {
     pub closing: bool,
     /// Once the outbox is empty, half-close and wait for the peer to leave.
     pub close_after_flush: bool,
-    /// The shard's accept count when this connection came (a slab key is reused; this is not).
-    pub serial: u32,
 }
 
 /// The phases of a connection.
@@ -64,6 +62,10 @@ pub struct RequestState {
     /// The current request must be complete by then. It moves on only when the connection's
     /// output has drained, so a client that never reads cannot keep it alive by sending.
     pub deadline: Instant,
+    /// The shard's accept count when this connection came (a slab key is reused; this is
+    /// not), to find it again in the shard's oldest-first list. Only the request phase needs
+    /// it, so it lives here and costs a stream nothing.
+    pub serial: u32,
 }
 
 /// What a read pass found.
@@ -98,6 +100,7 @@ impl Client {
             phase: Phase::Request(Box::new(RequestState {
                 parser: RequestParser::default(),
                 deadline,
+                serial,
             })),
             readable: false,
             // A just-accepted socket has room; a WouldBlock corrects this if not.
@@ -105,7 +108,6 @@ impl Client {
             pending: false,
             closing: false,
             close_after_flush: false,
-            serial,
         }
     }
 

@@ -53,7 +53,7 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::access::PublishAccess;
-use crate::admission::{Quota, Refusal};
+use crate::admission::{Admitted, Quota, Refusal};
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::guard::{self, Contained};
@@ -151,6 +151,8 @@ pub(crate) struct Shard {
     requesting_now: usize,
     /// Serial of the last connection accepted (tells a reused slab key from its old owner).
     serial: u32,
+    /// The address key each stream was counted under, with --max-streams-per-ip only.
+    addresses: HashMap<usize, u64>,
     /// When shard 0 next forgets idle topics.
     next_forget: Option<Instant>,
     /// Debug builds: deliveries of this topic panic (tests prove a panic ends the process).
@@ -214,6 +216,7 @@ impl Shard {
             deadlines: BinaryHeap::new(),
             requesting: VecDeque::new(),
             requesting_now: 0,
+            addresses: HashMap::new(),
             serial: 0,
             next_forget,
             #[cfg(debug_assertions)]
@@ -440,7 +443,7 @@ impl Shard {
     /// Whether `key` with `serial` is still a connection in the request phase.
     fn is_requesting(&self, key: usize, serial: u32) -> bool {
         self.clients.get(key).is_some_and(|c| {
-            c.serial == serial && !c.closing && matches!(c.phase, Phase::Request(_))
+            !c.closing && matches!(&c.phase, Phase::Request(state) if state.serial == serial)
         })
     }
 
@@ -922,12 +925,16 @@ impl Shard {
         }
         let retry = self.jitter(self.config.retry_ms);
         let replaying = subscription.replay.is_some();
-        let mut stream = Stream::new(
+        let stream = Stream::new(
             subs.into_boxed_slice(),
             subscription.skip_through,
             subscription.replay,
         );
-        stream.admitted = admitted;
+        if let Some(address) = admitted.address {
+            // Kept beside the stream, not in it: a stream pays for the per-address quota
+            // only when the quota is on.
+            self.addresses.insert(key, address);
+        }
         self.clients[key].phase = Phase::Stream(stream);
         self.left_request_phase();
         self.queue(key, self.stream_head.clone());
@@ -1230,7 +1237,9 @@ impl Shard {
                     }
                 }
                 self.hub.unsubscribe(left.iter().map(|n| &**n));
-                self.node.quota.release(stream.admitted);
+                self.node.quota.release(Admitted {
+                    address: self.addresses.remove(&key),
+                });
                 self.counters.sub(Stat::Streams, 1);
                 self.counters.add(Stat::StreamsClosed, 1);
                 debug!(shard = self.id, key, "stream closed");

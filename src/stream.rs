@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::admission::Admitted;
 use crate::history::Cursor;
 use crate::outbox::Outbox;
 use crate::sse;
@@ -35,8 +34,6 @@ pub struct Stream {
     pub replay: Option<Box<Cursor>>,
     /// Frames lost since the queue was last empty.
     pub loss: Option<Box<Loss>>,
-    /// What the stream claimed of the node's quotas, given back when it closes.
-    pub admitted: Admitted,
 }
 
 /// A stream's losses since its queue was last empty.
@@ -81,7 +78,6 @@ impl Stream {
             active: true,
             replay: replay.map(Box::new),
             loss: None,
-            admitted: Admitted { address: None },
         }
     }
 
