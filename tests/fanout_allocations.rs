@@ -49,3 +49,31 @@ fn offering_a_frame_to_ten_thousand_streams_allocates_nothing() {
         );
     }
 }
+
+#[test]
+fn a_stream_that_keeps_losing_frames_allocates_nothing_per_dropped_frame() {
+    // Queues that nobody drains: after the first frames fill them, every offer is dropped
+    // (and measured against its pending gap notice) without touching the allocator.
+    let limit = 1024;
+    let mut subs: Vec<(Stream, Outbox)> = (0..1_000)
+        .map(|_| (Stream::new(Box::new([(0, 0)]), 0, None), Outbox::default()))
+        .collect();
+    let now = Instant::now();
+    let frame = encode_event(1, None, &"x".repeat(600));
+    // Warm up: the first frame fits, the second starts each stream's loss record.
+    for id in 1..=2 {
+        for (stream, outbox) in subs.iter_mut() {
+            stream.offer(outbox, id, &frame, limit, now, Duration::MAX);
+        }
+    }
+    let before = allocations();
+    let mut dropped = 0;
+    for id in 3..50 {
+        for (stream, outbox) in subs.iter_mut() {
+            let offer = stream.offer(outbox, id, &frame, limit, now, Duration::MAX);
+            dropped += usize::from(offer == Offer::Dropped);
+        }
+    }
+    assert_eq!(dropped, 47 * 1_000, "every later frame was dropped");
+    assert_eq!(allocations() - before, 0, "no allocation per dropped frame");
+}
