@@ -308,17 +308,22 @@ impl SseClient {
 
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 16384];
-        match self.sock.read(&mut chunk) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                n
+        loop {
+            match self.sock.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return n;
+                }
+                // A signal to the test process (a child exiting) is not the stream ending.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    panic!("no data within {PATIENCE:?}")
+                }
+                Err(_) => return 0,
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                panic!("no data within {PATIENCE:?}")
-            }
-            Err(_) => 0,
         }
     }
 
@@ -515,18 +520,22 @@ impl HttpConn {
 
     fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16384];
-        match self.sock.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
+        loop {
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    panic!("no response within {PATIENCE:?}")
+                }
+                Err(_) => return false,
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                panic!("no response within {PATIENCE:?}")
-            }
-            Err(_) => false,
         }
     }
 }
