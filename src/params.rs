@@ -84,7 +84,7 @@ pub fn check_head(
 
 /// Reads a publish request; an empty body becomes `Message from server at <RFC 3339 now>`.
 pub fn parse_publish(request: Request, now: SystemTime) -> Result<Publish, Rejection> {
-    let (topic, event) = publish_target(&request.query)?;
+    let (topic, event) = publish_target(&request.head.query)?;
     let data = String::from_utf8(request.body).map_err(|_| bad("body is not valid UTF-8"))?;
     let data = if data.is_empty() {
         format!("Message from server at {}", rfc3339(now))
@@ -118,7 +118,7 @@ fn publish_target(query: &str) -> Result<(String, Option<String>), Rejection> {
 
 /// Reads a stream request: its topics and where to resume.
 pub fn parse_subscribe(request: &Request) -> Result<Subscribe, Rejection> {
-    subscribe_from(&request.query, request.last_event_id.as_deref())
+    subscribe_from(&request.head.query, request.head.last_event_id.as_deref())
 }
 
 fn subscribe_from(query: &str, header_last_id: Option<&str>) -> Result<Subscribe, Rejection> {
@@ -183,19 +183,10 @@ mod tests {
     use std::time::Duration;
 
     fn request(query: &str, body: &[u8]) -> Request {
-        Request {
-            method: Method::Post,
-            path: "/broadcast".into(),
-            query: query.into(),
-            last_event_id: None,
-            authorization: None,
-            host: None,
-            origin: None,
-            sec_fetch_site: None,
-            proxied: false,
-            keep_alive: true,
-            body: body.to_vec(),
-        }
+        Request::new(
+            Head::new(Method::Post, "/broadcast".into(), query.into(), 1),
+            body.to_vec(),
+        )
     }
 
     #[test]
@@ -279,7 +270,7 @@ mod tests {
             parse_subscribe(&r).unwrap().last_event_id.as_deref(),
             Some("5")
         );
-        r.last_event_id = Some("9".into());
+        r.head.last_event_id = Some("9".into());
         assert_eq!(
             parse_subscribe(&r).unwrap().last_event_id.as_deref(),
             Some("9")

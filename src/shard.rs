@@ -643,8 +643,8 @@ impl Shard {
 
     /// Answers one complete request.
     fn dispatch(&mut self, key: usize, request: Request) {
-        let keep_alive = request.keep_alive;
-        match http::route(request.method, &request.path) {
+        let keep_alive = request.head.keep_alive;
+        match http::route(request.head.method, &request.head.path) {
             Route::Stream => self.start_stream(key, request),
             Route::Broadcast => self.publish_request(key, request),
             Route::Page => self.respond(key, Self::page(keep_alive), keep_alive),
@@ -759,7 +759,7 @@ impl Shard {
 
     /// Publishes a complete request whose head was judged allowed ([`Shard::judge_head`]).
     fn publish_request(&mut self, key: usize, request: Request) {
-        let keep_alive = request.keep_alive;
+        let keep_alive = request.head.keep_alive;
         let publish = guard::contain(|| params::parse_publish(request, SystemTime::now()));
         let publish = match publish {
             Err(panic) => return self.parse_panicked(key, panic),

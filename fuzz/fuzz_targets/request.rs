@@ -56,7 +56,7 @@ fn run(input: &[u8], cuts: &[usize], access: &PublishAccess, peer: IpAddr) -> Ve
                     out.push(Outcome::Head(Box::new(head), verdict));
                 }
                 Ok(Step::Request(request)) => {
-                    out.push(match http::route(request.method, &request.path) {
+                    out.push(match http::route(request.head.method, &request.head.path) {
                         Route::Broadcast => {
                             let publish =
                                 params::parse_publish(request.clone(), std::time::UNIX_EPOCH);

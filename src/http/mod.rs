@@ -255,11 +255,11 @@ Connection: keep-alive\r\n\r\n";
     fn browser_stream_request() {
         let (req, used) = complete(BROWSER_GET);
         assert_eq!(used, BROWSER_GET.len());
-        assert_eq!(req.method, Method::Get);
-        assert_eq!(req.path, "/stream");
-        assert_eq!(req.query, "topic=news");
-        assert_eq!(req.last_event_id.as_deref(), Some("42"));
-        assert!(req.keep_alive);
+        assert_eq!(req.head.method, Method::Get);
+        assert_eq!(req.head.path, "/stream");
+        assert_eq!(req.head.query, "topic=news");
+        assert_eq!(req.head.last_event_id.as_deref(), Some("42"));
+        assert!(req.head.keep_alive);
         assert!(req.body.is_empty());
     }
 
@@ -291,7 +291,7 @@ Connection: keep-alive\r\n\r\n";
         let (req, used) = complete(&wire);
         assert_eq!((req.body.as_slice(), used), (&b"hello"[..], first));
         let (next, _) = complete(&wire[used..]);
-        assert_eq!(next.path, "/healthz");
+        assert_eq!(next.head.path, "/healthz");
     }
 
     #[test]
@@ -392,18 +392,20 @@ Connection: keep-alive\r\n\r\n";
 
     #[test]
     fn keep_alive_rules() {
-        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
+        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.head.keep_alive);
         assert!(
             complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 .0
+                .head
                 .keep_alive
         );
         assert!(
             !complete(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
                 .0
+                .head
                 .keep_alive
         );
-        assert!(complete(b"GET / HTTP/1.1\r\n\r\n").0.keep_alive);
+        assert!(complete(b"GET / HTTP/1.1\r\n\r\n").0.head.keep_alive);
     }
 
     #[test]
@@ -422,9 +424,12 @@ Connection: keep-alive\r\n\r\n";
     #[test]
     fn absolute_form_targets_and_fragments() {
         let (req, _) = complete(b"GET http://example.org/stream?x=1 HTTP/1.1\r\n\r\n");
-        assert_eq!((req.path.as_str(), req.query.as_str()), ("/stream", "x=1"));
+        assert_eq!(
+            (req.head.path.as_str(), req.head.query.as_str()),
+            ("/stream", "x=1")
+        );
         let (req, _) = complete(b"OPTIONS * HTTP/1.1\r\n\r\n");
-        assert_eq!(req.path, "*");
+        assert_eq!(req.head.path, "*");
     }
 
     #[test]
@@ -558,7 +563,7 @@ Connection: keep-alive\r\n\r\n";
         assert_eq!(parser.advance(LIMIT), Ok(Step::Head));
         assert_eq!(parser.head().unwrap().path, "/healthz");
         assert!(!parser.accept_head());
-        assert!(matches!(parser.advance(LIMIT), Ok(Step::Request(r)) if r.path == "/healthz"));
+        assert!(matches!(parser.advance(LIMIT), Ok(Step::Request(r)) if r.head.path == "/healthz"));
         assert_eq!(parser.buffered(), 0);
     }
 
@@ -604,7 +609,7 @@ Connection: keep-alive\r\n\r\n";
     #[test]
     fn leading_empty_lines_are_ignored() {
         let (req, used) = complete(b"\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
-        assert_eq!((req.path.as_str(), used), ("/healthz", 29));
+        assert_eq!((req.head.path.as_str(), used), ("/healthz", 29));
     }
 
     #[test]

@@ -68,35 +68,37 @@ pub struct Head {
 }
 
 impl Head {
+    /// A head with no headers: HTTP/1.`version`'s default keep-alive, no body.
+    pub fn new(method: Method, path: String, query: String, version: u8) -> Head {
+        Head {
+            method,
+            path,
+            query,
+            version,
+            keep_alive: version == 1,
+            framing: Framing::Length(0),
+            expects_continue: false,
+            last_event_id: None,
+            authorization: None,
+            host: None,
+            origin: None,
+            sec_fetch_site: None,
+            proxied: false,
+            header_count: 0,
+        }
+    }
+
     /// Whether a body follows the head.
     pub fn has_body(&self) -> bool {
         self.framing != Framing::Length(0)
     }
 }
 
-/// One complete request, owned.
+/// One complete request, owned: its head and its (de-chunked) body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// The method.
-    pub method: Method,
-    /// The path, without the query.
-    pub path: String,
-    /// The raw query string after `?` (empty when absent), decoded by [`super::query_pairs`].
-    pub query: String,
-    /// The `Last-Event-ID` header, when present and valid UTF-8.
-    pub last_event_id: Option<String>,
-    /// The `Authorization` header, when present and valid UTF-8.
-    pub authorization: Option<String>,
-    /// The `Host` header, when present and valid UTF-8.
-    pub host: Option<String>,
-    /// The `Origin` header, when present and valid UTF-8.
-    pub origin: Option<String>,
-    /// The `Sec-Fetch-Site` header, when present and valid UTF-8.
-    pub sec_fetch_site: Option<String>,
-    /// A `Forwarded`, `X-Forwarded-For` or `Via` header was present.
-    pub proxied: bool,
-    /// Whether the connection stays open after the response.
-    pub keep_alive: bool,
+    /// Everything but the body.
+    pub head: Head,
     /// The request body (de-chunked).
     pub body: Vec<u8>,
 }
@@ -104,23 +106,14 @@ pub struct Request {
 impl Request {
     /// Joins a head and its body.
     pub fn new(head: Head, body: Vec<u8>) -> Request {
-        Request {
-            method: head.method,
-            path: head.path,
-            query: head.query,
-            last_event_id: head.last_event_id,
-            authorization: head.authorization,
-            host: head.host,
-            origin: head.origin,
-            sec_fetch_site: head.sec_fetch_site,
-            proxied: head.proxied,
-            keep_alive: head.keep_alive,
-            body,
-        }
+        Request { head, body }
     }
 }
 
 /// What [`RequestParser::advance`] reached.
+// A request is moved out once, by value; boxing it would add an allocation per request to
+// save a few hundred bytes of stack on a value that never sits in a collection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Every buffered byte is used; feed more.
@@ -637,22 +630,8 @@ fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
     };
     let (path, query) = split_target(parsed.path.unwrap_or_default())?;
     let version = parsed.version.unwrap_or(0);
-    let mut head = Head {
-        method,
-        path,
-        query,
-        version,
-        keep_alive: version == 1,
-        framing: Framing::Length(0),
-        expects_continue: false,
-        last_event_id: None,
-        authorization: None,
-        host: None,
-        origin: None,
-        sec_fetch_site: None,
-        proxied: false,
-        header_count: parsed.headers.len(),
-    };
+    let mut head = Head::new(method, path, query, version);
+    head.header_count = parsed.headers.len();
     let mut length: Option<usize> = None;
     let mut chunked = false;
     for h in parsed.headers.iter() {

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use super::{query_pairs, Framing, Method, Rejection, Request, RequestParser, Step};
+use super::{query_pairs, Framing, Head, Method, Rejection, Request, RequestParser, Step};
 use crate::access::PublishAccess;
 use crate::params;
 
@@ -205,13 +205,13 @@ proptest! {
                 "OPTIONS" => Method::Options,
                 _ => Method::Other,
             };
-            prop_assert_eq!(got.method, method);
-            prop_assert_eq!(&got.path, &want.path);
-            prop_assert_eq!(&got.query, &want.query);
-            prop_assert_eq!(&got.last_event_id, &want.last_event_id);
-            prop_assert_eq!(got.host.as_deref(), Some("edge"));
+            prop_assert_eq!(got.head.method, method);
+            prop_assert_eq!(&got.head.path, &want.path);
+            prop_assert_eq!(&got.head.query, &want.query);
+            prop_assert_eq!(&got.head.last_event_id, &want.last_event_id);
+            prop_assert_eq!(got.head.host.as_deref(), Some("edge"));
             prop_assert_eq!(&got.body, &want.body);
-            prop_assert!(got.keep_alive);
+            prop_assert!(got.head.keep_alive);
         }
     }
 }
@@ -277,19 +277,7 @@ fn parse_event_stream(stream: &str) -> (Vec<SeenEvent>, Vec<String>) {
 }
 
 fn publish_request(query: String, body: Vec<u8>) -> Request {
-    Request {
-        method: Method::Post,
-        path: "/broadcast".into(),
-        query,
-        last_event_id: None,
-        authorization: None,
-        host: None,
-        origin: None,
-        sec_fetch_site: None,
-        proxied: false,
-        keep_alive: true,
-        body,
-    }
+    Request::new(Head::new(Method::Post, "/broadcast".into(), query, 1), body)
 }
 
 proptest! {
@@ -320,7 +308,7 @@ proptest! {
     fn parameters_and_headers_never_panic(query in any::<String>(), name in any::<String>(), value in any::<String>()) {
         let _ = query_pairs(&query).count();
         let mut request = publish_request(query.clone(), value.clone().into_bytes());
-        request.last_event_id = Some(value.clone());
+        request.head.last_event_id = Some(value.clone());
         let _ = params::parse_subscribe(&request);
         let _ = params::parse_publish(request, std::time::UNIX_EPOCH);
         let wire = format!("POST /broadcast?{query} HTTP/1.1\r\n{name}: {value}\r\nHost: {value}\r\nOrigin: {value}\r\n\r\n");
