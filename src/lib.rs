@@ -41,6 +41,7 @@ pub mod access;
 pub mod admission;
 pub mod client;
 pub mod config;
+pub mod event_id;
 pub mod fdlimit;
 pub mod guard;
 pub mod history;
