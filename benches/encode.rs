@@ -5,6 +5,7 @@
 //! so the multi-line case is the worst case for the line splitter). Throughput is body bytes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sse_edge::event_id::EventId;
 use sse_edge::sse::encode_event;
 
 fn bench(c: &mut Criterion) {
@@ -16,10 +17,24 @@ fn bench(c: &mut Criterion) {
             .collect();
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("single_line", size), &single, |b, body| {
-            b.iter(|| encode_event(std::hint::black_box(123_456), Some("update"), body))
+            b.iter(|| {
+                encode_event(
+                    std::hint::black_box(EventId::local(123_456)),
+                    None,
+                    Some("update"),
+                    body,
+                )
+            })
         });
         group.bench_with_input(BenchmarkId::new("lines_of_32", size), &multi, |b, body| {
-            b.iter(|| encode_event(std::hint::black_box(123_456), None, body))
+            b.iter(|| {
+                encode_event(
+                    std::hint::black_box(EventId::local(123_456)),
+                    None,
+                    None,
+                    body,
+                )
+            })
         });
     }
     group.finish();

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
 use sse_edge::stream::Stream;
@@ -33,7 +34,8 @@ fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> u
     for s in subs.iter_mut() {
         let offer = s.stream.offer(
             &mut s.outbox,
-            id,
+            EventId::local(id),
+            None,
             frame,
             65536,
             now,
@@ -49,12 +51,17 @@ fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> u
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout_enqueue");
-    let frame = encode_event(1, None, "a typical small event body of a few dozen bytes");
+    let frame = encode_event(
+        EventId::local(1),
+        None,
+        None,
+        "a typical small event body of a few dozen bytes",
+    );
     let now = Instant::now();
     for n in [1_000usize, 10_000, 100_000] {
         let mut subs: Vec<Subscriber> = (0..n)
             .map(|_| Subscriber {
-                stream: Stream::new(Box::new([(0, 0)]), 0, None),
+                stream: Stream::new(Box::new([(0, 0)]), None),
                 outbox: Outbox::default(),
             })
             .collect();

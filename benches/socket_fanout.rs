@@ -10,13 +10,19 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
 
 fn bench(c: &mut Criterion) {
     sse_edge::fdlimit::raise_to_hard_limit().expect("raise the open files limit");
     let mut group = c.benchmark_group("socket_fanout");
-    let frame = encode_event(1, None, "a typical small event body of a few dozen bytes");
+    let frame = encode_event(
+        EventId::local(1),
+        None,
+        None,
+        "a typical small event body of a few dozen bytes",
+    );
     for n in [100usize, 1000] {
         let mut pairs: Vec<(UnixStream, UnixStream, Outbox)> = (0..n)
             .map(|_| {

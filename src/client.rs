@@ -37,6 +37,9 @@ pub struct Client {
     pub closing: bool,
     /// Once the outbox is empty, half-close and wait for the peer to leave.
     pub close_after_flush: bool,
+    /// The shard's accept count when this connection came: a slab key is reused, this is
+    /// not, so an answer or list entry for a gone connection is recognised.
+    pub serial: u32,
 }
 
 /// The phases of a connection.
@@ -62,10 +65,18 @@ pub struct RequestState {
     /// The current request must be complete by then. It moves on only when the connection's
     /// output has drained, so a client that never reads cannot keep it alive by sending.
     pub deadline: Instant,
-    /// The shard's accept count when this connection came (a slab key is reused; this is
-    /// not), to find it again in the shard's oldest-first list. Only the request phase needs
-    /// it, so it lives here and costs a stream nothing.
-    pub serial: u32,
+    /// A publish waiting for the broker's answer: no further request is read until it is
+    /// answered, so answers leave in request order.
+    pub awaiting: Option<Awaiting>,
+}
+
+/// A publish sent to the broker, whose answer is owed to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaiting {
+    /// The topic, for the answer.
+    pub topic: String,
+    /// Whether the connection stays open after the answer.
+    pub keep_alive: bool,
 }
 
 /// What a read pass found.
@@ -100,7 +111,7 @@ impl Client {
             phase: Phase::Request(Box::new(RequestState {
                 parser: RequestParser::default(),
                 deadline,
-                serial,
+                awaiting: None,
             })),
             readable: false,
             // A just-accepted socket has room; a WouldBlock corrects this if not.
@@ -108,6 +119,7 @@ impl Client {
             pending: false,
             closing: false,
             close_after_flush: false,
+            serial,
         }
     }
 
@@ -176,7 +188,9 @@ impl Client {
     /// Whether this is a request-phase connection with no partial request buffered.
     pub fn is_idle_request(&self) -> bool {
         matches!(&self.phase, Phase::Request(state)
-            if state.parser.buffered() == 0 && state.parser.head().is_none())
+            if state.parser.buffered() == 0
+                && state.parser.head().is_none()
+                && state.awaiting.is_none())
     }
 
     /// The deadline this client must meet now, if any.

@@ -34,11 +34,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
+use crate::event_id::EventId;
 use crate::sse::{self, ResetReason};
 
 /// Bookkeeping charged per kept frame besides its bytes: its slot in the topic's queue
-/// (id + `Bytes`, 40 B), its slot in the node's age order (16 B), and the frame
-/// allocation's own header (about 64 B).
+/// (id + `Bytes`, 48 B), its slot in the node's age order (24 B), and the frame
+/// allocation's own header (about 56 B).
 pub const FRAME_COST: usize = 128;
 
 /// Bookkeeping charged per topic besides its name: the map entry, the topic record, its
@@ -50,9 +51,9 @@ pub const TOPIC_COST: usize = 384;
 struct Topic {
     name: Arc<str>,
     /// The last frames published here, oldest first.
-    kept: VecDeque<(u64, Bytes)>,
+    kept: VecDeque<(EventId, Bytes)>,
     /// The newest id evicted from `kept`, or the node's forgotten mark when created.
-    evicted_through: u64,
+    evicted_through: EventId,
     /// Streams carrying this topic, node-wide.
     subscribers: usize,
     /// The last publish, or when the last subscriber left.
@@ -66,7 +67,7 @@ pub struct History {
     topics: Slab<Topic>,
     /// Every kept frame as (id, topic slot), oldest first; entries whose frame already left
     /// (its topic's own cap evicted it) are skipped when met, and compacted away in bulk.
-    age: VecDeque<(u64, u32)>,
+    age: VecDeque<(EventId, u32)>,
     /// Frames kept across all topics (the live entries of `age`).
     frames: usize,
     /// Frames kept per topic.
@@ -75,7 +76,7 @@ pub struct History {
     bytes: usize,
     budget: usize,
     /// The newest id of any forgotten topic.
-    forgotten_through: u64,
+    forgotten_through: EventId,
     /// Frames evicted since start (by a topic's cap, the budget, or forgetting).
     evicted: u64,
 }
@@ -84,9 +85,9 @@ pub struct History {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     /// The last id replayed (or the one resumed from).
-    after: u64,
+    after: EventId,
     /// Evictions up to this id were already announced with a `reset`.
-    announced: u64,
+    announced: EventId,
 }
 
 /// The start of a resume.
@@ -121,7 +122,7 @@ impl History {
             per_topic,
             bytes: 0,
             budget,
-            forgotten_through: 0,
+            forgotten_through: EventId::ZERO,
             evicted: 0,
         }
     }
@@ -164,7 +165,7 @@ impl History {
     pub fn record(
         &mut self,
         topic: &str,
-        id: u64,
+        id: EventId,
         frame: &Bytes,
         now: Instant,
     ) -> (Arc<str>, usize) {
@@ -315,13 +316,15 @@ impl History {
     ///
     /// An id that is not a number up to `last_id` is unknown: `reset` (unknown) and all that
     /// is kept. An id older than what some topic evicted: `reset` (expired) and what is kept.
-    pub fn start_replay(&self, names: &[Arc<str>], requested: &str, last_id: u64) -> ReplayStart {
-        let known = requested
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|&id| id <= last_id);
-        let after = known.unwrap_or(0);
+    pub fn start_replay(
+        &self,
+        names: &[Arc<str>],
+        requested: &str,
+        last_id: EventId,
+        epoch: Option<&str>,
+    ) -> ReplayStart {
+        let known = EventId::parse_wire(requested, epoch).filter(|&id| id <= last_id);
+        let after = known.unwrap_or(EventId::ZERO);
         let evicted = self.evicted_through(names);
         let reason = match known {
             None => Some(ResetReason::Unknown),
@@ -329,7 +332,8 @@ impl History {
             Some(_) => None,
         };
         ReplayStart {
-            reset: reason.map(|r| sse::encode_reset(r, requested, self.oldest(names, after))),
+            reset: reason
+                .map(|r| sse::encode_reset(r, requested, self.oldest(names, after), epoch)),
             cursor: Cursor {
                 after,
                 announced: evicted,
@@ -338,7 +342,7 @@ impl History {
     }
 
     /// The newest id evicted (or forgotten) from any of `names`.
-    fn evicted_through(&self, names: &[Arc<str>]) -> u64 {
+    fn evicted_through(&self, names: &[Arc<str>]) -> EventId {
         names
             .iter()
             .map(|n| {
@@ -347,11 +351,11 @@ impl History {
                     .map_or(self.forgotten_through, |&s| self.topics[s].evicted_through)
             })
             .max()
-            .unwrap_or(0)
+            .unwrap_or(EventId::ZERO)
     }
 
     /// The oldest id kept after `after` in any of `names`.
-    fn oldest(&self, names: &[Arc<str>], after: u64) -> Option<u64> {
+    fn oldest(&self, names: &[Arc<str>], after: EventId) -> Option<EventId> {
         names
             .iter()
             .filter_map(|n| self.by_name.get(n))
@@ -366,20 +370,27 @@ impl History {
     /// The next frames after `cursor` over `names`, in id order, up to `room` bytes (always
     /// at least one frame when `room` is 0 and the caller's queue is empty: pass `room` of
     /// at least one byte for that). Advances the cursor.
-    pub fn replay_batch(&self, names: &[Arc<str>], cursor: &mut Cursor, room: usize) -> Batch {
+    pub fn replay_batch(
+        &self,
+        names: &[Arc<str>],
+        cursor: &mut Cursor,
+        room: usize,
+        epoch: Option<&str>,
+    ) -> Batch {
         let mut batch = Batch::default();
         let evicted = self.evicted_through(names);
         if evicted > cursor.after.max(cursor.announced) {
             // Frames after the cursor left while the stream was draining the previous batch.
             batch.reset = Some(sse::encode_reset(
                 ResetReason::Expired,
-                &cursor.after.to_string(),
+                &cursor.after.wire(epoch).to_string(),
                 self.oldest(names, cursor.after),
+                epoch,
             ));
             cursor.announced = evicted;
         }
         // One position per topic, then a merge: at most 32 topics per stream.
-        let mut heads: Vec<(&VecDeque<(u64, Bytes)>, usize)> = names
+        let mut heads: Vec<(&VecDeque<(EventId, Bytes)>, usize)> = names
             .iter()
             .filter_map(|n| self.by_name.get(n))
             .map(|&s| {
@@ -439,7 +450,7 @@ mod tests {
     }
 
     fn all(h: &History, names: &[Arc<str>], cursor: &mut Cursor) -> Vec<u64> {
-        let batch = h.replay_batch(names, cursor, usize::MAX);
+        let batch = h.replay_batch(names, cursor, usize::MAX, None);
         assert!(batch.done);
         ids(&batch.frames)
     }
@@ -454,9 +465,9 @@ mod tests {
         let now = Instant::now();
         let n = names(&mut h, &["a", "b"]);
         for (id, t) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b")] {
-            h.record(t, id, &frame(id, 30), now);
+            h.record(t, EventId::local(id), &frame(id, 30), now);
         }
-        let start = h.start_replay(&n, "1", 5);
+        let start = h.start_replay(&n, "1", EventId::local(5), None);
         assert!(start.reset.is_none());
         let mut c = start.cursor;
         assert_eq!(all(&h, &n, &mut c), vec![2, 4, 5]);
@@ -468,15 +479,15 @@ mod tests {
         let mut h = History::new(100, 1 << 20);
         let n = names(&mut h, &["t"]);
         for id in 1..=10 {
-            h.record("t", id, &frame(id, 100), Instant::now());
+            h.record("t", EventId::local(id), &frame(id, 100), Instant::now());
         }
-        let mut c = h.start_replay(&n, "0", 10).cursor;
-        let b = h.replay_batch(&n, &mut c, 250);
+        let mut c = h.start_replay(&n, "0", EventId::local(10), None).cursor;
+        let b = h.replay_batch(&n, &mut c, 250, None);
         assert_eq!((ids(&b.frames), b.done), (vec![1, 2], false));
         // A frame larger than the room still goes alone, or the replay would stall.
-        let b = h.replay_batch(&n, &mut c, 10);
+        let b = h.replay_batch(&n, &mut c, 10, None);
         assert_eq!((ids(&b.frames), b.done), (vec![3], false));
-        let b = h.replay_batch(&n, &mut c, usize::MAX);
+        let b = h.replay_batch(&n, &mut c, usize::MAX, None);
         assert_eq!((ids(&b.frames), b.done), ((4..=10).collect(), true));
     }
 
@@ -485,9 +496,9 @@ mod tests {
         let mut h = History::new(4, 1 << 20);
         let n = names(&mut h, &["t"]);
         for id in 1..=10 {
-            h.record("t", id, &frame(id, 30), Instant::now());
+            h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
         }
-        let start = h.start_replay(&n, "2", 10);
+        let start = h.start_replay(&n, "2", EventId::local(10), None);
         assert_eq!(
             text(&start.reset),
             "event: reset\ndata: {\"reason\":\"expired\",\"requested\":\"2\",\"oldest\":\"7\"}\n\n"
@@ -495,7 +506,7 @@ mod tests {
         let mut c = start.cursor;
         assert_eq!(all(&h, &n, &mut c), vec![7, 8, 9, 10]);
         // Exactly at the edge of what is kept: nothing was lost.
-        let start = h.start_replay(&n, "6", 10);
+        let start = h.start_replay(&n, "6", EventId::local(10), None);
         assert!(start.reset.is_none());
     }
 
@@ -503,9 +514,9 @@ mod tests {
     fn unknown_ids_get_an_unknown_reset_and_everything_kept() {
         let mut h = History::new(4, 1 << 20);
         let n = names(&mut h, &["t"]);
-        h.record("t", 1, &frame(1, 30), Instant::now());
+        h.record("t", EventId::local(1), &frame(1, 30), Instant::now());
         for bad in ["abc", "99", "-1", ""] {
-            let start = h.start_replay(&n, bad, 1);
+            let start = h.start_replay(&n, bad, EventId::local(1), None);
             assert!(
                 text(&start.reset).contains("\"reason\":\"unknown\""),
                 "{bad}"
@@ -514,7 +525,10 @@ mod tests {
             assert_eq!(all(&h, &n, &mut c), vec![1]);
         }
         let empty = names(&mut h, &["empty"]);
-        assert!(text(&h.start_replay(&empty, "x", 1).reset).contains("\"oldest\":null"));
+        assert!(
+            text(&h.start_replay(&empty, "x", EventId::local(1), None).reset)
+                .contains("\"oldest\":null")
+        );
     }
 
     #[test]
@@ -523,24 +537,27 @@ mod tests {
         let mut h = History::new(1000, 3 * cost + 2 * (1 + TOPIC_COST));
         let now = Instant::now();
         let n = names(&mut h, &["a"]);
-        h.record("a", 1, &frame(1, 100), now);
-        h.record("b", 2, &frame(2, 100), now);
-        h.record("a", 3, &frame(3, 100), now);
+        h.record("a", EventId::local(1), &frame(1, 100), now);
+        h.record("b", EventId::local(2), &frame(2, 100), now);
+        h.record("a", EventId::local(3), &frame(3, 100), now);
         assert!(h.bytes() <= 3 * cost + 2 * (1 + TOPIC_COST));
-        h.record("a", 4, &frame(4, 100), now);
+        h.record("a", EventId::local(4), &frame(4, 100), now);
         // 1 went first: the oldest of the node.
         assert_eq!(h.topics(), 2);
-        h.record("a", 5, &frame(5, 100), now);
+        h.record("a", EventId::local(5), &frame(5, 100), now);
         // Then 2, whose topic "b" had no subscriber and nothing left: forgotten.
         assert_eq!(h.topics(), 1);
-        let start = h.start_replay(&n, "0", 5);
+        let start = h.start_replay(&n, "0", EventId::local(5), None);
         assert!(text(&start.reset).contains("expired"));
         let mut c = start.cursor;
         assert_eq!(all(&h, &n, &mut c), vec![3, 4, 5]);
         // "b" was forgotten with id 2 in it: a resume on it from before 2 is told.
         let b = names(&mut h, &["b"]);
-        assert!(text(&h.start_replay(&b, "1", 5).reset).contains("expired"));
-        assert!(h.start_replay(&b, "2", 5).reset.is_none());
+        assert!(text(&h.start_replay(&b, "1", EventId::local(5), None).reset).contains("expired"));
+        assert!(h
+            .start_replay(&b, "2", EventId::local(5), None)
+            .reset
+            .is_none());
     }
 
     #[test]
@@ -548,7 +565,12 @@ mod tests {
         let budget = 64 << 10;
         let mut h = History::new(1024, budget);
         for id in 1..=20_000u64 {
-            h.record(&format!("topic-{id}"), id, &frame(id, 200), Instant::now());
+            h.record(
+                &format!("topic-{id}"),
+                EventId::local(id),
+                &frame(id, 200),
+                Instant::now(),
+            );
             assert!(h.bytes() <= budget, "{} > {budget} at {id}", h.bytes());
         }
         assert!(h.topics() < budget / TOPIC_COST);
@@ -559,7 +581,7 @@ mod tests {
     fn a_topic_cap_cannot_grow_the_age_order_without_bound() {
         let mut h = History::new(2, 1 << 30);
         for id in 1..=100_000 {
-            h.record("t", id, &frame(id, 20), Instant::now());
+            h.record("t", EventId::local(id), &frame(id, 20), Instant::now());
         }
         assert!(h.age.len() <= 2 * h.frames + 1024);
         assert_eq!(h.frames, 2);
@@ -570,22 +592,22 @@ mod tests {
         let mut h = History::new(4, 1 << 20);
         let n = names(&mut h, &["t"]);
         for id in 1..=4 {
-            h.record("t", id, &frame(id, 30), Instant::now());
+            h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
         }
-        let mut c = h.start_replay(&n, "0", 4).cursor;
-        let b = h.replay_batch(&n, &mut c, 40);
+        let mut c = h.start_replay(&n, "0", EventId::local(4), None).cursor;
+        let b = h.replay_batch(&n, &mut c, 40, None);
         assert_eq!(ids(&b.frames), vec![1]);
         for id in 5..=8 {
-            h.record("t", id, &frame(id, 30), Instant::now());
+            h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
         }
-        let b = h.replay_batch(&n, &mut c, usize::MAX);
+        let b = h.replay_batch(&n, &mut c, usize::MAX, None);
         let reset = text(&b.reset);
         assert!(
             reset.contains("\"reason\":\"expired\",\"requested\":\"1\",\"oldest\":\"5\""),
             "{reset}"
         );
         assert_eq!((ids(&b.frames), b.done), (vec![5, 6, 7, 8], true));
-        let b = h.replay_batch(&n, &mut c, usize::MAX);
+        let b = h.replay_batch(&n, &mut c, usize::MAX, None);
         assert!(b.reset.is_none() && b.frames.is_empty() && b.done);
     }
 
@@ -595,8 +617,8 @@ mod tests {
         let t0 = Instant::now();
         let idle = Duration::from_secs(60);
         names(&mut h, &["kept"]);
-        h.record("kept", 1, &frame(1, 30), t0);
-        h.record("gone", 2, &frame(2, 30), t0);
+        h.record("kept", EventId::local(1), &frame(1, 30), t0);
+        h.record("gone", EventId::local(2), &frame(2, 30), t0);
         assert_eq!(h.forget_idle(t0 + idle / 2, idle), 0);
         assert_eq!(h.forget_idle(t0 + idle, idle), 1);
         assert_eq!(h.topics(), 1);
@@ -624,8 +646,8 @@ mod tests {
     fn no_history_keeps_nothing_but_remembers_what_it_dropped() {
         let mut h = History::new(0, 1 << 20);
         let n = names(&mut h, &["t"]);
-        h.record("t", 1, &frame(1, 30), Instant::now());
-        let start = h.start_replay(&n, "0", 1);
+        h.record("t", EventId::local(1), &frame(1, 30), Instant::now());
+        let start = h.start_replay(&n, "0", EventId::local(1), None);
         assert!(text(&start.reset).contains("expired"));
     }
 }

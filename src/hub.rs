@@ -1,24 +1,21 @@
-//! The broker boundary: "an event was published" on one side, "this shard's subscribers get
-//! a frame" on the other.
+//! The node's ledger and the shards' inboxes: where an event that has its id becomes one
+//! frame in every shard's inbox.
 //!
-//! [`Hub::publish`] assigns the event the next id of the node's one sequence, encodes it
-//! **once** into a `Bytes`, and hands a clone of that frame to every other shard's mailbox
-//! (a channel plus a `mio::Waker`). The publishing shard delivers its own copy itself, after
-//! first emptying its mailbox, so every shard delivers events in id order.
+//! Under one lock the hub keeps the last id, the node's [`History`] and, in cluster mode, the
+//! current epoch. [`Hub::append`] records an event whose id is known (the embedded broker's
+//! counter, or a Redis entry), encodes it **once** into a `Bytes`, and puts a clone into every
+//! shard's inbox (a channel plus a `mio::Waker`). Answers to a shard (its publish got an id,
+//! the next part of a stream's replay) go into the same inbox.
 //!
-//! Id order across shards holds because ids are taken and mailboxes filled under one lock:
-//! an event with a smaller id is already in every mailbox when a larger id is handed out.
+//! # The ordering rule
+//!
+//! Everything a shard learns arrives through its inbox, and every message about events is
+//! sent under the hub's lock. So a shard sees events in id order, and a replay step computed
+//! under the lock sits in the inbox exactly between the events it covers (before it) and the
+//! ones it does not (after it): a resuming stream skips live events until its last replay
+//! step arrives, then takes every event after it. No gap, no duplicate, for any broker.
+//!
 //! The lock is taken once per event, never per client; with one shard it is uncontended.
-//!
-//! The hub also keeps the [`History`]. A stream that resumes from a `Last-Event-ID` walks it
-//! in batches ([`Hub::replay_batch`]) while live events for it are skipped; the batch that
-//! finds nothing more notes the last id handed out at that moment
-//! ([`ReplayStep::Live`]): anything newer reaches the stream live through the mailbox,
-//! anything older still in the mailbox is skipped, so the seam between replay and live has
-//! neither a gap nor a duplicate.
-//!
-//! A cluster broker (events through Redis) replaces what happens under the lock; the shards
-//! only ever see [`Delivery`] values arriving in their mailbox.
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -27,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::Waker;
 
+use crate::event_id::EventId;
 use crate::history::{Batch, Cursor, History};
 use crate::sse;
 
@@ -34,14 +32,76 @@ use crate::sse;
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The event's id.
-    pub id: u64,
+    pub id: EventId,
+    /// The cluster's epoch the id belongs to (None with the embedded broker).
+    pub epoch: Option<Arc<str>>,
     /// The topic it was published to.
     pub topic: Arc<str>,
     /// The wire bytes, shared by every subscriber of every shard.
     pub frame: Bytes,
 }
 
-/// The node's publish side, shared by all shards.
+/// Which request an answer belongs to: a slab key and the connection's serial there (a key
+/// is reused once its connection is gone; an answer for the old one is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The connection's slab key in its shard.
+    pub key: usize,
+    /// The connection's serial number in its shard.
+    pub serial: u32,
+}
+
+/// A publish the broker accepted.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The event's id.
+    pub id: EventId,
+    /// The epoch of the id (None with the embedded broker).
+    pub epoch: Option<Arc<str>>,
+    /// Streams subscribed to the topic across this node when it was recorded.
+    pub subscribers: usize,
+}
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// One line for the 503 answer.
+    pub reason: String,
+}
+
+/// The next step of a replay.
+#[derive(Debug)]
+pub enum ReplayStep {
+    /// More frames (and perhaps a `reset` first); ask again once they have drained.
+    More(Batch),
+    /// The last frames: the stream takes every event after this message.
+    Live(Batch),
+}
+
+/// What a shard receives.
+#[derive(Debug)]
+pub enum Inbox {
+    /// An event for this shard's subscribers.
+    Event(Delivery),
+    /// The answer to a publish this shard asked for.
+    Published {
+        /// The publishing connection.
+        ticket: Ticket,
+        /// The id given, or why none was.
+        outcome: Result<Accepted, Unavailable>,
+    },
+    /// The next part of a stream's replay.
+    Replay {
+        /// The stream.
+        ticket: Ticket,
+        /// Where the replay stands after this step.
+        cursor: Cursor,
+        /// The frames.
+        step: ReplayStep,
+    },
+}
+
+/// The node's ledger and inboxes, shared by all shards and the broker's threads.
 #[derive(Debug)]
 pub struct Hub {
     ledger: Mutex<Ledger>,
@@ -50,15 +110,17 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Mailbox {
-    tx: Sender<Delivery>,
+    tx: Sender<Inbox>,
     waker: Arc<Waker>,
 }
 
 /// What is known node-wide, under the hub's lock.
 #[derive(Debug)]
 struct Ledger {
-    /// The last id handed out.
-    last_id: u64,
+    /// The last id recorded.
+    last_id: EventId,
+    /// The cluster's epoch, once known (None with the embedded broker).
+    epoch: Option<Arc<str>>,
     /// How many events were encoded (the encode-once check).
     encoded: u64,
     /// Kept frames and topic bookkeeping.
@@ -72,38 +134,18 @@ pub struct Subscription {
     pub names: Vec<Arc<str>>,
     /// A `reset` notice to send first, when the replay cannot start where asked.
     pub reset: Option<Bytes>,
-    /// Where the replay stands, for a resuming stream; `None` goes live at once.
+    /// Where the replay starts, for a resuming stream; `None` goes live at once.
     pub replay: Option<Cursor>,
-    /// The last id handed out when subscribing: later ids arrive live.
-    pub skip_through: u64,
-}
-
-/// The next step of a replay.
-#[derive(Debug)]
-pub enum ReplayStep {
-    /// More frames (and perhaps a `reset` first); ask again once they have drained.
-    More(Batch),
-    /// The last frames; the stream is live after this id.
-    Live(Batch, u64),
-}
-
-/// The outcome of a publish.
-#[derive(Debug)]
-pub struct Published {
-    /// The event, for the publishing shard to deliver locally.
-    pub delivery: Delivery,
-    /// Streams subscribed to the topic across the node when it was published.
-    pub subscribers: usize,
 }
 
 impl Hub {
     /// A hub for shards whose wakers are given in shard order, keeping `history` frames per
-    /// topic within `history_bytes`; returns each shard's mailbox.
+    /// topic within `history_bytes`; returns each shard's inbox.
     pub fn new(
         wakers: Vec<Arc<Waker>>,
         history: usize,
         history_bytes: usize,
-    ) -> (Arc<Hub>, Vec<Receiver<Delivery>>) {
+    ) -> (Arc<Hub>, Vec<Receiver<Inbox>>) {
         let mut mailboxes = Vec::with_capacity(wakers.len());
         let mut inboxes = Vec::with_capacity(wakers.len());
         for waker in wakers {
@@ -113,7 +155,8 @@ impl Hub {
         }
         let hub = Hub {
             ledger: Mutex::new(Ledger {
-                last_id: 0,
+                last_id: EventId::ZERO,
+                epoch: None,
                 encoded: 0,
                 history: History::new(history, history_bytes),
             }),
@@ -122,48 +165,107 @@ impl Hub {
         (Arc::new(hub), inboxes)
     }
 
-    /// Publishes an event from shard `from`: next id, one encoding, every other shard woken.
-    ///
-    /// The caller must drain its own mailbox before delivering the returned frame locally,
-    /// or it may deliver this event before an earlier one from another shard.
-    pub fn publish(&self, from: usize, topic: &str, event: Option<&str>, data: &str) -> Published {
-        let mut guard = self.lock();
-        let ledger = &mut *guard;
-        ledger.last_id += 1;
-        ledger.encoded += 1;
-        let id = ledger.last_id;
-        let frame = sse::encode_event(id, event, data);
-        let (topic, subscribers) = ledger.history.record(topic, id, &frame, Instant::now());
-        let delivery = Delivery { id, topic, frame };
-        if subscribers > 0 {
-            for (shard, mailbox) in self.mailboxes.iter().enumerate() {
-                if shard != from {
-                    // A shard that has exited has dropped its receiver; nothing to deliver.
-                    if mailbox.tx.send(delivery.clone()).is_ok() {
-                        let _ = mailbox.waker.wake();
-                    }
+    /// The embedded broker's publish: the node's next id, then [`Hub::append`]. The answer
+    /// goes to shard `from`'s inbox when `ticket` is given (the ticker publishes without).
+    pub fn publish_local(
+        &self,
+        from: usize,
+        ticket: Option<Ticket>,
+        topic: &str,
+        event: Option<&str>,
+        data: &str,
+    ) {
+        let mut ledger = self.lock();
+        let Some(id) = ledger.last_id.next_local() else {
+            drop(ledger);
+            if let Some(ticket) = ticket {
+                let reason = "the node has handed out every id it can".to_owned();
+                self.answer(
+                    from,
+                    Inbox::Published {
+                        ticket,
+                        outcome: Err(Unavailable { reason }),
+                    },
+                );
+            }
+            return;
+        };
+        self.append_locked(
+            &mut ledger,
+            id,
+            None,
+            topic,
+            event,
+            data,
+            |hub, subscribers| {
+                if let Some(ticket) = ticket {
+                    // Sent before the event itself: the publisher's answer leaves in the same
+                    // turn, ahead of the fan-out it causes.
+                    let accepted = Accepted {
+                        id,
+                        epoch: None,
+                        subscribers,
+                    };
+                    hub.send(
+                        from,
+                        Inbox::Published {
+                            ticket,
+                            outcome: Ok(accepted),
+                        },
+                    );
                 }
+            },
+        );
+    }
+
+    /// Records event `id` (with `epoch` in cluster mode) and hands its frame to every shard
+    /// that has subscribers for it. Returns the topic's subscribers on this node.
+    #[allow(clippy::too_many_arguments)]
+    fn append_locked(
+        &self,
+        ledger: &mut Ledger,
+        id: EventId,
+        epoch: Option<Arc<str>>,
+        topic: &str,
+        event: Option<&str>,
+        data: &str,
+        before_delivery: impl FnOnce(&Hub, usize),
+    ) -> usize {
+        ledger.last_id = id;
+        ledger.encoded += 1;
+        let frame = sse::encode_event(id, epoch.as_deref(), event, data);
+        let (topic, subscribers) = ledger.history.record(topic, id, &frame, Instant::now());
+        before_delivery(self, subscribers);
+        if subscribers > 0 {
+            let delivery = Delivery {
+                id,
+                epoch,
+                topic,
+                frame,
+            };
+            for shard in 0..self.mailboxes.len() {
+                self.send(shard, Inbox::Event(delivery.clone()));
             }
         }
-        Published {
-            delivery,
-            subscribers,
-        }
+        subscribers
     }
 
     /// Starts a stream on `topics`, resuming after `last_event_id` when given.
     ///
-    /// A resume gets a cursor for [`Hub::replay_batch`]; see [`History::start_replay`] for
-    /// when it also gets a `reset` notice.
+    /// A resume gets a cursor for [`Hub::replay`]; see [`History::start_replay`] for when it
+    /// also gets a `reset` notice.
     pub fn subscribe(&self, topics: &[String], last_event_id: Option<&str>) -> Subscription {
         let mut guard = self.lock();
         let ledger = &mut *guard;
         let names = ledger.history.subscribe(topics, Instant::now());
         let (reset, replay) = match last_event_id {
             Some(requested) => {
-                let start = ledger
-                    .history
-                    .start_replay(&names, requested, ledger.last_id);
+                let start = ledger.history.start_replay(
+                    &names,
+                    requested,
+                    ledger.last_id,
+                    ledger.epoch.as_deref(),
+                );
                 (start.reset, Some(start.cursor))
             }
             None => (None, None),
@@ -172,19 +274,37 @@ impl Hub {
             names,
             reset,
             replay,
-            skip_through: ledger.last_id,
         }
     }
 
-    /// The next frames of a replay over `names`, up to `room` bytes (at least one frame).
-    pub fn replay_batch(&self, names: &[Arc<str>], cursor: &mut Cursor, room: usize) -> ReplayStep {
+    /// The next part of a replay over `names` after `cursor`, up to `room` bytes (at least
+    /// one frame), into shard `from`'s inbox, in order with the events (see the module's
+    /// ordering rule).
+    pub fn replay(
+        &self,
+        from: usize,
+        ticket: Ticket,
+        names: &[Arc<str>],
+        mut cursor: Cursor,
+        room: usize,
+    ) {
         let ledger = self.lock();
-        let batch = ledger.history.replay_batch(names, cursor, room);
-        if batch.done {
-            ReplayStep::Live(batch, ledger.last_id)
+        let batch = ledger
+            .history
+            .replay_batch(names, &mut cursor, room, ledger.epoch.as_deref());
+        let step = if batch.done {
+            ReplayStep::Live(batch)
         } else {
             ReplayStep::More(batch)
-        }
+        };
+        self.send(
+            from,
+            Inbox::Replay {
+                ticket,
+                cursor,
+                step,
+            },
+        );
     }
 
     /// Counts one stream fewer on each of `topics`.
@@ -203,6 +323,21 @@ impl Hub {
         (ledger.history.bytes(), ledger.history.topics())
     }
 
+    /// Puts `message` into shard `to`'s inbox and wakes it. A shard that has exited has
+    /// dropped its receiver; nothing is owed to it.
+    fn send(&self, to: usize, message: Inbox) {
+        if let Some(mailbox) = self.mailboxes.get(to) {
+            if mailbox.tx.send(message).is_ok() {
+                let _ = mailbox.waker.wake();
+            }
+        }
+    }
+
+    /// Sends an answer outside the lock (it orders nothing).
+    pub fn answer(&self, to: usize, message: Inbox) {
+        self.send(to, message);
+    }
+
     /// Wakes every shard (to notice a shutdown request).
     pub fn wake_all(&self) {
         for mailbox in &self.mailboxes {
@@ -210,7 +345,7 @@ impl Hub {
         }
     }
 
-    /// How many events have been encoded since start (one per publish, whatever the fan-out).
+    /// How many events have been encoded since start (one per event, whatever the fan-out).
     pub fn frames_encoded(&self) -> u64 {
         self.lock().encoded
     }
@@ -229,7 +364,7 @@ mod tests {
     use super::*;
     use mio::{Poll, Token};
 
-    fn hub(shards: usize) -> (Arc<Hub>, Vec<Receiver<Delivery>>, Vec<Poll>) {
+    fn hub(shards: usize) -> (Arc<Hub>, Vec<Receiver<Inbox>>, Vec<Poll>) {
         let polls: Vec<Poll> = (0..shards).map(|_| Poll::new().unwrap()).collect();
         let wakers = polls
             .iter()
@@ -239,73 +374,113 @@ mod tests {
         (hub, inboxes, polls)
     }
 
-    #[test]
-    fn ids_increase_across_topics_and_frames_are_encoded_once() {
-        let (hub, inboxes, _polls) = hub(3);
-        hub.subscribe(&topics(&["a", "b"]), None);
-        let first = hub.publish(0, "a", None, "x");
-        let second = hub.publish(2, "b", Some("e"), "y");
-        assert_eq!((first.delivery.id, second.delivery.id), (1, 2));
-        assert_eq!(hub.frames_encoded(), 2);
-        // Shard 1 got both, in order, sharing the publisher's allocation.
-        let got: Vec<Delivery> = inboxes[1].try_iter().collect();
-        assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(got[0].frame.as_ptr(), first.delivery.frame.as_ptr());
-        // The publisher's own mailbox does not get its own event.
-        assert_eq!(
-            inboxes[0].try_iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![2]
-        );
-        assert_eq!(
-            inboxes[2].try_iter().map(|d| d.id).collect::<Vec<_>>(),
-            vec![1]
-        );
-    }
-
-    #[test]
-    fn subscriber_counts_follow_subscribe_and_unsubscribe() {
-        let (hub, _inboxes, _polls) = hub(1);
-        assert_eq!(hub.publish(0, "t", None, "x").subscribers, 0);
-        hub.subscribe(&topics(&["t"]), None);
-        hub.subscribe(&topics(&["t", "u"]), None);
-        assert_eq!(hub.publish(0, "t", None, "x").subscribers, 2);
-        hub.unsubscribe(["t"]);
-        assert_eq!(hub.publish(0, "t", None, "x").subscribers, 1);
-        hub.unsubscribe(["t", "u"]);
-        // "u" was never published to and leaves no trace; "t" keeps its history.
-        assert_eq!(hub.history_size().1, 1);
-    }
-
     fn topics(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
 
-    #[test]
-    fn a_resume_walks_the_history_then_goes_live_at_the_last_id() {
-        let (hub, _inboxes, _polls) = hub(1);
-        for i in 0..3 {
-            hub.publish(0, "t", None, &format!("{i}"));
-        }
-        let s = hub.subscribe(&topics(&["t"]), Some("1"));
-        assert!(s.reset.is_none());
-        let mut cursor = s.replay.unwrap();
-        let ReplayStep::More(first) = hub.replay_batch(&s.names, &mut cursor, 1) else {
-            panic!("a one-byte room takes one frame, and there is more");
-        };
-        assert_eq!(first.frames.len(), 1);
-        hub.publish(0, "t", None, "during");
-        let ReplayStep::Live(rest, live_after) = hub.replay_batch(&s.names, &mut cursor, 1 << 20)
-        else {
-            panic!("the rest fits");
-        };
-        assert_eq!((rest.frames.len(), live_after), (2, 4));
+    const TICKET: Ticket = Ticket { key: 7, serial: 1 };
+
+    /// What an inbox holds, as short strings: `E<id>`, `P<id>/<subscribers>`, `R<frames>`
+    /// or `L<frames>` (a replay step, live after it).
+    fn drain(inbox: &Receiver<Inbox>) -> Vec<String> {
+        inbox
+            .try_iter()
+            .map(|m| match m {
+                Inbox::Event(d) => format!("E{}", d.id.seq()),
+                Inbox::Published { outcome, .. } => {
+                    let a = outcome.unwrap();
+                    format!("P{}/{}", a.id.seq(), a.subscribers)
+                }
+                Inbox::Replay { step, .. } => match step {
+                    ReplayStep::More(b) => format!("R{}", b.frames.len()),
+                    ReplayStep::Live(b) => format!("L{}", b.frames.len()),
+                },
+            })
+            .collect()
     }
 
     #[test]
-    fn topic_names_are_shared_not_copied() {
-        let (hub, _inboxes, _polls) = hub(1);
-        let names = hub.subscribe(&topics(&["news"]), None).names;
-        let p = hub.publish(0, "news", None, "x");
-        assert!(Arc::ptr_eq(&names[0], &p.delivery.topic));
+    fn ids_increase_across_topics_and_frames_are_encoded_once() {
+        let (hub, inboxes, _polls) = hub(3);
+        hub.subscribe(&topics(&["a", "b"]), None);
+        hub.publish_local(0, Some(TICKET), "a", None, "x");
+        hub.publish_local(2, None, "b", Some("e"), "y");
+        assert_eq!(hub.frames_encoded(), 2);
+        // The publisher's answer comes first in its own inbox, then the event: one order.
+        assert_eq!(drain(&inboxes[0]), vec!["P1/1", "E1", "E2"]);
+        assert_eq!(drain(&inboxes[1]), vec!["E1", "E2"]);
+        assert_eq!(drain(&inboxes[2]), vec!["E1", "E2"]);
+    }
+
+    #[test]
+    fn every_shard_gets_the_same_frame_not_a_copy() {
+        let (hub, inboxes, _polls) = hub(2);
+        hub.subscribe(&topics(&["t"]), None);
+        hub.publish_local(0, None, "t", None, "x");
+        let frames: Vec<Bytes> = inboxes
+            .iter()
+            .map(|i| match i.try_recv().unwrap() {
+                Inbox::Event(d) => d.frame,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(frames[0].as_ptr(), frames[1].as_ptr());
+    }
+
+    #[test]
+    fn a_topic_nobody_reads_is_kept_but_sent_to_no_shard() {
+        let (hub, inboxes, _polls) = hub(2);
+        hub.publish_local(1, Some(TICKET), "t", None, "x");
+        assert_eq!(drain(&inboxes[1]), vec!["P1/0"]);
+        assert!(drain(&inboxes[0]).is_empty());
+        assert_eq!(hub.history_size().1, 1);
+    }
+
+    #[test]
+    fn a_replay_step_sits_in_the_inbox_between_the_events_it_covers_and_the_rest() {
+        let (hub, inboxes, _polls) = hub(1);
+        hub.subscribe(&topics(&["t"]), None);
+        for i in 0..3 {
+            hub.publish_local(0, None, "t", None, &format!("{i}"));
+        }
+        let s = hub.subscribe(&topics(&["t"]), Some("1"));
+        assert!(s.reset.is_none());
+        let cursor = s.replay.unwrap();
+        hub.replay(0, TICKET, &s.names, cursor, 1 << 20);
+        hub.publish_local(0, None, "t", None, "after");
+        // Events 1-3 were sent before the step (the stream skips them: 2 and 3 are in the
+        // step), event 4 after it (the stream takes it live).
+        assert_eq!(drain(&inboxes[0]), vec!["E1", "E2", "E3", "L2", "E4"]);
+    }
+
+    #[test]
+    fn a_small_room_makes_a_replay_go_in_steps() {
+        let (hub, inboxes, _polls) = hub(1);
+        for i in 0..3 {
+            hub.publish_local(0, None, "t", None, &format!("{i}"));
+        }
+        let s = hub.subscribe(&topics(&["t"]), Some("0"));
+        let cursor = s.replay.unwrap();
+        hub.replay(0, TICKET, &s.names, cursor, 1);
+        let Inbox::Replay { cursor, step, .. } = inboxes[0].try_recv().unwrap() else {
+            panic!("a replay step");
+        };
+        assert!(matches!(step, ReplayStep::More(ref b) if b.frames.len() == 1));
+        hub.replay(0, TICKET, &s.names, cursor, 1 << 20);
+        assert_eq!(drain(&inboxes[0]), vec!["L2"]);
+    }
+
+    #[test]
+    fn subscriber_counts_follow_subscribe_and_unsubscribe() {
+        let (hub, inboxes, _polls) = hub(1);
+        hub.subscribe(&topics(&["t"]), None);
+        hub.subscribe(&topics(&["t", "u"]), None);
+        hub.publish_local(0, Some(TICKET), "t", None, "x");
+        hub.unsubscribe(["t"]);
+        hub.publish_local(0, Some(TICKET), "t", None, "x");
+        assert_eq!(drain(&inboxes[0]), vec!["P1/2", "E1", "P2/1", "E2"]);
+        hub.unsubscribe(["t", "u"]);
+        // "u" was never published to and leaves no trace; "t" keeps its history.
+        assert_eq!(hub.history_size().1, 1);
     }
 }

@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::access::PublishAccess;
 use crate::admission::Quota;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::fdlimit;
 use crate::guard;
@@ -109,6 +110,7 @@ impl Server {
             access: PublishAccess::new(config.publish_token.clone(), config.publish_allow.clone()),
         });
         let config = Arc::new(config);
+        let broker = Arc::new(Broker::Local);
         let mut shards = Vec::with_capacity(listeners.len());
         for (id, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
@@ -119,6 +121,7 @@ impl Server {
                 listener,
                 inbox,
                 hub: hub.clone(),
+                broker: broker.clone(),
                 config: config.clone(),
                 stats: stats.clone(),
                 node: node.clone(),

@@ -54,11 +54,13 @@ use tracing::{debug, info, warn};
 
 use crate::access::PublishAccess;
 use crate::admission::{Admitted, Quota, Refusal};
+use crate::broker::Broker;
+use crate::client::Awaiting;
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::guard::{self, Contained};
 use crate::http::{self, Rejection, Request, Route, Step};
-use crate::hub::{Delivery, Hub, Published, ReplayStep};
+use crate::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
 use crate::metrics::{self, Counters, ShardStats, Stat};
 use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
@@ -105,8 +107,9 @@ pub(crate) struct ShardParts {
     pub id: usize,
     pub poll: Poll,
     pub listener: TcpListener,
-    pub inbox: Receiver<Delivery>,
+    pub inbox: Receiver<Inbox>,
     pub hub: Arc<Hub>,
+    pub broker: Arc<Broker>,
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
     pub node: Arc<Node>,
@@ -130,8 +133,9 @@ pub(crate) struct Shard {
     id: usize,
     poll: Poll,
     listener: Option<TcpListener>,
-    inbox: Receiver<Delivery>,
+    inbox: Receiver<Inbox>,
     hub: Arc<Hub>,
+    broker: Arc<Broker>,
     config: Arc<Config>,
     stats: Arc<[ShardStats]>,
     counters: Counters,
@@ -185,6 +189,7 @@ impl Shard {
             mut listener,
             inbox,
             hub,
+            broker,
             config,
             stats,
             node,
@@ -205,6 +210,7 @@ impl Shard {
             listener: Some(listener),
             inbox,
             hub,
+            broker,
             config,
             stats,
             counters: Counters::default(),
@@ -255,13 +261,14 @@ impl Shard {
                     Token(key) => self.on_client_event(key, event),
                 }
             }
-            if woken {
-                self.drain_inbox();
-                if self.drain_deadline.is_none() && self.node.stop.load(Ordering::Acquire) {
-                    self.begin_drain();
-                }
+            if woken && self.drain_deadline.is_none() && self.node.stop.load(Ordering::Acquire) {
+                self.begin_drain();
             }
             self.fire_timers(self.now);
+            // Always, not only when woken: what this turn's own publishes and replays put in
+            // the inbox is answered in this same turn (the wake they also caused only makes
+            // the next poll return at once).
+            self.drain_inbox();
             // Mirror before flushing too: a client that sees a response (or an event) can
             // then also see it counted, whichever shard answers its scrape.
             self.stats[self.id].store(&self.counters);
@@ -443,7 +450,7 @@ impl Shard {
     /// Whether `key` with `serial` is still a connection in the request phase.
     fn is_requesting(&self, key: usize, serial: u32) -> bool {
         self.clients.get(key).is_some_and(|c| {
-            !c.closing && matches!(&c.phase, Phase::Request(state) if state.serial == serial)
+            c.serial == serial && !c.closing && matches!(c.phase, Phase::Request(_))
         })
     }
 
@@ -535,6 +542,9 @@ impl Shard {
             let Phase::Request(state) = &mut client.phase else {
                 return;
             };
+            if state.awaiting.is_some() {
+                return; // resumed by on_published
+            }
             let step = match guard::contain(|| state.parser.advance(max_body)) {
                 Ok(step) => step,
                 Err(panic) => return self.parse_panicked(key, panic),
@@ -772,35 +782,83 @@ impl Shard {
                 return self.respond(key, response, keep_alive);
             }
         };
-        let published = self.publish(&publish.topic, publish.event.as_deref(), &publish.data);
-        let body = format!(
-            "{{\"id\":\"{}\",\"topic\":\"{}\",\"clients\":{}}}\n",
-            published.delivery.id, publish.topic, published.subscribers
-        );
-        let response = http::response(200, "application/json", body.as_bytes(), keep_alive, "");
-        // Answer first: queued ahead of the fan-out it causes, the answer leaves in this
-        // turn's first write, so a publisher's round trip does not grow with the audience.
-        self.respond(key, response, keep_alive);
-        self.fan_out(&published.delivery);
-    }
-
-    /// Publishes through the hub (id, one encoding, other shards' mailboxes); the caller then
-    /// hands the delivery to [`Shard::fan_out`] for this shard's own subscribers.
-    fn publish(&mut self, topic: &str, event: Option<&str>, data: &str) -> Published {
+        let client = &mut self.clients[key];
+        let Phase::Request(state) = &mut client.phase else {
+            return;
+        };
+        // No further request on this connection is read until the broker answers, so the
+        // answers leave in the order the requests came.
+        state.awaiting = Some(Awaiting {
+            topic: publish.topic.clone(),
+            keep_alive,
+        });
+        let ticket = Ticket {
+            key,
+            serial: client.serial,
+        };
         self.counters.add(Stat::EventsPublished, 1);
-        self.hub.publish(self.id, topic, event, data)
+        self.broker.publish(
+            &self.hub,
+            self.id,
+            Some(ticket),
+            &publish.topic,
+            publish.event.as_deref(),
+            &publish.data,
+        );
     }
 
-    /// Delivers an event this shard published to its own subscribers.
-    fn fan_out(&mut self, delivery: &Delivery) {
-        // Events other shards published before this one are already in the mailbox.
-        self.drain_inbox();
-        self.deliver(delivery);
+    /// The broker's answer to a publish: the `200` with its id, or `503` and why.
+    fn on_published(&mut self, ticket: Ticket, outcome: Result<Accepted, Unavailable>) {
+        let Some(client) = self.clients.get_mut(ticket.key) else {
+            return;
+        };
+        if client.serial != ticket.serial || client.closing {
+            return; // the publisher left; its event (if any) still went out
+        }
+        let Phase::Request(state) = &mut client.phase else {
+            return;
+        };
+        let Some(Awaiting { topic, keep_alive }) = state.awaiting.take() else {
+            return;
+        };
+        let response = match outcome {
+            Ok(accepted) => {
+                let body = format!(
+                    "{{\"id\":\"{}\",\"topic\":\"{topic}\",\"clients\":{}}}\n",
+                    accepted.id.wire(accepted.epoch.as_deref()),
+                    accepted.subscribers
+                );
+                http::response(200, "application/json", body.as_bytes(), keep_alive, "")
+            }
+            Err(unavailable) => {
+                self.counters.reject(503);
+                http::error_response(503, &unavailable.reason, keep_alive, "")
+            }
+        };
+        self.respond(ticket.key, response, keep_alive);
+        // Requests pipelined behind the publish waited for this answer.
+        self.serve_requests(ticket.key);
     }
 
+    /// Publishes an event of the demo ticker (nobody waits for its answer).
+    fn publish_tick(&mut self, text: &str) {
+        self.counters.add(Stat::EventsPublished, 1);
+        self.broker
+            .publish(&self.hub, self.id, None, DEFAULT_TOPIC, None, text);
+    }
+
+    /// Handles what the broker and the other shards sent, in order.
     fn drain_inbox(&mut self) {
-        while let Ok(delivery) = self.inbox.try_recv() {
-            self.deliver(&delivery);
+        while let Ok(message) = self.inbox.try_recv() {
+            match message {
+                Inbox::Event(delivery) => self.deliver(&delivery),
+                Inbox::Published { ticket, outcome } => self.on_published(ticket, outcome),
+                Inbox::Replay {
+                    ticket,
+                    cursor,
+                    step,
+                } => self.on_replay(ticket, cursor, step),
+            }
         }
     }
 
@@ -842,6 +900,7 @@ impl Shard {
             match stream.offer(
                 &mut client.outbox,
                 delivery.id,
+                delivery.epoch.as_deref(),
                 frame,
                 limit,
                 *now,
@@ -925,11 +984,7 @@ impl Shard {
         }
         let retry = self.jitter(self.config.retry_ms);
         let replaying = subscription.replay.is_some();
-        let stream = Stream::new(
-            subs.into_boxed_slice(),
-            subscription.skip_through,
-            subscription.replay,
-        );
+        let stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
         if let Some(address) = admitted.address {
             // Kept beside the stream, not in it: a stream pays for the per-address quota
             // only when the quota is on.
@@ -951,21 +1006,23 @@ impl Shard {
         debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
     }
 
-    /// Queues the next part of `key`'s replay: as much as fits the room left in its queue
-    /// (at least one frame). Replayed frames are shared with the history: the queue holds
-    /// references, not copies.
+    /// Asks the broker for the next part of `key`'s replay: as much as fits the room left in
+    /// its queue (at least one frame). It arrives in the inbox ([`Shard::on_replay`]).
     fn continue_replay(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        if client.closing {
+            return;
+        }
         let Phase::Stream(stream) = &mut client.phase else {
             return;
         };
-        let Some(cursor) = stream.replay.as_deref_mut() else {
+        let Some(replay) = stream.replay.as_deref_mut() else {
             return;
         };
-        if client.closing {
-            return;
+        if std::mem::replace(&mut replay.asked, true) {
+            return; // one step at a time
         }
         let names: Vec<Arc<str>> = stream
             .subs
@@ -977,21 +1034,52 @@ impl Shard {
             .client_buffer
             .saturating_sub(client.outbox.queued_bytes())
             .max(1);
-        let batch = match self.hub.replay_batch(&names, cursor, room) {
-            ReplayStep::More(batch) => batch,
-            ReplayStep::Live(batch, live_after) => {
+        let ticket = Ticket {
+            key,
+            serial: client.serial,
+        };
+        let cursor = replay.cursor.clone();
+        self.broker
+            .replay(&self.hub, self.id, ticket, &names, cursor, room);
+    }
+
+    /// A replay step arrived: queue it, and go live after the last one. Replayed frames are
+    /// shared with the history: the queue holds references, not copies.
+    fn on_replay(&mut self, ticket: Ticket, cursor: crate::history::Cursor, step: ReplayStep) {
+        let Some(client) = self.clients.get_mut(ticket.key) else {
+            return;
+        };
+        if client.serial != ticket.serial || client.closing {
+            return;
+        }
+        let Phase::Stream(stream) = &mut client.phase else {
+            return;
+        };
+        let batch = match step {
+            ReplayStep::More(batch) => {
+                if let Some(replay) = stream.replay.as_deref_mut() {
+                    replay.cursor = cursor;
+                    replay.asked = false;
+                }
+                batch
+            }
+            // Every event after this message in the inbox is the stream's, live.
+            ReplayStep::Live(batch) => {
                 stream.replay = None;
-                stream.skip_through = live_after;
                 batch
             }
         };
+        let more = stream.replay.is_some();
         if let Some(reset) = batch.reset {
             self.counters.add(Stat::ResetNotices, 1);
-            self.queue(key, reset);
+            self.queue(ticket.key, reset);
         }
         self.counters.add(Stat::Replayed, batch.frames.len() as u64);
         for frame in batch.frames {
-            self.queue(key, frame);
+            self.queue(ticket.key, frame);
+        }
+        if more && self.clients[ticket.key].outbox.queued_bytes() < self.config.client_buffer / 2 {
+            self.continue_replay(ticket.key);
         }
     }
 
@@ -1034,8 +1122,7 @@ impl Shard {
             if at <= now {
                 self.ticks += 1;
                 let text = format!("Auto heartbeat #{}", self.ticks);
-                let published = self.publish(DEFAULT_TOPIC, None, &text);
-                self.fan_out(&published.delivery);
+                self.publish_tick(&text);
                 self.next_tick = Some(next_after(at, period, now));
             }
         }
@@ -1167,7 +1254,7 @@ impl Shard {
                 }
                 // A replay goes on once half the queue's room is free again, so it never
                 // holds more than --client-buffer and the socket always has the next part.
-                if stream.replay.is_some()
+                if stream.replay.as_ref().is_some_and(|r| !r.asked)
                     && !client.closing
                     && client.outbox.queued_bytes() < self.config.client_buffer / 2
                 {

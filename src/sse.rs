@@ -9,16 +9,21 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::event_id::EventId;
+
 /// The comment sent to a stream that had nothing else to say for a keep-alive period.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// Encodes one event: `id:`, optional `event:`, one `data:` line per line of `data`, blank line.
-pub fn encode_event(id: u64, event: Option<&str>, data: &str) -> Bytes {
+///
+/// `epoch` is the cluster's (None with the embedded broker); see [`crate::event_id`].
+pub fn encode_event(id: EventId, epoch: Option<&str>, event: Option<&str>, data: &str) -> Bytes {
     let breaks = data.bytes().filter(|&b| b == b'\n' || b == b'\r').count();
-    let capacity = 32 + event.map_or(0, |e| e.len() + 8) + data.len() + 7 * (breaks + 1);
+    let capacity =
+        32 + id_len(id, epoch) + event.map_or(0, |e| e.len() + 8) + data.len() + 7 * (breaks + 1);
     let mut out = BytesMut::with_capacity(capacity);
     out.put_slice(b"id: ");
-    out.put_slice(itoa(id, &mut [0; 20]));
+    put_id(&mut out, id, epoch);
     out.put_u8(b'\n');
     if let Some(event) = event {
         out.put_slice(b"event: ");
@@ -55,19 +60,42 @@ pub fn encode_shed(retry_ms: u64) -> Bytes {
 /// Encodes the `event: gap` notice: frames `from..=to` (`dropped` of them) were not sent.
 ///
 /// Notices carry no `id:`, so the client's last event id stays that of the last real event.
-pub fn encode_gap(from: u64, to: u64, dropped: u64) -> Bytes {
+pub fn encode_gap(from: EventId, to: EventId, dropped: u64, epoch: Option<&str>) -> Bytes {
     encode_notice(
         "gap",
-        &format!("{{\"from\":\"{from}\",\"to\":\"{to}\",\"dropped\":{dropped}}}"),
+        &format!(
+            "{{\"from\":\"{}\",\"to\":\"{}\",\"dropped\":{dropped}}}",
+            from.wire(epoch),
+            to.wire(epoch)
+        ),
     )
 }
 
 /// The length of [`encode_gap`]'s notice, without encoding it (the slow path of a losing
 /// stream measures the notice on every frame and must not allocate).
-pub fn gap_len(from: u64, to: u64, dropped: u64) -> usize {
+pub fn gap_len(from: EventId, to: EventId, dropped: u64, epoch: Option<&str>) -> usize {
     const FIXED: usize = "event: gap\ndata: {\"from\":\"\",\"to\":\"\",\"dropped\":}\n\n".len();
-    let digits = |n: u64| itoa(n, &mut [0; 20]).len();
-    FIXED + digits(from) + digits(to) + digits(dropped)
+    FIXED + id_len(from, epoch) + id_len(to, epoch) + itoa(dropped, &mut [0; 20]).len()
+}
+
+/// Writes `id`'s wire form (see [`crate::event_id`]) without allocating.
+fn put_id(out: &mut BytesMut, id: EventId, epoch: Option<&str>) {
+    if let Some(epoch) = epoch {
+        out.put_slice(epoch.as_bytes());
+        out.put_u8(b'-');
+        out.put_slice(itoa(id.ms(), &mut [0; 20]));
+        out.put_u8(b'-');
+    }
+    out.put_slice(itoa(id.seq(), &mut [0; 20]));
+}
+
+/// The length of `id`'s wire form.
+fn id_len(id: EventId, epoch: Option<&str>) -> usize {
+    let seq = itoa(id.seq(), &mut [0; 20]).len();
+    match epoch {
+        None => seq,
+        Some(epoch) => epoch.len() + 2 + itoa(id.ms(), &mut [0; 20]).len() + seq,
+    }
 }
 
 /// Most bytes of a requested id echoed back in a `reset` notice: an attacker's 8 KiB header
@@ -84,12 +112,17 @@ pub enum ResetReason {
 }
 
 /// Encodes the `event: reset` notice sent before a replay that cannot start where asked.
-pub fn encode_reset(reason: ResetReason, requested: &str, oldest: Option<u64>) -> Bytes {
+pub fn encode_reset(
+    reason: ResetReason,
+    requested: &str,
+    oldest: Option<EventId>,
+    epoch: Option<&str>,
+) -> Bytes {
     let reason = match reason {
         ResetReason::Expired => "expired",
         ResetReason::Unknown => "unknown",
     };
-    let oldest = oldest.map_or_else(|| "null".to_owned(), |id| format!("\"{id}\""));
+    let oldest = oldest.map_or_else(|| "null".to_owned(), |id| format!("\"{}\"", id.wire(epoch)));
     let mut cut = requested.len().min(MAX_ECHOED_ID);
     while !requested.is_char_boundary(cut) {
         cut -= 1;
@@ -177,7 +210,7 @@ mod tests {
     #[test]
     fn single_line_event() {
         assert_eq!(
-            text(&encode_event(7, None, "hello")),
+            text(&encode_event(EventId::local(7), None, None, "hello")),
             "id: 7\ndata: hello\n\n"
         );
     }
@@ -185,7 +218,12 @@ mod tests {
     #[test]
     fn event_name_comes_before_data() {
         assert_eq!(
-            text(&encode_event(12, Some("price.update"), "1.5")),
+            text(&encode_event(
+                EventId::local(12),
+                None,
+                Some("price.update"),
+                "1.5"
+            )),
             "id: 12\nevent: price.update\ndata: 1.5\n\n"
         );
     }
@@ -193,7 +231,7 @@ mod tests {
     #[test]
     fn every_line_ending_starts_a_new_data_line() {
         assert_eq!(
-            text(&encode_event(1, None, "a\nb\r\nc\rd")),
+            text(&encode_event(EventId::local(1), None, None, "a\nb\r\nc\rd")),
             "id: 1\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
         );
     }
@@ -201,24 +239,27 @@ mod tests {
     #[test]
     fn empty_lines_and_trailing_breaks_are_kept() {
         assert_eq!(
-            text(&encode_event(1, None, "a\n\nb\n")),
+            text(&encode_event(EventId::local(1), None, None, "a\n\nb\n")),
             "id: 1\ndata: a\ndata: \ndata: b\ndata: \n\n"
         );
         assert_eq!(
-            text(&encode_event(1, None, "\r\r\n")),
+            text(&encode_event(EventId::local(1), None, None, "\r\r\n")),
             "id: 1\ndata: \ndata: \ndata: \n\n"
         );
     }
 
     #[test]
     fn empty_body_is_one_empty_data_line() {
-        assert_eq!(text(&encode_event(3, None, "")), "id: 3\ndata: \n\n");
+        assert_eq!(
+            text(&encode_event(EventId::local(3), None, None, "")),
+            "id: 3\ndata: \n\n"
+        );
     }
 
     #[test]
     fn a_body_cannot_forge_fields_or_events() {
         let hostile = "x\n\nid: 999\nevent: admin\r\ndata: injected\rretry: 1";
-        let frame = encode_event(5, None, hostile);
+        let frame = encode_event(EventId::local(5), None, None, hostile);
         let s = text(&frame);
         // Exactly one blank line, at the very end: one event.
         assert_eq!(s.matches("\n\n").count(), 1);
@@ -232,12 +273,20 @@ mod tests {
 
     #[test]
     fn leading_spaces_survive_because_exactly_one_is_stripped() {
-        assert_eq!(text(&encode_event(1, None, " x")), "id: 1\ndata:  x\n\n");
+        assert_eq!(
+            text(&encode_event(EventId::local(1), None, None, " x")),
+            "id: 1\ndata:  x\n\n"
+        );
     }
 
     #[test]
     fn large_ids_and_capacity_estimate() {
-        let frame = encode_event(u64::MAX, Some("e"), &"z\n".repeat(1000));
+        let frame = encode_event(
+            EventId::local(u64::MAX),
+            None,
+            Some("e"),
+            &"z\n".repeat(1000),
+        );
         assert!(text(&frame).starts_with("id: 18446744073709551615\nevent: e\n"));
         assert_eq!(text(&frame).matches("data: ").count(), 1001);
     }
@@ -250,22 +299,22 @@ mod tests {
     #[test]
     fn notices_have_no_id_and_one_json_data_line() {
         assert_eq!(
-            text(&encode_gap(5, 9, 5)),
+            text(&encode_gap(EventId::local(5), EventId::local(9), 5, None)),
             "event: gap\ndata: {\"from\":\"5\",\"to\":\"9\",\"dropped\":5}\n\n"
         );
         assert_eq!(
-            text(&encode_reset(ResetReason::Expired, "3", Some(10))),
+            text(&encode_reset(ResetReason::Expired, "3", Some(EventId::local(10)), None)),
             "event: reset\ndata: {\"reason\":\"expired\",\"requested\":\"3\",\"oldest\":\"10\"}\n\n"
         );
         assert_eq!(
-            text(&encode_reset(ResetReason::Unknown, "x", None)),
+            text(&encode_reset(ResetReason::Unknown, "x", None, None)),
             "event: reset\ndata: {\"reason\":\"unknown\",\"requested\":\"x\",\"oldest\":null}\n\n"
         );
     }
 
     #[test]
     fn a_hostile_requested_id_cannot_break_the_notice() {
-        let frame = encode_reset(ResetReason::Unknown, "a\"\n\ndata: evil\r\\", None);
+        let frame = encode_reset(ResetReason::Unknown, "a\"\n\ndata: evil\r\\", None, None);
         let s = text(&frame);
         assert_eq!(s.matches('\n').count(), 3, "{s:?}");
         assert!(
@@ -288,23 +337,40 @@ mod tests {
 
     #[test]
     fn gap_len_is_the_encoded_length() {
-        for (from, to, dropped) in [
+        let cases = [
             (1, 1, 1),
             (9, 10, 2),
             (123, 45_678, 9_999),
             (u64::MAX, u64::MAX, u64::MAX),
-        ] {
+        ];
+        for (from, to, dropped) in cases {
+            let (from, to) = (EventId::local(from), EventId::local(to));
             assert_eq!(
-                gap_len(from, to, dropped),
-                encode_gap(from, to, dropped).len()
+                gap_len(from, to, dropped, None),
+                encode_gap(from, to, dropped, None).len()
+            );
+            let (from, to) = (EventId::entry(from.seq(), 7), EventId::entry(to.seq(), 0));
+            let epoch = Some("9f3c2a71");
+            assert_eq!(
+                gap_len(from, to, dropped, epoch),
+                encode_gap(from, to, dropped, epoch).len()
             );
         }
     }
 
     #[test]
+    fn cluster_ids_carry_their_epoch_in_frames_and_notices() {
+        let id = EventId::entry(1_764_633_600_000, 2);
+        let frame = encode_event(id, Some("9f3c2a71"), None, "x");
+        assert_eq!(text(&frame), "id: 9f3c2a71-1764633600000-2\ndata: x\n\n");
+        let gap = encode_gap(id, id, 1, Some("9f3c2a71"));
+        assert!(text(&gap).contains("\"from\":\"9f3c2a71-1764633600000-2\""));
+    }
+
+    #[test]
     fn a_long_requested_id_is_cut_at_a_char_boundary() {
         let long = format!("{}é{}", "x".repeat(MAX_ECHOED_ID - 1), "y".repeat(8000));
-        let notice = encode_reset(ResetReason::Unknown, &long, None);
+        let notice = encode_reset(ResetReason::Unknown, &long, None, None);
         let text = std::str::from_utf8(&notice).unwrap();
         let expected = format!("\"requested\":\"{}\"", "x".repeat(MAX_ECHOED_ID - 1));
         assert!(text.contains(&expected), "{text}");

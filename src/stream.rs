@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::event_id::EventId;
 use crate::history::Cursor;
 use crate::outbox::Outbox;
 use crate::sse;
@@ -24,16 +25,22 @@ pub struct Stream {
     /// For each topic carried: the shard's topic index and this stream's slot in its
     /// subscriber list, so that leaving is O(1) per topic.
     pub subs: Box<[(u32, u32)]>,
-    /// Frames with ids up to this one were in the replay (or predate the stream); a copy
-    /// still on its way through the shard's mailbox is skipped, not sent twice.
-    pub skip_through: u64,
     /// Something was queued since the last keep-alive check.
     pub active: bool,
     /// Set while the stream replays from the history: live frames are skipped (the replay
-    /// reaches them in the history, in order) until the replay catches up.
-    pub replay: Option<Box<Cursor>>,
+    /// reaches them in the history, in order) until its last step arrives in the inbox.
+    pub replay: Option<Box<Replay>>,
     /// Frames lost since the queue was last empty.
     pub loss: Option<Box<Loss>>,
+}
+
+/// Where a replaying stream stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The position after the last step received.
+    pub cursor: Cursor,
+    /// A step was asked for and has not arrived yet.
+    pub asked: bool,
 }
 
 /// A stream's losses since its queue was last empty.
@@ -49,9 +56,9 @@ pub struct Loss {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
     /// The first id dropped.
-    pub from: u64,
+    pub from: EventId,
     /// The last id dropped.
-    pub to: u64,
+    pub to: EventId,
     /// How many frames were dropped.
     pub dropped: u64,
 }
@@ -59,7 +66,7 @@ pub struct Gap {
 /// What became of a frame offered to a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    /// Already sent by the replay, or the replay will send it.
+    /// The stream is replaying: the replay will send it, or already did.
     Skipped,
     /// Queued (with this many bytes, a gap notice included).
     Queued(usize),
@@ -70,13 +77,17 @@ pub enum Offer {
 }
 
 impl Stream {
-    /// A new stream whose start covered ids up to `skip_through`; replaying when `replay`.
-    pub fn new(subs: Box<[(u32, u32)]>, skip_through: u64, replay: Option<Cursor>) -> Stream {
+    /// A new stream, replaying from `replay` when given.
+    pub fn new(subs: Box<[(u32, u32)]>, replay: Option<Cursor>) -> Stream {
         Stream {
             subs,
-            skip_through,
             active: true,
-            replay: replay.map(Box::new),
+            replay: replay.map(|cursor| {
+                Box::new(Replay {
+                    cursor,
+                    asked: false,
+                })
+            }),
             loss: None,
         }
     }
@@ -84,17 +95,19 @@ impl Stream {
     /// Offers event `id`'s frame to this stream's `outbox`, bounded by `limit` bytes.
     ///
     /// `slow_after` is how long a stream may stay behind after losing frames before it is
-    /// [`Offer::TooSlow`].
+    /// [`Offer::TooSlow`]; `epoch` is the cluster's, for a gap notice's ids.
+    #[allow(clippy::too_many_arguments)] // the per-event path: plain values, no struct to build
     pub fn offer(
         &mut self,
         outbox: &mut Outbox,
-        id: u64,
+        id: EventId,
+        epoch: Option<&str>,
         frame: &Bytes,
         limit: usize,
         now: Instant,
         slow_after: Duration,
     ) -> Offer {
-        if self.replay.is_some() || id <= self.skip_through {
+        if self.replay.is_some() {
             return Offer::Skipped;
         }
         let Some(loss) = &mut self.loss else {
@@ -130,9 +143,9 @@ impl Stream {
             return Offer::Dropped;
         };
         // Measured before it is encoded, so a losing stream allocates nothing per frame.
-        let notice_len = sse::gap_len(gap.from, gap.to, gap.dropped);
+        let notice_len = sse::gap_len(gap.from, gap.to, gap.dropped, epoch);
         if outbox.fits(notice_len.saturating_add(frame.len()), limit) {
-            outbox.push(sse::encode_gap(gap.from, gap.to, gap.dropped));
+            outbox.push(sse::encode_gap(gap.from, gap.to, gap.dropped, epoch));
             outbox.push(frame.clone());
             loss.gap = None;
             self.active = true;
@@ -177,36 +190,35 @@ mod tests {
     }
 
     #[test]
-    fn frames_up_to_the_replay_seam_are_skipped() {
-        let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), 10, None),
-            Outbox::default(),
-            Instant::now(),
-        );
-        assert_eq!(
-            s.offer(&mut q, 10, &frame(10, 20), LIMIT, now, SLOW),
-            Offer::Skipped
-        );
-        assert_eq!(
-            s.offer(&mut q, 11, &frame(11, 20), LIMIT, now, SLOW),
-            Offer::Queued(20)
-        );
-    }
-
-    #[test]
     fn drops_become_one_gap_notice_before_the_next_frame_that_fits() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), 0, None),
+            Stream::new(Box::new([]), None),
             Outbox::default(),
             Instant::now(),
         );
         assert_eq!(
-            s.offer(&mut q, 1, &frame(1, 60), LIMIT, now, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(1),
+                None,
+                &frame(1, 60),
+                LIMIT,
+                now,
+                SLOW
+            ),
             Offer::Queued(60)
         );
         for id in 2..=4 {
             assert_eq!(
-                s.offer(&mut q, id, &frame(id, 60), LIMIT, now, SLOW),
+                s.offer(
+                    &mut q,
+                    EventId::local(id),
+                    None,
+                    &frame(id, 60),
+                    LIMIT,
+                    now,
+                    SLOW
+                ),
                 Offer::Dropped
             );
         }
@@ -214,12 +226,12 @@ mod tests {
             s.loss
                 .as_ref()
                 .and_then(|l| l.gap)
-                .map(|g| (g.from, g.to, g.dropped)),
+                .map(|g| (g.from.seq(), g.to.seq(), g.dropped)),
             Some((2, 4, 3))
         );
         drain(&mut q);
         assert!(
-            matches!(s.offer(&mut q, 5, &frame(5, 20), LIMIT, now, SLOW), Offer::Queued(n) if n > 20)
+            matches!(s.offer(&mut q, EventId::local(5), None, &frame(5, 20), LIMIT, now, SLOW), Offer::Queued(n) if n > 20)
         );
         let text = drain(&mut q);
         assert!(
@@ -236,19 +248,46 @@ mod tests {
     #[test]
     fn a_gap_notice_that_does_not_fit_with_its_frame_extends_the_gap() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), 0, None),
+            Stream::new(Box::new([]), None),
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(&mut q, 1, &frame(1, 90), LIMIT, now, SLOW);
-        s.offer(&mut q, 2, &frame(2, 90), LIMIT, now, SLOW);
+        s.offer(
+            &mut q,
+            EventId::local(1),
+            None,
+            &frame(1, 90),
+            LIMIT,
+            now,
+            SLOW,
+        );
+        s.offer(
+            &mut q,
+            EventId::local(2),
+            None,
+            &frame(2, 90),
+            LIMIT,
+            now,
+            SLOW,
+        );
         // 90 queued: a 9-byte frame would fit alone, but not behind a ~50-byte notice.
         assert_eq!(
-            s.offer(&mut q, 3, &frame(3, 9), LIMIT, now, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(3),
+                None,
+                &frame(3, 9),
+                LIMIT,
+                now,
+                SLOW
+            ),
             Offer::Dropped
         );
         assert_eq!(
-            s.loss.as_ref().and_then(|l| l.gap).map(|g| (g.from, g.to)),
+            s.loss
+                .as_ref()
+                .and_then(|l| l.gap)
+                .map(|g| (g.from.seq(), g.to.seq())),
             Some((2, 3))
         );
     }
@@ -256,22 +295,54 @@ mod tests {
     #[test]
     fn losing_for_the_whole_timeout_is_too_slow() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), 0, None),
+            Stream::new(Box::new([]), None),
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(&mut q, 1, &frame(1, 90), LIMIT, t0, SLOW);
+        s.offer(
+            &mut q,
+            EventId::local(1),
+            None,
+            &frame(1, 90),
+            LIMIT,
+            t0,
+            SLOW,
+        );
         assert_eq!(
-            s.offer(&mut q, 2, &frame(2, 90), LIMIT, t0, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(2),
+                None,
+                &frame(2, 90),
+                LIMIT,
+                t0,
+                SLOW
+            ),
             Offer::Dropped
         );
         let later = t0 + SLOW - Duration::from_millis(1);
         assert_eq!(
-            s.offer(&mut q, 3, &frame(3, 90), LIMIT, later, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(3),
+                None,
+                &frame(3, 90),
+                LIMIT,
+                later,
+                SLOW
+            ),
             Offer::Dropped
         );
         assert_eq!(
-            s.offer(&mut q, 4, &frame(4, 90), LIMIT, t0 + SLOW, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(4),
+                None,
+                &frame(4, 90),
+                LIMIT,
+                t0 + SLOW,
+                SLOW
+            ),
             Offer::TooSlow
         );
     }
@@ -279,26 +350,74 @@ mod tests {
     #[test]
     fn catching_up_resets_the_slow_clock() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), 0, None),
+            Stream::new(Box::new([]), None),
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(&mut q, 1, &frame(1, 90), LIMIT, t0, SLOW);
-        s.offer(&mut q, 2, &frame(2, 90), LIMIT, t0, SLOW);
+        s.offer(
+            &mut q,
+            EventId::local(1),
+            None,
+            &frame(1, 90),
+            LIMIT,
+            t0,
+            SLOW,
+        );
+        s.offer(
+            &mut q,
+            EventId::local(2),
+            None,
+            &frame(2, 90),
+            LIMIT,
+            t0,
+            SLOW,
+        );
         drain(&mut q);
         s.on_drained(t0 + SLOW / 2);
         assert!(matches!(
-            s.offer(&mut q, 3, &frame(3, 20), LIMIT, t0 + SLOW / 2, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(3),
+                None,
+                &frame(3, 20),
+                LIMIT,
+                t0 + SLOW / 2,
+                SLOW
+            ),
             Offer::Queued(_)
         ));
         drain(&mut q);
         s.on_drained(t0 + SLOW / 2);
         assert!(s.loss.is_none());
-        s.offer(&mut q, 4, &frame(4, 90), LIMIT, t0 + SLOW, SLOW);
-        s.offer(&mut q, 5, &frame(5, 90), LIMIT, t0 + SLOW, SLOW);
+        s.offer(
+            &mut q,
+            EventId::local(4),
+            None,
+            &frame(4, 90),
+            LIMIT,
+            t0 + SLOW,
+            SLOW,
+        );
+        s.offer(
+            &mut q,
+            EventId::local(5),
+            None,
+            &frame(5, 90),
+            LIMIT,
+            t0 + SLOW,
+            SLOW,
+        );
         // A new loss began at t0 + SLOW; it is not "too slow" until SLOW after that.
         assert_eq!(
-            s.offer(&mut q, 6, &frame(6, 90), LIMIT, t0 + SLOW + SLOW / 2, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(6),
+                None,
+                &frame(6, 90),
+                LIMIT,
+                t0 + SLOW + SLOW / 2,
+                SLOW
+            ),
             Offer::Dropped
         );
     }
@@ -306,13 +425,29 @@ mod tests {
     #[test]
     fn a_trickling_reader_that_never_empties_its_queue_is_too_slow() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), 0, None),
+            Stream::new(Box::new([]), None),
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(&mut q, 1, &frame(1, 90), LIMIT, t0, SLOW);
+        s.offer(
+            &mut q,
+            EventId::local(1),
+            None,
+            &frame(1, 90),
+            LIMIT,
+            t0,
+            SLOW,
+        );
         assert_eq!(
-            s.offer(&mut q, 2, &frame(2, 90), LIMIT, t0, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(2),
+                None,
+                &frame(2, 90),
+                LIMIT,
+                t0,
+                SLOW
+            ),
             Offer::Dropped
         );
         // The reader takes a little now and then: a frame fits, but the queue never empties.
@@ -324,37 +459,64 @@ mod tests {
             std::mem::swap(&mut front, &mut q);
             front.write_to(&mut sink).unwrap();
             q.push(frame(99, 95)); // what is still unread
-            let offered = s.offer(&mut q, id, &frame(id, 4), LIMIT, t, SLOW);
+            let offered = s.offer(
+                &mut q,
+                EventId::local(id),
+                None,
+                &frame(id, 4),
+                LIMIT,
+                t,
+                SLOW,
+            );
             assert_ne!(offered, Offer::TooSlow, "at {:?}", t - t0);
             id += 1;
             t += SLOW / 10;
         }
         assert_eq!(
-            s.offer(&mut q, id, &frame(id, 4), LIMIT, t0 + SLOW, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(id),
+                None,
+                &frame(id, 4),
+                LIMIT,
+                t0 + SLOW,
+                SLOW
+            ),
             Offer::TooSlow
         );
     }
 
     #[test]
     fn a_replaying_stream_skips_live_frames() {
-        let mut s = Stream::new(
-            Box::new([]),
-            0,
-            Some(
-                crate::history::History::new(1, 1 << 20)
-                    .start_replay(&[], "0", 0)
-                    .cursor,
-            ),
-        );
+        let cursor = crate::history::History::new(1, 1 << 20)
+            .start_replay(&[], "0", EventId::ZERO, None)
+            .cursor;
+        let mut s = Stream::new(Box::new([]), Some(cursor));
         let mut q = Outbox::default();
         let now = Instant::now();
         assert_eq!(
-            s.offer(&mut q, 1, &frame(1, 20), LIMIT, now, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(1),
+                None,
+                &frame(1, 20),
+                LIMIT,
+                now,
+                SLOW
+            ),
             Offer::Skipped
         );
         s.replay = None;
         assert_eq!(
-            s.offer(&mut q, 2, &frame(2, 20), LIMIT, now, SLOW),
+            s.offer(
+                &mut q,
+                EventId::local(2),
+                None,
+                &frame(2, 20),
+                LIMIT,
+                now,
+                SLOW
+            ),
             Offer::Queued(20)
         );
     }

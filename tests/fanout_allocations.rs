@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
 use sse_edge::stream::{Offer, Stream};
@@ -18,16 +19,24 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn offering_a_frame_to_ten_thousand_streams_allocates_nothing() {
     let mut subs: Vec<(Stream, Outbox)> = (0..10_000)
-        .map(|_| (Stream::new(Box::new([(0, 0)]), 0, None), Outbox::default()))
+        .map(|_| (Stream::new(Box::new([(0, 0)]), None), Outbox::default()))
         .collect();
     let now = Instant::now();
     let mut sink = std::io::sink();
     let mut round = |id: u64| -> (u64, usize) {
-        let frame = encode_event(id, None, "payload");
+        let frame = encode_event(EventId::local(id), None, None, "payload");
         let before = allocations();
         let mut queued = 0;
         for (stream, outbox) in subs.iter_mut() {
-            let offer = stream.offer(outbox, id, &frame, 65536, now, Duration::MAX);
+            let offer = stream.offer(
+                outbox,
+                EventId::local(id),
+                None,
+                &frame,
+                65536,
+                now,
+                Duration::MAX,
+            );
             queued += usize::from(matches!(offer, Offer::Queued(_)));
         }
         let during = allocations() - before;
@@ -56,21 +65,37 @@ fn a_stream_that_keeps_losing_frames_allocates_nothing_per_dropped_frame() {
     // (and measured against its pending gap notice) without touching the allocator.
     let limit = 1024;
     let mut subs: Vec<(Stream, Outbox)> = (0..1_000)
-        .map(|_| (Stream::new(Box::new([(0, 0)]), 0, None), Outbox::default()))
+        .map(|_| (Stream::new(Box::new([(0, 0)]), None), Outbox::default()))
         .collect();
     let now = Instant::now();
-    let frame = encode_event(1, None, &"x".repeat(600));
+    let frame = encode_event(EventId::local(1), None, None, &"x".repeat(600));
     // Warm up: the first frame fits, the second starts each stream's loss record.
     for id in 1..=2 {
         for (stream, outbox) in subs.iter_mut() {
-            stream.offer(outbox, id, &frame, limit, now, Duration::MAX);
+            stream.offer(
+                outbox,
+                EventId::local(id),
+                None,
+                &frame,
+                limit,
+                now,
+                Duration::MAX,
+            );
         }
     }
     let before = allocations();
     let mut dropped = 0;
     for id in 3..50 {
         for (stream, outbox) in subs.iter_mut() {
-            let offer = stream.offer(outbox, id, &frame, limit, now, Duration::MAX);
+            let offer = stream.offer(
+                outbox,
+                EventId::local(id),
+                None,
+                &frame,
+                limit,
+                now,
+                Duration::MAX,
+            );
             dropped += usize::from(offer == Offer::Dropped);
         }
     }

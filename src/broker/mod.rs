@@ -1,0 +1,58 @@
+//! The broker seam: where a published event gets its id, and where a replay reads from.
+//!
+//! The shards do not know which broker they talk to, and never wait on it: every answer (an
+//! event to deliver, "your publish got id X" or "failed", the next part of a replay) arrives
+//! in the shard's inbox ([`crate::hub::Inbox`]), for the embedded broker too, so there is one
+//! ordering rule (see [`crate::hub`]).
+
+use std::sync::Arc;
+
+use crate::history::Cursor;
+use crate::hub::{Hub, Ticket};
+
+/// How this node's events get their ids.
+#[derive(Debug)]
+pub enum Broker {
+    /// The embedded broker: ids from the node's own counter, answers at once.
+    Local,
+}
+
+impl Broker {
+    /// Publishes an event from shard `from`; the answer comes to that shard's inbox when a
+    /// `ticket` is given.
+    pub fn publish(
+        &self,
+        hub: &Hub,
+        from: usize,
+        ticket: Option<Ticket>,
+        topic: &str,
+        event: Option<&str>,
+        data: &str,
+    ) {
+        match self {
+            Broker::Local => hub.publish_local(from, ticket, topic, event, data),
+        }
+    }
+
+    /// Asks for the next part of a replay; it comes to shard `from`'s inbox.
+    pub fn replay(
+        &self,
+        hub: &Hub,
+        from: usize,
+        ticket: Ticket,
+        names: &[Arc<str>],
+        cursor: Cursor,
+        room: usize,
+    ) {
+        match self {
+            Broker::Local => hub.replay(from, ticket, names, cursor, room),
+        }
+    }
+
+    /// Whether publishing works now (`/healthz` answers 503 while it does not).
+    pub fn healthy(&self) -> bool {
+        match self {
+            Broker::Local => true,
+        }
+    }
+}
