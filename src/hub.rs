@@ -2,9 +2,9 @@
 //! frame in every shard's inbox.
 //!
 //! Under one lock the hub keeps the last id, the node's [`History`] and, in cluster mode, the
-//! current epoch. [`Hub::append`] records an event whose id is known (the embedded broker's
-//! counter, or a Redis entry), encodes it **once** into a `Bytes`, and puts a clone into every
-//! shard's inbox (a channel plus a `mio::Waker`). Answers to a shard (its publish got an id,
+//! current epoch. An event whose id is known (the embedded broker's counter,
+//! [`Hub::publish_local`], or a Redis entry) is recorded, encoded **once** into a `Bytes`, and
+//! a clone goes into every shard's inbox (a channel plus a `mio::Waker`). Answers to a shard (its publish got an id,
 //! the next part of a stream's replay) go into the same inbox.
 //!
 //! # The ordering rule
@@ -165,7 +165,7 @@ impl Hub {
         (Arc::new(hub), inboxes)
     }
 
-    /// The embedded broker's publish: the node's next id, then [`Hub::append`]. The answer
+    /// The embedded broker's publish: the node's next id, recorded and delivered. The answer
     /// goes to shard `from`'s inbox when `ticket` is given (the ticker publishes without).
     pub fn publish_local(
         &self,

@@ -16,11 +16,13 @@
 //!    the head, where [`access`] decides whether this peer may publish and [`params`]
 //!    validates topic and event name, before any body is read; then the body (UTF-8).
 //!    Parsing and judging run contained ([`guard`]): a panic there costs one connection.
-//! 2. [`hub::Hub::publish`] takes the next id, encodes the event **once** ([`sse`]) into a
-//!    `bytes::Bytes` and keeps it in the [`history`] (bounded per topic and node-wide, in
-//!    bytes); every other shard gets a clone
-//!    through its mailbox and is woken. The publisher's answer is queued first.
-//! 3. Each shard walks the topic's subscribers; [`stream::Stream::offer`] pushes a clone (a
+//! 2. The shard hands it to the [`broker`], which gives it its id: the embedded broker from
+//!    the node's counter, at once. The [`hub`] encodes the event **once** ([`sse`]) into a
+//!    `bytes::Bytes`, keeps it in the [`history`] (bounded per topic and node-wide, in
+//!    bytes), and puts the publisher's answer and then a clone of the frame into the shards'
+//!    inboxes, under one lock, so every shard sees events in id order.
+//! 3. Each shard drains its inbox and walks the topic's subscribers (`shard/streams.rs`);
+//!    [`stream::Stream::offer`] pushes a clone (a
 //!    refcount bump) into each one's bounded [`outbox`], or drops it for that stream alone
 //!    and records the gap, to be announced before the next frame that fits.
 //! 4. Before the shard sleeps again it flushes every client it queued to (`write`, or
@@ -28,9 +30,10 @@
 //!    blocked client resumes on its next writable event.
 //! 5. EOF or an error marks a client closing; the end of the turn frees its slot.
 //!
-//! A stream that resumes with `Last-Event-ID` walks the history in batches no larger than the
-//! room in its queue, under the same lock that orders publishes, and skips live frames until
-//! it has caught up, so the seam between replay and live has no gap and no duplicate.
+//! A stream that resumes with `Last-Event-ID` walks the history in steps no larger than the
+//! room in its queue; each step comes through the inbox like everything else, and the stream
+//! skips live frames until its last step arrives, so the seam between replay and live has no
+//! gap and no duplicate (the ordering rule in [`hub`]).
 //! [`admission`] decides who may hold a stream. Counters live per shard as plain integers
 //! ([`metrics`]), summed when scraped. A panic outside request parsing, or a failed event
 //! loop, ends the process ([`guard`]) rather than leave a shard silently dead.

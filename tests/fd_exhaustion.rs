@@ -22,7 +22,14 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[derive(Debug, PartialEq)]
 enum Answer {
     Stream,
-    Shed { retry: u64 },
+    Shed {
+        retry: u64,
+    },
+    /// Closed before any answer: out of descriptors, the server accepts with its reserve and
+    /// reads once; when the request has not arrived by then (a race the client can lose on a
+    /// busy machine), it cannot tell a stream from a publish and closes in silence, which an
+    /// `EventSource` retries like any network error.
+    Silence,
 }
 
 /// Opens a stream and reads until it is clearly a live stream or a shed one.
@@ -39,8 +46,11 @@ fn open(server: &Server) -> (TcpStream, Answer) {
             return (s, Answer::Stream);
         }
         let n = s.read(&mut buf).expect("an answer in time");
+        if n == 0 && got.is_empty() {
+            return (s, Answer::Silence);
+        }
         if n == 0 {
-            // Closed: it must have been a complete shed answer.
+            // Closed after an answer began: it must have been a complete shed answer.
             assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
             assert!(text.contains("Content-Type: text/event-stream"), "{text}");
             assert!(text.contains("\r\n\r\n: shed\nretry: "), "{text}");
@@ -67,12 +77,24 @@ fn out_of_descriptors_streams_are_shed_not_left_hanging() {
         .iter()
         .filter_map(|(_, a)| match a {
             Answer::Shed { retry } => Some(*retry),
-            Answer::Stream => None,
+            Answer::Stream | Answer::Silence => None,
         })
         .collect();
+    let silent = answers
+        .iter()
+        .filter(|(_, a)| *a == Answer::Silence)
+        .count();
     assert!(live > 10, "live streams up to the limit: {live}");
     assert!(!shed.is_empty(), "the rest were shed");
-    assert_eq!(live + shed.len(), 60, "every connection got an answer");
+    assert!(
+        silent < shed.len(),
+        "most were told to come back: {silent} silent"
+    );
+    assert_eq!(
+        live + shed.len() + silent,
+        60,
+        "every connection was answered or closed"
+    );
     // A shed stream is told to come back much later than --retry-ms (jittered ±50 %).
     assert!(shed.iter().all(|r| (5_000..15_000).contains(r)), "{shed:?}");
 
