@@ -39,6 +39,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod event_id;
