@@ -72,7 +72,7 @@ impl Default for Timeouts {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// Connecting (TCP, handshake, or loading the script) failed.
-    #[error("cannot connect to Redis at {addr}: {source}")]
+    #[error("cannot connect to Redis at {addr}: {}", describe(source))]
     Connect {
         /// `host:port` of the Redis asked.
         addr: String,
@@ -86,6 +86,15 @@ pub enum LinkError {
         what: &'static str,
         /// What the client or the server reported.
         source: RedisError,
+    },
+    /// Redis did not answer in time: it is hung, or the network is. The reply may still come,
+    /// so the connection is lost.
+    #[error("Redis {what}: no answer within {after:?}")]
+    Timeout {
+        /// The command, as `XADD`, `XREAD`.
+        what: &'static str,
+        /// How long it waited.
+        after: Duration,
     },
     /// Redis answered something of a shape this code does not expect.
     #[error("unexpected Redis reply to {what}: {detail}")]
@@ -103,7 +112,7 @@ impl LinkError {
     /// leaves the connection usable.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            LinkError::Connect { .. } => true,
+            LinkError::Connect { .. } | LinkError::Timeout { .. } => true,
             LinkError::Command { source, .. } => {
                 source.is_io_error()
                     || source.is_timeout()
@@ -267,6 +276,10 @@ impl Link {
             addr: addr.clone(),
             source,
         };
+        // The crate's CLIENT SETINFO (library name) step ignores its own failures: on a hung
+        // Redis it times out silently and its late reply would be read as the next one's.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_redis_settings(settings);
         let client = redis::Client::open(info).map_err(connect_error)?;
         let mut con = client
             .get_connection_with_timeout(timeouts.connect)
@@ -339,7 +352,7 @@ impl Link {
             }
             let replies: Vec<Value> = pipe
                 .query(&mut self.con)
-                .map_err(|source| command(WHAT, source))?;
+                .map_err(|source| self.failed(WHAT, source))?;
             if replies.len() != todo.len() {
                 return Err(reply(
                     WHAT,
@@ -364,7 +377,7 @@ impl Link {
             self.script
                 .prepare_invoke()
                 .load(&mut self.con)
-                .map_err(|source| command("SCRIPT LOAD", source))?;
+                .map_err(|source| self.failed("SCRIPT LOAD", source))?;
             todo = again;
         }
         done.into_iter()
@@ -394,7 +407,7 @@ impl Link {
             .arg(&self.stream)
             .arg(after.to_string())
             .query(&mut self.con)
-            .map_err(|source| command(WHAT, source))?;
+            .map_err(|source| self.failed(WHAT, source))?;
         parse_xread(value)
     }
 
@@ -410,7 +423,7 @@ impl Link {
             .arg("COUNT")
             .arg(count.max(1))
             .query(&mut self.con)
-            .map_err(|source| command(WHAT, source))?;
+            .map_err(|source| self.failed(WHAT, source))?;
         parse_entries(WHAT, value)
     }
 
@@ -421,7 +434,7 @@ impl Link {
         let value: Value = redis::cmd("GET")
             .arg(&self.epoch_key)
             .query(&mut self.con)
-            .map_err(|source| command(WHAT, source))?;
+            .map_err(|source| self.failed(WHAT, source))?;
         match value {
             Value::Nil => Ok(None),
             value => match text(&value) {
@@ -449,9 +462,21 @@ impl Link {
             {
                 return Ok(None)
             }
-            Err(source) => return Err(command(WHAT, source)),
+            Err(source) => return Err(self.failed(WHAT, source)),
         };
         parse_last_generated(value)
+    }
+
+    /// A command's error; a timeout says how long it waited.
+    fn failed(&self, what: &'static str, source: RedisError) -> LinkError {
+        if source.is_timeout() {
+            LinkError::Timeout {
+                what,
+                after: self.read_timeout,
+            }
+        } else {
+            command(what, source)
+        }
     }
 
     fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), LinkError> {
@@ -471,6 +496,16 @@ fn command(what: &'static str, source: RedisError) -> LinkError {
 
 fn reply(what: &'static str, detail: String) -> LinkError {
     LinkError::Reply { what, detail }
+}
+
+/// A client error for a log line: a timeout says so (the OS says "Resource temporarily
+/// unavailable").
+fn describe(e: &RedisError) -> String {
+    if e.is_timeout() {
+        "no answer in time".into()
+    } else {
+        one_line(e)
+    }
 }
 
 /// A client error on one line (the crate's may span several).
