@@ -873,5 +873,33 @@ mod tests {
         assert!(!e.to_string().contains('\n'));
         assert!(e.to_string().starts_with("Redis XADD failed"));
         assert!(!reply("XADD", "odd".into()).is_connection_lost());
+        let late = LinkError::Timeout {
+            what: "XREAD",
+            after: Duration::from_millis(1100),
+        };
+        assert!(
+            late.is_connection_lost(),
+            "a late reply would be taken for the next"
+        );
+        assert_eq!(late.to_string(), "Redis XREAD: no answer within 1.1s");
+        let refused = LinkError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to Redis at 127.0.0.1:1: no answer in time"
+        );
+        let wrongtype = command(
+            "XADD",
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "WRONGTYPE",
+            )),
+        );
+        assert!(
+            !wrongtype.is_connection_lost(),
+            "Redis answered: still in step"
+        );
     }
 }
