@@ -317,6 +317,10 @@ impl Link {
     /// about `maxlen` entries; `fresh_epoch` becomes the epoch if Redis has none. Answers one
     /// [`Appended`] per job, in order.
     ///
+    /// Ids increase in job order, with one exception: when the script cache was flushed while
+    /// the pipeline ran (another client loaded the script part way), the jobs that met
+    /// `NOSCRIPT` are sent again after the others and get later ids.
+    ///
     /// On an error some jobs may have been appended all the same (as with any request whose
     /// answer was lost): the caller reports failure for the whole batch.
     pub fn publish(
@@ -397,7 +401,7 @@ impl Link {
         let ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         // BLOCK 0 would mean forever; at least 1 ms. The socket waits the block plus the
         // usual reply time, so a quiet stream is not mistaken for a dead Redis.
-        self.set_read_timeout(Duration::from_millis(ms) + self.timeouts.io)?;
+        self.set_read_timeout(Duration::from_millis(ms).saturating_add(self.timeouts.io))?;
         let value: Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(count.max(1))
@@ -412,7 +416,8 @@ impl Link {
     }
 
     /// Up to `count` entries after `after` (exclusive), oldest first:
-    /// `XRANGE key (after + COUNT count`. For replays older than a node's memory.
+    /// `XRANGE key (after + COUNT count` (the exclusive `(` needs Redis 6.2 or later). For
+    /// replays older than a node's memory.
     pub fn range(&mut self, after: EventId, count: usize) -> Result<Read, LinkError> {
         const WHAT: &str = "XRANGE";
         self.set_read_timeout(self.timeouts.io)?;
