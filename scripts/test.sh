@@ -24,15 +24,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 say "build (every binary: the tests run the real server and tools)"
 cargo build --workspace --bins
 
-say "unit and integration tests"
-cargo test --workspace
-
-say "benches build (running them is 'cargo bench'; figures in BENCHMARKS.md)"
-cargo bench --workspace --no-run --quiet
-
-say "browser test (the page in headless Chromium against the real server)"
-# Debian's chromium (a downloaded browser is not an option) and the test's npm packages.
+# Debian's redis-server for the cluster-mode tests (tests/util/redis.rs runs it), and for the
+# browser test below Debian's chromium (a downloaded browser is not an option) and npm: one
+# apt-get update for whatever is missing.
 need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ "${#need[@]}" -gt 0 ]; then
@@ -41,6 +37,15 @@ if [ "${#need[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+say "unit and integration tests"
+cargo test --workspace
+
+say "benches build (running them is 'cargo bench'; figures in BENCHMARKS.md)"
+cargo bench --workspace --no-run --quiet
+
+say "browser test (the page in headless Chromium against the real server)"
+# chromium and npm were installed above with redis-server; the test's npm packages here.
 if [ ! -d tests/browser/node_modules ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi

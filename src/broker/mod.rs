@@ -5,6 +5,8 @@
 //! in the shard's inbox ([`crate::hub::Inbox`]), for the embedded broker too, so there is one
 //! ordering rule (see [`crate::hub`]).
 
+pub mod redis;
+
 use std::sync::Arc;
 
 use crate::history::Cursor;
