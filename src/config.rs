@@ -201,6 +201,37 @@ pub struct Config {
     )]
     pub max_request_connections: usize,
 
+    /// Cluster mode: every node on this Redis shares one sequence of events
+    /// (`redis://HOST:PORT[/DB]`). Without it, the embedded in-process broker. An unreachable
+    /// Redis at start: the node starts degraded (streams open, publishes and /healthz 503) and
+    /// keeps retrying; a malformed URL is an error.
+    #[arg(
+        long,
+        env = "SSE_EDGE_REDIS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
+
+    /// The Redis Stream all nodes share (its epoch lives at KEY:epoch).
+    #[arg(
+        long,
+        env = "SSE_EDGE_REDIS_STREAM",
+        default_value = "sse-edge:events",
+        value_name = "KEY"
+    )]
+    pub redis_stream: String,
+
+    /// Entries Redis keeps in the stream (approximate trimming, MAXLEN ~): how far back a
+    /// resume can reach on a node that does not remember it.
+    #[arg(
+        long,
+        env = "SSE_EDGE_REDIS_MAXLEN",
+        default_value_t = 100_000,
+        value_name = "N"
+    )]
+    pub redis_maxlen: u64,
+
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a RUST_LOG-style filter such as
     /// `sse_edge=debug`.
     #[arg(
@@ -271,6 +302,15 @@ impl Config {
             if secs > max {
                 return Err(format!("{flag} must be at most {max} seconds"));
             }
+        }
+        if let Some(url) = &self.redis {
+            crate::broker::redis::parse_url(url)?;
+        }
+        if self.redis_stream.is_empty() || self.redis_stream.len() > 256 {
+            return Err("--redis-stream must be 1 to 256 bytes".into());
+        }
+        if !(1..=1_000_000_000).contains(&self.redis_maxlen) {
+            return Err("--redis-maxlen must be between 1 and 1000000000".into());
         }
         if self.send_buffer != 0 && !(4096..=1 << 30).contains(&self.send_buffer) {
             return Err(
@@ -417,6 +457,9 @@ mod tests {
             &["--client-buffer", "18446744073709551615"],
             &["--max-streams-per-ip", "0"],
             &["--send-buffer", "100"],
+            &["--redis", "nonsense"],
+            &["--redis", "rediss://127.0.0.1:6379"],
+            &["--redis-maxlen", "0"],
             &["--max-request-connections", "0"],
             &["--max-clients", "18446744073709551615"],
         ] {

@@ -110,6 +110,13 @@ pub struct Batch {
     pub done: bool,
 }
 
+impl Cursor {
+    /// The last id replayed (or the one resumed from).
+    pub fn after(&self) -> EventId {
+        self.after
+    }
+}
+
 impl History {
     /// An empty history keeping `per_topic` frames per topic within `budget` bytes, and
     /// topics unused for `idle` (see [`History::forget_idle`]).
@@ -135,6 +142,13 @@ impl History {
     /// Topics known: subscribed to, or with kept frames.
     pub fn topics(&self) -> usize {
         self.topics.len()
+    }
+
+    /// Streams subscribed to `topic` on this node.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.by_name
+            .get(topic)
+            .map_or(0, |&slot| self.topics[slot].subscribers)
     }
 
     /// Frames evicted or forgotten since start.
@@ -261,6 +275,32 @@ impl History {
         self.by_name.remove(&t.name);
     }
 
+    /// Drops every kept frame and every eviction mark, keeping the topics and their
+    /// subscribers: the cluster's events started a new epoch, and ids of the old one mean
+    /// nothing next to the new ones (a resume with one is told `reset`, unknown).
+    pub fn restart(&mut self) {
+        for (_, t) in self.topics.iter_mut() {
+            for (_, frame) in t.kept.drain(..) {
+                self.bytes -= frame.len() + FRAME_COST;
+                self.evicted += 1;
+            }
+            t.evicted_through = EventId::ZERO;
+        }
+        self.frames = 0;
+        self.age.clear();
+        self.forgotten_through = EventId::ZERO;
+        let forgettable: Vec<usize> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| t.subscribers == 0)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in forgettable {
+            self.forget(slot);
+        }
+        self.forgotten_through = EventId::ZERO;
+    }
+
     /// Counts one more stream on each of `names`; returns their shared names, in order.
     pub fn subscribe(&mut self, names: &[String], now: Instant) -> Vec<Arc<str>> {
         let shared = names
@@ -314,16 +354,20 @@ impl History {
     /// Starts a resume of `names` after `requested` (a `Last-Event-ID`), given the last id
     /// handed out. The stream must already be subscribed to `names`.
     ///
-    /// An id that is not a number up to `last_id` is unknown: `reset` (unknown) and all that
-    /// is kept. An id older than what some topic evicted: `reset` (expired) and what is kept.
+    /// An id that does not parse (or, with `ahead_ok` false, is newer than `last_id`) is
+    /// unknown: `reset` (unknown) and all that is kept. An id older than what some topic
+    /// evicted: `reset` (expired) and what is kept. In cluster mode (`ahead_ok`) an id newer
+    /// than `last_id` was handed out by a node ahead of this one: the cursor starts there and
+    /// the replay waits for this node to catch up.
     pub fn start_replay(
         &self,
         names: &[Arc<str>],
         requested: &str,
         last_id: EventId,
         epoch: Option<&str>,
+        ahead_ok: bool,
     ) -> ReplayStart {
-        let known = EventId::parse_wire(requested, epoch).filter(|&id| id <= last_id);
+        let known = EventId::parse_wire(requested, epoch).filter(|&id| ahead_ok || id <= last_id);
         let after = known.unwrap_or(EventId::ZERO);
         let evicted = self.evicted_through(names);
         let reason = match known {
@@ -339,6 +383,20 @@ impl History {
                 announced: evicted,
             },
         }
+    }
+
+    /// Gives up on a cursor that waited for ids this node never saw: `reset` (unknown), and
+    /// the replay starts again from everything kept.
+    pub fn give_up(&self, names: &[Arc<str>], cursor: &mut Cursor, epoch: Option<&str>) -> Bytes {
+        let requested = cursor.after.wire(epoch).to_string();
+        cursor.after = EventId::ZERO;
+        cursor.announced = self.evicted_through(names);
+        sse::encode_reset(
+            ResetReason::Unknown,
+            &requested,
+            self.oldest(names, EventId::ZERO),
+            epoch,
+        )
     }
 
     /// The newest id evicted (or forgotten) from any of `names`.
@@ -467,7 +525,7 @@ mod tests {
         for (id, t) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b")] {
             h.record(t, EventId::local(id), &frame(id, 30), now);
         }
-        let start = h.start_replay(&n, "1", EventId::local(5), None);
+        let start = h.start_replay(&n, "1", EventId::local(5), None, false);
         assert!(start.reset.is_none());
         let mut c = start.cursor;
         assert_eq!(all(&h, &n, &mut c), vec![2, 4, 5]);
@@ -481,7 +539,9 @@ mod tests {
         for id in 1..=10 {
             h.record("t", EventId::local(id), &frame(id, 100), Instant::now());
         }
-        let mut c = h.start_replay(&n, "0", EventId::local(10), None).cursor;
+        let mut c = h
+            .start_replay(&n, "0", EventId::local(10), None, false)
+            .cursor;
         let b = h.replay_batch(&n, &mut c, 250, None);
         assert_eq!((ids(&b.frames), b.done), (vec![1, 2], false));
         // A frame larger than the room still goes alone, or the replay would stall.
@@ -498,7 +558,7 @@ mod tests {
         for id in 1..=10 {
             h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
         }
-        let start = h.start_replay(&n, "2", EventId::local(10), None);
+        let start = h.start_replay(&n, "2", EventId::local(10), None, false);
         assert_eq!(
             text(&start.reset),
             "event: reset\ndata: {\"reason\":\"expired\",\"requested\":\"2\",\"oldest\":\"7\"}\n\n"
@@ -506,7 +566,7 @@ mod tests {
         let mut c = start.cursor;
         assert_eq!(all(&h, &n, &mut c), vec![7, 8, 9, 10]);
         // Exactly at the edge of what is kept: nothing was lost.
-        let start = h.start_replay(&n, "6", EventId::local(10), None);
+        let start = h.start_replay(&n, "6", EventId::local(10), None, false);
         assert!(start.reset.is_none());
     }
 
@@ -516,7 +576,7 @@ mod tests {
         let n = names(&mut h, &["t"]);
         h.record("t", EventId::local(1), &frame(1, 30), Instant::now());
         for bad in ["abc", "99", "-1", ""] {
-            let start = h.start_replay(&n, bad, EventId::local(1), None);
+            let start = h.start_replay(&n, bad, EventId::local(1), None, false);
             assert!(
                 text(&start.reset).contains("\"reason\":\"unknown\""),
                 "{bad}"
@@ -525,10 +585,11 @@ mod tests {
             assert_eq!(all(&h, &n, &mut c), vec![1]);
         }
         let empty = names(&mut h, &["empty"]);
-        assert!(
-            text(&h.start_replay(&empty, "x", EventId::local(1), None).reset)
-                .contains("\"oldest\":null")
-        );
+        assert!(text(
+            &h.start_replay(&empty, "x", EventId::local(1), None, false)
+                .reset
+        )
+        .contains("\"oldest\":null"));
     }
 
     #[test]
@@ -547,15 +608,19 @@ mod tests {
         h.record("a", EventId::local(5), &frame(5, 100), now);
         // Then 2, whose topic "b" had no subscriber and nothing left: forgotten.
         assert_eq!(h.topics(), 1);
-        let start = h.start_replay(&n, "0", EventId::local(5), None);
+        let start = h.start_replay(&n, "0", EventId::local(5), None, false);
         assert!(text(&start.reset).contains("expired"));
         let mut c = start.cursor;
         assert_eq!(all(&h, &n, &mut c), vec![3, 4, 5]);
         // "b" was forgotten with id 2 in it: a resume on it from before 2 is told.
         let b = names(&mut h, &["b"]);
-        assert!(text(&h.start_replay(&b, "1", EventId::local(5), None).reset).contains("expired"));
+        assert!(text(
+            &h.start_replay(&b, "1", EventId::local(5), None, false)
+                .reset
+        )
+        .contains("expired"));
         assert!(h
-            .start_replay(&b, "2", EventId::local(5), None)
+            .start_replay(&b, "2", EventId::local(5), None, false)
             .reset
             .is_none());
     }
@@ -594,7 +659,9 @@ mod tests {
         for id in 1..=4 {
             h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
         }
-        let mut c = h.start_replay(&n, "0", EventId::local(4), None).cursor;
+        let mut c = h
+            .start_replay(&n, "0", EventId::local(4), None, false)
+            .cursor;
         let b = h.replay_batch(&n, &mut c, 40, None);
         assert_eq!(ids(&b.frames), vec![1]);
         for id in 5..=8 {
@@ -647,7 +714,50 @@ mod tests {
         let mut h = History::new(0, 1 << 20);
         let n = names(&mut h, &["t"]);
         h.record("t", EventId::local(1), &frame(1, 30), Instant::now());
-        let start = h.start_replay(&n, "0", EventId::local(1), None);
+        let start = h.start_replay(&n, "0", EventId::local(1), None, false);
         assert!(text(&start.reset).contains("expired"));
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    fn frame(id: u64) -> Bytes {
+        Bytes::from(format!("id: {id}\ndata: x\n\n"))
+    }
+
+    #[test]
+    fn a_restart_forgets_frames_and_marks_but_keeps_subscribed_topics() {
+        let mut h = History::new(4, 1 << 20);
+        let names = h.subscribe(&["a".to_owned()], Instant::now());
+        for id in 1..=6 {
+            h.record("a", EventId::entry(id, 0), &frame(id), Instant::now());
+            h.record("b", EventId::entry(id, 1), &frame(id), Instant::now());
+        }
+        h.restart();
+        assert_eq!(h.topics(), 1, "a has a subscriber, b is gone");
+        assert_eq!(h.bytes(), 1 + TOPIC_COST);
+        let start = h.start_replay(&names, "0-0", EventId::ZERO, Some("e"), true);
+        assert!(start.reset.is_some(), "an id without the epoch is unknown");
+    }
+
+    #[test]
+    fn an_id_ahead_of_this_node_waits_instead_of_being_unknown() {
+        let h = History::new(4, 1 << 20);
+        let names: Vec<Arc<str>> = vec![Arc::from("t")];
+        let start = h.start_replay(&names, "e-9-0", EventId::entry(5, 0), Some("e"), true);
+        assert!(start.reset.is_none());
+        assert_eq!(start.cursor.after(), EventId::entry(9, 0));
+        let mut cursor = start.cursor;
+        let reset = h.give_up(&names, &mut cursor, Some("e"));
+        assert!(String::from_utf8_lossy(&reset)
+            .contains("\"reason\":\"unknown\",\"requested\":\"e-9-0\""));
+        assert_eq!(cursor.after(), EventId::ZERO);
+        let local = h.start_replay(&names, "9", EventId::local(5), None, false);
+        assert!(
+            local.reset.is_some(),
+            "the embedded broker has no one ahead of it"
+        );
     }
 }

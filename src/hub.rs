@@ -125,7 +125,28 @@ struct Ledger {
     encoded: u64,
     /// Kept frames and topic bookkeeping.
     history: History,
+    /// Cluster mode: replays waiting for this node to catch up with an id another node
+    /// handed out.
+    waiting: Vec<Waiting>,
+    /// Epochs started since start (the reader re-reads the stream after a change it did not
+    /// see itself).
+    generation: u64,
 }
+
+/// A replay step asked for after an id this node has not read yet.
+#[derive(Debug)]
+struct Waiting {
+    from: usize,
+    ticket: Ticket,
+    names: Vec<Arc<str>>,
+    cursor: Cursor,
+    room: usize,
+    /// When to stop waiting and call the id unknown.
+    until: Instant,
+}
+
+/// How long a replay waits for this node to read up to an id another node handed out.
+pub const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// A stream's start, as the hub sees it.
 #[derive(Debug)]
@@ -159,6 +180,8 @@ impl Hub {
                 epoch: None,
                 encoded: 0,
                 history: History::new(history, history_bytes),
+                waiting: Vec::new(),
+                generation: 0,
             }),
             mailboxes,
         };
@@ -260,11 +283,14 @@ impl Hub {
         let names = ledger.history.subscribe(topics, Instant::now());
         let (reset, replay) = match last_event_id {
             Some(requested) => {
+                // Only the cluster has nodes ahead of this one; it has an epoch.
+                let ahead_ok = ledger.epoch.is_some();
                 let start = ledger.history.start_replay(
                     &names,
                     requested,
                     ledger.last_id,
                     ledger.epoch.as_deref(),
+                    ahead_ok,
                 );
                 (start.reset, Some(start.cursor))
             }
@@ -285,13 +311,45 @@ impl Hub {
         from: usize,
         ticket: Ticket,
         names: &[Arc<str>],
-        mut cursor: Cursor,
+        cursor: Cursor,
         room: usize,
     ) {
-        let ledger = self.lock();
-        let batch = ledger
-            .history
-            .replay_batch(names, &mut cursor, room, ledger.epoch.as_deref());
+        let mut ledger = self.lock();
+        if cursor.after() > ledger.last_id {
+            // Another node handed this id out and this one has not read it yet: answer once
+            // the reader gets there (or call it unknown after CATCH_UP).
+            ledger.waiting.push(Waiting {
+                from,
+                ticket,
+                names: names.to_vec(),
+                cursor,
+                room,
+                until: Instant::now() + CATCH_UP,
+            });
+            return;
+        }
+        self.send_replay_step(&ledger, from, ticket, names, cursor, room, None);
+    }
+
+    /// Computes one replay step under the lock and sends it, `reset` first when given.
+    #[allow(clippy::too_many_arguments)]
+    fn send_replay_step(
+        &self,
+        ledger: &Ledger,
+        from: usize,
+        ticket: Ticket,
+        names: &[Arc<str>],
+        mut cursor: Cursor,
+        room: usize,
+        reset: Option<Bytes>,
+    ) {
+        let mut batch =
+            ledger
+                .history
+                .replay_batch(names, &mut cursor, room, ledger.epoch.as_deref());
+        if reset.is_some() {
+            batch.reset = reset;
+        }
         let step = if batch.done {
             ReplayStep::Live(batch)
         } else {
@@ -305,6 +363,98 @@ impl Hub {
                 step,
             },
         );
+    }
+
+    /// Answers the waiting replays this node has now caught up with, and gives up on those
+    /// that waited past their time (`reset`, unknown, then everything kept).
+    fn answer_waiting(&self, ledger: &mut Ledger, now: Instant) {
+        if ledger.waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut ledger.waiting);
+        for mut w in waiting {
+            let reset = if w.cursor.after() <= ledger.last_id {
+                None
+            } else if now >= w.until {
+                let epoch = ledger.epoch.clone();
+                Some(
+                    ledger
+                        .history
+                        .give_up(&w.names, &mut w.cursor, epoch.as_deref()),
+                )
+            } else {
+                ledger.waiting.push(w);
+                continue;
+            };
+            self.send_replay_step(ledger, w.from, w.ticket, &w.names, w.cursor, w.room, reset);
+        }
+    }
+
+    /// Cluster mode: records an entry read from Redis, with Redis's id and epoch. An entry
+    /// of a new epoch restarts the history (the old ids mean nothing next to the new ones);
+    /// one already recorded (read again after a reconnect) is skipped. Returns whether the
+    /// epoch changed (the reader then reads the new epoch's stream from its start).
+    pub fn append_entry(
+        &self,
+        id: EventId,
+        epoch: &str,
+        topic: &str,
+        event: Option<&str>,
+        data: &str,
+    ) -> bool {
+        let mut guard = self.lock();
+        let ledger = &mut *guard;
+        let restarted = ledger.epoch.as_deref() != Some(epoch);
+        if restarted {
+            Self::start_epoch(ledger, Some(epoch));
+        }
+        if id > ledger.last_id {
+            let epoch = ledger.epoch.clone();
+            self.append_locked(ledger, id, epoch, topic, event, data, |_, _| {});
+            self.answer_waiting(ledger, Instant::now());
+        }
+        restarted
+    }
+
+    /// Cluster mode: the epoch Redis holds now (None: Redis lost it and no publish made a
+    /// new one yet). A change restarts the history. Returns whether it changed.
+    pub fn observe_epoch(&self, epoch: Option<&str>) -> bool {
+        let mut ledger = self.lock();
+        if ledger.epoch.as_deref() == epoch {
+            return false;
+        }
+        Self::start_epoch(&mut ledger, epoch);
+        true
+    }
+
+    fn start_epoch(ledger: &mut Ledger, epoch: Option<&str>) {
+        ledger.generation += 1;
+        ledger.epoch = epoch.map(Arc::from);
+        ledger.last_id = EventId::ZERO;
+        ledger.history.restart();
+    }
+
+    /// Cluster mode: gives up on waiting replays whose time is over (called by the reader
+    /// at least once a second).
+    pub fn expire_waiting(&self) {
+        let mut guard = self.lock();
+        self.answer_waiting(&mut guard, Instant::now());
+    }
+
+    /// How many epochs this node has started (see [`Hub::observe_epoch`]).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The last id recorded, and its epoch.
+    pub fn last_id(&self) -> (EventId, Option<Arc<str>>) {
+        let ledger = self.lock();
+        (ledger.last_id, ledger.epoch.clone())
+    }
+
+    /// Streams on this node subscribed to `topic`.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.lock().history.subscribers(topic)
     }
 
     /// Counts one stream fewer on each of `topics`.

@@ -127,6 +127,8 @@ pub struct NodeFigures {
     pub history_bytes: u64,
     /// Topics the history knows.
     pub history_topics: u64,
+    /// The cluster broker's figures, in cluster mode.
+    pub broker: Option<crate::broker::cluster::Figures>,
 }
 
 /// Renders every shard's stats, plus node and process figures, as Prometheus text (0.0.4).
@@ -162,6 +164,52 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
         for (shard, stats) in shards.iter().enumerate() {
             let v = stats.0[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{metric}{{shard=\"{shard}\"}} {v}");
+        }
+    }
+    if let Some(b) = node.broker {
+        let seconds = |ns: u64| ns as f64 / 1e9;
+        for (metric, kind, help, value) in [
+            (
+                "sse_edge_broker_up",
+                "gauge",
+                "1 while both connections to Redis work (publishes and /healthz answer 503 otherwise).",
+                f64::from(u8::from(b.up)),
+            ),
+            (
+                "sse_edge_broker_reconnects_total",
+                "counter",
+                "Connections to Redis re-established after one was lost.",
+                b.reconnects as f64,
+            ),
+            (
+                "sse_edge_broker_publish_round_trip_seconds_sum",
+                "counter",
+                "Round trips of publish pipelines to Redis, added up (divide by _count).",
+                seconds(b.round_trip_ns),
+            ),
+            (
+                "sse_edge_broker_publish_round_trip_seconds_count",
+                "counter",
+                "Publish pipelines sent to Redis.",
+                b.round_trips as f64,
+            ),
+            (
+                "sse_edge_broker_lag_seconds",
+                "gauge",
+                "How far this node's reader is behind Redis's newest entry, in seconds of entry time.",
+                b.lag_ms as f64 / 1e3,
+            ),
+            (
+                "sse_edge_broker_skipped_entries_total",
+                "counter",
+                "Entries in the Redis stream that were not sse-edge events (skipped).",
+                b.skipped as f64,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+            );
         }
     }
     let metric = "sse_edge_rejected_requests_total";
@@ -218,6 +266,7 @@ mod tests {
                 events_encoded: 9,
                 history_bytes: 5,
                 history_topics: 1,
+                broker: None,
             },
         );
         assert!(text.contains("sse_edge_events_encoded_total 9\n"));

@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::access::PublishAccess;
 use crate::admission::Quota;
+use crate::broker::cluster::Cluster;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::fdlimit;
@@ -40,6 +41,12 @@ pub enum StartError {
     /// The listener could not be added to its event loop.
     #[error("cannot register the listener: {0}")]
     Register(io::Error),
+    /// The `--redis` URL is unusable.
+    #[error("{0}")]
+    Redis(String),
+    /// A broker thread could not be started.
+    #[error("cannot start a cluster broker thread: {0}")]
+    Thread(io::Error),
 }
 
 /// A bound, not yet running node.
@@ -110,7 +117,22 @@ impl Server {
             access: PublishAccess::new(config.publish_token.clone(), config.publish_allow.clone()),
         });
         let config = Arc::new(config);
-        let broker = Arc::new(Broker::Local);
+        let broker = match &config.redis {
+            None => Broker::Local,
+            Some(url) => {
+                // Validated with the rest of the configuration; a bad URL never gets here.
+                let info = crate::broker::redis::parse_url(url).map_err(StartError::Redis)?;
+                let cluster = Cluster::start(
+                    hub.clone(),
+                    info,
+                    config.redis_stream.clone(),
+                    config.redis_maxlen,
+                )
+                .map_err(StartError::Thread)?;
+                Broker::Redis(cluster)
+            }
+        };
+        let broker = Arc::new(broker);
         let mut shards = Vec::with_capacity(listeners.len());
         for (id, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()

@@ -489,7 +489,7 @@ mod tests {
     #[test]
     fn a_replaying_stream_skips_live_frames() {
         let cursor = crate::history::History::new(1, 1 << 20)
-            .start_replay(&[], "0", EventId::ZERO, None)
+            .start_replay(&[], "0", EventId::ZERO, None, false)
             .cursor;
         let mut s = Stream::new(Box::new([]), Some(cursor));
         let mut q = Outbox::default();

@@ -5,6 +5,7 @@
 //! in the shard's inbox ([`crate::hub::Inbox`]), for the embedded broker too, so there is one
 //! ordering rule (see [`crate::hub`]).
 
+pub mod cluster;
 pub mod redis;
 
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use crate::hub::{Hub, Ticket};
 pub enum Broker {
     /// The embedded broker: ids from the node's own counter, answers at once.
     Local,
+    /// Cluster mode: ids from one Redis Stream shared by every node.
+    Redis(cluster::Cluster),
 }
 
 impl Broker {
@@ -33,6 +36,7 @@ impl Broker {
     ) {
         match self {
             Broker::Local => hub.publish_local(from, ticket, topic, event, data),
+            Broker::Redis(cluster) => cluster.publish(hub, from, ticket, topic, event, data),
         }
     }
 
@@ -46,8 +50,10 @@ impl Broker {
         cursor: Cursor,
         room: usize,
     ) {
+        // Both replay from the node's history: in cluster mode it holds what the reader
+        // read from Redis (warmed at start), and an id ahead of it waits for the reader.
         match self {
-            Broker::Local => hub.replay(from, ticket, names, cursor, room),
+            Broker::Local | Broker::Redis(_) => hub.replay(from, ticket, names, cursor, room),
         }
     }
 
@@ -55,6 +61,15 @@ impl Broker {
     pub fn healthy(&self) -> bool {
         match self {
             Broker::Local => true,
+            Broker::Redis(cluster) => cluster.healthy(),
+        }
+    }
+
+    /// The cluster broker's figures, in cluster mode.
+    pub fn figures(&self) -> Option<cluster::Figures> {
+        match self {
+            Broker::Local => None,
+            Broker::Redis(cluster) => Some(cluster.figures()),
         }
     }
 }

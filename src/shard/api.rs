@@ -142,11 +142,19 @@ impl Shard {
             Route::Stream => self.start_stream(key, request),
             Route::Broadcast => self.publish_request(key, request),
             Route::Page => self.respond(key, Self::page(keep_alive), keep_alive),
-            Route::Health => self.respond(
+            // A load balancer routes around a node whose broker is down: its streams stay
+            // open, but it could not publish or hear what others publish.
+            Route::Health if self.broker.healthy() => self.respond(
                 key,
                 http::response(200, "text/plain; charset=utf-8", b"ok\n", keep_alive, ""),
                 keep_alive,
             ),
+            Route::Health => {
+                self.counters.reject(503);
+                let reason = "the cluster broker (Redis) is unreachable";
+                let response = http::error_response(503, reason, keep_alive, "");
+                self.respond(key, response, keep_alive);
+            }
             Route::Metrics => {
                 // Include this turn's counts of the shard that answers.
                 self.stats[self.id].store(&self.counters);
@@ -155,6 +163,7 @@ impl Shard {
                     events_encoded: self.hub.frames_encoded(),
                     history_bytes: history_bytes as u64,
                     history_topics: history_topics as u64,
+                    broker: self.broker.figures(),
                 };
                 let body = metrics::render(&self.stats, figures);
                 self.respond(
