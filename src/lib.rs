@@ -8,7 +8,10 @@
 //! A node runs one or more **shards** ([`shard`]). Each shard is a thread with its own mio
 //! `Poll`, its own `SO_REUSEPORT` listener ([`listener`]) and its own slab of clients
 //! ([`client`]); the kernel spreads new connections over the listeners. Shards share only the
-//! [`hub`], a small lock taken once per published event (never per client).
+//! [`hub`], a small lock taken once per published event (never per client), and the
+//! [`broker`]: the embedded one (ids from the node's counter), or cluster mode, where a
+//! publisher thread appends to a Redis Stream and a reader thread brings every node's
+//! events back into the hub, so every node of a cluster delivers one sequence.
 //!
 //! ## The flow of one broadcast
 //!
