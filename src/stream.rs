@@ -183,6 +183,19 @@ mod tests {
         Bytes::from(f)
     }
 
+    /// Offers event `id`'s frame of `size` bytes at `now`, under the test's limits.
+    fn offer(s: &mut Stream, q: &mut Outbox, id: u64, size: usize, now: Instant) -> Offer {
+        s.offer(
+            q,
+            EventId::local(id),
+            None,
+            &frame(id, size),
+            LIMIT,
+            now,
+            SLOW,
+        )
+    }
+
     fn drain(outbox: &mut Outbox) -> String {
         let mut out = Vec::new();
         outbox.write_to(&mut out).unwrap();
@@ -196,31 +209,9 @@ mod tests {
             Outbox::default(),
             Instant::now(),
         );
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(1),
-                None,
-                &frame(1, 60),
-                LIMIT,
-                now,
-                SLOW
-            ),
-            Offer::Queued(60)
-        );
+        assert_eq!(offer(&mut s, &mut q, 1, 60, now), Offer::Queued(60));
         for id in 2..=4 {
-            assert_eq!(
-                s.offer(
-                    &mut q,
-                    EventId::local(id),
-                    None,
-                    &frame(id, 60),
-                    LIMIT,
-                    now,
-                    SLOW
-                ),
-                Offer::Dropped
-            );
+            assert_eq!(offer(&mut s, &mut q, id, 60, now), Offer::Dropped);
         }
         assert_eq!(
             s.loss
@@ -230,9 +221,7 @@ mod tests {
             Some((2, 4, 3))
         );
         drain(&mut q);
-        assert!(
-            matches!(s.offer(&mut q, EventId::local(5), None, &frame(5, 20), LIMIT, now, SLOW), Offer::Queued(n) if n > 20)
-        );
+        assert!(matches!(offer(&mut s, &mut q, 5, 20, now), Offer::Queued(n) if n > 20));
         let text = drain(&mut q);
         assert!(
             text.starts_with(
@@ -252,37 +241,10 @@ mod tests {
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(
-            &mut q,
-            EventId::local(1),
-            None,
-            &frame(1, 90),
-            LIMIT,
-            now,
-            SLOW,
-        );
-        s.offer(
-            &mut q,
-            EventId::local(2),
-            None,
-            &frame(2, 90),
-            LIMIT,
-            now,
-            SLOW,
-        );
+        offer(&mut s, &mut q, 1, 90, now);
+        offer(&mut s, &mut q, 2, 90, now);
         // 90 queued: a 9-byte frame would fit alone, but not behind a ~50-byte notice.
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(3),
-                None,
-                &frame(3, 9),
-                LIMIT,
-                now,
-                SLOW
-            ),
-            Offer::Dropped
-        );
+        assert_eq!(offer(&mut s, &mut q, 3, 9, now), Offer::Dropped);
         assert_eq!(
             s.loss
                 .as_ref()
@@ -299,52 +261,11 @@ mod tests {
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(
-            &mut q,
-            EventId::local(1),
-            None,
-            &frame(1, 90),
-            LIMIT,
-            t0,
-            SLOW,
-        );
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(2),
-                None,
-                &frame(2, 90),
-                LIMIT,
-                t0,
-                SLOW
-            ),
-            Offer::Dropped
-        );
+        offer(&mut s, &mut q, 1, 90, t0);
+        assert_eq!(offer(&mut s, &mut q, 2, 90, t0), Offer::Dropped);
         let later = t0 + SLOW - Duration::from_millis(1);
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(3),
-                None,
-                &frame(3, 90),
-                LIMIT,
-                later,
-                SLOW
-            ),
-            Offer::Dropped
-        );
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(4),
-                None,
-                &frame(4, 90),
-                LIMIT,
-                t0 + SLOW,
-                SLOW
-            ),
-            Offer::TooSlow
-        );
+        assert_eq!(offer(&mut s, &mut q, 3, 90, later), Offer::Dropped);
+        assert_eq!(offer(&mut s, &mut q, 4, 90, t0 + SLOW), Offer::TooSlow);
     }
 
     #[test]
@@ -354,70 +275,22 @@ mod tests {
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(
-            &mut q,
-            EventId::local(1),
-            None,
-            &frame(1, 90),
-            LIMIT,
-            t0,
-            SLOW,
-        );
-        s.offer(
-            &mut q,
-            EventId::local(2),
-            None,
-            &frame(2, 90),
-            LIMIT,
-            t0,
-            SLOW,
-        );
+        offer(&mut s, &mut q, 1, 90, t0);
+        offer(&mut s, &mut q, 2, 90, t0);
         drain(&mut q);
         s.on_drained(t0 + SLOW / 2);
         assert!(matches!(
-            s.offer(
-                &mut q,
-                EventId::local(3),
-                None,
-                &frame(3, 20),
-                LIMIT,
-                t0 + SLOW / 2,
-                SLOW
-            ),
+            offer(&mut s, &mut q, 3, 20, t0 + SLOW / 2),
             Offer::Queued(_)
         ));
         drain(&mut q);
         s.on_drained(t0 + SLOW / 2);
         assert!(s.loss.is_none());
-        s.offer(
-            &mut q,
-            EventId::local(4),
-            None,
-            &frame(4, 90),
-            LIMIT,
-            t0 + SLOW,
-            SLOW,
-        );
-        s.offer(
-            &mut q,
-            EventId::local(5),
-            None,
-            &frame(5, 90),
-            LIMIT,
-            t0 + SLOW,
-            SLOW,
-        );
+        offer(&mut s, &mut q, 4, 90, t0 + SLOW);
+        offer(&mut s, &mut q, 5, 90, t0 + SLOW);
         // A new loss began at t0 + SLOW; it is not "too slow" until SLOW after that.
         assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(6),
-                None,
-                &frame(6, 90),
-                LIMIT,
-                t0 + SLOW + SLOW / 2,
-                SLOW
-            ),
+            offer(&mut s, &mut q, 6, 90, t0 + SLOW + SLOW / 2),
             Offer::Dropped
         );
     }
@@ -429,27 +302,8 @@ mod tests {
             Outbox::default(),
             Instant::now(),
         );
-        s.offer(
-            &mut q,
-            EventId::local(1),
-            None,
-            &frame(1, 90),
-            LIMIT,
-            t0,
-            SLOW,
-        );
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(2),
-                None,
-                &frame(2, 90),
-                LIMIT,
-                t0,
-                SLOW
-            ),
-            Offer::Dropped
-        );
+        offer(&mut s, &mut q, 1, 90, t0);
+        assert_eq!(offer(&mut s, &mut q, 2, 90, t0), Offer::Dropped);
         // The reader takes a little now and then: a frame fits, but the queue never empties.
         let mut id = 3;
         let mut t = t0;
@@ -459,31 +313,12 @@ mod tests {
             std::mem::swap(&mut front, &mut q);
             front.write_to(&mut sink).unwrap();
             q.push(frame(99, 95)); // what is still unread
-            let offered = s.offer(
-                &mut q,
-                EventId::local(id),
-                None,
-                &frame(id, 4),
-                LIMIT,
-                t,
-                SLOW,
-            );
+            let offered = offer(&mut s, &mut q, id, 4, t);
             assert_ne!(offered, Offer::TooSlow, "at {:?}", t - t0);
             id += 1;
             t += SLOW / 10;
         }
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(id),
-                None,
-                &frame(id, 4),
-                LIMIT,
-                t0 + SLOW,
-                SLOW
-            ),
-            Offer::TooSlow
-        );
+        assert_eq!(offer(&mut s, &mut q, id, 4, t0 + SLOW), Offer::TooSlow);
     }
 
     #[test]
@@ -494,30 +329,8 @@ mod tests {
         let mut s = Stream::new(Box::new([]), Some(cursor));
         let mut q = Outbox::default();
         let now = Instant::now();
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(1),
-                None,
-                &frame(1, 20),
-                LIMIT,
-                now,
-                SLOW
-            ),
-            Offer::Skipped
-        );
+        assert_eq!(offer(&mut s, &mut q, 1, 20, now), Offer::Skipped);
         s.replay = None;
-        assert_eq!(
-            s.offer(
-                &mut q,
-                EventId::local(2),
-                None,
-                &frame(2, 20),
-                LIMIT,
-                now,
-                SLOW
-            ),
-            Offer::Queued(20)
-        );
+        assert_eq!(offer(&mut s, &mut q, 2, 20, now), Offer::Queued(20));
     }
 }
