@@ -115,6 +115,11 @@ impl Cursor {
     pub fn after(&self) -> EventId {
         self.after
     }
+
+    /// Moves past `id`, replayed from elsewhere (Redis) or not this stream's.
+    pub fn advance(&mut self, id: EventId) {
+        self.after = self.after.max(id);
+    }
 }
 
 impl History {
@@ -372,6 +377,17 @@ impl History {
         let evicted = self.evicted_through(names);
         let reason = match known {
             None => Some(ResetReason::Unknown),
+            // In cluster mode Redis may still hold what this node evicted: the first step
+            // that finds it gone says so (nothing is announced yet).
+            Some(_) if evicted > after && ahead_ok => {
+                return ReplayStart {
+                    reset: None,
+                    cursor: Cursor {
+                        after,
+                        announced: after,
+                    },
+                }
+            }
             Some(_) if evicted > after => Some(ResetReason::Expired),
             Some(_) => None,
         };
@@ -383,6 +399,11 @@ impl History {
                 announced: evicted,
             },
         }
+    }
+
+    /// Whether what `names` kept reaches back to `cursor` (or its loss was announced).
+    pub fn covers(&self, names: &[Arc<str>], cursor: &Cursor) -> bool {
+        self.evicted_through(names) <= cursor.after.max(cursor.announced)
     }
 
     /// Gives up on a cursor that waited for ids this node never saw: `reset` (unknown), and

@@ -452,6 +452,11 @@ impl Hub {
         (ledger.last_id, ledger.epoch.clone())
     }
 
+    /// Whether this node's history reaches back to `cursor` for `names`.
+    pub fn history_covers(&self, names: &[Arc<str>], cursor: &Cursor) -> bool {
+        self.lock().history.covers(names, cursor)
+    }
+
     /// Streams on this node subscribed to `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
         self.lock().history.subscribers(topic)

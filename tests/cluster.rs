@@ -217,3 +217,41 @@ fn a_malformed_redis_url_is_one_line_and_exit_2() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--redis"), "{stderr}");
 }
+
+#[test]
+fn a_resume_from_before_what_a_node_kept_is_replayed_from_redis() {
+    let redis = RedisServer::start();
+    // Two events per topic in memory: a resume from the first of ten needs Redis.
+    let a = node(&redis, &["--history", "2"]);
+    let ids: Vec<String> = (0..10)
+        .map(|i| id_of(&a.publish("?topic=t", format!("t{i}").as_bytes())))
+        .collect();
+    a.publish("?topic=other", b"not this stream's");
+    let mut stream = SseClient::connect(
+        a.addr,
+        "/stream?topic=t",
+        &[&format!("Last-Event-ID: {}", ids[0])],
+    );
+    let later = id_of(&a.publish("?topic=t", b"live"));
+    let got: Vec<String> = take(&mut stream, 10)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let want: Vec<String> = ids[1..].iter().cloned().chain([later]).collect();
+    assert_eq!(
+        got, want,
+        "from Redis, then the history, then live: no gap, no duplicate"
+    );
+    // A small room makes it take several steps, with the same result.
+    let b = node(&redis, &["--history", "2", "--client-buffer", "1024"]);
+    let mut stream = SseClient::connect(
+        b.addr,
+        "/stream?topic=t",
+        &[&format!("Last-Event-ID: {}", ids[0])],
+    );
+    let got: Vec<String> = take(&mut stream, 10)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(got, want);
+}

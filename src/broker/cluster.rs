@@ -6,7 +6,10 @@
 //! - the **reader** follows the stream with `XREAD BLOCK`, and hands each entry to the hub,
 //!   which encodes it once for this node and puts it in every shard's inbox.
 //!
-//! Neither ever blocks a shard. Both reconnect with backoff (one log line per try) and the
+//! - the **replayer** serves a resume from before what this node kept, from Redis
+//!   (`XRANGE`), until the stream reaches the node's own history, which finishes it.
+//!
+//! None ever blocks a shard. Both reconnect with backoff (one log line per try) and the
 //! node stays up meanwhile: streams stay open, publishes and `/healthz` answer `503`. The
 //! reader resumes after the last id it recorded, or from the start of the stream when
 //! Redis's epoch changed (it lost its data; new ids may even be lower than old ones).
@@ -22,7 +25,9 @@ use tracing::{info, warn};
 
 use super::redis::{fresh_epoch, Link, LinkError, Publish, Timeouts};
 use crate::event_id::EventId;
-use crate::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
+use crate::history::{Batch, Cursor};
+use crate::hub::{Accepted, Hub, Inbox, ReplayStep, Ticket, Unavailable};
+use crate::sse;
 
 /// Publishes waiting for the publisher thread, at most; beyond it a publish gets `503` at
 /// once rather than a queue that grows while Redis is slow.
@@ -39,6 +44,22 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// How long start-up waits for the reader to have read what Redis holds (its history warm)
 /// before the node serves streams.
 const WARM_UP: Duration = Duration::from_secs(10);
+
+/// Replays from Redis waiting for the replayer, at most; beyond it a replay goes on from
+/// the node's own history (and its `reset`).
+const REPLAY_QUEUE: usize = 1024;
+/// Entries one `XRANGE` of a replay reads.
+const RANGE_COUNT: usize = 512;
+
+/// One replay step asked of Redis.
+#[derive(Debug)]
+struct ReplayJob {
+    from: usize,
+    ticket: Ticket,
+    names: Vec<Arc<str>>,
+    cursor: Cursor,
+    room: usize,
+}
 
 /// One publish on its way to Redis.
 #[derive(Debug)]
@@ -83,6 +104,7 @@ pub struct Figures {
 #[derive(Debug)]
 pub struct Cluster {
     jobs: SyncSender<Job>,
+    replays: SyncSender<ReplayJob>,
     state: Arc<State>,
 }
 
@@ -106,6 +128,13 @@ impl Cluster {
                 .name("redis-publisher".into())
                 .spawn(move || publish_loop(&hub, &info, &key, maxlen, &queue, &state))?;
         }
+        let (replays, replay_queue) = mpsc::sync_channel(REPLAY_QUEUE);
+        {
+            let (hub, info, key) = (hub.clone(), info.clone(), key.clone());
+            thread::Builder::new()
+                .name("redis-replayer".into())
+                .spawn(move || replay_loop(&hub, &info, &key, &replay_queue))?;
+        }
         {
             let state = state.clone();
             thread::Builder::new()
@@ -118,7 +147,41 @@ impl Cluster {
         } else {
             info!(elapsed = ?started.elapsed(), "read what Redis holds; serving");
         }
-        Ok(Cluster { jobs, state })
+        Ok(Cluster {
+            jobs,
+            replays,
+            state,
+        })
+    }
+
+    /// The next part of a replay: from the node's history when it reaches back to the
+    /// cursor, else from Redis on the replayer thread.
+    pub fn replay(
+        &self,
+        hub: &Hub,
+        from: usize,
+        ticket: Ticket,
+        names: &[Arc<str>],
+        cursor: Cursor,
+        room: usize,
+    ) {
+        if hub.history_covers(names, &cursor) {
+            return hub.replay(from, ticket, names, cursor, room);
+        }
+        let job = ReplayJob {
+            from,
+            ticket,
+            names: names.to_vec(),
+            cursor,
+            room,
+        };
+        if let Err(e) = self.replays.try_send(job) {
+            // Busy or gone: the node's own history answers (with its `reset`).
+            let job = match e {
+                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
+            };
+            hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
+        }
     }
 
     /// Queues a publish for the publisher thread; answers `503` at once when Redis is
@@ -417,4 +480,104 @@ fn read_loop(hub: &Hub, info: &ConnectionInfo, key: &str, state: &State, warm: m
             }
         }
     }
+}
+
+/// The replayer thread: serves replay steps from Redis, one job at a time.
+fn replay_loop(hub: &Hub, info: &ConnectionInfo, key: &str, queue: &Receiver<ReplayJob>) {
+    let mut link: Option<Link> = None;
+    while let Ok(job) = queue.recv() {
+        if link.is_none() {
+            match Link::connect(info.clone(), key, Timeouts::default()) {
+                Ok(conn) => link = Some(conn),
+                Err(e) => warn!("replaying from Redis: cannot reach it ({e})"),
+            }
+        }
+        let Some(conn) = link.as_mut() else {
+            // Without Redis the node's own history answers, with its `reset`.
+            hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
+            continue;
+        };
+        if let Err(e) = replay_from_redis(hub, conn, job) {
+            warn!("replaying from Redis failed: {e}");
+            if e.is_connection_lost() {
+                link = None;
+            }
+        }
+    }
+}
+
+/// One replay step from Redis: the stream's entries after its cursor, up to its room. When
+/// the cursor reaches what the node kept, the node's history takes over (its last step is
+/// ordered with live events under the hub's lock). When Redis no longer has what follows
+/// the cursor either, the history answers too, and its first step says `reset` (expired).
+fn replay_from_redis(hub: &Hub, conn: &mut Link, mut job: ReplayJob) -> Result<(), LinkError> {
+    let (_, epoch) = hub.last_id();
+    let handover =
+        |job: ReplayJob| hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
+    // Redis trimmed past the cursor too: nothing here fills the gap.
+    let first = conn.range(EventId::ZERO, 1)?;
+    // Its oldest entry must be the cursor itself or older to prove nothing between is gone.
+    if first.last.is_none_or(|oldest| oldest > job.cursor.after()) {
+        handover(job);
+        return Ok(());
+    }
+    let mut batch = Batch::default();
+    let mut used = 0usize;
+    loop {
+        let read = match conn.range(job.cursor.after(), RANGE_COUNT) {
+            Ok(read) => read,
+            Err(e) => {
+                handover(job);
+                return Err(e);
+            }
+        };
+        if read.last.is_none() {
+            break; // Redis has nothing newer: the history finishes the replay
+        }
+        for entry in &read.entries {
+            if epoch.as_deref() != Some(entry.epoch.as_str()) {
+                handover(job); // a new epoch meanwhile: the history knows what to say
+                return Ok(());
+            }
+            if job.names.iter().any(|n| **n == *entry.topic) {
+                let frame = sse::encode_event(
+                    entry.id,
+                    epoch.as_deref(),
+                    entry.event.as_deref(),
+                    &entry.data,
+                );
+                if used.saturating_add(frame.len()) > job.room && !batch.frames.is_empty() {
+                    return send_more(hub, job, batch);
+                }
+                used = used.saturating_add(frame.len());
+                batch.frames.push(frame);
+            }
+            job.cursor.advance(entry.id);
+        }
+        if let Some(last) = read.last {
+            job.cursor.advance(last);
+        }
+        if hub.history_covers(&job.names, &job.cursor) {
+            break;
+        }
+    }
+    if batch.frames.is_empty() {
+        handover(job);
+        Ok(())
+    } else {
+        send_more(hub, job, batch)
+    }
+}
+
+/// Sends a replay step read from Redis; the stream asks again as it drains.
+fn send_more(hub: &Hub, job: ReplayJob, batch: Batch) -> Result<(), LinkError> {
+    hub.answer(
+        job.from,
+        Inbox::Replay {
+            ticket: job.ticket,
+            cursor: job.cursor,
+            step: ReplayStep::More(batch),
+        },
+    );
+    Ok(())
 }

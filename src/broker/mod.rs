@@ -50,10 +50,11 @@ impl Broker {
         cursor: Cursor,
         room: usize,
     ) {
-        // Both replay from the node's history: in cluster mode it holds what the reader
-        // read from Redis (warmed at start), and an id ahead of it waits for the reader.
         match self {
-            Broker::Local | Broker::Redis(_) => hub.replay(from, ticket, names, cursor, room),
+            Broker::Local => hub.replay(from, ticket, names, cursor, room),
+            // From the node's history when it reaches back (an id ahead of it waits for the
+            // reader), else from Redis.
+            Broker::Redis(cluster) => cluster.replay(hub, from, ticket, names, cursor, room),
         }
     }
 
