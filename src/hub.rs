@@ -17,6 +17,7 @@
 //!
 //! The lock is taken once per event, never per client; with one shard it is uncontended.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -90,6 +91,9 @@ pub enum Inbox {
         /// The id given, or why none was.
         outcome: Result<Accepted, Unavailable>,
     },
+    /// Events this shard was not sent while its inbox was full, per topic; sent before the
+    /// first event after them.
+    Missed(Vec<Missed>),
     /// The next part of a stream's replay.
     Replay {
         /// The stream.
@@ -112,6 +116,27 @@ pub struct Hub {
 struct Mailbox {
     tx: Sender<Inbox>,
     waker: Arc<Waker>,
+    /// Events in the inbox not yet taken by the shard.
+    queued: AtomicUsize,
+}
+
+/// Events one shard's inbox holds at most. A shard that falls this far behind (the broker
+/// publishes faster than it can fan out) is not sent more until it catches up; it is told
+/// what it missed per topic, and its streams get `gap` notices, rather than an inbox that
+/// grows without bound.
+pub const INBOX_EVENTS: usize = 65_536;
+
+/// Events of one topic a shard was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missed {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The first id not sent.
+    pub from: EventId,
+    /// The last id not sent.
+    pub to: EventId,
+    /// How many.
+    pub count: u64,
 }
 
 /// What is known node-wide, under the hub's lock.
@@ -131,6 +156,10 @@ struct Ledger {
     /// Epochs started since start (the reader re-reads the stream after a change it did not
     /// see itself).
     generation: u64,
+    /// Per shard: what it was not sent while its inbox was full.
+    missed: Vec<Vec<Missed>>,
+    /// Events not sent to a shard because its inbox was full, since start.
+    overruns: u64,
 }
 
 /// A replay step asked for after an id this node has not read yet.
@@ -167,11 +196,16 @@ impl Hub {
         history: usize,
         history_bytes: usize,
     ) -> (Arc<Hub>, Vec<Receiver<Inbox>>) {
+        let shards = wakers.len();
         let mut mailboxes = Vec::with_capacity(wakers.len());
         let mut inboxes = Vec::with_capacity(wakers.len());
         for waker in wakers {
             let (tx, rx) = mpsc::channel();
-            mailboxes.push(Mailbox { tx, waker });
+            mailboxes.push(Mailbox {
+                tx,
+                waker,
+                queued: AtomicUsize::new(0),
+            });
             inboxes.push(rx);
         }
         let hub = Hub {
@@ -182,6 +216,8 @@ impl Hub {
                 history: History::new(history, history_bytes),
                 waiting: Vec::new(),
                 generation: 0,
+                missed: vec![Vec::new(); shards],
+                overruns: 0,
             }),
             mailboxes,
         };
@@ -267,7 +303,7 @@ impl Hub {
                 frame,
             };
             for shard in 0..self.mailboxes.len() {
-                self.send(shard, Inbox::Event(delivery.clone()));
+                self.send_event(ledger, shard, &delivery);
             }
         }
         subscribers
@@ -478,6 +514,51 @@ impl Hub {
         (ledger.history.bytes(), ledger.history.topics())
     }
 
+    /// Puts an event into shard `to`'s inbox, unless it is full: then the event is noted as
+    /// missed for its topic, and the shard hears of it before its next event.
+    fn send_event(&self, ledger: &mut Ledger, to: usize, delivery: &Delivery) {
+        let (Some(mailbox), Some(missed)) = (self.mailboxes.get(to), ledger.missed.get_mut(to))
+        else {
+            return;
+        };
+        if mailbox.queued.load(Ordering::Acquire) >= INBOX_EVENTS {
+            ledger.overruns += 1;
+            match missed.iter_mut().find(|m| m.topic == delivery.topic) {
+                Some(m) => {
+                    m.to = delivery.id;
+                    m.count += 1;
+                }
+                None => missed.push(Missed {
+                    topic: delivery.topic.clone(),
+                    from: delivery.id,
+                    to: delivery.id,
+                    count: 1,
+                }),
+            }
+            return;
+        }
+        if !missed.is_empty() {
+            let missed = std::mem::take(missed);
+            let _ = mailbox.tx.send(Inbox::Missed(missed));
+        }
+        mailbox.queued.fetch_add(1, Ordering::AcqRel);
+        if mailbox.tx.send(Inbox::Event(delivery.clone())).is_ok() {
+            let _ = mailbox.waker.wake();
+        }
+    }
+
+    /// Shard `shard` took one event from its inbox.
+    pub fn took_event(&self, shard: usize) {
+        if let Some(mailbox) = self.mailboxes.get(shard) {
+            mailbox.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Events not sent to a shard because its inbox was full, since start.
+    pub fn overruns(&self) -> u64 {
+        self.lock().overruns
+    }
+
     /// Puts `message` into shard `to`'s inbox and wakes it. A shard that has exited has
     /// dropped its receiver; nothing is owed to it.
     fn send(&self, to: usize, message: Inbox) {
@@ -546,6 +627,7 @@ mod tests {
                     let a = outcome.unwrap();
                     format!("P{}/{}", a.id.seq(), a.subscribers)
                 }
+                Inbox::Missed(m) => format!("M{}", m.len()),
                 Inbox::Replay { step, .. } => match step {
                     ReplayStep::More(b) => format!("R{}", b.frames.len()),
                     ReplayStep::Live(b) => format!("L{}", b.frames.len()),
@@ -637,5 +719,32 @@ mod tests {
         hub.unsubscribe(["t", "u"]);
         // "u" was never published to and leaves no trace; "t" keeps its history.
         assert_eq!(hub.history_size().1, 1);
+    }
+
+    #[test]
+    fn a_shard_whose_inbox_is_full_is_told_what_it_missed_before_its_next_event() {
+        let (hub, inboxes, _polls) = hub(1);
+        hub.subscribe(&topics(&["t"]), None);
+        for i in 0..INBOX_EVENTS + 2 {
+            hub.publish_local(0, None, "t", None, &format!("{i}"));
+        }
+        assert_eq!(hub.overruns(), 2);
+        let mut events = 0;
+        while let Ok(message) = inboxes[0].try_recv() {
+            assert!(matches!(message, Inbox::Event(_)));
+            hub.took_event(0);
+            events += 1;
+        }
+        assert_eq!(events, INBOX_EVENTS);
+        hub.publish_local(0, None, "t", None, "after");
+        let first = INBOX_EVENTS as u64 + 1;
+        match inboxes[0].try_recv().unwrap() {
+            Inbox::Missed(missed) => assert_eq!(
+                (missed[0].from.seq(), missed[0].to.seq(), missed[0].count),
+                (first, first + 1, 2)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(drain(&inboxes[0]), vec![format!("E{}", first + 2)]);
     }
 }

@@ -127,6 +127,8 @@ pub struct NodeFigures {
     pub history_bytes: u64,
     /// Topics the history knows.
     pub history_topics: u64,
+    /// Events not sent to a shard because its inbox was full.
+    pub inbox_overruns: u64,
     /// The cluster broker's figures, in cluster mode.
     pub broker: Option<crate::broker::cluster::Figures>,
 }
@@ -152,6 +154,12 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
             "gauge",
             "Topics the node knows (subscribed to, or with kept events).",
             node.history_topics,
+        ),
+        (
+            "sse_edge_inbox_overruns_total",
+            "counter",
+            "Events not sent to a shard whose inbox was full (its streams got gap notices).",
+            node.inbox_overruns,
         ),
     ] {
         let _ = writeln!(
@@ -266,6 +274,7 @@ mod tests {
                 events_encoded: 9,
                 history_bytes: 5,
                 history_topics: 1,
+                inbox_overruns: 0,
                 broker: None,
             },
         );

@@ -385,7 +385,11 @@ impl Shard {
     fn drain_inbox(&mut self) {
         while let Ok(message) = self.inbox.try_recv() {
             match message {
-                Inbox::Event(delivery) => self.deliver(&delivery),
+                Inbox::Event(delivery) => {
+                    self.hub.took_event(self.id);
+                    self.deliver(&delivery);
+                }
+                Inbox::Missed(missed) => self.missed(&missed),
                 Inbox::Published { ticket, outcome } => self.on_published(ticket, outcome),
                 Inbox::Replay {
                     ticket,

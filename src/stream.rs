@@ -156,6 +156,31 @@ impl Stream {
         Offer::Dropped
     }
 
+    /// Records `count` events `from..=to` as lost without offering them (the shard was not
+    /// sent them): the next frame that fits goes out behind a `gap` notice.
+    pub fn lose(&mut self, from: EventId, to: EventId, count: u64, now: Instant) {
+        let loss = self.loss.get_or_insert_with(|| {
+            Box::new(Loss {
+                gap: None,
+                since: now,
+            })
+        });
+        match &mut loss.gap {
+            Some(gap) => {
+                gap.from = gap.from.min(from);
+                gap.to = gap.to.max(to);
+                gap.dropped = gap.dropped.saturating_add(count);
+            }
+            None => {
+                loss.gap = Some(Gap {
+                    from,
+                    to,
+                    dropped: count,
+                })
+            }
+        }
+    }
+
     /// The queue just emptied: the stream has caught up. A loss already announced is
     /// forgotten; one still pending restarts its clock (the notice goes with the next frame).
     pub fn on_drained(&mut self, now: Instant) {
@@ -332,5 +357,24 @@ mod tests {
         assert_eq!(offer(&mut s, &mut q, 1, 20, now), Offer::Skipped);
         s.replay = None;
         assert_eq!(offer(&mut s, &mut q, 2, 20, now), Offer::Queued(20));
+    }
+
+    #[test]
+    fn events_the_shard_was_not_sent_are_announced_like_dropped_ones() {
+        let (mut s, mut q, now) = (
+            Stream::new(Box::new([]), None),
+            Outbox::default(),
+            Instant::now(),
+        );
+        s.lose(EventId::local(3), EventId::local(5), 2, now);
+        s.lose(EventId::local(7), EventId::local(8), 2, now);
+        assert!(matches!(offer(&mut s, &mut q, 9, 20, now), Offer::Queued(n) if n > 20));
+        let text = drain(&mut q);
+        assert!(
+            text.starts_with(
+                "event: gap\ndata: {\"from\":\"3\",\"to\":\"8\",\"dropped\":4}\n\nid: 9\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -163,6 +163,7 @@ impl Shard {
                     events_encoded: self.hub.frames_encoded(),
                     history_bytes: history_bytes as u64,
                     history_topics: history_topics as u64,
+                    inbox_overruns: self.hub.overruns(),
                     broker: self.broker.figures(),
                 };
                 let body = metrics::render(&self.stats, figures);

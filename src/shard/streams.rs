@@ -82,6 +82,32 @@ impl Shard {
         }
     }
 
+    /// Events this shard was not sent while its inbox was full: each stream of their topics
+    /// records them as lost, and hears of it in a `gap` notice before its next frame (or
+    /// is let go by the slow-client rule if it is behind anyway).
+    pub(super) fn missed(&mut self, missed: &[crate::hub::Missed]) {
+        let now = self.now;
+        let mut streams = 0u64;
+        for m in missed {
+            let Some(&t) = self.topics.by_name.get(&m.topic) else {
+                continue;
+            };
+            for (_, &key) in self.topics.list[t as usize].subscribers.iter() {
+                if let Some(Phase::Stream(stream)) = self.clients.get_mut(key).map(|c| &mut c.phase)
+                {
+                    stream.lose(m.from, m.to, m.count, now);
+                    streams += 1;
+                }
+            }
+        }
+        warn!(
+            shard = self.id,
+            topics = missed.len(),
+            streams,
+            "this shard fell behind its inbox; its streams are told what they missed"
+        );
+    }
+
     pub(super) fn start_stream(&mut self, key: usize, request: Request) {
         let subscribe = match params::parse_subscribe(&request) {
             Ok(s) => s,
