@@ -255,3 +255,20 @@ fn a_resume_from_before_what_a_node_kept_is_replayed_from_redis() {
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn many_streams_resuming_from_redis_at_once_all_get_every_event() {
+    let redis = RedisServer::start();
+    let a = node(&redis, &["--history", "1"]);
+    let ids: Vec<String> = (0..30)
+        .map(|i| id_of(&a.publish("", format!("e{i}").as_bytes())))
+        .collect();
+    let header = format!("Last-Event-ID: {}", ids[0]);
+    let mut streams: Vec<SseClient> = (0..50)
+        .map(|_| SseClient::connect(a.addr, "/stream", &[&header]))
+        .collect();
+    for (n, stream) in streams.iter_mut().enumerate() {
+        let got: Vec<String> = take(stream, 29).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(got, ids[1..].to_vec(), "stream {n}");
+    }
+}

@@ -14,6 +14,7 @@
 //! reader resumes after the last id it recorded, or from the start of the stream when
 //! Redis's epoch changed (it lost its data; new ids may even be lower than old ones).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use redis::ConnectionInfo;
 use tracing::{info, warn};
 
-use super::redis::{fresh_epoch, Link, LinkError, Publish, Timeouts};
+use super::redis::{fresh_epoch, Link, LinkError, Publish, Read, Timeouts};
 use crate::event_id::EventId;
 use crate::history::{Batch, Cursor};
 use crate::hub::{Accepted, Hub, Inbox, ReplayStep, Ticket, Unavailable};
@@ -482,10 +483,16 @@ fn read_loop(hub: &Hub, info: &ConnectionInfo, key: &str, state: &State, warm: m
     }
 }
 
-/// The replayer thread: serves replay steps from Redis, one job at a time.
+/// The replayer thread: serves replay steps from Redis. The jobs waiting together are served
+/// in one round that reads each range once: a thousand tabs resuming from the same id after a
+/// deploy cost one `XRANGE` per step, not a thousand.
 fn replay_loop(hub: &Hub, info: &ConnectionInfo, key: &str, queue: &Receiver<ReplayJob>) {
     let mut link: Option<Link> = None;
     while let Ok(job) = queue.recv() {
+        let mut round = vec![job];
+        while let Ok(job) = queue.try_recv() {
+            round.push(job);
+        }
         if link.is_none() {
             match Link::connect(info.clone(), key, Timeouts::default()) {
                 Ok(conn) => link = Some(conn),
@@ -494,15 +501,60 @@ fn replay_loop(hub: &Hub, info: &ConnectionInfo, key: &str, queue: &Receiver<Rep
         }
         let Some(conn) = link.as_mut() else {
             // Without Redis the node's own history answers, with its `reset`.
-            hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
+            for job in round {
+                hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
+            }
             continue;
         };
-        if let Err(e) = replay_from_redis(hub, conn, job) {
-            warn!("replaying from Redis failed: {e}");
-            if e.is_connection_lost() {
-                link = None;
+        let mut ranges = Ranges {
+            conn,
+            read: HashMap::new(),
+            oldest: None,
+        };
+        let mut lost = false;
+        for job in round {
+            if lost {
+                hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
+                continue;
+            }
+            if let Err(e) = replay_from_redis(hub, &mut ranges, job) {
+                warn!("replaying from Redis failed: {e}");
+                lost = e.is_connection_lost();
             }
         }
+        if lost {
+            link = None;
+        }
+    }
+}
+
+/// The ranges read in one round of the replayer, each read once.
+struct Ranges<'a> {
+    conn: &'a mut Link,
+    read: HashMap<EventId, Arc<Read>>,
+    /// The stream's oldest entry, once asked.
+    oldest: Option<Option<EventId>>,
+}
+
+impl Ranges<'_> {
+    /// The entries after `after` (up to [`RANGE_COUNT`]).
+    fn after(&mut self, after: EventId) -> Result<Arc<Read>, LinkError> {
+        if let Some(read) = self.read.get(&after) {
+            return Ok(read.clone());
+        }
+        let read = Arc::new(self.conn.range(after, RANGE_COUNT)?);
+        self.read.insert(after, read.clone());
+        Ok(read)
+    }
+
+    /// The id of the oldest entry Redis holds.
+    fn oldest(&mut self) -> Result<Option<EventId>, LinkError> {
+        if let Some(oldest) = self.oldest {
+            return Ok(oldest);
+        }
+        let oldest = self.conn.range(EventId::ZERO, 1)?.last;
+        self.oldest = Some(oldest);
+        Ok(oldest)
     }
 }
 
@@ -510,21 +562,31 @@ fn replay_loop(hub: &Hub, info: &ConnectionInfo, key: &str, queue: &Receiver<Rep
 /// the cursor reaches what the node kept, the node's history takes over (its last step is
 /// ordered with live events under the hub's lock). When Redis no longer has what follows
 /// the cursor either, the history answers too, and its first step says `reset` (expired).
-fn replay_from_redis(hub: &Hub, conn: &mut Link, mut job: ReplayJob) -> Result<(), LinkError> {
+fn replay_from_redis(
+    hub: &Hub,
+    ranges: &mut Ranges<'_>,
+    mut job: ReplayJob,
+) -> Result<(), LinkError> {
     let (_, epoch) = hub.last_id();
     let handover =
         |job: ReplayJob| hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
     // Redis trimmed past the cursor too: nothing here fills the gap.
-    let first = conn.range(EventId::ZERO, 1)?;
     // Its oldest entry must be the cursor itself or older to prove nothing between is gone.
-    if first.last.is_none_or(|oldest| oldest > job.cursor.after()) {
+    let oldest = match ranges.oldest() {
+        Ok(oldest) => oldest,
+        Err(e) => {
+            handover(job);
+            return Err(e);
+        }
+    };
+    if oldest.is_none_or(|oldest| oldest > job.cursor.after()) {
         handover(job);
         return Ok(());
     }
     let mut batch = Batch::default();
     let mut used = 0usize;
     loop {
-        let read = match conn.range(job.cursor.after(), RANGE_COUNT) {
+        let read = match ranges.after(job.cursor.after()) {
             Ok(read) => read,
             Err(e) => {
                 handover(job);
