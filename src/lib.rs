@@ -62,6 +62,7 @@ pub mod server;
 pub mod shard;
 pub mod sse;
 pub mod stream;
+pub mod topics;
 
 pub use config::Config;
 pub use server::{Control, Server, StartError};

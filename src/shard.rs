@@ -73,6 +73,7 @@ use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
 use crate::sse;
 use crate::stream::{Offer, Stream};
+use crate::topics::Topics;
 
 mod accept;
 mod api;
@@ -125,19 +126,6 @@ pub(crate) struct ShardParts {
     pub config: Arc<Config>,
     pub stats: Arc<[ShardStats]>,
     pub node: Arc<Node>,
-}
-
-/// The topics this shard's streams carry, each with its local subscriber list.
-#[derive(Default)]
-struct Topics {
-    by_name: HashMap<Arc<str>, u32>,
-    list: Slab<LocalTopic>,
-}
-
-struct LocalTopic {
-    name: Arc<str>,
-    /// Slab keys of the subscribed clients.
-    subscribers: Slab<usize>,
 }
 
 /// One reactor thread's state.
@@ -526,16 +514,11 @@ impl Shard {
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
             if let Phase::Stream(stream) = client.phase {
-                let mut left = Vec::with_capacity(stream.subs.len());
-                for &(t, slot) in stream.subs.iter() {
-                    let topic = &mut self.topics.list[t as usize];
-                    topic.subscribers.remove(slot as usize);
-                    left.push(topic.name.clone());
-                    if topic.subscribers.is_empty() {
-                        let topic = self.topics.list.remove(t as usize);
-                        self.topics.by_name.remove(&topic.name);
-                    }
-                }
+                let left: Vec<Arc<str>> = stream
+                    .subs
+                    .iter()
+                    .filter_map(|&membership| self.topics.leave(membership))
+                    .collect();
                 self.hub.unsubscribe(left.iter().map(|n| &**n));
                 self.node.quota.release(Admitted {
                     address: self.addresses.remove(&key),

@@ -427,8 +427,34 @@ fn read_loop(hub: &Hub, info: &ConnectionInfo, key: &str, state: &State, warm: m
         };
         match conn.read(after, block, READ_COUNT) {
             Ok(read) => {
+                // An entry of another epoch than the node's: ask Redis which one is current.
+                // Entries of a lost epoch still in flight (read just before Redis lost its
+                // data) are dropped, so the node never flips back to the old epoch.
+                let (_, ours) = hub.last_id();
+                let differs = read
+                    .entries
+                    .iter()
+                    .any(|e| Some(e.epoch.as_str()) != ours.as_deref());
+                let current = if differs {
+                    match conn.epoch() {
+                        Ok(current) => current,
+                        Err(e) => {
+                            warn!("reading Redis's epoch failed: {e}");
+                            if e.is_connection_lost() {
+                                link = None;
+                                state.reader_up.store(false, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    ours.map(|e| e.to_string())
+                };
                 let mut restarted = false;
                 for e in &read.entries {
+                    if Some(e.epoch.as_str()) != current.as_deref() {
+                        continue;
+                    }
                     restarted |=
                         hub.append_entry(e.id, &e.epoch, &e.topic, e.event.as_deref(), &e.data);
                 }

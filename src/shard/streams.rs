@@ -7,9 +7,6 @@ impl Shard {
     /// The fan-out: one refcount bump and one queue push per subscriber, no allocation
     /// (a stream that starts losing frames allocates its gap record, once).
     pub(super) fn deliver(&mut self, delivery: &Delivery) {
-        let Some(&t) = self.topics.by_name.get(&delivery.topic) else {
-            return;
-        };
         #[cfg(debug_assertions)]
         if self.panic_topic.as_deref() == Some(&*delivery.topic) {
             panic!(
@@ -30,7 +27,7 @@ impl Shard {
         } = self;
         let (mut queued, mut bytes, mut dropped, mut notices, mut too_slow, mut peak) =
             (0, 0, 0, 0, 0, 0);
-        for (_, &key) in topics.list[t as usize].subscribers.iter() {
+        for key in topics.subscribers(&delivery.topic) {
             let client = &mut clients[key];
             let Phase::Stream(stream) = &mut client.phase else {
                 continue;
@@ -89,10 +86,7 @@ impl Shard {
         let now = self.now;
         let mut streams = 0u64;
         for m in missed {
-            let Some(&t) = self.topics.by_name.get(&m.topic) else {
-                continue;
-            };
-            for (_, &key) in self.topics.list[t as usize].subscribers.iter() {
+            for key in self.topics.subscribers(&m.topic) {
                 if let Some(Phase::Stream(stream)) = self.clients.get_mut(key).map(|c| &mut c.phase)
                 {
                     stream.lose(m.from, m.to, m.count, now);
@@ -134,19 +128,7 @@ impl Shard {
             .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref());
         let mut subs = Vec::with_capacity(subscription.names.len());
         for name in subscription.names {
-            let t = match self.topics.by_name.get(&name) {
-                Some(&t) => t,
-                None => {
-                    let t = self.topics.list.insert(LocalTopic {
-                        name: name.clone(),
-                        subscribers: Slab::new(),
-                    }) as u32;
-                    self.topics.by_name.insert(name, t);
-                    t
-                }
-            };
-            let slot = self.topics.list[t as usize].subscribers.insert(key) as u32;
-            subs.push((t, slot));
+            subs.push(self.topics.join(name, key));
         }
         let retry = self.jitter(self.config.retry_ms);
         let replaying = subscription.replay.is_some();
@@ -193,7 +175,7 @@ impl Shard {
         let names: Vec<Arc<str>> = stream
             .subs
             .iter()
-            .map(|&(t, _)| self.topics.list[t as usize].name.clone())
+            .filter_map(|&membership| self.topics.name(membership).cloned())
             .collect();
         let room = self
             .config
