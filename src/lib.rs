@@ -24,7 +24,7 @@
 //!    `bytes::Bytes`, keeps it in the [`history`] (bounded per topic and node-wide, in
 //!    bytes), and puts the publisher's answer and then a clone of the frame into the shards'
 //!    inboxes, under one lock, so every shard sees events in id order.
-//! 3. Each shard drains its inbox and walks the topic's subscribers (`shard/streams.rs`);
+//! 3. Each shard drains its inbox and walks the topic's subscribers (`shard/fanout.rs`);
 //!    [`stream::Stream::offer`] pushes a clone (a
 //!    refcount bump) into each one's bounded [`outbox`], or drops it for that stream alone
 //!    and records the gap, to be announced before the next frame that fits.

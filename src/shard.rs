@@ -18,7 +18,7 @@
 //!    shutdown was asked).
 //! 3. Fire due timers (`shard/timers.rs`).
 //! 4. Drain the inbox, in order: events to fan out, answers to publishes, replay steps
-//!    (`shard/streams.rs`). Always, so what this turn's own requests asked of the broker is
+//!    (`shard/fanout.rs`, `shard/streams.rs`). Always, so what this turn's own requests asked of the broker is
 //!    answered in this turn.
 //! 5. Flush every pending client once, with vectored writes, until empty or `WouldBlock`.
 //!    Flushing just before sleeping lets all frames queued in this turn leave in one write.
@@ -77,6 +77,7 @@ use crate::topics::Topics;
 
 mod accept;
 mod api;
+mod fanout;
 mod streams;
 mod timers;
 

@@ -1,0 +1,105 @@
+//! The fan-out of one delivery over a topic's subscribers on this shard: one refcount bump
+//! and one queue push per stream, tallied into the counters once; and the events a shard
+//! missed while its inbox was full, recorded as losses of the streams they were for.
+
+use super::*;
+
+impl Shard {
+    /// The fan-out: one refcount bump and one queue push per subscriber, no allocation
+    /// (a stream that starts losing frames allocates its gap record, once).
+    pub(super) fn deliver(&mut self, delivery: &Delivery) {
+        #[cfg(debug_assertions)]
+        if self.panic_topic.as_deref() == Some(&*delivery.topic) {
+            panic!(
+                "SSE_EDGE_TEST_PANIC_TOPIC: injected panic in shard {}",
+                self.id
+            );
+        }
+        let limit = self.config.client_buffer;
+        let slow_after = self.config.slow_client_period();
+        let Shard {
+            topics,
+            clients,
+            pending,
+            closing,
+            counters,
+            now,
+            ..
+        } = self;
+        let (mut queued, mut bytes, mut dropped, mut notices, mut too_slow, mut peak) =
+            (0, 0, 0, 0, 0, 0);
+        for key in topics.subscribers(&delivery.topic) {
+            let client = &mut clients[key];
+            let Phase::Stream(stream) = &mut client.phase else {
+                continue;
+            };
+            if client.closing {
+                continue;
+            }
+            let frame = &delivery.frame;
+            match stream.offer(
+                &mut client.outbox,
+                delivery.id,
+                delivery.epoch.as_deref(),
+                frame,
+                limit,
+                *now,
+                slow_after,
+            ) {
+                Offer::Queued(n) => {
+                    queued += 1;
+                    bytes += n;
+                    notices += usize::from(n > frame.len());
+                    peak = peak.max(client.outbox.queued_bytes());
+                    if !client.pending {
+                        client.pending = true;
+                        pending.push(key);
+                    }
+                }
+                Offer::Dropped => dropped += 1,
+                Offer::TooSlow => {
+                    dropped += 1;
+                    too_slow += 1;
+                    client.closing = true;
+                    closing.push(key);
+                }
+                Offer::Skipped => {}
+            }
+        }
+        counters.add(Stat::FramesQueued, queued);
+        counters.add(Stat::FramesDropped, dropped);
+        counters.add(Stat::GapNotices, notices as u64);
+        counters.add(Stat::SlowDisconnects, too_slow);
+        counters.add(Stat::QueuedBytes, bytes as u64);
+        counters.raise(Stat::QueuePeakBytes, peak as u64);
+        if too_slow > 0 {
+            debug!(
+                shard = self.id,
+                too_slow, "disconnected streams that kept losing frames"
+            );
+        }
+    }
+
+    /// Events this shard was not sent while its inbox was full: each stream of their topics
+    /// records them as lost, and hears of it in a `gap` notice before its next frame (or
+    /// is let go by the slow-client rule if it is behind anyway).
+    pub(super) fn missed(&mut self, missed: &[crate::hub::Missed]) {
+        let now = self.now;
+        let mut streams = 0u64;
+        for m in missed {
+            for key in self.topics.subscribers(&m.topic) {
+                if let Some(Phase::Stream(stream)) = self.clients.get_mut(key).map(|c| &mut c.phase)
+                {
+                    stream.lose(m.from, m.to, m.count, now);
+                    streams += 1;
+                }
+            }
+        }
+        warn!(
+            shard = self.id,
+            topics = missed.len(),
+            streams,
+            "this shard fell behind its inbox; its streams are told what they missed"
+        );
+    }
+}
