@@ -85,20 +85,15 @@ impl Shard {
             Ok(None) => return,
             Ok(Some(judged)) => judged,
         };
-        let (status, reason, extra) = match (route, verdict) {
-            (Route::WrongMethod(allow), _) => (
-                405,
-                format!("method not allowed here; allowed: {allow}"),
-                format!("Allow: {allow}\r\n"),
-            ),
-            (Route::NotFound, _) => (404, "no such path".to_owned(), String::new()),
-            (_, Err(r)) if r.status == 401 => (
+        let (status, reason, extra) = match (route_refusal(route), verdict) {
+            (Some(refusal), _) => refusal,
+            (None, Err(r)) if r.status == 401 => (
                 401,
                 r.reason.to_owned(),
                 "WWW-Authenticate: Bearer\r\n".to_owned(),
             ),
-            (_, Err(r)) => (r.status, r.reason.to_owned(), String::new()),
-            (_, Ok(())) => {
+            (None, Err(r)) => (r.status, r.reason.to_owned(), String::new()),
+            (None, Ok(())) => {
                 if state.parser.accept_head() {
                     self.queue(key, Bytes::from_static(http::CONTINUE));
                 }
@@ -138,7 +133,8 @@ impl Shard {
     /// Answers one complete request.
     pub(super) fn dispatch(&mut self, key: usize, request: Request) {
         let keep_alive = request.head.keep_alive;
-        match http::route(request.head.method, &request.head.path) {
+        let route = http::route(request.head.method, &request.head.path);
+        match route {
             Route::Stream => self.start_stream(key, request),
             Route::Broadcast => self.publish_request(key, request),
             Route::Page => self.respond(key, Self::page(keep_alive), keep_alive),
@@ -194,20 +190,13 @@ impl Shard {
                 ),
                 keep_alive,
             ),
-            Route::WrongMethod(allow) => {
-                self.counters.reject(405);
-                let response = http::error_response(
-                    405,
-                    &format!("method not allowed here; allowed: {allow}"),
-                    keep_alive,
-                    &format!("Allow: {allow}\r\n"),
-                );
-                self.respond(key, response, keep_alive);
-            }
-            Route::NotFound => {
-                self.counters.reject(404);
-                let response = http::error_response(404, "no such path", keep_alive, "");
-                self.respond(key, response, keep_alive);
+            // Judged from the head already (its body skipped); kept for completeness.
+            Route::WrongMethod(_) | Route::NotFound => {
+                if let Some((status, reason, extra)) = route_refusal(route) {
+                    self.counters.reject(status);
+                    let response = http::error_response(status, &reason, keep_alive, &extra);
+                    self.respond(key, response, keep_alive);
+                }
             }
         }
     }
@@ -337,5 +326,19 @@ impl Shard {
         self.counters.add(Stat::EventsPublished, 1);
         self.broker
             .publish(&self.hub, self.id, None, DEFAULT_TOPIC, None, text);
+    }
+}
+
+/// The answer to a route that exists for no request of this shape: `405` with `Allow`, or
+/// `404`; None for routes that are served.
+fn route_refusal(route: Route) -> Option<(u16, String, String)> {
+    match route {
+        Route::WrongMethod(allow) => Some((
+            405,
+            format!("method not allowed here; allowed: {allow}"),
+            format!("Allow: {allow}\r\n"),
+        )),
+        Route::NotFound => Some((404, "no such path".to_owned(), String::new())),
+        _ => None,
     }
 }
