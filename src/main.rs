@@ -60,8 +60,11 @@ fn main() -> ExitCode {
                 std::process::exit(128 + signal);
             }
             asked = true;
-            control.shutdown();
+            // Logged before asking: once the shards are done the process exits at once, and
+            // the line would be lost (a log line that cannot be written is dropped, not a
+            // panic, so this order is safe).
             info!(signal, "shutting down");
+            control.shutdown();
         }
     });
 
