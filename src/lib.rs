@@ -54,6 +54,7 @@ pub mod guard;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jwt;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
