@@ -24,7 +24,8 @@ use crate::jwt::KeySource;
                   each published event to all of them.\n\n\
                   Subscribe with GET /stream, publish with POST /broadcast, open / in a browser. \
                   Every flag can also be set as SSE_EDGE_<FLAG> (upper case, '-' becomes '_').",
-    after_help = "Example: sse-edge --listen 127.0.0.1:9000 --tick 0 --client-buffer 131072",
+    after_help = "Example: sse-edge --listen 127.0.0.1:9000 --tick 0 --client-buffer 131072\n\
+                  Mint a token for --subscribe-jwt: sse-edge token --help",
     // A flag given twice takes its last value, so wrapper scripts can append overrides.
     args_override_self = true
 )]

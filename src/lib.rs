@@ -63,6 +63,7 @@ pub mod hub;
 pub mod jwt;
 pub mod listener;
 pub mod metrics;
+pub mod mint;
 pub mod outbox;
 pub mod params;
 pub mod server;

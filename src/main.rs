@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use sse_edge::config::ConfigError;
+use sse_edge::mint::{mint, unix_now, MintArgs};
 use sse_edge::{fdlimit, Config, Server};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -14,10 +15,13 @@ use tracing_subscriber::EnvFilter;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return token();
+    }
     let config = match Config::parse_from_env() {
         Ok(config) => config,
         Err(ConfigError::Info(text)) => {
-            print!("{text}");
+            print_out(&text);
             return ExitCode::SUCCESS;
         }
         Err(ConfigError::Invalid(line)) => return fail(&line),
@@ -89,6 +93,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sse-edge token ...`: prints a signed token.
+fn token() -> ExitCode {
+    // Named as typed, so that usage lines read `sse-edge token`.
+    let args = std::iter::once("sse-edge token".into()).chain(std::env::args_os().skip(2));
+    let args = match MintArgs::parse_args(args) {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            print_out(&e.render().to_string());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message may wrap onto following lines (the missing flags): one line.
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            return fail(message.join(" ").trim_start_matches("error: "));
+        }
+    };
+    match mint(&args, unix_now()) {
+        Ok(token) => {
+            print_out(&format!("{token}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Writes to stdout; a reader that went away (`sse-edge --help | head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 /// Prints one line on stderr and returns the usage exit code.

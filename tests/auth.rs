@@ -547,3 +547,35 @@ fn wait_for_log(server: &Server, text: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_token_minted_by_the_token_subcommand_opens_a_stream() {
+    let mint = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .arg("token")
+            .args(args)
+            .env("SSE_EDGE_TOKEN_KEY", SECRET)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let server = Server::start(&["--subscribe-jwt", SECRET, "--jwt-audience", "edge"]);
+    let token = mint(&["--subscribe", "user/42/*", "--aud", "edge", "--ttl", "600"]);
+    let cookie = format!("Cookie: sse_edge_token={token}");
+    let ok = stream_with(&server, "/stream?topic=user/42/inbox", &[&cookie]);
+    assert_eq!(status(&ok), 200);
+    let other = stream_with(&server, "/stream?topic=user/43/inbox", &[&cookie]);
+    assert_eq!(status(&other), 403);
+    let no_aud = mint(&["--subscribe", "user/42/*"]);
+    let c = stream_with(
+        &server,
+        "/stream?topic=user/42/inbox",
+        &[&format!("Cookie: sse_edge_token={no_aud}")],
+    );
+    assert_eq!(status(&c), 401);
+}
