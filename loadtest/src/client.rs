@@ -121,8 +121,8 @@ impl Worker {
     pub fn new(plan: Plan) -> io::Result<Worker> {
         let url = Url::parse(&plan.url).map_err(io::Error::other)?;
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-edge-loadtest\r\n\r\n",
-            url.target, url.host_header
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-edge-loadtest\r\n{}\r\n",
+            url.target, url.host_header, plan.headers
         )
         .into_bytes();
         let now = now_us();

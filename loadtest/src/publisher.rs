@@ -52,6 +52,8 @@ pub struct Job {
     pub schedule: Schedule,
     /// Body size in bytes (padded).
     pub body_size: usize,
+    /// Extra header lines for every POST, each ending in CRLF (`--publish-header`).
+    pub headers: String,
 }
 
 /// Live figures, read by the progress line.
@@ -101,7 +103,7 @@ pub fn run(
         ended_us: started_us,
         max_lag_us: 0,
     };
-    let mut conn = Connection::new(job.url.clone());
+    let mut conn = Connection::new(job.url.clone(), job.headers.clone());
     let (end_us, limit) = match job.schedule {
         Schedule::Rate {
             per_sec,
@@ -159,14 +161,16 @@ pub fn run(
 /// One keep-alive HTTP/1.1 connection for POSTs, reopened when the server closes it.
 struct Connection {
     url: Url,
+    headers: String,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
 impl Connection {
-    fn new(url: Url) -> Connection {
+    fn new(url: Url, headers: String) -> Connection {
         Connection {
             url,
+            headers,
             stream: None,
             buf: Vec::with_capacity(4096),
         }
@@ -202,10 +206,11 @@ impl Connection {
         }
         let stream = self.stream.as_mut().expect("connected above");
         let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nUser-Agent: sse-edge-loadtest\r\n\r\n{body}",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nUser-Agent: sse-edge-loadtest\r\n{}\r\n{body}",
             self.url.target,
             self.url.host_header,
-            body.len()
+            body.len(),
+            self.headers,
         );
         stream
             .write_all(request.as_bytes())
@@ -339,7 +344,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"c\r\n10\r\nlients\":9,\"x\":1}\r\n0\r\n\r\n",
             "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno\n",
         ]);
-        let mut conn = Connection::new(url);
+        let mut conn = Connection::new(url, String::new());
         assert_eq!(conn.post("a").unwrap(), Some(7));
         assert_eq!(conn.post("b").unwrap(), Some(9));
         assert_eq!(conn.post("c").unwrap_err(), "status_400");
@@ -357,6 +362,7 @@ mod tests {
                 max_us: 60_000_000,
             },
             body_size: 0,
+            headers: String::new(),
         };
         let mut seen = Vec::new();
         let out = run(&job, &AtomicBool::new(false), &Live::default(), |seq, _| {
@@ -380,6 +386,7 @@ mod tests {
                 duration_us: 50_000,
             },
             body_size: 0,
+            headers: String::new(),
         };
         let mut times = Vec::new();
         let out = run(&job, &AtomicBool::new(false), &Live::default(), |_, at| {

@@ -124,6 +124,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
             mode: args.publish_mode,
             schedule,
             body_size: args.body_size,
+            headers: args.publish_header_lines(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
@@ -325,6 +326,7 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
                 mode: args.publish_mode,
                 progress_ms: PROGRESS_MS,
                 deadline_us,
+                headers: args.header_lines(),
             };
             first += n;
             plan

@@ -52,6 +52,9 @@ pub struct Plan {
     pub progress_ms: u64,
     /// `CLOCK_MONOTONIC` µs after which the worker reports and exits whatever happens.
     pub deadline_us: u64,
+    /// Extra header lines for every stream request, each ending in CRLF (`--header`).
+    #[serde(default)]
+    pub headers: String,
 }
 
 /// What the parent tells a running worker.

@@ -32,12 +32,18 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts it with `extra` flags.
+    fn start_with(extra: &[&str]) -> Server {
         // The tests share this process; its streams' peers are in other processes, but its
         // own pipes and sockets still count.
         loadtest::fdlimit::raise_to_hard_limit().expect("raise the open-files limit");
         let exe = server_binary();
         let mut child = Command::new(&exe)
             .args(["--listen", "127.0.0.1:0", "--tick", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -346,4 +352,54 @@ fn ctrl_c_prints_what_it_has_so_far() {
         j["deliveries_received"].as_u64().unwrap() >= 10 * 50,
         "{j:#}"
     );
+}
+
+#[test]
+fn header_flags_carry_tokens_to_a_node_that_needs_them() {
+    const SECRET: &str = "loadtest-secret-loadtest-secret-00";
+    let server = Server::start_with(&["--subscribe-jwt", SECRET, "--publish-jwt", SECRET]);
+    let mint = |grant: &str| {
+        let out = Command::new(server_binary())
+            .args(["token", grant, "smoke", "--ttl", "600"])
+            .env("SSE_EDGE_TOKEN_KEY", SECRET)
+            .output()
+            .expect("sse-edge token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let json = temp_path("tokens.json");
+    let mut args = strings(&["--connections", "200", "--messages", "10"]);
+    args.extend([
+        "--url".into(),
+        server.url("/stream?topic=smoke"),
+        "--publish-url".into(),
+        server.url("/broadcast?topic=smoke"),
+        "--header".into(),
+        format!("Cookie: sse_edge_token={}", mint("--subscribe")),
+        "--publish-header".into(),
+        format!("Authorization: Bearer {}", mint("--publish")),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let out = loadtest(&args);
+    assert!(out.status.success(), "{}", describe(&out));
+    let j = read_json(&json);
+    assert_eq!(j["connections_established"], 200, "{j:#}");
+    assert_eq!(j["deliveries_received"], 2000, "{j:#}");
+    assert_eq!(j["deliveries_lost"], 0, "{j:#}");
+
+    // Without them the node refuses both: streams fail to connect.
+    let out = loadtest(&strings(&[
+        "--connections",
+        "5",
+        "--duration",
+        "1",
+        "--url",
+        &server.url("/stream?topic=smoke"),
+    ]));
+    assert!(!out.status.success(), "{}", describe(&out));
 }
