@@ -103,6 +103,8 @@ const SCRATCH: usize = 16 * 1024;
 const EVENTS: usize = 1024;
 /// An expired stream's `retry:` is 1–2 times this: time for the page to refresh its cookie.
 const EXPIRED_RETRY_MS: u64 = 5_000;
+/// The resolution of token expiry times (kept as u32 counts of it: 13 years of uptime).
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// Streams closed for token expiry per turn, at most; the rest go next turn, so a crowd of
 /// tokens minted in one second cannot hold up delivery to everyone else.
 const EXPIRIES_PER_TURN: usize = 512;
@@ -164,8 +166,11 @@ pub(crate) struct Shard {
     /// Request and linger deadlines, earliest first; stale entries are skipped when due.
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     /// When streams are closed because their token expires, as (when, key, serial),
-    /// earliest first: an entry in this heap is the only cost of a token's expiry.
-    expiries: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// earliest first, "when" in [`EXPIRY_TICK`]s since `started`: a 12-byte entry in this
+    /// heap is all a token's expiry costs beyond the stream's own 4 bytes.
+    expiries: BinaryHeap<Reverse<(u32, u32, u32)>>,
+    /// When the shard started: the origin of `expiries`' times.
+    started: Instant,
     /// Connections in the request phase, oldest first, as (key, serial); entries of
     /// connections that left the phase are skipped when met and compacted in bulk.
     requesting: VecDeque<(usize, u32)>,
@@ -238,6 +243,7 @@ impl Shard {
             closing: Vec::new(),
             deadlines: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
+            started: now,
             requesting: VecDeque::new(),
             requesting_now: 0,
             addresses: HashMap::new(),
@@ -348,7 +354,9 @@ impl Shard {
             self.drain_deadline,
             self.next_forget,
             self.deadlines.peek().map(|Reverse((t, _))| *t),
-            self.expiries.peek().map(|Reverse((t, _, _))| *t),
+            self.expiries
+                .peek()
+                .map(|&Reverse((ticks, _, _))| self.started + EXPIRY_TICK * ticks),
         ]
         .into_iter()
         .flatten()

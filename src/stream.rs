@@ -233,6 +233,13 @@ mod tests {
     }
 
     #[test]
+    fn a_token_expiry_costs_a_stream_no_bytes() {
+        // subs (16) + replay (8) + loss (8) + active (1) + expires (4) = 37, padded to 40:
+        // the expiry lives in what was padding.
+        assert_eq!(std::mem::size_of::<Stream>(), 40);
+    }
+
+    #[test]
     fn drops_become_one_gap_notice_before_the_next_frame_that_fits() {
         let (mut s, mut q, now) = (
             Stream::new(Box::new([]), None),

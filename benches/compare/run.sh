@@ -2,17 +2,19 @@
 # The loadtest series behind BENCHMARKS.md. Every run starts a fresh server, measures it with
 # loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
 #
-#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k (default: all)
+#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth (default: all)
 #
 # edge      sse-edge at 1k/10k/19k streams, stamped publishes at 10/s for 15 s, 3 runs each
 # compare   sse-edge, the floor (benches/floor.rs) and the Go demo at 1k/10k/19k streams,
 #           closed-loop publishing (the Go demo ignores bodies), 100 messages, 3 runs each
 # shards    sse-edge --shards 1 vs 2 at 10k streams, 10/s and 20/s for 15 s, 3 runs each
 # hold50k   50k idle streams over 3 sse-edge processes sharing one port (--reuse-port)
+# auth      sse-edge at 10k streams without tokens, and with --subscribe-jwt (HS256 secret;
+#           Ed25519 public key) and every stream's token in its cookie, 10/s for 15 s, 3 runs each
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
-series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k)
+series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k auth)
 mkdir -p "$out"
 cargo build --release --workspace --bins --examples -q
 edge=target/release/sse-edge; floor=target/release/examples/floor; lt=target/release/loadtest
@@ -54,6 +56,25 @@ shards)
         --rate $rate --duration 15 --server-pid $pid --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
     stop
   done; done; done ;;
+auth)
+  secret=bench-secret-bench-secret-bench-secret
+  keydir=$(mktemp -d)
+  openssl genpkey -algorithm ed25519 -out "$keydir/ed.key"
+  openssl pkey -in "$keydir/ed.key" -pubout -out "$keydir/ed.pem"
+  for mode in off hs256 eddsa; do for r in 1 2 3; do
+    name="auth-$mode-$r"; flags=(); header=()
+    case $mode in
+      hs256) flags=(--subscribe-jwt "$secret")
+             header=(--header "Cookie: sse_edge_token=$(SSE_EDGE_TOKEN_KEY=$secret $edge token --subscribe '*')") ;;
+      eddsa) flags=(--subscribe-jwt "file:$keydir/ed.pem")
+             header=(--header "Cookie: sse_edge_token=$(SSE_EDGE_TOKEN_KEY=file:$keydir/ed.key $edge token --subscribe '*')") ;;
+    esac
+    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn "${flags[@]}"
+    $lt --url http://127.0.0.1:$port/stream --connections 10000 --publish-url http://127.0.0.1:$port/broadcast \
+        --rate 10 --duration 15 --server-pid $pid --no-progress "${header[@]}" --json "$out/$name.json" > "$out/$name.txt"
+    stop
+  done; done
+  rm -rf "$keydir" ;;
 hold50k)
   pids=()
   for i in 1 2 3; do

@@ -17,8 +17,9 @@ impl Shard {
             self.expire(key, now);
         }
         let mut budget = EXPIRIES_PER_TURN;
+        let now_ticks = self.expiry_ticks(now);
         while let Some(&Reverse((due, key, serial))) = self.expiries.peek() {
-            if due > now || budget == 0 {
+            if due > now_ticks || budget == 0 {
                 break; // what is left is due next turn: the poll timeout is then zero
             }
             budget -= 1;
@@ -79,12 +80,22 @@ impl Shard {
             .map_or(0, |d| d.as_millis() as u64);
         let serial = self.clients[key].serial;
         let salt = (key as u64) << 32 | u64::from(serial);
-        let due = self.now + close_delay(exp, now_ms, salt);
+        let due = self.expiry_ticks(self.now + close_delay(exp, now_ms, salt));
         match u32::try_from(key) {
             Ok(key32) => self.expiries.push(Reverse((due, key32, serial))),
             // Slab keys never get this far (the quota stops them long before).
             Err(_) => self.close(key),
         }
+    }
+}
+
+impl Shard {
+    /// `at` in [`EXPIRY_TICK`]s since the shard started, rounded down (so a stream is closed
+    /// early rather than late).
+    fn expiry_ticks(&self, at: Instant) -> u32 {
+        let ticks =
+            at.saturating_duration_since(self.started).as_millis() / EXPIRY_TICK.as_millis();
+        u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 }
 
