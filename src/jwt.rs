@@ -584,6 +584,31 @@ mod tests {
         assert!(missing.unwrap_err().contains("/nonexistent/k.pem"));
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends as a token, checking it answers and never panics; one
+        /// that is not signed by the key is never accepted.
+        #[test]
+        fn arbitrary_tokens_are_refused_without_panic(
+            header in proptest::prelude::any::<String>(),
+            claims in proptest::prelude::any::<String>(),
+            signature in "[A-Za-z0-9_-]{0,64}",
+            raw in proptest::prelude::any::<String>(),
+        ) {
+            use base64::Engine as _;
+            let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            let t = trust(&[SECRET], Some("edge"));
+            let shaped = format!("{}.{}.{signature}", b64(&header), b64(&claims));
+            let typed = format!(
+                "{}.{}.{signature}",
+                b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+                b64(&format!(r#"{{"exp":{},"aud":{:?},"sse_edge":{claims:?}}}"#, NOW + 5, "edge"))
+            );
+            for token in [raw.as_str(), &shaped, &typed] {
+                proptest::prop_assert!(t.verify(token, NOW).is_err());
+            }
+        }
+    }
+
     /// A 2048-bit RSA public key (SPKI), for the algorithm-confusion test.
     const RSA_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo
