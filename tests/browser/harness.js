@@ -10,7 +10,8 @@ const fs = require("fs");
 const path = require("path");
 
 const ROOT = path.resolve(__dirname, "..", "..");
-const BIN = path.join(ROOT, "target", "debug", "sse-edge");
+/** The server under test; SSE_EDGE_BIN picks another build (a release binary, say). */
+const BIN = process.env.SSE_EDGE_BIN || path.join(ROOT, "target", "debug", "sse-edge");
 const OUT = path.join(__dirname, "out");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 /** Flags for a quiet headless Chromium in a container: no sandbox, GPU or background traffic. */
