@@ -1,5 +1,10 @@
-//! Who may publish: a bearer token when one is configured, else peers on an allow-list
-//! (loopback by default). Subscribing is always open. Pure.
+//! Who may publish, and who may hold a stream. Pure.
+//!
+//! Publishing needs a bearer token when one is configured (`--publish-token`, or a JWT with
+//! `--publish-jwt`), else a peer on an allow-list (loopback by default). A stream is open to
+//! anyone unless `--subscribe-jwt` is set; then it needs a token ([`crate::jwt`]) that grants
+//! every topic it asks for, from the `Authorization` header, the `sse_edge_token` cookie,
+//! or (with `--token-in-query`) the `access_token` query parameter.
 //!
 //! # Why the allow-list looks at browser and proxy headers
 //!
@@ -21,10 +26,16 @@
 //! Clients that are not browsers (curl, scripts) send no `Origin` and are judged by their
 //! address alone. With a token configured none of this applies: the token is the proof.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
-use crate::http::{Head, Rejection};
+use crate::http::{query_pairs, Head, Rejection};
+use crate::jwt::{Grants, Refusal, Trust};
+
+/// The cookie a stream's token may come in (set by the app, HttpOnly).
+pub const TOKEN_COOKIE: &str = "sse_edge_token";
 
 /// A network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,44 +90,177 @@ impl Cidr {
     }
 }
 
+/// A node's whole policy: who may publish, who may hold a stream.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Who may publish, and to what.
+    pub publish: PublishAccess,
+    /// Who may hold a stream, and of what.
+    pub streams: StreamAccess,
+}
+
 /// The publish policy.
 #[derive(Debug, Clone)]
 pub struct PublishAccess {
     token: Option<String>,
+    jwt: Option<Arc<Trust>>,
     allow: Vec<Cidr>,
 }
 
+/// What a publisher was found to be allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishGrant {
+    /// Any topic: the static token, or an allowed address.
+    AnyTopic,
+    /// The topics its JWT grants.
+    Topics(Grants),
+}
+
+impl PublishGrant {
+    /// Whether publishing to `topic` is allowed.
+    pub fn allows(&self, topic: &str) -> bool {
+        match self {
+            PublishGrant::AnyTopic => true,
+            PublishGrant::Topics(grants) => grants.allows(topic),
+        }
+    }
+}
+
 impl PublishAccess {
-    /// With a token, every publisher must present it; without, only `allow` peers may publish.
-    pub fn new(token: Option<String>, allow: Vec<Cidr>) -> PublishAccess {
-        PublishAccess { token, allow }
+    /// With a static token or JWT keys, every publisher must present one; with neither, only
+    /// `allow` peers may publish.
+    pub fn new(token: Option<String>, jwt: Option<Arc<Trust>>, allow: Vec<Cidr>) -> PublishAccess {
+        PublishAccess { token, jwt, allow }
     }
 
-    /// Decides one publish request from `peer`, from its head.
-    pub fn check(&self, head: &Head, peer: IpAddr) -> Result<(), Rejection> {
-        let Some(token) = &self.token else {
+    /// Decides one publish request from `peer`, from its head, at unix time `now`.
+    ///
+    /// A static token keeps its answers (missing 401, wrong 403); a JWT that does not pass is
+    /// 401 with the reason.
+    pub fn check(&self, head: &Head, peer: IpAddr, now: u64) -> Result<PublishGrant, Rejection> {
+        if self.token.is_none() && self.jwt.is_none() {
             if !self.allow.iter().any(|net| net.contains(peer)) {
                 return Err(forbidden(
                     "publishing is not allowed from this address (see --publish-allow and --publish-token)",
                 ));
             }
-            return borrowed_address(head).map_or(Ok(()), Err);
-        };
-        let presented = head.authorization.as_deref().and_then(|h| {
-            let (scheme, value) = h.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
-        });
-        match presented {
-            None => Err(Rejection {
-                status: 401,
-                reason: "publishing needs an Authorization: Bearer token",
-            }),
-            Some(value) if constant_time_eq(value.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(Rejection {
-                status: 403,
-                reason: "wrong publish token",
-            }),
+            return borrowed_address(head).map_or(Ok(PublishGrant::AnyTopic), Err);
         }
+        let Some(presented) = bearer(head) else {
+            return Err(unauthorized(
+                "publishing needs an Authorization: Bearer token",
+            ));
+        };
+        if let Some(token) = &self.token {
+            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                return Ok(PublishGrant::AnyTopic);
+            }
+        }
+        match &self.jwt {
+            // Beside a static token, only what looks like a JWT is judged as one.
+            Some(trust) if self.token.is_none() || presented.matches('.').count() == 2 => trust
+                .verify(presented, now)
+                .map(|token| PublishGrant::Topics(token.publish))
+                .map_err(|refusal| unauthorized(refusal.reason())),
+            _ => Err(forbidden("wrong publish token")),
+        }
+    }
+}
+
+/// Who may hold a stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamAccess {
+    jwt: Option<Arc<Trust>>,
+    token_in_query: bool,
+}
+
+/// What a stream request was found to be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamGrant {
+    /// No token needed (`--subscribe-jwt` is not set).
+    Open,
+    /// A token that grants the topics, valid until this unix time (seconds).
+    Until(u64),
+    /// A correctly signed token that expired at this unix time: the stream is told so and
+    /// closed, so that the browser retries (with a refreshed cookie) instead of giving up.
+    Expired(u64),
+}
+
+impl StreamAccess {
+    /// Open to all without keys; with them, every stream needs a token.
+    pub fn new(jwt: Option<Arc<Trust>>, token_in_query: bool) -> StreamAccess {
+        StreamAccess {
+            jwt,
+            token_in_query,
+        }
+    }
+
+    /// Decides a stream request for `topics` from its head, at unix time `now`: no token, or
+    /// one that does not pass, is 401; a topic the token does not grant, 403.
+    pub fn check(
+        &self,
+        head: &Head,
+        topics: &[String],
+        now: u64,
+    ) -> Result<StreamGrant, Rejection> {
+        let Some(trust) = &self.jwt else {
+            return Ok(StreamGrant::Open);
+        };
+        let presented = self.presented(head)?;
+        match trust.verify(&presented, now) {
+            Ok(token) if topics.iter().all(|t| token.subscribe.allows(t)) => {
+                Ok(StreamGrant::Until(token.exp))
+            }
+            Ok(_) => Err(forbidden("the token does not grant every topic asked for")),
+            Err(Refusal::Expired(token)) => Ok(StreamGrant::Expired(token.exp)),
+            Err(refusal) => Err(unauthorized(refusal.reason())),
+        }
+    }
+
+    /// The stream's token: the bearer header, else the cookie, else (when allowed) the query.
+    fn presented<'h>(&self, head: &'h Head) -> Result<Cow<'h, str>, Rejection> {
+        if let Some(token) = bearer(head) {
+            return Ok(Cow::Borrowed(token));
+        }
+        if let Some(token) = head.cookie.as_deref().and_then(token_cookie) {
+            return Ok(Cow::Borrowed(token));
+        }
+        let in_query = query_pairs(&head.query)
+            .filter_map(Result::ok)
+            .find(|(key, _)| key == "access_token")
+            .map(|(_, value)| value);
+        match in_query {
+            Some(token) if self.token_in_query => Ok(Cow::Owned(token)),
+            Some(_) => Err(unauthorized(
+                "a token in the URL is accepted only with --token-in-query; send it as a cookie or header",
+            )),
+            None => Err(unauthorized(
+                "this stream needs a token: Authorization: Bearer, or the sse_edge_token cookie",
+            )),
+        }
+    }
+}
+
+/// The value of an `Authorization: Bearer` header.
+fn bearer(head: &Head) -> Option<&str> {
+    let (scheme, value) = head.authorization.as_deref()?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
+}
+
+/// The token cookie's value in a `Cookie` header, if it is there and not empty.
+fn token_cookie(cookies: &str) -> Option<&str> {
+    cookies
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
+}
+
+const fn unauthorized(reason: &'static str) -> Rejection {
+    Rejection {
+        status: 401,
+        reason,
     }
 }
 
@@ -230,49 +374,52 @@ mod tests {
 
     #[test]
     fn without_a_token_only_allowed_peers_publish() {
-        let access = PublishAccess::new(None, loopback());
-        assert!(access.check(&head(""), ip("127.0.0.1")).is_ok());
-        assert!(access.check(&head(""), ip("127.9.9.9")).is_ok());
-        assert!(access.check(&head(""), ip("::1")).is_ok());
-        let err = access.check(&head(""), ip("192.0.2.7")).unwrap_err();
+        let access = PublishAccess::new(None, None, loopback());
+        assert!(access.check(&head(""), ip("127.0.0.1"), 0).is_ok());
+        assert!(access.check(&head(""), ip("127.9.9.9"), 0).is_ok());
+        assert!(access.check(&head(""), ip("::1"), 0).is_ok());
+        let err = access.check(&head(""), ip("192.0.2.7"), 0).unwrap_err();
         assert_eq!(err.status, 403);
     }
 
     #[test]
     fn with_a_token_everyone_needs_it_and_the_scheme_is_case_insensitive() {
-        let access = PublishAccess::new(Some("s3cret".into()), loopback());
+        let access = PublishAccess::new(Some("s3cret".into()), None, loopback());
         let local = ip("127.0.0.1");
-        assert_eq!(access.check(&head(""), local).unwrap_err().status, 401);
+        assert_eq!(access.check(&head(""), local, 0).unwrap_err().status, 401);
         assert_eq!(
-            access.check(&auth("Basic abc"), local).unwrap_err().status,
+            access
+                .check(&auth("Basic abc"), local, 0)
+                .unwrap_err()
+                .status,
             401
         );
         assert_eq!(
             access
-                .check(&auth("Bearer nope"), local)
+                .check(&auth("Bearer nope"), local, 0)
                 .unwrap_err()
                 .status,
             403
         );
         assert_eq!(
             access
-                .check(&auth("Bearer s3cre"), local)
+                .check(&auth("Bearer s3cre"), local, 0)
                 .unwrap_err()
                 .status,
             403
         );
         assert!(access
-            .check(&auth("Bearer s3cret"), ip("192.0.2.7"))
+            .check(&auth("Bearer s3cret"), ip("192.0.2.7"), 0)
             .is_ok());
-        assert!(access.check(&auth("bearer  s3cret"), local).is_ok());
+        assert!(access.check(&auth("bearer  s3cret"), local, 0).is_ok());
         // The token is the proof: browser and proxy headers do not matter then.
         let proxied = head("Authorization: Bearer s3cret\r\nX-Forwarded-For: 1.2.3.4\r\nOrigin: https://a.example\r\nSec-Fetch-Site: cross-site\r\n");
-        assert!(access.check(&proxied, local).is_ok());
+        assert!(access.check(&proxied, local, 0).is_ok());
     }
 
     #[test]
     fn allowed_addresses_do_not_vouch_for_proxies_or_other_pages() {
-        let access = PublishAccess::new(None, loopback());
+        let access = PublishAccess::new(None, None, loopback());
         let local = ip("127.0.0.1");
         let refused = [
             "Forwarded: for=192.0.2.1\r\n",
@@ -291,10 +438,10 @@ mod tests {
             "Host: localhost:80x\r\nOrigin: http://localhost:80x\r\n",
         ];
         for lines in refused {
-            let err = access.check(&head(lines), local).unwrap_err();
+            let err = access.check(&head(lines), local, 0).unwrap_err();
             assert_eq!(err.status, 403, "{lines:?}");
         }
-        let proxy = access.check(&head("Via: 1.1 p\r\n"), local).unwrap_err();
+        let proxy = access.check(&head("Via: 1.1 p\r\n"), local, 0).unwrap_err();
         assert!(proxy.reason.contains("use --publish-token"));
         let accepted = [
             "Host: localhost:8080\r\nOrigin: http://localhost:8080\r\nSec-Fetch-Site: same-origin\r\n",
@@ -307,7 +454,11 @@ mod tests {
             "Sec-Fetch-Site: none\r\n",
         ];
         for lines in accepted {
-            assert_eq!(access.check(&head(lines), local), Ok(()), "{lines:?}");
+            assert_eq!(
+                access.check(&head(lines), local, 0),
+                Ok(PublishGrant::AnyTopic),
+                "{lines:?}"
+            );
         }
     }
 
@@ -317,5 +468,153 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    fn keys(flag: &'static str) -> Option<Arc<Trust>> {
+        Some(Arc::new(
+            Trust::load(flag, vec![SECRET.parse().unwrap()], None).unwrap(),
+        ))
+    }
+
+    fn stream_head(query: &str, lines: &str) -> Head {
+        let mut parser = RequestParser::default();
+        parser.feed(format!("GET /stream?{query} HTTP/1.1\r\n{lines}\r\n").as_bytes());
+        assert_eq!(parser.advance(1024), Ok(Step::Head));
+        parser.head().cloned().unwrap()
+    }
+
+    fn topics(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn streams_are_open_without_keys() {
+        let access = StreamAccess::default();
+        let head = stream_head("topic=x", "");
+        assert_eq!(
+            access.check(&head, &topics(&["x"]), NOW),
+            Ok(StreamGrant::Open)
+        );
+    }
+
+    #[test]
+    fn stream_token_sources_in_order() {
+        let good = jwt(serde_json::json!({"exp": NOW + 60, "sse_edge": {"subscribe": ["news"]}}));
+        let bad = "not.a.jwt";
+        let strict = StreamAccess::new(keys("--subscribe-jwt"), false);
+        let lenient = StreamAccess::new(keys("--subscribe-jwt"), true);
+        let news = topics(&["news"]);
+        let until = Ok(StreamGrant::Until(NOW + 60));
+        let header = stream_head("", &format!("Authorization: Bearer {good}\r\n"));
+        assert_eq!(strict.check(&header, &news, NOW), until);
+        let cookie = stream_head(
+            "",
+            &format!("Cookie: theme=dark; sse_edge_token={good}; x=y\r\n"),
+        );
+        assert_eq!(strict.check(&cookie, &news, NOW), until);
+        // The header wins over the cookie.
+        let both = stream_head(
+            "",
+            &format!("Authorization: Bearer {bad}\r\nCookie: sse_edge_token={good}\r\n"),
+        );
+        assert_eq!(strict.check(&both, &news, NOW).unwrap_err().status, 401);
+        // A non-Bearer Authorization (a proxy's Basic) does not hide the cookie.
+        let basic = stream_head(
+            "",
+            &format!("Authorization: Basic abc\r\nCookie: sse_edge_token={good}\r\n"),
+        );
+        assert_eq!(strict.check(&basic, &news, NOW), until);
+        let query = stream_head(&format!("topic=news&access_token={good}"), "");
+        assert_eq!(lenient.check(&query, &news, NOW), until);
+        let refused = strict.check(&query, &news, NOW).unwrap_err();
+        assert_eq!(refused.status, 401);
+        assert!(refused.reason.contains("--token-in-query"));
+        let none = strict.check(&stream_head("", "Cookie: other=1\r\n"), &news, NOW);
+        assert_eq!(none.unwrap_err().status, 401);
+        let empty = strict.check(&stream_head("", "Cookie: sse_edge_token=\r\n"), &news, NOW);
+        assert_eq!(empty.unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn stream_topics_must_be_granted_and_expiry_is_not_a_401() {
+        let access = StreamAccess::new(keys("--subscribe-jwt"), false);
+        let token =
+            jwt(serde_json::json!({"exp": NOW + 60, "sse_edge": {"subscribe": ["user/42/*"]}}));
+        let head = stream_head("", &format!("Authorization: Bearer {token}\r\n"));
+        assert!(access
+            .check(&head, &topics(&["user/42/inbox", "user/42/x"]), NOW)
+            .is_ok());
+        let mixed = access.check(&head, &topics(&["user/42/inbox", "user/43/inbox"]), NOW);
+        assert_eq!(mixed.unwrap_err().status, 403);
+        assert_eq!(
+            access.check(&head, &topics(&["user/42/inbox"]), NOW + 60),
+            Ok(StreamGrant::Expired(NOW + 60))
+        );
+        let unsigned = stream_head("", "Authorization: Bearer a.b.c\r\n");
+        let refused = access.check(&unsigned, &topics(&["x"]), NOW).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.reason),
+            (401, "the token is not a well-formed JWT")
+        );
+    }
+
+    #[test]
+    fn publish_with_a_jwt() {
+        let access = PublishAccess::new(None, keys("--publish-jwt"), loopback());
+        let local = ip("127.0.0.1");
+        // Keys configured: the allow-list no longer lets anyone in without a token.
+        assert_eq!(access.check(&head(""), local, NOW).unwrap_err().status, 401);
+        let token =
+            jwt(serde_json::json!({"exp": NOW + 60, "sse_edge": {"publish": ["news", "feeds/*"]}}));
+        let grant = access
+            .check(&auth(&format!("Bearer {token}")), ip("192.0.2.7"), NOW)
+            .unwrap();
+        assert!(grant.allows("news") && grant.allows("feeds/a") && !grant.allows("other"));
+        let expired = access.check(&auth(&format!("Bearer {token}")), local, NOW + 60);
+        assert_eq!(expired.unwrap_err(), unauthorized("the token has expired"));
+        assert_eq!(
+            access
+                .check(&auth("Bearer junk"), local, NOW)
+                .unwrap_err()
+                .status,
+            401
+        );
+    }
+
+    #[test]
+    fn publish_with_a_static_token_and_a_jwt() {
+        let access = PublishAccess::new(Some("s3cret".into()), keys("--publish-jwt"), loopback());
+        let local = ip("127.0.0.1");
+        assert_eq!(
+            access.check(&auth("Bearer s3cret"), local, NOW),
+            Ok(PublishGrant::AnyTopic)
+        );
+        // The static token's answers stay: a wrong one is 403; a JWT that fails is 401.
+        assert_eq!(
+            access
+                .check(&auth("Bearer nope"), local, NOW)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            access
+                .check(&auth("Bearer a.b.c"), local, NOW)
+                .unwrap_err()
+                .status,
+            401
+        );
+        let token = jwt(serde_json::json!({"exp": NOW + 60, "sse_edge": {"publish": ["news"]}}));
+        assert!(access
+            .check(&auth(&format!("Bearer {token}")), local, NOW)
+            .is_ok());
     }
 }

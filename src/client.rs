@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::access::StreamGrant;
 use crate::http::RequestParser;
 use crate::outbox::{Flush, Outbox, Written};
 use crate::stream::Stream;
@@ -68,6 +69,8 @@ pub struct RequestState {
     /// A publish waiting for the broker's answer: no further request is read until it is
     /// answered, so answers leave in request order.
     pub awaiting: Option<Awaiting>,
+    /// What the head of the current stream request was allowed ([`crate::params::check_head`]).
+    pub grant: Option<StreamGrant>,
 }
 
 /// A publish sent to the broker, whose answer is owed to the client.
@@ -112,6 +115,7 @@ impl Client {
                 parser: RequestParser::default(),
                 deadline,
                 awaiting: None,
+                grant: None,
             })),
             readable: false,
             // A just-accepted socket has room; a WouldBlock corrects this if not.

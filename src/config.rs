@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::access::Cidr;
+use crate::jwt::KeySource;
 
 /// The server's settings.
 #[derive(Debug, Clone, Parser)]
@@ -131,6 +132,54 @@ pub struct Config {
         default_value = "127.0.0.0/8,::1"
     )]
     pub publish_allow: Vec<Cidr>,
+
+    /// Streams need a JWT. KEY is an HS256 secret (at least 32 bytes; prefer the environment
+    /// variable, which `ps` does not show), or `file:PATH` to a PEM public key: RS256, ES256
+    /// (P-256) or EdDSA (Ed25519) by the key's type, its file stem being its `kid`. Repeat
+    /// for rotation: each key is tried, the one the token's `kid` names first. SIGHUP re-reads
+    /// key files. Grants: the claim `sse_edge: {"subscribe": [topics or prefix/*]}`.
+    #[arg(
+        long,
+        env = "SSE_EDGE_SUBSCRIBE_JWT",
+        value_name = "KEY",
+        hide_env_values = true,
+        action = clap::ArgAction::Append
+    )]
+    pub subscribe_jwt: Vec<KeySource>,
+
+    /// Publishers may present a JWT (same KEY forms, repeatable) granting
+    /// `sse_edge: {"publish": [...]}`, beside --publish-token. With either set, every publish
+    /// needs one of them.
+    #[arg(
+        long,
+        env = "SSE_EDGE_PUBLISH_JWT",
+        value_name = "KEY",
+        hide_env_values = true,
+        action = clap::ArgAction::Append
+    )]
+    pub publish_jwt: Vec<KeySource>,
+
+    /// Tokens must name this audience in their `aud` claim.
+    #[arg(long, env = "SSE_EDGE_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// Also accept a stream's token as `?access_token=` (URLs end up in logs and history:
+    /// prefer the sse_edge_token cookie).
+    #[arg(long, env = "SSE_EDGE_TOKEN_IN_QUERY")]
+    pub token_in_query: bool,
+
+    /// Exact origins (comma-separated, `https://app.example.com`) whose pages may open
+    /// credentialed streams (`EventSource(url, {withCredentials: true})`): their stream
+    /// answers and preflights echo the origin with `Access-Control-Allow-Credentials: true`.
+    /// Without it, streams answer `Access-Control-Allow-Origin: *` (no cookies cross-origin).
+    #[arg(
+        long,
+        env = "SSE_EDGE_CORS_ORIGINS",
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = crate::cors::parse_origin
+    )]
+    pub cors_origins: Vec<String>,
 
     /// Streams this node holds before it sheds new ones (200, `: shed`, a long `retry:`,
     /// closed). Default: the open-files limit less a reserve for listeners and publishers.
@@ -325,6 +374,32 @@ impl Config {
         }
         if self.topic_idle == 0 {
             return Err("--topic-idle must be at least 1 second".into());
+        }
+        for (flag, keys) in [
+            ("--subscribe-jwt", &self.subscribe_jwt),
+            ("--publish-jwt", &self.publish_jwt),
+        ] {
+            if keys.len() > crate::jwt::MAX_KEYS {
+                return Err(format!(
+                    "{flag} may be given at most {} times",
+                    crate::jwt::MAX_KEYS
+                ));
+            }
+        }
+        if self.cors_origins.len() > crate::cors::MAX_ORIGINS {
+            return Err(format!(
+                "--cors-origins may list at most {} origins",
+                crate::cors::MAX_ORIGINS
+            ));
+        }
+        if self.token_in_query && self.subscribe_jwt.is_empty() {
+            return Err("--token-in-query needs --subscribe-jwt".into());
+        }
+        if self.jwt_audience.is_some()
+            && self.subscribe_jwt.is_empty()
+            && self.publish_jwt.is_empty()
+        {
+            return Err("--jwt-audience needs --subscribe-jwt or --publish-jwt".into());
         }
         if self.max_streams_per_ip == Some(0) {
             return Err("--max-streams-per-ip must be at least 1".into());

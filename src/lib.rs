@@ -33,6 +33,11 @@
 //!    blocked client resumes on its next writable event.
 //! 5. EOF or an error marks a client closing; the end of the turn frees its slot.
 //!
+//! A stream request is judged from its head the same way: with `--subscribe-jwt`, [`access`]
+//! finds its token (header, cookie, or URL) and [`jwt`] checks it against the topics asked
+//! for; [`cors`] picks its response head, built once per allowed origin. A token's expiry is
+//! an entry in the shard's timer heap (`shard/timers.rs`), not a timer per stream.
+//!
 //! A stream that resumes with `Last-Event-ID` walks the history in steps no larger than the
 //! room in its queue; each step comes through the inbox like everything else, and the stream
 //! skips live frames until its last step arrives, so the seam between replay and live has no
@@ -48,12 +53,14 @@ pub mod admission;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod event_id;
 pub mod fdlimit;
 pub mod guard;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jwt;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use sse_edge::config::ConfigError;
 use sse_edge::{fdlimit, Config, Server};
@@ -48,13 +48,27 @@ fn main() -> ExitCode {
     };
 
     let control = server.control();
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
     std::thread::spawn(move || {
         let mut asked = false;
         for signal in signals.forever() {
+            if signal == SIGHUP {
+                // Re-read what lives in files; a failed reload keeps what is in use.
+                let outcomes = control.reload();
+                if outcomes.is_empty() {
+                    info!("SIGHUP: nothing to reload (no key files)");
+                }
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(line) => info!("SIGHUP: {line}"),
+                        Err(line) => warn!("SIGHUP: {line}"),
+                    }
+                }
+                continue;
+            }
             if asked {
                 // A second signal means now.
                 std::process::exit(128 + signal);

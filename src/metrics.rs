@@ -36,6 +36,8 @@ stats! {
     Replayed => "sse_edge_replayed_events_total", "counter", "Events replayed to streams resuming from a Last-Event-ID.";
     ResetNotices => "sse_edge_reset_notices_total", "counter", "event: reset notices (Last-Event-ID expired or unknown).";
     Shed => "sse_edge_shed_total", "counter", "Streams shed at capacity (max clients or out of descriptors).";
+    StreamsExpired => "sse_edge_streams_expired_total", "counter", "Streams ended because their token expired (event: expired, then closed).";
+    ExpiredTokens => "sse_edge_expired_tokens_total", "counter", "Stream requests with a correctly signed but expired token (answered event: expired).";
     KeepalivesSent => "sse_edge_keepalives_total", "counter", "Keep-alive comments queued to idle streams.";
     BytesWritten => "sse_edge_bytes_written_total", "counter", "Bytes written to sockets.";
     QueuedBytes => "sse_edge_queued_bytes", "gauge", "Bytes waiting in all outbound queues.";

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::access::PublishAccess;
+use crate::access::{Access, StreamGrant};
 use crate::http::{query_pairs, Head, Rejection, Request, Route};
 
 /// The topic of a request that names none.
@@ -57,28 +57,42 @@ pub fn is_event_name(s: &str) -> bool {
 }
 
 /// Judges a request from its head alone, before any body is read: a publish must be allowed
-/// ([`PublishAccess::check`]) and name a valid topic and event; a stream must name valid
-/// topics. `route` is the head's route; 404 and 405 are the caller's (they carry headers).
-/// `peer` is needed for a publish only; a publish from an unknown peer is refused.
+/// ([`PublishAccess::check`](crate::access::PublishAccess::check)) and name a valid topic and
+/// event that its grant covers; a stream must name valid topics, and be allowed them
+/// ([`StreamAccess::check`](crate::access::StreamAccess::check)), which is the grant returned.
+/// `route` is the head's route; 404 and 405 are the caller's (they carry headers). `peer` is
+/// needed for a publish only; a publish from an unknown peer is refused. `now` is unix time
+/// in seconds, for tokens.
 ///
 /// Pure, so the shard runs it where a panic costs only this connection.
 pub fn check_head(
     route: Route,
     head: &Head,
-    access: &PublishAccess,
+    access: &Access,
     peer: Option<IpAddr>,
-) -> Result<(), Rejection> {
+    now: u64,
+) -> Result<Option<StreamGrant>, Rejection> {
     match route {
         Route::Broadcast => {
             let peer = peer.ok_or(Rejection {
                 status: 403,
                 reason: "the peer's address is unknown",
             })?;
-            access.check(head, peer)?;
-            publish_target(&head.query).map(drop)
+            let grant = access.publish.check(head, peer, now)?;
+            let (topic, _) = publish_target(&head.query)?;
+            if !grant.allows(&topic) {
+                return Err(Rejection {
+                    status: 403,
+                    reason: "the token does not grant publishing to this topic",
+                });
+            }
+            Ok(None)
         }
-        Route::Stream => subscribe_from(&head.query, head.last_event_id.as_deref()).map(drop),
-        _ => Ok(()),
+        Route::Stream => {
+            let subscribe = subscribe_from(&head.query, head.last_event_id.as_deref())?;
+            access.streams.check(head, &subscribe.topics, now).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 

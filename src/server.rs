@@ -9,14 +9,16 @@ use std::thread;
 use mio::{Poll, Waker};
 use tracing::info;
 
-use crate::access::PublishAccess;
+use crate::access::{Access, PublishAccess, StreamAccess};
 use crate::admission::Quota;
 use crate::broker::cluster::Cluster;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::fdlimit;
 use crate::guard;
 use crate::hub::Hub;
+use crate::jwt::{KeySource, Trust};
 use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
 use crate::shard::{Node, Shard, ShardParts, WAKER};
@@ -44,6 +46,9 @@ pub enum StartError {
     /// The `--redis` URL is unusable.
     #[error("{0}")]
     Redis(String),
+    /// A `--subscribe-jwt` or `--publish-jwt` key is unusable.
+    #[error("{0}")]
+    Keys(String),
     /// A broker thread could not be started.
     #[error("cannot start a cluster broker thread: {0}")]
     Thread(io::Error),
@@ -71,6 +76,23 @@ impl Control {
         self.hub.wake_all();
     }
 
+    /// Re-reads every key file (`SIGHUP`). Keys whose files fail to load stay as they were;
+    /// the outcome is one line per flag with files.
+    pub fn reload(&self) -> Vec<Result<String, String>> {
+        self.node
+            .keys
+            .iter()
+            .filter(|trust| trust.has_files())
+            .map(|trust| {
+                let flag = trust.flag();
+                trust
+                    .reload()
+                    .map(|n| format!("{flag}: {n} keys loaded"))
+                    .map_err(|e| format!("{flag}: keeping the keys in use: {e}"))
+            })
+            .collect()
+    }
+
     /// The node's hub (ids, encode counts).
     pub fn hub(&self) -> &Hub {
         &self.hub
@@ -90,6 +112,13 @@ impl Control {
 impl Server {
     /// Binds the listeners and sets up one shard per listener; nothing runs yet.
     pub fn bind(config: Config) -> Result<Server, StartError> {
+        // Keys first: a bad key file is a configuration error, found before any port is taken.
+        let subscribe_keys = trust(
+            "--subscribe-jwt",
+            &config.subscribe_jwt,
+            &config.jwt_audience,
+        )?;
+        let publish_keys = trust("--publish-jwt", &config.publish_jwt, &config.jwt_audience)?;
         let listeners = listener::bind(config.listen, config.shards, config.reuse_port)?;
         let local_addr = listeners[0].local_addr().map_err(StartError::Register)?;
         let mut polls = Vec::with_capacity(listeners.len());
@@ -114,7 +143,20 @@ impl Server {
         let node = Arc::new(Node {
             stop: AtomicBool::new(false),
             quota: Quota::new(max_streams, config.max_streams_per_ip),
-            access: PublishAccess::new(config.publish_token.clone(), config.publish_allow.clone()),
+            access: Access {
+                publish: PublishAccess::new(
+                    config.publish_token.clone(),
+                    publish_keys.clone(),
+                    config.publish_allow.clone(),
+                ),
+                streams: StreamAccess::new(subscribe_keys.clone(), config.token_in_query),
+            },
+            cors: Cors::new(&config.cors_origins),
+            pages: crate::shard::pages(config.token_in_query),
+            keys: [subscribe_keys, publish_keys]
+                .into_iter()
+                .flatten()
+                .collect(),
         });
         let config = Arc::new(config);
         let broker = match &config.redis {
@@ -199,4 +241,18 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The keys behind one flag, when it is given.
+fn trust(
+    flag: &'static str,
+    sources: &[KeySource],
+    audience: &Option<String>,
+) -> Result<Option<Arc<Trust>>, StartError> {
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    Trust::load(flag, sources.to_vec(), audience.clone())
+        .map(|trust| Some(Arc::new(trust)))
+        .map_err(|e| StartError::Keys(format!("{flag}: {e}")))
 }

@@ -12,7 +12,7 @@
 //! # One turn of the loop
 //!
 //! 1. `poll` with a timeout that is the nearest timer (ticker, keep-alive, request deadline,
-//!    accept back-off), or zero while clients are pending a flush.
+//!    token expiry, accept back-off), or zero while clients are pending a flush.
 //! 2. Handle events: accept until `WouldBlock` (`shard/accept.rs`); read and answer requests
 //!    (`shard/api.rs`); notice closed streams. A wake-up means the inbox has something (or
 //!    shutdown was asked).
@@ -59,15 +59,17 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::access::PublishAccess;
+use crate::access::{Access, StreamGrant};
 use crate::admission::{Admitted, Quota, Refusal};
 use crate::broker::Broker;
 use crate::client::Awaiting;
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::guard::{self, Contained};
 use crate::http::{self, Rejection, Request, Route, Step};
 use crate::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
+use crate::jwt::Trust;
 use crate::metrics::{self, Counters, ShardStats, Stat};
 use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
@@ -76,6 +78,7 @@ use crate::stream::{Offer, Stream};
 use crate::topics::Topics;
 
 mod accept;
+pub(crate) use api::pages;
 mod api;
 mod fanout;
 mod streams;
@@ -98,6 +101,11 @@ const RESPONSE_BACKLOG: usize = 256 * 1024;
 const SCRATCH: usize = 16 * 1024;
 /// Events handled per `poll` call.
 const EVENTS: usize = 1024;
+/// An expired stream's `retry:` is 1–2 times this: time for the page to refresh its cookie.
+const EXPIRED_RETRY_MS: u64 = 5_000;
+/// Streams closed for token expiry per turn, at most; the rest go next turn, so a crowd of
+/// tokens minted in one second cannot hold up delivery to everyone else.
+const EXPIRIES_PER_TURN: usize = 512;
 /// A shed stream's `retry:` is this many times `--retry-ms` (jittered): come back later.
 const SHED_RETRY_FACTOR: u64 = 10;
 /// How often shard 0 looks for idle topics to forget, at most and at least.
@@ -112,8 +120,14 @@ pub(crate) struct Node {
     pub stop: AtomicBool,
     /// Who may hold a stream.
     pub quota: Quota,
-    /// Who may publish.
-    pub access: PublishAccess,
+    /// Who may publish and who may hold a stream.
+    pub access: Access,
+    /// The CORS answers of streams and preflights.
+    pub cors: Cors,
+    /// The page's response, without and with keep-alive, built once.
+    pub pages: [Bytes; 2],
+    /// The JWT keys in use (reloaded on `SIGHUP`).
+    pub keys: Vec<Arc<Trust>>,
 }
 
 /// What a shard needs from its server to run.
@@ -149,6 +163,9 @@ pub(crate) struct Shard {
     closing: Vec<usize>,
     /// Request and linger deadlines, earliest first; stale entries are skipped when due.
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// When streams are closed because their token expires, as (when, key, serial),
+    /// earliest first: an entry in this heap is the only cost of a token's expiry.
+    expiries: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Connections in the request phase, oldest first, as (key, serial); entries of
     /// connections that left the phase are skipped when met and compacted in bulk.
     requesting: VecDeque<(usize, u32)>,
@@ -178,7 +195,6 @@ pub(crate) struct Shard {
     now: Instant,
     scratch: Box<[u8]>,
     rng: u64,
-    stream_head: Bytes,
 }
 
 impl Shard {
@@ -221,6 +237,7 @@ impl Shard {
             pending: Vec::with_capacity(1024),
             closing: Vec::new(),
             deadlines: BinaryHeap::new(),
+            expiries: BinaryHeap::new(),
             requesting: VecDeque::new(),
             requesting_now: 0,
             addresses: HashMap::new(),
@@ -238,7 +255,6 @@ impl Shard {
             now,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             rng: (seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
-            stream_head: Bytes::from_static(http::STREAM_HEAD),
         })
     }
 
@@ -332,6 +348,7 @@ impl Shard {
             self.drain_deadline,
             self.next_forget,
             self.deadlines.peek().map(|Reverse((t, _))| *t),
+            self.expiries.peek().map(|Reverse((t, _, _))| *t),
         ]
         .into_iter()
         .flatten()
@@ -515,21 +532,27 @@ impl Shard {
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
             if let Phase::Stream(stream) = client.phase {
-                let left: Vec<Arc<str>> = stream
-                    .subs
-                    .iter()
-                    .filter_map(|&membership| self.topics.leave(membership))
-                    .collect();
-                self.hub.unsubscribe(left.iter().map(|n| &**n));
-                self.node.quota.release(Admitted {
-                    address: self.addresses.remove(&key),
-                });
-                self.counters.sub(Stat::Streams, 1);
-                self.counters.add(Stat::StreamsClosed, 1);
-                debug!(shard = self.id, key, "stream closed");
+                self.stream_ended(key, stream);
             } else {
                 debug!(shard = self.id, key, "connection closed");
             }
         }
+    }
+
+    /// A stream is over (its connection closes, or it is told its token expired): it leaves
+    /// its topics and gives back its place in the quotas.
+    fn stream_ended(&mut self, key: usize, stream: Stream) {
+        let left: Vec<Arc<str>> = stream
+            .subs
+            .iter()
+            .filter_map(|&membership| self.topics.leave(membership))
+            .collect();
+        self.hub.unsubscribe(left.iter().map(|n| &**n));
+        self.node.quota.release(Admitted {
+            address: self.addresses.remove(&key),
+        });
+        self.counters.sub(Stat::Streams, 1);
+        self.counters.add(Stat::StreamsClosed, 1);
+        debug!(shard = self.id, key, "stream closed");
     }
 }

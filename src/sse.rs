@@ -137,6 +137,15 @@ pub fn encode_reset(
     )
 }
 
+/// Encodes the `event: expired` notice for a token that expired at `exp` (unix seconds), with
+/// the `retry:` after which the browser reconnects (with its refreshed cookie). No id, so
+/// the reconnect resumes after the last real event.
+pub fn encode_expired(exp: u64, retry_ms: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: expired\ndata: {{\"exp\":{exp}}}\nretry: {retry_ms}\n\n"
+    ))
+}
+
 /// A server notice: an event type and one line of JSON data, no id.
 fn encode_notice(event: &str, json: &str) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {json}\n\n"))
@@ -326,6 +335,10 @@ mod tests {
     #[test]
     fn shed_preamble() {
         assert_eq!(text(&encode_shed(30000)), ": shed\nretry: 30000\n\n");
+        assert_eq!(
+            text(&encode_expired(1_800_000_000, 7321)),
+            "event: expired\ndata: {\"exp\":1800000000}\nretry: 7321\n\n"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! to go, even if a frame fits now and then (a reader trickling a few bytes would otherwise
 //! hold its queue full forever).
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +33,9 @@ pub struct Stream {
     pub replay: Option<Box<Replay>>,
     /// Frames lost since the queue was last empty.
     pub loss: Option<Box<Loss>>,
+    /// When its token expires (unix seconds), with `--subscribe-jwt`. Four bytes that fit in
+    /// the struct's padding: a stream without a token pays nothing for it.
+    pub expires: Option<NonZeroU32>,
 }
 
 /// Where a replaying stream stands.
@@ -89,6 +93,7 @@ impl Stream {
                 })
             }),
             loss: None,
+            expires: None,
         }
     }
 

@@ -18,14 +18,23 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// Most header lines accepted in one head (431 beyond).
 pub(crate) const MAX_HEADERS: usize = 64;
 
-/// The response head of every event stream. The body that follows is close-delimited (no
-/// `Content-Length`, no chunking), so the very same frame bytes can go to every client.
+/// The response head of every event stream up to its CORS lines ([`crate::cors`]) and the
+/// blank line. The body that follows is close-delimited (no `Content-Length`, no chunking),
+/// so the very same frame bytes can go to every client.
+pub const STREAM_HEAD_START: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Content-Type: text/event-stream\r\n\
+Cache-Control: no-cache\r\n\
+Connection: keep-alive\r\n\
+X-Accel-Buffering: no\r\n";
+
+/// A whole stream head open to every origin: what a stream shed before its request was read
+/// gets.
 pub const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
 Content-Type: text/event-stream\r\n\
 Cache-Control: no-cache\r\n\
 Connection: keep-alive\r\n\
-Access-Control-Allow-Origin: *\r\n\
 X-Accel-Buffering: no\r\n\
+Access-Control-Allow-Origin: *\r\n\
 \r\n";
 
 /// The interim response owed to a client that sent `Expect: 100-continue` (curl does, for

@@ -61,6 +61,8 @@ pub struct Head {
     pub origin: Option<String>,
     /// The `Sec-Fetch-Site` header, when present and valid UTF-8.
     pub sec_fetch_site: Option<String>,
+    /// The `Cookie` header(s), when present and valid UTF-8 (several are joined by `; `).
+    pub cookie: Option<String>,
     /// A `Forwarded`, `X-Forwarded-For` or `Via` header was present: a proxy relayed it.
     pub proxied: bool,
     /// Header lines in the head.
@@ -83,6 +85,7 @@ impl Head {
             host: None,
             origin: None,
             sec_fetch_site: None,
+            cookie: None,
             proxied: false,
             header_count: 0,
         }
@@ -684,6 +687,14 @@ fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
         } else if name.eq_ignore_ascii_case("sec-fetch-site") {
             head.sec_fetch_site =
                 once(&head.sec_fetch_site, "more than one Sec-Fetch-Site header")?;
+        } else if name.eq_ignore_ascii_case("cookie") {
+            // RFC 6265 §5.4 sends one Cookie line; HTTP/2 gateways may split it.
+            if let Some(more) = text() {
+                head.cookie = Some(match head.cookie.take() {
+                    Some(before) => format!("{before}; {more}"),
+                    None => more,
+                });
+            }
         } else if name.eq_ignore_ascii_case("forwarded")
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("via")

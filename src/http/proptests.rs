@@ -4,8 +4,9 @@
 
 use proptest::prelude::*;
 
+use super::Route;
 use super::{query_pairs, Framing, Head, Method, Rejection, Request, RequestParser, Step};
-use crate::access::PublishAccess;
+use crate::access::{Access, PublishAccess, StreamAccess};
 use crate::params;
 
 const MAX_BODY: usize = 256;
@@ -19,6 +20,8 @@ fn cases() -> ProptestConfig {
 
 /// What the parser said, in order, with a judge that accepts every head.
 #[derive(Debug, PartialEq, Eq)]
+// Test-only and short-lived: size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Head(Box<super::Head>),
     Request(Request),
@@ -276,6 +279,22 @@ fn parse_event_stream(stream: &str) -> (Vec<SeenEvent>, Vec<String>) {
     (events, other)
 }
 
+/// A node that needs tokens for everything, so hostile heads reach the token checks.
+static ACCESS: std::sync::LazyLock<Access> = std::sync::LazyLock::new(|| {
+    let trust = |flag| {
+        let key = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        std::sync::Arc::new(crate::jwt::Trust::load(flag, vec![key], Some("edge".into())).unwrap())
+    };
+    Access {
+        publish: PublishAccess::new(
+            Some("static".into()),
+            Some(trust("--publish-jwt")),
+            vec!["127.0.0.0/8".parse().unwrap()],
+        ),
+        streams: StreamAccess::new(Some(trust("--subscribe-jwt")), true),
+    }
+});
+
 fn publish_request(query: String, body: Vec<u8>) -> Request {
     Request::new(Head::new(Method::Post, "/broadcast".into(), query, 1), body)
 }
@@ -311,14 +330,17 @@ proptest! {
         request.head.last_event_id = Some(value.clone());
         let _ = params::parse_subscribe(&request);
         let _ = params::parse_publish(request, std::time::UNIX_EPOCH);
-        let wire = format!("POST /broadcast?{query} HTTP/1.1\r\n{name}: {value}\r\nHost: {value}\r\nOrigin: {value}\r\n\r\n");
+        let wire = format!("POST /broadcast?{query} HTTP/1.1\r\n{name}: {value}\r\nHost: {value}\r\nOrigin: {value}\r\nAuthorization: Bearer {value}\r\nCookie: a=b; sse_edge_token={value}\r\n\r\n");
         let mut parser = RequestParser::default();
         parser.feed(wire.as_bytes());
         if parser.advance(MAX_BODY) == Ok(Step::Head) {
             let head = parser.head().unwrap();
-            let access = PublishAccess::new(None, vec!["127.0.0.0/8".parse().unwrap()]);
             let route = super::route(head.method, &head.path);
-            let _ = params::check_head(route, head, &access, Some([127, 0, 0, 1].into()));
+            // Every route through both policies, tokens required: hostile Authorization
+            // and Cookie values reach the token checks.
+            for route in [route, Route::Broadcast, Route::Stream] {
+                let _ = params::check_head(route, head, &ACCESS, Some([127, 0, 0, 1].into()), 0);
+            }
         }
     }
 }

@@ -151,12 +151,12 @@ impl Shard {
         self.requesting_now = self.requesting_now.saturating_sub(1);
     }
 
-    /// Answers a stream request beyond capacity: stream head, `: shed`, a long jittered
+    /// Answers a stream request beyond capacity: its stream `head`, `: shed`, a long jittered
     /// `retry:`, then close.
-    pub(super) fn shed(&mut self, key: usize, refusal: Refusal) {
+    pub(super) fn shed(&mut self, key: usize, head: Bytes, refusal: Refusal) {
         self.counters.add(Stat::Shed, 1);
         let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
-        self.queue(key, self.stream_head.clone());
+        self.queue(key, head);
         self.queue(key, sse::encode_shed(retry));
         self.clients[key].close_after_flush = true;
         debug!(shard = self.id, key, ?refusal, "stream shed");

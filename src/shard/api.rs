@@ -66,6 +66,9 @@ impl Shard {
             return;
         };
         let (socket, access) = (&client.socket, &self.node.access);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let judged = guard::contain(|| {
             let head = state.parser.head()?;
             let route = http::route(head.method, &head.path);
@@ -74,7 +77,7 @@ impl Shard {
                 Route::Broadcast => socket.peer_addr().ok().map(|a| a.ip()),
                 _ => None,
             };
-            let verdict = params::check_head(route, head, access, peer);
+            let verdict = params::check_head(route, head, access, peer, now);
             // A client waiting for `100 Continue` may never send the body of a refused
             // request, so the position of its next request is unknown: close then.
             let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());
@@ -93,7 +96,8 @@ impl Shard {
                 "WWW-Authenticate: Bearer\r\n".to_owned(),
             ),
             (None, Err(r)) => (r.status, r.reason.to_owned(), String::new()),
-            (None, Ok(())) => {
+            (None, Ok(grant)) => {
+                state.grant = grant;
                 if state.parser.accept_head() {
                     self.queue(key, Bytes::from_static(http::CONTINUE));
                 }
@@ -137,7 +141,10 @@ impl Shard {
         match route {
             Route::Stream => self.start_stream(key, request),
             Route::Broadcast => self.publish_request(key, request),
-            Route::Page => self.respond(key, Self::page(keep_alive), keep_alive),
+            Route::Page => {
+                let page = self.node.pages[usize::from(keep_alive)].clone();
+                self.respond(key, page, keep_alive)
+            }
             // A load balancer routes around a node whose broker is down: its streams stay
             // open, but it could not publish or hear what others publish.
             Route::Health if self.broker.healthy() => self.respond(
@@ -175,21 +182,15 @@ impl Shard {
                     keep_alive,
                 );
             }
-            Route::Preflight => self.respond(
-                key,
-                http::response(
-                    204,
-                    "text/plain",
-                    b"",
-                    keep_alive,
-                    "Access-Control-Allow-Origin: *\r\n\
-                     Access-Control-Allow-Methods: GET, OPTIONS\r\n\
-                     Access-Control-Allow-Headers: Last-Event-ID, Cache-Control\r\n\
-                     Access-Control-Max-Age: 86400\r\n\
-                     Allow: GET, POST, OPTIONS\r\n",
-                ),
-                keep_alive,
-            ),
+            Route::Preflight => {
+                let cors = self
+                    .node
+                    .cors
+                    .preflight_headers(request.head.origin.as_deref());
+                let headers = format!("{cors}Allow: GET, POST, OPTIONS\r\n");
+                let response = http::response(204, "text/plain", b"", keep_alive, &headers);
+                self.respond(key, response, keep_alive)
+            }
             // Judged from the head already (its body skipped); kept for completeness.
             Route::WrongMethod(_) | Route::NotFound => {
                 if let Some((status, reason, extra)) = route_refusal(route) {
@@ -199,29 +200,6 @@ impl Shard {
                 }
             }
         }
-    }
-
-    /// The page's response, built once per keep-alive variant and shared by every answer (a
-    /// clone is a reference-count bump, not a copy of the page).
-    pub(super) fn page(keep_alive: bool) -> Bytes {
-        static PAGES: std::sync::OnceLock<[Bytes; 2]> = std::sync::OnceLock::new();
-        let pages = PAGES.get_or_init(|| {
-            [false, true].map(|keep_alive| {
-                http::response(
-                    200,
-                    "text/html; charset=utf-8",
-                    PAGE,
-                    keep_alive,
-                    // The page's own CSP (a meta tag) pins its script; framing can only be
-                    // forbidden by a header.
-                    "Cache-Control: no-cache\r\n\
-                     Content-Security-Policy: frame-ancestors 'none'\r\n\
-                     X-Content-Type-Options: nosniff\r\n\
-                     Referrer-Policy: no-referrer\r\n",
-                )
-            })
-        });
-        pages[usize::from(keep_alive)].clone()
     }
 
     /// Queues a response; without keep-alive the connection closes once it is written.
@@ -341,4 +319,32 @@ fn route_refusal(route: Route) -> Option<(u16, String, String)> {
         Route::NotFound => Some((404, "no such path".to_owned(), String::new())),
         _ => None,
     }
+}
+
+/// The page's response without and with keep-alive, built once per node and shared by every
+/// answer (a clone is a reference-count bump, not a copy of the page). The page learns from
+/// a meta tag whether it may send a typed token in the URL.
+pub(crate) fn pages(token_in_query: bool) -> [Bytes; 2] {
+    const OFF: &str = r#"<meta name="sse-edge-token-in-query" content="off">"#;
+    const ON: &str = r#"<meta name="sse-edge-token-in-query" content="on">"#;
+    let page = String::from_utf8_lossy(PAGE);
+    let page = if token_in_query {
+        page.replacen(OFF, ON, 1)
+    } else {
+        page.into_owned()
+    };
+    [false, true].map(|keep_alive| {
+        http::response(
+            200,
+            "text/html; charset=utf-8",
+            page.as_bytes(),
+            keep_alive,
+            // The page's own CSP (a meta tag) pins its script; framing can only be
+            // forbidden by a header.
+            "Cache-Control: no-cache\r\n\
+             Content-Security-Policy: frame-ancestors 'none'\r\n\
+             X-Content-Type-Options: nosniff\r\n\
+             Referrer-Policy: no-referrer\r\n",
+        )
+    })
 }

@@ -1,10 +1,32 @@
 //! Event streams: starting one (topics joined, replay asked for), replay steps as they
 //! arrive, keep-alives.
 
+use std::num::NonZeroU32;
+
 use super::*;
 
 impl Shard {
+    /// Opens the stream a request asked for, as its head was judged ([`Shard::judge_head`]):
+    /// topics joined, replay asked for, its token's expiry scheduled; or answers an expired
+    /// token, or sheds it at capacity.
     pub(super) fn start_stream(&mut self, key: usize, request: Request) {
+        let grant = match &mut self.clients[key].phase {
+            Phase::Request(state) => state.grant.take(),
+            _ => None,
+        };
+        let Some(grant) = grant else {
+            // Every stream head is judged before its request completes; never open one that
+            // was not.
+            warn!(
+                shard = self.id,
+                key, "stream request without a verdict; closing"
+            );
+            return self.close(key);
+        };
+        let head = self.node.cors.stream_head(request.head.origin.as_deref());
+        if let StreamGrant::Expired(exp) = grant {
+            return self.refuse_expired(key, head, exp);
+        }
         let subscribe = match params::parse_subscribe(&request) {
             Ok(s) => s,
             Err(rejection) => return self.reject(key, rejection),
@@ -15,7 +37,7 @@ impl Shard {
         };
         let admitted = match self.node.quota.admit(peer) {
             Ok(admitted) => admitted,
-            Err(refusal) => return self.shed(key, refusal),
+            Err(refusal) => return self.shed(key, head, refusal),
         };
         if self.config.send_buffer > 0 {
             // A stream's traffic is small frames; a client that stops reading would otherwise
@@ -34,7 +56,12 @@ impl Shard {
         }
         let retry = self.jitter(self.config.retry_ms);
         let replaying = subscription.replay.is_some();
-        let stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
+        let mut stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
+        if let StreamGrant::Until(exp) = grant {
+            // Unix seconds fit u32 until 2106; a later exp is kept as the last one that fits.
+            stream.expires = NonZeroU32::new(u32::try_from(exp).unwrap_or(u32::MAX));
+            self.schedule_expiry(key, exp);
+        }
         if let Some(address) = admitted.address {
             // Kept beside the stream, not in it: a stream pays for the per-address quota
             // only when the quota is on.
@@ -42,7 +69,7 @@ impl Shard {
         }
         self.clients[key].phase = Phase::Stream(stream);
         self.left_request_phase();
-        self.queue(key, self.stream_head.clone());
+        self.queue(key, head);
         self.queue(key, sse::encode_preamble(retry));
         if let Some(reset) = subscription.reset {
             self.counters.add(Stat::ResetNotices, 1);
@@ -136,6 +163,52 @@ impl Shard {
         if more && self.clients[ticket.key].outbox.queued_bytes() < self.config.client_buffer / 2 {
             self.continue_replay(ticket.key);
         }
+    }
+
+    /// Answers a stream whose token is correctly signed but expired: `200`, the `expired`
+    /// notice with a `retry:`, close. Not a 401, which would stop the browser for good: an
+    /// idle tab retries until its page has refreshed the cookie.
+    pub(super) fn refuse_expired(&mut self, key: usize, head: Bytes, exp: u64) {
+        self.counters.add(Stat::ExpiredTokens, 1);
+        let retry = self.expired_retry();
+        self.queue(key, head);
+        self.queue(key, sse::encode_expired(exp, retry));
+        self.clients[key].close_after_flush = true;
+        debug!(shard = self.id, key, "stream token already expired");
+    }
+
+    /// Ends `key`'s stream because its token expires: the `expired` notice with a `retry:`
+    /// after whatever it has queued, then close. It leaves its topics now, so nothing is
+    /// delivered after the notice; a peer that does not read it is closed after [`LINGER`].
+    pub(super) fn end_expired(&mut self, key: usize, serial: u32) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if client.serial != serial || client.closing {
+            return;
+        }
+        let Phase::Stream(stream) = &client.phase else {
+            return;
+        };
+        let Some(exp) = stream.expires else {
+            return;
+        };
+        let deadline = self.now + LINGER;
+        let phase = std::mem::replace(&mut client.phase, Phase::Linger { deadline });
+        client.close_after_flush = true;
+        self.deadlines.push(Reverse((deadline, key)));
+        if let Phase::Stream(stream) = phase {
+            self.stream_ended(key, stream);
+        }
+        let retry = self.expired_retry();
+        self.queue(key, sse::encode_expired(u64::from(exp.get()), retry));
+        self.counters.add(Stat::StreamsExpired, 1);
+    }
+
+    /// An expired stream's `retry:`: 5 to 10 s, jittered, so the tabs of one deploy's tokens
+    /// do not come back in the same second.
+    fn expired_retry(&mut self) -> u64 {
+        EXPIRED_RETRY_MS / 2 + self.jitter(EXPIRED_RETRY_MS)
     }
 
     /// Queues a keep-alive comment to every stream that had nothing queued since the last check.

@@ -16,6 +16,15 @@ impl Shard {
             self.deadlines.pop();
             self.expire(key, now);
         }
+        let mut budget = EXPIRIES_PER_TURN;
+        while let Some(&Reverse((due, key, serial))) = self.expiries.peek() {
+            if due > now || budget == 0 {
+                break; // what is left is due next turn: the poll timeout is then zero
+            }
+            budget -= 1;
+            self.expiries.pop();
+            self.end_expired(key as usize, serial);
+        }
         if let (Some(at), Some(period)) = (self.next_tick, self.config.tick_period()) {
             if at <= now {
                 self.ticks += 1;
@@ -62,6 +71,45 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Schedules the end of `key`'s stream, whose token expires at `exp` (unix seconds).
+    pub(super) fn schedule_expiry(&mut self, key: usize, exp: u64) {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let serial = self.clients[key].serial;
+        let salt = (key as u64) << 32 | u64::from(serial);
+        let due = self.now + close_delay(exp, now_ms, salt);
+        match u32::try_from(key) {
+            Ok(key32) => self.expiries.push(Reverse((due, key32, serial))),
+            // Slab keys never get this far (the quota stops them long before).
+            Err(_) => self.close(key),
+        }
+    }
+}
+
+/// A stream is closed this long before its token's `exp`, at least, so that no event is
+/// delivered on an expired token even with a poll turn of delay.
+const EXPIRY_MARGIN_MS: u64 = 1_000;
+/// ...and at most this much earlier again, spread per stream: a million tokens minted in the
+/// same second expire over this window, not in one turn.
+const EXPIRY_SPREAD_MS: u64 = 4_000;
+
+/// How long from `now_ms` (unix milliseconds) until a stream whose token expires at `exp`
+/// (unix seconds) is closed: at a point in `[exp - margin - spread, exp - margin]` chosen by
+/// `salt`, the spread shrunk to half the time left so a short-lived token is not cut at once.
+pub(super) fn close_delay(exp: u64, now_ms: u64, salt: u64) -> Duration {
+    let latest = exp.saturating_mul(1000).saturating_sub(EXPIRY_MARGIN_MS);
+    let left = latest.saturating_sub(now_ms);
+    let spread = EXPIRY_SPREAD_MS.min(left / 2);
+    // splitmix64's finaliser: neighbouring keys land far apart in the window.
+    let mut z = salt.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Duration::from_millis(left - z % (spread + 1))
+}
+
 /// How often idle topics are looked for: a quarter of `--topic-idle`, within
 /// [`FORGET_PERIOD`], so a topic outlives its idle period by at most a quarter of it (or a
 /// minute).
@@ -76,5 +124,39 @@ pub(super) fn next_after(at: Instant, period: Duration, now: Instant) -> Instant
         next
     } else {
         now + period
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXP: u64 = 1_800_000_000;
+
+    #[test]
+    fn streams_close_before_exp_within_the_spread() {
+        let now = (EXP - 3600) * 1000;
+        let mut seen = std::collections::HashSet::new();
+        for salt in 0..10_000u64 {
+            let delay = close_delay(EXP, now, salt).as_millis() as u64;
+            let at = now + delay;
+            assert!(at <= EXP * 1000 - EXPIRY_MARGIN_MS, "salt {salt}: {at}");
+            assert!(at >= EXP * 1000 - EXPIRY_MARGIN_MS - EXPIRY_SPREAD_MS);
+            seen.insert(at / 100);
+        }
+        // Spread over the whole window, not bunched: every 100 ms slot of the 4 s is used.
+        assert_eq!(seen.len(), 41);
+    }
+
+    #[test]
+    fn a_short_token_keeps_half_its_time_and_a_past_one_closes_now() {
+        let now = EXP * 1000 - 3000; // expires in 3 s: closes within [2 s - 1 s, 2 s] from now
+        for salt in 0..1000 {
+            let delay = close_delay(EXP, now, salt).as_millis() as u64;
+            assert!((1000..=2000).contains(&delay), "{delay}");
+        }
+        assert_eq!(close_delay(EXP, EXP * 1000 - 500, 7), Duration::ZERO);
+        assert_eq!(close_delay(EXP, EXP * 1000 + 60_000, 7), Duration::ZERO);
+        assert!(close_delay(u64::MAX, 0, 7) > Duration::ZERO);
     }
 }
