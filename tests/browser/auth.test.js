@@ -91,34 +91,53 @@ function startApp() {
 }
 
 /**
- * Opens `url` from the app page and returns the edge's answer as the network saw it. When the
- * browser refuses the answer (CORS), fails with what the edge answered a copy of the request.
+ * Opens `url` from the app page. Resolves with { response } when the page may read the edge's
+ * answer, or { refused } (the browser's error text) when CORS hides it from the page.
  */
 async function listenFromApp(page, url, withCredentials) {
   let off = () => {};
   const outcome = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no answer to ${url} within ${WAIT} ms`)), WAIT);
     const onResponse = (r) => { if (r.url() === url) { off(); resolve({ response: r }); } };
-    const onFailed = (req) => { if (req.url() === url) { off(); resolve({ failed: req }); } };
+    const onFailed = (req) => { if (req.url() === url) { off(); resolve({ refused: req.failure()?.errorText }); } };
     off = () => { clearTimeout(timer); page.off("response", onResponse); page.off("requestfailed", onFailed); };
     page.on("response", onResponse);
     page.on("requestfailed", onFailed);
   });
   await page.evaluate(([u, c]) => window.listen(u, c), [url, withCredentials]);
-  const { response, failed } = await outcome.finally(off);
-  if (response) return response;
-  // The browser hides a refused answer: ask the edge again from node with the same Origin and
-  // cookie, so the failure says what the edge sent.
-  const headers = { origin: new URL(page.url()).origin };
-  const jar = withCredentials ? await page.context().cookies(url) : [];
-  if (jar.length) headers.cookie = jar.map((c) => `${c.name}=${c.value}`).join("; ");
+  return outcome.finally(off);
+}
+
+/** What the edge answers from node to a GET of `url` with `headers` (status and headers only). */
+async function askEdge(url, headers) {
   const ctl = new AbortController();
   const r = await fetch(url, { headers, signal: ctl.signal });
   ctl.abort();
-  const h = (name) => r.headers.get(name);
-  throw new Error(`the browser refused the edge's answer (${failed.failure()?.errorText}); asked again with Origin: ${headers.origin}` +
-    ` and ${headers.cookie ? "the cookie" : "no cookie"}, the edge answers ${r.status} with Access-Control-Allow-Origin: ${h("access-control-allow-origin")},` +
-    ` Access-Control-Allow-Credentials: ${h("access-control-allow-credentials")}, Vary: ${h("vary")}`);
+  return { status: r.status, header: (name) => r.headers.get(name) };
+}
+
+/** The edge's count of requests it answered with `status` (sse_edge_rejected_requests_total). */
+async function rejected(origin, status) {
+  const text = await (await fetch(`${origin}/metrics`, { signal: AbortSignal.timeout(WAIT) })).text();
+  const m = new RegExp(`^sse_edge_rejected_requests_total\\{status="${status}"\\} (\\d+)$`, "m").exec(text);
+  assert(m, `/metrics has no sse_edge_rejected_requests_total{status="${status}"}`);
+  return Number(m[1]);
+}
+
+/**
+ * Opens `url` from the app page and expects the edge to refuse it with `status`: the edge counts
+ * exactly one such answer (whether or not CORS lets the page read it), the EventSource ends
+ * CLOSED, and it opened and received nothing. Returns what the network saw.
+ */
+async function expectRefused(page, edge, url, withCredentials, status) {
+  const before = await rejected(edge, status);
+  const seenByNet = await listenFromApp(page, url, withCredentials);
+  if (seenByNet.response) assert(seenByNet.response.status() === status, `the stream answered ${seenByNet.response.status()}, not ${status}`);
+  const s = await closedFor(page, "the EventSource to end CLOSED");
+  await until(`the edge to count a ${status} answer`, async () => (await rejected(edge, status)) > before);
+  assert((await rejected(edge, status)) === before + 1, `the edge counted ${(await rejected(edge, status)) - before} answers with ${status}, not 1`);
+  assert(s.errors >= 1 && s.opened === 0 && s.data.length === 0, `the EventSource opened ${s.opened} times, saw ${s.errors} errors and received ${JSON.stringify(s.data)}`);
+  return seenByNet;
 }
 
 const seen = (page) => page.evaluate(() => window.seen);
@@ -175,7 +194,13 @@ async function main() {
   await withCookie.goto(appOrigin + "/");
 
   await check("with the cookie, a page on another origin gets a credentialed stream and its events", async () => {
-    const r = await listenFromApp(withCookie, news, true);
+    const { response: r, refused } = await listenFromApp(withCookie, news, true);
+    if (refused) {
+      const jar = await withCookie.context().cookies(news);
+      const a = await askEdge(news, { origin: appOrigin, cookie: jar.map((c) => `${c.name}=${c.value}`).join("; ") });
+      throw new Error(`the browser refused the edge's answer (${refused}); asked the same from node, the edge answers ${a.status} with ` +
+        `Access-Control-Allow-Origin: ${a.header("access-control-allow-origin")}, Access-Control-Allow-Credentials: ${a.header("access-control-allow-credentials")}`);
+    }
     assert(r.status() === 200, `the stream answered ${r.status()}`);
     const sent = await r.request().allHeaders();
     assert(sent.origin === appOrigin, `the stream request's Origin was ${sent.origin}`);
@@ -197,26 +222,20 @@ async function main() {
     const other = await freshPage([cookieFor(edge, token(["news"]))]);
     try {
       await other.goto(appOrigin + "/");
-      const r = await listenFromApp(other, `${edge}/stream?topic=sport`, true);
-      assert(r.status() === 403, `the stream answered ${r.status()}`);
-      const s = await closedFor(other, "the EventSource to end CLOSED");
-      assert(s.opened === 0 && s.data.length === 0, `it opened ${s.opened} times and received ${JSON.stringify(s.data)}`);
+      await expectRefused(other, edge, `${edge}/stream?topic=sport`, true, 403);
     } finally {
       await withDeadline(other.context().close());
     }
   });
 
-  await check("a fresh context without the cookie: 401 with WWW-Authenticate: Bearer, CLOSED, nothing received", async () => {
+  await check("a fresh context without the cookie: refused (401, WWW-Authenticate: Bearer), CLOSED, nothing received", async () => {
     const bare = await freshPage();
     try {
       await bare.goto(appOrigin + "/");
-      const r = await listenFromApp(bare, news, true);
-      const sent = await r.request().allHeaders();
-      assert(!("cookie" in sent), `a cookie was sent: ${sent.cookie}`);
-      assert(r.status() === 401, `the stream answered ${r.status()}`);
-      assert(/^Bearer\b/.test(r.headers()["www-authenticate"] || ""), `WWW-Authenticate: ${r.headers()["www-authenticate"]}`);
-      const s = await closedFor(bare, "the EventSource to end CLOSED");
-      assert(s.errors >= 1, "no error event");
+      assert((await bare.context().cookies(news)).length === 0, "the fresh context has a cookie");
+      await expectRefused(bare, edge, news, true, 401);
+      const a = await askEdge(news, { origin: appOrigin });
+      assert(/^Bearer\b/.test(a.header("www-authenticate") || ""), `WWW-Authenticate: ${a.header("www-authenticate")}`);
       // The cookie page is still subscribed: exactly one stream gets this, and not the bare page.
       const j = await publish(edge, "news", "news-2");
       assert(j.clients === 1, `news-2 reached ${j.clients} streams`);
@@ -229,15 +248,12 @@ async function main() {
     }
   });
 
-  await check("the cookie is not sent without withCredentials, so the stream is refused (401)", async () => {
+  await check("without withCredentials the cookie stays home, so the stream is refused (401)", async () => {
     const plain = await freshPage([cookieFor(edge, token(["news"]))]);
     try {
       await plain.goto(appOrigin + "/");
-      const r = await listenFromApp(plain, news, false);
-      assert(!("cookie" in (await r.request().allHeaders())), "a cookie went out on a non-credentialed request");
-      assert(r.status() === 401, `the stream answered ${r.status()}`);
-      const s = await closedFor(plain, "the EventSource to end CLOSED");
-      assert(s.data.length === 0, `received ${JSON.stringify(s.data)}`);
+      // The same cookie opens the stream with credentials (above): a 401 here means it stayed home.
+      await expectRefused(plain, edge, news, false, 401);
     } finally {
       await withDeadline(plain.context().close());
     }
