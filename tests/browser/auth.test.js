@@ -16,9 +16,10 @@
 
 const crypto = require("crypto");
 const http = require("http");
+const path = require("path");
 const { chromium } = require("playwright-core");
 const {
-  CHROMIUM, CHROMIUM_ARGS, WAIT, assert, check, requireTools, startServer, stopServer, until, withDeadline, finish,
+  OUT, CHROMIUM, CHROMIUM_ARGS, WAIT, assert, check, requireTools, startServer, stopServer, until, withDeadline, finish,
 } = require("./harness");
 
 const WATCHDOG = 150_000; // the whole run, ms
@@ -170,8 +171,11 @@ const notices = (page, type) => page.locator(`#log li.notice[data-type="${type}"
 const row = (page, id) => page.locator(`#log li.event[data-id="${id}"]`);
 const logText = (page) => page.locator("#log").textContent();
 
-/** The local time the page should show for `exp`, as the browser formats it. */
-const localTime = (page, exp) => page.evaluate((e) => new Date(e * 1000).toLocaleTimeString(), exp);
+/** The browser's local time of `exp` as the page shows it: hh:mm:ss (the token expires today). */
+const localTime = (page, exp) => page.evaluate((e) => {
+  const d = new Date(e * 1000);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+}, exp);
 
 /** Reads the exp claim back from a token minted by `token()`. */
 const expOf = (t) => JSON.parse(Buffer.from(t.split(".")[1], "base64url").toString()).exp;
@@ -314,7 +318,7 @@ async function main() {
     await first.waitFor({ timeout: EXPIRY_WAIT });
     const text = await first.locator(".data").textContent();
     const at = await localTime(page, exp);
-    assert(text.includes(`expired at ${at}`), `the notice says "${text}", not the expiry time ${at}`);
+    assert(/expired at /.test(text) && text.includes(at), `the notice says "${text}", not the expiry time ${at}`);
     assert(/paste a fresh one/.test(text), `the notice does not say what to do with a typed token: "${text}"`);
     // Signed but expired: the node answers 200 with the same notice, so EventSource comes back
     // by itself (a 401 would make it give up for good).
@@ -322,6 +326,7 @@ async function main() {
     assert((await page.locator("#status").getAttribute("data-state")) !== "closed", "the EventSource gave up");
     assert((await page.locator("#log li.error").count()) === 0, "an error line was shown although the notice explained the close");
     assert(!(await logText(page)).includes(t.split(".")[2]), "the token appears in the log");
+    await page.screenshot({ path: path.join(OUT, "page-auth-expired.png"), animations: "disabled" });
     await disconnect(page);
     assert(page.errors.length === 0, `script errors or CSP violations: ${page.errors.join("; ")}`);
   });
@@ -356,7 +361,7 @@ async function main() {
     await notice.waitFor({ timeout: EXPIRY_WAIT });
     const text = await notice.locator(".data").textContent();
     const at = await localTime(cookiePage, expOf(short));
-    assert(text.includes(`expired at ${at}`) && /refreshed cookie/.test(text), `the notice says "${text}"`);
+    assert(/expired at /.test(text) && text.includes(at) && /refreshed cookie/.test(text), `the notice says "${text}"`);
     // What the app would do now: refresh the cookie. The browser reconnects by itself with it.
     const fresh = token(["news"]);
     await cookiePage.context().addCookies([cookieFor(c, fresh)]);
