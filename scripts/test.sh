@@ -50,3 +50,4 @@ if [ ! -d tests/browser/node_modules ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 node tests/browser/page.test.js
+node tests/browser/auth.test.js

@@ -7,83 +7,26 @@
 // line "N passed, M failed". Exits non-zero on any failure. Every wait has a deadline.
 "use strict";
 
-const { spawn } = require("child_process");
 const fs = require("fs");
 const os = require("os");
 const path = require("path");
 const { chromium } = require("playwright-core");
 const { PAGE, cspHashes } = require("./csp");
+const {
+  OUT, CHROMIUM, CHROMIUM_ARGS, WAIT, assert, check, requireTools, startServer: start, stopServer, until, withDeadline, finish,
+} = require("./harness");
 
-const ROOT = path.resolve(__dirname, "..", "..");
-const BIN = path.join(ROOT, "target", "debug", "sse-edge");
-const OUT = path.join(__dirname, "out");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const WAIT = 5000; // deadline of every single wait, ms
 const WATCHDOG = 100_000; // the whole run, ms
 const XSS = "<img src=x onerror=alert(1)>";
 
-let passed = 0;
-let failed = 0;
 let server = null; // { child, port, log }
 let context = null;
 let profile = null;
 
 // ---- helpers -------------------------------------------------------------------------------------
 
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-async function check(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    passed++;
-    console.log(`ok    ${name} (${Date.now() - t0} ms)`);
-  } catch (err) {
-    failed++;
-    console.log(`FAIL  ${name} (${Date.now() - t0} ms)\n      ${String(err && err.message ? err.message : err).split("\n").join("\n      ")}`);
-  }
-}
-
-/** Starts the server; resolves once its "listening on" line names the port. */
-function startServer(listen, extra = []) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["--listen", listen, "--tick", "1", "--retry-ms", "300", "--max-body", "4096", ...extra], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    const s = { child, port: 0, log: "", exited: false };
-    const timer = setTimeout(() => reject(new Error(`no "listening on" line from the server within ${WAIT} ms:\n${s.log}`)), WAIT);
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk) => {
-      // Keep draining stderr for the whole run (a full pipe would stall the server).
-      s.log = (s.log + chunk).slice(-32_768);
-      if (!s.port) {
-        const m = /listening on 127\.0\.0\.1:(\d+)/.exec(s.log);
-        if (m) {
-          s.port = Number(m[1]);
-          clearTimeout(timer);
-          resolve(s);
-        }
-      }
-    });
-    child.on("error", (err) => { clearTimeout(timer); reject(err); });
-    child.on("exit", (code, signal) => {
-      s.exited = true;
-      if (!s.port) { clearTimeout(timer); reject(new Error(`server exited (${code ?? signal}) before listening:\n${s.log}`)); }
-    });
-  });
-}
-
-/** Stops a server: SIGTERM, then SIGKILL if it has not exited within the deadline. */
-function stopServer(s) {
-  if (!s || s.exited) return Promise.resolve();
-  return new Promise((resolve) => {
-    const kill = setTimeout(() => s.child.kill("SIGKILL"), WAIT);
-    s.child.once("exit", () => { clearTimeout(kill); resolve(); });
-    s.child.kill("SIGTERM");
-  });
-}
+/** Starts the server on `listen` with a fast ticker and retry, and a small body limit. */
+const startServer = (listen) => start(["--listen", listen, "--tick", "1", "--retry-ms", "300", "--max-body", "4096"]);
 
 const base = () => `http://127.0.0.1:${server.port}`;
 
@@ -107,30 +50,13 @@ async function metric(name) {
   return sum;
 }
 
-/** Polls `probe` until it returns a truthy value, failing with `what` after the deadline. */
-async function until(what, probe, ms = WAIT) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 const row = (page, id) => page.locator(`#log li.event[data-id="${id}"]`);
 
 // ---- the run -------------------------------------------------------------------------------------
 
 async function main() {
   const started = Date.now();
-  if (!fs.existsSync(BIN)) {
-    throw new Error(`${path.relative(ROOT, BIN)} is missing: build it first with \`cargo build --workspace --bins\``);
-  }
-  if (!fs.existsSync(CHROMIUM)) {
-    throw new Error(`${CHROMIUM} is missing: install it with \`apt-get install -y chromium\``);
-  }
-  fs.mkdirSync(OUT, { recursive: true });
+  requireTools();
 
   server = await startServer("127.0.0.1:0");
   const origin = base();
@@ -140,10 +66,7 @@ async function main() {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-      "--disable-sync", "--no-first-run", "--disable-quic",
-    ],
+    args: CHROMIUM_ARGS,
     viewport: { width: 1440, height: 900 },
     timeout: 20_000,
   });
@@ -378,34 +301,9 @@ async function main() {
 }
 
 async function cleanup() {
-  if (context) {
-    let timer;
-    const deadline = new Promise((r) => { timer = setTimeout(r, WAIT); });
-    await Promise.race([context.close().catch(() => {}), deadline]);
-    clearTimeout(timer);
-  }
+  if (context) await withDeadline(context.close());
   await stopServer(server);
   if (profile) fs.rmSync(profile, { recursive: true, force: true });
 }
 
-const watchdog = setTimeout(() => {
-  console.log(`FAIL  the whole run took over ${WATCHDOG / 1000} s`);
-  if (server && !server.exited) server.child.kill("SIGKILL");
-  console.log(`${passed} passed, ${failed + 1} failed`);
-  process.exit(1);
-}, WATCHDOG);
-process.on("exit", () => { if (server && !server.exited) server.child.kill("SIGKILL"); });
-for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(130));
-
-main()
-  .catch((err) => {
-    failed++;
-    console.log(`FAIL  setup: ${err && err.message ? err.message : err}`);
-    if (server) console.log(`server log:\n${server.log}`);
-  })
-  .finally(async () => {
-    await cleanup();
-    clearTimeout(watchdog);
-    console.log(`${passed} passed, ${failed} failed`);
-    process.exitCode = failed === 0 ? 0 : 1;
-  });
+finish(main, { watchdog: WATCHDOG, cleanup });
