@@ -1,4 +1,4 @@
-//! Cross-origin access to streams: `*` by default, or credentialed for listed origins only
+//! Cross-origin access to streams: `*` by default, and credentialed for listed origins
 //! (`--cors-origins`), so a page on another origin can open
 //! `new EventSource(url, {withCredentials: true})` and send its token cookie. Publish answers
 //! never carry CORS headers: publishing is for servers. Pure.
@@ -16,19 +16,36 @@ pub const MAX_ORIGINS: usize = 64;
 /// The stream heads and preflight answers for each origin a request may come from.
 #[derive(Debug, Clone)]
 pub struct Cors {
-    /// For a listed origin: its stream head and preflight headers.
-    listed: Vec<(String, Bytes, String)>,
-    /// For any other request: `*` without the flag, else no CORS grant (just `Vary`).
-    other: (Bytes, String),
+    /// For each listed origin, what its requests are answered with.
+    listed: Vec<Answers>,
+    /// For any other request: `*`, which browsers never combine with credentials (so no
+    /// cookie travels), plus `Vary: Origin` when some origins are listed.
+    other: Answers,
+}
+
+/// The CORS parts of the answers to one origin.
+#[derive(Debug, Clone)]
+struct Answers {
+    origin: String,
+    /// A whole stream head.
+    head: Bytes,
+    /// The header lines of a preflight answer.
+    preflight: String,
+    /// The CORS header lines alone, for a refused stream.
+    lines: String,
 }
 
 impl Cors {
-    /// `*` for everyone (no `--cors-origins`), or credentialed for `origins` only.
+    /// `*` for everyone (no `--cors-origins`), or credentialed for `origins` and `*` for the
+    /// rest.
     pub fn new(origins: &[String]) -> Cors {
         if origins.is_empty() {
             return Cors {
                 listed: Vec::new(),
-                other: entry("Access-Control-Allow-Origin: *\r\n"),
+                other: answers(
+                    String::new(),
+                    "Access-Control-Allow-Origin: *\r\n".to_owned(),
+                ),
             };
         }
         let listed = origins
@@ -39,45 +56,56 @@ impl Cors {
                      Access-Control-Allow-Credentials: true\r\n\
                      Vary: Origin\r\n"
                 );
-                let (head, preflight) = entry(&lines);
-                (origin.clone(), head, preflight)
+                answers(origin.clone(), lines)
             })
             .collect();
         Cors {
             listed,
             // Caches must not serve one origin's answer to another.
-            other: entry("Vary: Origin\r\n"),
+            other: answers(
+                String::new(),
+                "Access-Control-Allow-Origin: *\r\nVary: Origin\r\n".to_owned(),
+            ),
         }
     }
 
     /// The whole response head of a stream opened by a request with this `Origin`.
     pub fn stream_head(&self, origin: Option<&str>) -> Bytes {
-        self.find(origin).0.clone()
+        self.find(origin).head.clone()
     }
 
     /// The CORS lines of the answer to a preflight with this `Origin`.
     pub fn preflight_headers(&self, origin: Option<&str>) -> &str {
-        self.find(origin).1
+        &self.find(origin).preflight
     }
 
-    fn find(&self, origin: Option<&str>) -> (&Bytes, &str) {
+    /// The CORS lines of a refused stream request (401, 403), so that a page on a listed
+    /// origin can tell a refusal from a network failure.
+    pub fn refusal_headers(&self, origin: Option<&str>) -> &str {
+        &self.find(origin).lines
+    }
+
+    fn find(&self, origin: Option<&str>) -> &Answers {
         origin
-            .and_then(|o| self.listed.iter().find(|(listed, _, _)| listed == o))
-            .map_or((&self.other.0, &self.other.1), |(_, head, preflight)| {
-                (head, preflight)
-            })
+            .and_then(|o| self.listed.iter().find(|listed| listed.origin == o))
+            .unwrap_or(&self.other)
     }
 }
 
-/// A stream head and preflight header lines carrying `lines`.
-fn entry(lines: &str) -> (Bytes, String) {
+/// What a request from `origin` is answered with, carrying the CORS `lines`.
+fn answers(origin: String, lines: String) -> Answers {
     let head = [STREAM_HEAD_START, lines.as_bytes(), b"\r\n"].concat();
     let preflight = format!(
         "{lines}Access-Control-Allow-Methods: GET, OPTIONS\r\n\
          Access-Control-Allow-Headers: Last-Event-ID, Cache-Control, Authorization\r\n\
          Access-Control-Max-Age: 86400\r\n"
     );
-    (Bytes::from(head), preflight)
+    Answers {
+        origin,
+        head: Bytes::from(head),
+        preflight,
+        lines,
+    }
 }
 
 /// Parses `--cors-origins`: exact origins (`scheme://host[:port]`), no paths, no wildcards.
@@ -121,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn listed_origins_get_credentials_others_nothing() {
+    fn listed_origins_get_credentials_others_a_plain_star() {
         let cors = Cors::new(&["https://app.example".into(), "http://127.0.0.1:9".into()]);
         let head = cors.stream_head(Some("https://app.example"));
         let head = text(&head);
@@ -136,9 +164,10 @@ mod tests {
         ] {
             let head = cors.stream_head(origin);
             assert!(
-                !text(&head).contains("Access-Control-Allow-Origin"),
+                text(&head).contains("Access-Control-Allow-Origin: *\r\n"),
                 "{origin:?}"
             );
+            assert!(!text(&head).contains("Credentials"), "{origin:?}");
             assert!(text(&head).contains("Vary: Origin\r\n"));
         }
         let preflight = cors.preflight_headers(Some("http://127.0.0.1:9"));
@@ -146,7 +175,11 @@ mod tests {
         assert!(preflight.contains("Authorization"));
         assert!(!cors
             .preflight_headers(Some("http://127.0.0.1:10"))
-            .contains("Allow-Origin"));
+            .contains("Credentials"));
+        assert!(cors
+            .refusal_headers(Some("https://app.example"))
+            .contains("Access-Control-Allow-Credentials: true"));
+        assert!(!cors.refusal_headers(None).contains("Credentials"));
     }
 
     #[test]

@@ -483,7 +483,9 @@ fn credentialed_cors_for_listed_origins_only() {
     );
     assert_eq!(header(&listed, "vary"), Some("Origin"));
     let stranger = SseClient::connect(server.addr, "/stream", &["Origin: https://evil.example"]);
-    assert_eq!(header(&stranger, "access-control-allow-origin"), None);
+    // Another origin gets `*`, which browsers never combine with credentials: no cookie.
+    assert_eq!(header(&stranger, "access-control-allow-origin"), Some("*"));
+    assert_eq!(header(&stranger, "access-control-allow-credentials"), None);
     assert_eq!(header(&stranger, "vary"), Some("Origin"));
     let preflight = server.request(
         format!("OPTIONS /stream HTTP/1.1\r\nOrigin: {app}\r\nAccess-Control-Request-Method: GET\r\n\r\n").as_bytes(),
@@ -494,6 +496,22 @@ fn credentialed_cors_for_listed_origins_only() {
         preflight.header("access-control-allow-credentials"),
         Some("true")
     );
+
+    // A refused stream tells the listed origin's page why; a publish answer never has CORS.
+    let guarded = Server::start(&["--subscribe-jwt", SECRET, "--cors-origins", app]);
+    let refused = stream_with(&guarded, "/stream", &[&format!("Origin: {app}")]);
+    assert_eq!(status(&refused), 401);
+    assert_eq!(header(&refused, "access-control-allow-origin"), Some(app));
+    assert_eq!(
+        header(&refused, "access-control-allow-credentials"),
+        Some("true")
+    );
+    let publish = guarded.request(
+        format!("POST /broadcast HTTP/1.1\r\nOrigin: {app}\r\nContent-Length: 1\r\n\r\nx")
+            .as_bytes(),
+    );
+    assert_eq!(publish.status, 403); // a page on another origin, no publish token
+    assert!(publish.header("access-control-allow-origin").is_none());
 
     // Without the flag, today's `*` and no credentials.
     let open = Server::start(&[]);

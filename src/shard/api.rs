@@ -69,6 +69,7 @@ impl Shard {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let cors = &self.node.cors;
         let judged = guard::contain(|| {
             let head = state.parser.head()?;
             let route = http::route(head.method, &head.path);
@@ -81,9 +82,15 @@ impl Shard {
             // A client waiting for `100 Continue` may never send the body of a refused
             // request, so the position of its next request is unknown: close then.
             let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());
-            Some((route, verdict, keep_alive))
+            // A refused stream tells a listed origin's page why (publish answers never carry
+            // CORS).
+            let cors = match route {
+                Route::Stream => cors.refusal_headers(head.origin.as_deref()),
+                _ => "",
+            };
+            Some((route, verdict, keep_alive, cors))
         });
-        let (route, verdict, keep_alive) = match judged {
+        let (route, verdict, keep_alive, cors) = match judged {
             Err(panic) => return self.parse_panicked(key, panic),
             Ok(None) => return,
             Ok(Some(judged)) => judged,
@@ -93,9 +100,9 @@ impl Shard {
             (None, Err(r)) if r.status == 401 => (
                 401,
                 r.reason.to_owned(),
-                "WWW-Authenticate: Bearer\r\n".to_owned(),
+                format!("WWW-Authenticate: Bearer\r\n{cors}"),
             ),
-            (None, Err(r)) => (r.status, r.reason.to_owned(), String::new()),
+            (None, Err(r)) => (r.status, r.reason.to_owned(), cors.to_owned()),
             (None, Ok(grant)) => {
                 state.grant = grant;
                 if state.parser.accept_head() {
