@@ -13,11 +13,13 @@ use std::net::Shutdown;
 use std::time::Instant;
 
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 
 use crate::access::StreamGrant;
 use crate::http::RequestParser;
 use crate::outbox::{Flush, Outbox, Written};
 use crate::stream::Stream;
+use crate::tls::{self, TlsRead};
 
 /// A connection in the shard's slab.
 #[derive(Debug)]
@@ -41,6 +43,8 @@ pub struct Client {
     /// The shard's accept count when this connection came: a slab key is reused, this is
     /// not, so an answer or list entry for a gone connection is recognised.
     pub serial: u32,
+    /// The TLS session, on a `--tls-cert` listener: every byte in and out goes through it.
+    pub tls: Option<Box<ServerConnection>>,
 }
 
 /// The phases of a connection.
@@ -106,8 +110,13 @@ pub enum WriteStatus {
 
 impl Client {
     /// A freshly accepted connection, the shard's `serial`-th, waiting for its first request
-    /// until `deadline`.
-    pub fn new(socket: TcpStream, deadline: Instant, serial: u32) -> Client {
+    /// (and, with `tls`, its handshake) until `deadline`.
+    pub fn new(
+        socket: TcpStream,
+        deadline: Instant,
+        serial: u32,
+        tls: Option<Box<ServerConnection>>,
+    ) -> Client {
         Client {
             socket,
             outbox: Outbox::default(),
@@ -124,6 +133,7 @@ impl Client {
             closing: false,
             close_after_flush: false,
             serial,
+            tls,
         }
     }
 
@@ -136,6 +146,23 @@ impl Client {
         let Phase::Request(state) = &mut self.phase else {
             return ReadStatus::WouldBlock;
         };
+        if let Some(conn) = &mut self.tls {
+            let parser = &mut state.parser;
+            return match tls::read(conn, &mut self.socket, scratch, |plain| parser.feed(plain)) {
+                TlsRead::Data => ReadStatus::Data,
+                TlsRead::WouldBlock => {
+                    self.readable = false;
+                    ReadStatus::WouldBlock
+                }
+                TlsRead::Closed => ReadStatus::Closed,
+                TlsRead::Refused(_) => {
+                    // Not TLS (a plain request to this port), or broken TLS: one try at
+                    // sending the alert rustls queued, then the connection closes.
+                    let _ = conn.write_tls(&mut self.socket);
+                    ReadStatus::Closed
+                }
+            };
+        }
         loop {
             match self.socket.read(scratch) {
                 Ok(0) => return ReadStatus::Closed,
@@ -157,6 +184,19 @@ impl Client {
     ///
     /// Streams have nothing to say after their request; anything they send is dropped.
     pub fn discard_input(&mut self, scratch: &mut [u8]) -> ReadStatus {
+        if let Some(conn) = &mut self.tls {
+            // Still read through TLS: alerts, key updates and close_notify arrive this way.
+            loop {
+                match tls::read(conn, &mut self.socket, scratch, |_| {}) {
+                    TlsRead::Data => {}
+                    TlsRead::WouldBlock => {
+                        self.readable = false;
+                        return ReadStatus::WouldBlock;
+                    }
+                    TlsRead::Closed | TlsRead::Refused(_) => return ReadStatus::Closed,
+                }
+            }
+        }
         loop {
             match self.socket.read(scratch) {
                 Ok(0) => return ReadStatus::Closed,
@@ -173,7 +213,11 @@ impl Client {
 
     /// Writes the outbox until it is empty or the socket would block.
     pub fn flush(&mut self) -> WriteStatus {
-        match self.outbox.write_to(&mut self.socket) {
+        let result = match &mut self.tls {
+            Some(conn) => tls::flush(conn, &mut self.socket, &mut self.outbox),
+            None => self.outbox.write_to(&mut self.socket),
+        };
+        match result {
             Ok((Flush::Empty, n)) => WriteStatus::Drained(n),
             Ok((Flush::Blocked, n)) => {
                 self.writable = false;
@@ -185,8 +229,33 @@ impl Client {
 
     /// Half-closes our side after the last response and waits for the peer until `deadline`.
     pub fn start_linger(&mut self, deadline: Instant) {
+        self.close_notify();
         let _ = self.socket.shutdown(Shutdown::Write);
         self.phase = Phase::Linger { deadline };
+    }
+
+    /// Tells a TLS peer the connection ends (`close_notify`), in one try: a peer that does
+    /// not read it still sees the TCP close.
+    pub fn close_notify(&mut self) {
+        if let Some(conn) = &mut self.tls {
+            conn.send_close_notify();
+            while conn.wants_write() {
+                if !matches!(conn.write_tls(&mut self.socket), Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Whether anything waits to be written: queued frames, or TLS records (a handshake's
+    /// answer).
+    pub fn wants_flush(&self) -> bool {
+        !self.outbox.is_empty() || self.tls.as_ref().is_some_and(|c| c.wants_write())
+    }
+
+    /// Whether this is a TLS connection still in its handshake.
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|c| c.is_handshaking())
     }
 
     /// Whether this is a request-phase connection with no partial request buffered.

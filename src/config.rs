@@ -182,6 +182,36 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
+    /// Serve TLS (HTTPS) with this PEM certificate chain (leaf first); needs --tls-key.
+    /// SIGHUP re-reads both files: new handshakes use them, open streams keep going.
+    #[arg(
+        long,
+        env = "SSE_EDGE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "SSE_EDGE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS handshake steps a shard runs per loop turn at most; the rest wait for the next
+    /// turn, so a reconnect storm (an RSA signature costs about a millisecond) cannot hold
+    /// up delivery to open streams.
+    #[arg(
+        long,
+        env = "SSE_EDGE_TLS_HANDSHAKES_PER_TURN",
+        default_value_t = 32,
+        value_name = "N"
+    )]
+    pub tls_handshakes_per_turn: usize,
+
     /// Streams this node holds before it sheds new ones (200, `: shed`, a long `retry:`,
     /// closed). Default: the open-files limit less a reserve for listeners and publishers.
     #[arg(long, env = "SSE_EDGE_MAX_CLIENTS", value_name = "N")]
@@ -386,6 +416,9 @@ impl Config {
                     crate::jwt::MAX_KEYS
                 ));
             }
+        }
+        if !(1..=1 << 20).contains(&self.tls_handshakes_per_turn) {
+            return Err("--tls-handshakes-per-turn must be between 1 and 1048576".into());
         }
         if self.cors_origins.len() > crate::cors::MAX_ORIGINS {
             return Err(format!(

@@ -70,6 +70,7 @@ pub mod server;
 pub mod shard;
 pub mod sse;
 pub mod stream;
+pub mod tls;
 pub mod topics;
 
 pub use config::Config;

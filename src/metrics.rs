@@ -45,6 +45,8 @@ stats! {
     AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
     HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
     RequestEvictions => "sse_edge_request_evictions_total", "counter", "Request-phase connections closed to make room at --max-request-connections.";
+    TlsHandshakes => "sse_edge_tls_handshakes_total", "counter", "TLS handshakes completed.";
+    TlsHandshakeFailures => "sse_edge_tls_handshake_failures_total", "counter", "TLS connections that ended before their handshake completed (not TLS, bad TLS, gone, or too slow).";
     ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
 }
 
@@ -133,6 +135,8 @@ pub struct NodeFigures {
     pub inbox_overruns: u64,
     /// The cluster broker's figures, in cluster mode.
     pub broker: Option<crate::broker::cluster::Figures>,
+    /// With `--tls-cert`: the certificate's expiry (unix seconds) and successful reloads.
+    pub tls: Option<(u64, u64)>,
 }
 
 /// Renders every shard's stats, plus node and process figures, as Prometheus text (0.0.4).
@@ -174,6 +178,27 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
         for (shard, stats) in shards.iter().enumerate() {
             let v = stats.0[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{metric}{{shard=\"{shard}\"}} {v}");
+        }
+    }
+    if let Some((not_after, reloads)) = node.tls {
+        for (metric, kind, help, value) in [
+            (
+                "sse_edge_tls_certificate_expiry_seconds",
+                "gauge",
+                "When the TLS certificate in use expires, in unix seconds (alert well before).",
+                not_after,
+            ),
+            (
+                "sse_edge_tls_reloads_total",
+                "counter",
+                "Successful TLS certificate reloads (SIGHUP).",
+                reloads,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+            );
         }
     }
     if let Some(b) = node.broker {
@@ -278,6 +303,7 @@ mod tests {
                 history_topics: 1,
                 inbox_overruns: 0,
                 broker: None,
+                tls: None,
             },
         );
         assert!(text.contains("sse_edge_events_encoded_total 9\n"));

@@ -22,6 +22,7 @@ use crate::jwt::{KeySource, Trust};
 use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
 use crate::shard::{Node, Shard, ShardParts, WAKER};
+use crate::tls::Certificate;
 
 /// Descriptors kept back from the default `--max-clients`: per shard an epoll, a waker, a
 /// listener and a reserve, and for the process its std streams, logging, signals, and the
@@ -46,7 +47,7 @@ pub enum StartError {
     /// The `--redis` URL is unusable.
     #[error("{0}")]
     Redis(String),
-    /// A `--subscribe-jwt` or `--publish-jwt` key is unusable.
+    /// A `--subscribe-jwt` or `--publish-jwt` key, or the TLS certificate, is unusable.
     #[error("{0}")]
     Keys(String),
     /// A broker thread could not be started.
@@ -76,10 +77,11 @@ impl Control {
         self.hub.wake_all();
     }
 
-    /// Re-reads every key file (`SIGHUP`). Keys whose files fail to load stay as they were;
-    /// the outcome is one line per flag with files.
+    /// Re-reads every key and certificate file (`SIGHUP`). What fails to load stays as it
+    /// was; the outcome is one line per flag with files.
     pub fn reload(&self) -> Vec<Result<String, String>> {
-        self.node
+        let mut outcomes: Vec<_> = self
+            .node
             .keys
             .iter()
             .filter(|trust| trust.has_files())
@@ -90,7 +92,15 @@ impl Control {
                     .map(|n| format!("{flag}: {n} keys loaded"))
                     .map_err(|e| format!("{flag}: keeping the keys in use: {e}"))
             })
-            .collect()
+            .collect();
+        if let Some(certificate) = &self.node.tls {
+            outcomes.push(
+                certificate
+                    .reload()
+                    .map_err(|e| format!("keeping the TLS certificate in use: {e}")),
+            );
+        }
+        outcomes
     }
 
     /// The node's hub (ids, encode counts).
@@ -119,6 +129,12 @@ impl Server {
             &config.jwt_audience,
         )?;
         let publish_keys = trust("--publish-jwt", &config.publish_jwt, &config.jwt_audience)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(Certificate::load(cert, key).map_err(StartError::Keys)?)
+            }
+            _ => None,
+        };
         let listeners = listener::bind(config.listen, config.shards, config.reuse_port)?;
         let local_addr = listeners[0].local_addr().map_err(StartError::Register)?;
         let mut polls = Vec::with_capacity(listeners.len());
@@ -157,6 +173,7 @@ impl Server {
                 .into_iter()
                 .flatten()
                 .collect(),
+            tls,
         });
         let config = Arc::new(config);
         let broker = match &config.redis {

@@ -75,6 +75,7 @@ use crate::outbox::{Push, Written};
 use crate::params::{self, DEFAULT_TOPIC};
 use crate::sse;
 use crate::stream::{Offer, Stream};
+use crate::tls::{self, Certificate};
 use crate::topics::Topics;
 
 mod accept;
@@ -130,6 +131,8 @@ pub(crate) struct Node {
     pub pages: [Bytes; 2],
     /// The JWT keys in use (reloaded on `SIGHUP`).
     pub keys: Vec<Arc<Trust>>,
+    /// With `--tls-cert`: the certificate new connections get (reloaded on `SIGHUP`).
+    pub tls: Option<Certificate>,
 }
 
 /// What a shard needs from its server to run.
@@ -171,6 +174,11 @@ pub(crate) struct Shard {
     expiries: BinaryHeap<Reverse<(u32, u32, u32)>>,
     /// When the shard started: the origin of `expiries`' times.
     started: Instant,
+    /// TLS handshake steps this turn may still run (`--tls-handshakes-per-turn`).
+    handshakes_left: usize,
+    /// TLS connections with handshake input waiting for the next turn's budget, as
+    /// (key, serial).
+    deferred_handshakes: Vec<(usize, u32)>,
     /// Connections in the request phase, oldest first, as (key, serial); entries of
     /// connections that left the phase are skipped when met and compacted in bulk.
     requesting: VecDeque<(usize, u32)>,
@@ -244,6 +252,8 @@ impl Shard {
             deadlines: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
             started: now,
+            handshakes_left: 0, // set at the start of every turn
+            deferred_handshakes: Vec::new(),
             requesting: VecDeque::new(),
             requesting_now: 0,
             addresses: HashMap::new(),
@@ -276,6 +286,8 @@ impl Shard {
                 return Err(e);
             }
             self.now = Instant::now();
+            self.handshakes_left = self.config.tls_handshakes_per_turn;
+            self.resume_handshakes();
             let mut woken = false;
             for event in events.iter() {
                 match event.token() {
@@ -328,7 +340,7 @@ impl Shard {
         let done: Vec<usize> = self
             .clients
             .iter()
-            .filter(|(_, c)| !c.closing && (expired || c.outbox.is_empty()))
+            .filter(|(_, c)| !c.closing && (expired || !c.wants_flush()))
             .map(|(key, _)| key)
             .collect();
         if expired && !done.is_empty() {
@@ -339,12 +351,13 @@ impl Shard {
             );
         }
         for key in done {
+            self.clients[key].close_notify();
             self.close(key);
         }
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || !self.deferred_handshakes.is_empty() {
             return Some(Duration::ZERO);
         }
         [
@@ -373,7 +386,7 @@ impl Shard {
         }
         if event.is_writable() {
             client.writable = true;
-            if !client.outbox.is_empty() {
+            if client.wants_flush() {
                 self.mark_pending(key);
             }
         }
@@ -522,6 +535,9 @@ impl Shard {
     fn close(&mut self, key: usize) {
         if let Some(client) = self.clients.get_mut(key) {
             if !client.closing {
+                if client.handshaking() {
+                    self.counters.add(Stat::TlsHandshakeFailures, 1);
+                }
                 client.closing = true;
                 self.closing.push(key);
                 if matches!(client.phase, Phase::Request(_)) {

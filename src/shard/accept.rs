@@ -61,6 +61,11 @@ impl Shard {
     /// request is shed (so the browser comes back), anything else gets 503, silence gets
     /// closed (an `EventSource` retries after a network error too).
     pub(super) fn shed_unadmitted(&mut self, mut socket: TcpStream) {
+        if self.node.tls.is_some() {
+            // No room for a handshake: close, and the browser retries after its retry delay.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let n = socket.read(&mut self.scratch).unwrap_or(0);
         let response = if self.scratch[..n].starts_with(b"GET /stream") {
             self.counters.add(Stat::Shed, 1);
@@ -90,9 +95,20 @@ impl Shard {
             warn!(shard = self.id, %peer, error = %e, "cannot register connection");
             return;
         }
+        let tls = match &self.node.tls {
+            None => None,
+            Some(certificate) => match tls::accept(certificate) {
+                Ok(conn) => Some(Box::new(conn)),
+                Err(e) => {
+                    warn!(shard = self.id, error = %e, "cannot start a TLS session");
+                    return;
+                }
+            },
+        };
+        // The handshake must finish within the header timeout too: it is part of the request.
         let deadline = Instant::now() + self.config.header_timeout();
         self.serial = self.serial.wrapping_add(1);
-        entry.insert(Client::new(socket, deadline, self.serial));
+        entry.insert(Client::new(socket, deadline, self.serial, tls));
         self.deadlines.push(Reverse((deadline, key)));
         self.counters.add(Stat::Connections, 1);
         if self.requesting_now >= self.config.max_request_connections {

@@ -38,7 +38,25 @@ impl Shard {
                     if !client.readable {
                         return;
                     }
-                    match client.read_request_bytes(&mut self.scratch) {
+                    let handshaking = client.handshaking();
+                    if handshaking && self.handshakes_left == 0 {
+                        // This turn's handshake budget is spent: next turn, before polling.
+                        self.deferred_handshakes.push((key, client.serial));
+                        return;
+                    }
+                    let status = client.read_request_bytes(&mut self.scratch);
+                    if handshaking {
+                        self.handshakes_left = self.handshakes_left.saturating_sub(1);
+                        if !client.handshaking() {
+                            self.counters.add(Stat::TlsHandshakes, 1);
+                        }
+                    }
+                    if client.tls.is_some() && client.wants_flush() && !client.pending {
+                        // The handshake's answer waits in rustls.
+                        client.pending = true;
+                        self.pending.push(key);
+                    }
+                    match status {
                         ReadStatus::Data => {}
                         ReadStatus::WouldBlock => return,
                         // A client may half-close right after its last request: what is
@@ -53,6 +71,19 @@ impl Shard {
                 Ok(Step::Head) => self.judge_head(key),
                 Ok(Step::Request(request)) => self.dispatch(key, request),
                 Err(rejection) => return self.reject(key, rejection),
+            }
+        }
+    }
+
+    /// Goes on with the TLS handshakes the last turn's budget deferred.
+    pub(super) fn resume_handshakes(&mut self) {
+        for (key, serial) in std::mem::take(&mut self.deferred_handshakes) {
+            if self
+                .clients
+                .get(key)
+                .is_some_and(|c| c.serial == serial && !c.closing)
+            {
+                self.serve_requests(key);
             }
         }
     }
@@ -175,6 +206,7 @@ impl Shard {
                     history_topics: history_topics as u64,
                     inbox_overruns: self.hub.overruns(),
                     broker: self.broker.figures(),
+                    tls: self.node.tls.as_ref().map(|c| (c.not_after(), c.reloads())),
                 };
                 let body = metrics::render(&self.stats, figures);
                 self.respond(
