@@ -19,8 +19,9 @@
 //!   `Origin: http://evil.example:8080`, so "Origin matches Host" proves nothing when Host
 //!   is a DNS name. Only a name that cannot be rebound proves it: an IP literal, or
 //!   `localhost`. So a publish that carries an `Origin` is accepted only when its `Host` is
-//!   one of those and the Origin is exactly `http://` + that Host (the page this server
-//!   serves at `http://localhost:8080` or `http://127.0.0.1:8080` publishes that way). A
+//!   one of those and the Origin is exactly the connection's scheme (`http://`, or
+//!   `https://` on a TLS listener) + that Host (the page this server serves at
+//!   `http://localhost:8080` or `http://127.0.0.1:8080` publishes that way). A
 //!   browser page served under a DNS name must use `--publish-token`.
 //!
 //! Clients that are not browsers (curl, scripts) send no `Origin` and are judged by their
@@ -133,18 +134,25 @@ impl PublishAccess {
         PublishAccess { token, jwt, allow }
     }
 
-    /// Decides one publish request from `peer`, from its head, at unix time `now`.
+    /// Decides one publish request from `peer`, from its head, at unix time `now`; `secure`
+    /// says it came over TLS (so a same-origin page's `Origin` is `https://` + Host).
     ///
     /// A static token keeps its answers (missing 401, wrong 403); a JWT that does not pass is
     /// 401 with the reason.
-    pub fn check(&self, head: &Head, peer: IpAddr, now: u64) -> Result<PublishGrant, Rejection> {
+    pub fn check(
+        &self,
+        head: &Head,
+        peer: IpAddr,
+        now: u64,
+        secure: bool,
+    ) -> Result<PublishGrant, Rejection> {
         if self.token.is_none() && self.jwt.is_none() {
             if !self.allow.iter().any(|net| net.contains(peer)) {
                 return Err(forbidden(
                     "publishing is not allowed from this address (see --publish-allow and --publish-token)",
                 ));
             }
-            return borrowed_address(head).map_or(Ok(PublishGrant::AnyTopic), Err);
+            return borrowed_address(head, secure).map_or(Ok(PublishGrant::AnyTopic), Err);
         }
         let Some(presented) = bearer(head) else {
             return Err(unauthorized(
@@ -273,7 +281,7 @@ const fn forbidden(reason: &'static str) -> Rejection {
 
 /// Why a request from an allowed address may not speak for that address (see the module
 /// documentation), if it may not.
-fn borrowed_address(head: &Head) -> Option<Rejection> {
+fn borrowed_address(head: &Head, secure: bool) -> Option<Rejection> {
     if head.proxied {
         return Some(forbidden(
             "behind a proxy the real peer is unknown: use --publish-token",
@@ -289,7 +297,7 @@ fn borrowed_address(head: &Head) -> Option<Rejection> {
     let same_origin = head.host.as_deref().is_some_and(|host| {
         is_unrebindable(host)
             && origin
-                .strip_prefix("http://")
+                .strip_prefix(if secure { "https://" } else { "http://" })
                 .is_some_and(|o| o.eq_ignore_ascii_case(host))
     });
     if same_origin {
@@ -375,10 +383,12 @@ mod tests {
     #[test]
     fn without_a_token_only_allowed_peers_publish() {
         let access = PublishAccess::new(None, None, loopback());
-        assert!(access.check(&head(""), ip("127.0.0.1"), 0).is_ok());
-        assert!(access.check(&head(""), ip("127.9.9.9"), 0).is_ok());
-        assert!(access.check(&head(""), ip("::1"), 0).is_ok());
-        let err = access.check(&head(""), ip("192.0.2.7"), 0).unwrap_err();
+        assert!(access.check(&head(""), ip("127.0.0.1"), 0, false).is_ok());
+        assert!(access.check(&head(""), ip("127.9.9.9"), 0, false).is_ok());
+        assert!(access.check(&head(""), ip("::1"), 0, false).is_ok());
+        let err = access
+            .check(&head(""), ip("192.0.2.7"), 0, false)
+            .unwrap_err();
         assert_eq!(err.status, 403);
     }
 
@@ -386,35 +396,40 @@ mod tests {
     fn with_a_token_everyone_needs_it_and_the_scheme_is_case_insensitive() {
         let access = PublishAccess::new(Some("s3cret".into()), None, loopback());
         let local = ip("127.0.0.1");
-        assert_eq!(access.check(&head(""), local, 0).unwrap_err().status, 401);
+        assert_eq!(
+            access.check(&head(""), local, 0, false).unwrap_err().status,
+            401
+        );
         assert_eq!(
             access
-                .check(&auth("Basic abc"), local, 0)
+                .check(&auth("Basic abc"), local, 0, false)
                 .unwrap_err()
                 .status,
             401
         );
         assert_eq!(
             access
-                .check(&auth("Bearer nope"), local, 0)
+                .check(&auth("Bearer nope"), local, 0, false)
                 .unwrap_err()
                 .status,
             403
         );
         assert_eq!(
             access
-                .check(&auth("Bearer s3cre"), local, 0)
+                .check(&auth("Bearer s3cre"), local, 0, false)
                 .unwrap_err()
                 .status,
             403
         );
         assert!(access
-            .check(&auth("Bearer s3cret"), ip("192.0.2.7"), 0)
+            .check(&auth("Bearer s3cret"), ip("192.0.2.7"), 0, false)
             .is_ok());
-        assert!(access.check(&auth("bearer  s3cret"), local, 0).is_ok());
+        assert!(access
+            .check(&auth("bearer  s3cret"), local, 0, false)
+            .is_ok());
         // The token is the proof: browser and proxy headers do not matter then.
         let proxied = head("Authorization: Bearer s3cret\r\nX-Forwarded-For: 1.2.3.4\r\nOrigin: https://a.example\r\nSec-Fetch-Site: cross-site\r\n");
-        assert!(access.check(&proxied, local, 0).is_ok());
+        assert!(access.check(&proxied, local, 0, false).is_ok());
     }
 
     #[test]
@@ -438,10 +453,12 @@ mod tests {
             "Host: localhost:80x\r\nOrigin: http://localhost:80x\r\n",
         ];
         for lines in refused {
-            let err = access.check(&head(lines), local, 0).unwrap_err();
+            let err = access.check(&head(lines), local, 0, false).unwrap_err();
             assert_eq!(err.status, 403, "{lines:?}");
         }
-        let proxy = access.check(&head("Via: 1.1 p\r\n"), local, 0).unwrap_err();
+        let proxy = access
+            .check(&head("Via: 1.1 p\r\n"), local, 0, false)
+            .unwrap_err();
         assert!(proxy.reason.contains("use --publish-token"));
         let accepted = [
             "Host: localhost:8080\r\nOrigin: http://localhost:8080\r\nSec-Fetch-Site: same-origin\r\n",
@@ -455,7 +472,7 @@ mod tests {
         ];
         for lines in accepted {
             assert_eq!(
-                access.check(&head(lines), local, 0),
+                access.check(&head(lines), local, 0, false),
                 Ok(PublishGrant::AnyTopic),
                 "{lines:?}"
             );
@@ -571,18 +588,29 @@ mod tests {
         let access = PublishAccess::new(None, keys("--publish-jwt"), loopback());
         let local = ip("127.0.0.1");
         // Keys configured: the allow-list no longer lets anyone in without a token.
-        assert_eq!(access.check(&head(""), local, NOW).unwrap_err().status, 401);
+        assert_eq!(
+            access
+                .check(&head(""), local, NOW, false)
+                .unwrap_err()
+                .status,
+            401
+        );
         let token =
             jwt(serde_json::json!({"exp": NOW + 60, "sse_edge": {"publish": ["news", "feeds/*"]}}));
         let grant = access
-            .check(&auth(&format!("Bearer {token}")), ip("192.0.2.7"), NOW)
+            .check(
+                &auth(&format!("Bearer {token}")),
+                ip("192.0.2.7"),
+                NOW,
+                false,
+            )
             .unwrap();
         assert!(grant.allows("news") && grant.allows("feeds/a") && !grant.allows("other"));
-        let expired = access.check(&auth(&format!("Bearer {token}")), local, NOW + 60);
+        let expired = access.check(&auth(&format!("Bearer {token}")), local, NOW + 60, false);
         assert_eq!(expired.unwrap_err(), unauthorized("the token has expired"));
         assert_eq!(
             access
-                .check(&auth("Bearer junk"), local, NOW)
+                .check(&auth("Bearer junk"), local, NOW, false)
                 .unwrap_err()
                 .status,
             401
@@ -594,27 +622,43 @@ mod tests {
         let access = PublishAccess::new(Some("s3cret".into()), keys("--publish-jwt"), loopback());
         let local = ip("127.0.0.1");
         assert_eq!(
-            access.check(&auth("Bearer s3cret"), local, NOW),
+            access.check(&auth("Bearer s3cret"), local, NOW, false),
             Ok(PublishGrant::AnyTopic)
         );
         // The static token's answers stay: a wrong one is 403; a JWT that fails is 401.
         assert_eq!(
             access
-                .check(&auth("Bearer nope"), local, NOW)
+                .check(&auth("Bearer nope"), local, NOW, false)
                 .unwrap_err()
                 .status,
             403
         );
         assert_eq!(
             access
-                .check(&auth("Bearer a.b.c"), local, NOW)
+                .check(&auth("Bearer a.b.c"), local, NOW, false)
                 .unwrap_err()
                 .status,
             401
         );
         let token = jwt(serde_json::json!({"exp": NOW + 60, "sse_edge": {"publish": ["news"]}}));
         assert!(access
-            .check(&auth(&format!("Bearer {token}")), local, NOW)
+            .check(&auth(&format!("Bearer {token}")), local, NOW, false)
             .is_ok());
+    }
+
+    #[test]
+    fn a_page_served_over_tls_publishes_from_its_https_origin() {
+        let access = PublishAccess::new(None, None, loopback());
+        let local = ip("127.0.0.1");
+        let https = head("Host: 127.0.0.1:8443\r\nOrigin: https://127.0.0.1:8443\r\n");
+        let http = head("Host: 127.0.0.1:8443\r\nOrigin: http://127.0.0.1:8443\r\n");
+        assert!(access.check(&https, local, 0, true).is_ok());
+        assert!(access.check(&http, local, 0, false).is_ok());
+        // The scheme must be the connection's: no page gets the other one's pass.
+        assert_eq!(
+            access.check(&https, local, 0, false).unwrap_err().status,
+            403
+        );
+        assert_eq!(access.check(&http, local, 0, true).unwrap_err().status, 403);
     }
 }

@@ -505,13 +505,16 @@ impl Config {
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
-/// Reduces clap's multi-line error to its first line, without the `error: ` prefix.
-fn one_line(rendered: &str) -> String {
-    let first = rendered
+/// clap's error as one line: its message, whose list of missing flags may wrap onto the
+/// following lines, without the usage that follows.
+pub fn one_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(rendered);
-    first.trim_start_matches("error: ").trim().to_owned()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    message.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 #[cfg(test)]

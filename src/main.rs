@@ -105,17 +105,7 @@ fn token() -> ExitCode {
             print_out(&e.render().to_string());
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            // clap's message may wrap onto following lines (the missing flags): one line.
-            let text = e.render().to_string();
-            let message: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.starts_with("Usage:"))
-                .filter(|l| !l.is_empty())
-                .collect();
-            return fail(message.join(" ").trim_start_matches("error: "));
-        }
+        Err(e) => return fail(&sse_edge::config::one_line(&e.render().to_string())),
     };
     match mint(&args, unix_now()) {
         Ok(token) => {

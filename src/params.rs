@@ -62,7 +62,7 @@ pub fn is_event_name(s: &str) -> bool {
 /// ([`StreamAccess::check`](crate::access::StreamAccess::check)), which is the grant returned.
 /// `route` is the head's route; 404 and 405 are the caller's (they carry headers). `peer` is
 /// needed for a publish only; a publish from an unknown peer is refused. `now` is unix time
-/// in seconds, for tokens.
+/// in seconds, for tokens; `secure` says the connection is TLS.
 ///
 /// Pure, so the shard runs it where a panic costs only this connection.
 pub fn check_head(
@@ -71,6 +71,7 @@ pub fn check_head(
     access: &Access,
     peer: Option<IpAddr>,
     now: u64,
+    secure: bool,
 ) -> Result<Option<StreamGrant>, Rejection> {
     match route {
         Route::Broadcast => {
@@ -78,7 +79,7 @@ pub fn check_head(
                 status: 403,
                 reason: "the peer's address is unknown",
             })?;
-            let grant = access.publish.check(head, peer, now)?;
+            let grant = access.publish.check(head, peer, now, secure)?;
             let (topic, _) = publish_target(&head.query)?;
             if !grant.allows(&topic) {
                 return Err(Rejection {

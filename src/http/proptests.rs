@@ -339,7 +339,7 @@ proptest! {
             // Every route through both policies, tokens required: hostile Authorization
             // and Cookie values reach the token checks.
             for route in [route, Route::Broadcast, Route::Stream] {
-                let _ = params::check_head(route, head, &ACCESS, Some([127, 0, 0, 1].into()), 0);
+                let _ = params::check_head(route, head, &ACCESS, Some([127, 0, 0, 1].into()), 0, false);
             }
         }
     }

@@ -97,6 +97,7 @@ impl Shard {
             return;
         };
         let (socket, access) = (&client.socket, &self.node.access);
+        let secure = client.tls.is_some();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -109,7 +110,7 @@ impl Shard {
                 Route::Broadcast => socket.peer_addr().ok().map(|a| a.ip()),
                 _ => None,
             };
-            let verdict = params::check_head(route, head, access, peer, now);
+            let verdict = params::check_head(route, head, access, peer, now, secure);
             // A client waiting for `100 Continue` may never send the body of a refused
             // request, so the position of its next request is unknown: close then.
             let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());

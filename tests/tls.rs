@@ -1,0 +1,395 @@
+//! TLS on the edge itself: streams and publishes over TLS with a real TLS client (rustls) and
+//! curl, certificate reload on SIGHUP while a stream keeps receiving, plain HTTP to the TLS
+//! port, a stalled handshake, unusable files, and close_notify on drain. Certificates are
+//! made here (rcgen).
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use util::{Server, PATIENCE};
+
+/// A certificate for localhost and 127.0.0.1, written as cert.pem and key.pem under `dir`.
+struct Cert {
+    der: CertificateDer<'static>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Cert {
+    fn new(dir: &Path, name: &str) -> Cert {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .unwrap();
+        let cert = dir.join(format!("{name}.cert.pem"));
+        let key = dir.join(format!("{name}.key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        Cert {
+            der: certified.cert.der().clone(),
+            cert,
+            key,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+
+    /// A client configuration that trusts only this certificate.
+    fn client(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let mut config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sse-edge-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start(cert: &Cert, extra: &[&str]) -> Server {
+    let mut args: Vec<String> = cert.args();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&args)
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection to `server`, handshake done.
+fn connect(server: &Server, config: Arc<ClientConfig>) -> io::Result<Tls> {
+    let sock = TcpStream::connect(server.addr)?;
+    sock.set_read_timeout(Some(PATIENCE))?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// An event stream over TLS: the head read and checked, then events one at a time.
+struct TlsStream {
+    tls: Tls,
+    buf: Vec<u8>,
+}
+
+impl TlsStream {
+    fn open(server: &Server, config: Arc<ClientConfig>, path: &str) -> TlsStream {
+        let mut tls = connect(server, config).expect("TLS connect");
+        write!(
+            tls,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        let mut s = TlsStream {
+            tls,
+            buf: Vec::new(),
+        };
+        let head = s.until(b"\r\n\r\n").expect("a response head");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(s.tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        s
+    }
+
+    /// The text up to `end`, or None if the connection ended cleanly first.
+    fn until(&mut self, end: &[u8]) -> Option<String> {
+        loop {
+            if let Some(at) = self.buf.windows(end.len()).position(|w| w == end) {
+                let block: Vec<u8> = self.buf.drain(..at + end.len()).collect();
+                return Some(String::from_utf8(block).unwrap());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.tls.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("stream read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next event's data line (comments and retry skipped).
+    fn next_data(&mut self) -> String {
+        loop {
+            let block = self.until(b"\n\n").expect("stream ended");
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                return data.to_owned();
+            }
+        }
+    }
+}
+
+/// POSTs `body` to `topic` over TLS; returns the whole answer.
+fn publish(server: &Server, config: Arc<ClientConfig>, topic: &str, body: &str) -> String {
+    let mut tls = connect(server, config).unwrap();
+    write!(
+        tls,
+        "POST /broadcast?topic={topic} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    // A clean close_notify ends the answer: Ok(0), not an error.
+    tls.read_to_string(&mut answer)
+        .expect("an answer ended by close_notify");
+    answer
+}
+
+fn metrics(server: &Server, cert: &Cert) -> std::collections::HashMap<String, f64> {
+    let mut tls = connect(server, cert.client()).unwrap();
+    write!(
+        tls,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    tls.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    util::parse_metrics(body)
+}
+
+fn wait_for_log(server: &Server, text: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !server.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn streams_and_publishes_over_tls_on_two_shards() {
+    let dir = tempdir("basic");
+    let cert = Cert::new(&dir, "a");
+    let server = start(&cert, &["--shards", "2"]);
+    let mut streams: Vec<TlsStream> = (0..6)
+        .map(|_| TlsStream::open(&server, cert.client(), "/stream?topic=news"))
+        .collect();
+    for i in 0..3 {
+        let answer = publish(&server, cert.client(), "news", &format!("event {i}"));
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.contains("\"clients\":6"), "{answer}");
+    }
+    for s in &mut streams {
+        for i in 0..3 {
+            assert_eq!(s.next_data(), format!("event {i}"));
+        }
+    }
+    // A 60 KiB event (under --max-body): several TLS records, one frame.
+    let big = "x".repeat(60 * 1024);
+    publish(&server, cert.client(), "news", &big);
+    for s in &mut streams {
+        assert_eq!(s.next_data().len(), big.len());
+    }
+    let m = metrics(&server, &cert);
+    assert!(m["sse_edge_tls_handshakes_total"] >= 11.0, "{m:?}");
+    assert_eq!(m["sse_edge_tls_handshake_failures_total"], 0.0);
+    assert!(m["sse_edge_tls_certificate_expiry_seconds"] > 1.7e9);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn curl_publishes_over_tls_trusting_the_certificate() {
+    let dir = tempdir("curl");
+    let cert = Cert::new(&dir, "a");
+    let server = start(&cert, &[]);
+    let mut stream = TlsStream::open(&server, cert.client(), "/stream");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert.cert)
+        .args(["--data-binary", "from curl"])
+        .arg(format!(
+            "https://localhost:{}/broadcast",
+            server.addr.port()
+        ))
+        .output()
+        .expect("curl (scripts/test.sh installs it)");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(answer.contains("\"clients\":1"), "{answer}");
+    assert_eq!(stream.next_data(), "from curl");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sighup_reloads_the_certificate_while_a_stream_keeps_receiving() {
+    let dir = tempdir("reload");
+    let old = Cert::new(&dir, "old");
+    let server = start(&old, &[]);
+    let mut kept = TlsStream::open(&server, old.client(), "/stream");
+    // Replace the files the server was started with, then SIGHUP.
+    let new = Cert::new(&dir, "new");
+    std::fs::copy(&new.cert, &old.cert).unwrap();
+    std::fs::copy(&new.key, &old.key).unwrap();
+    server.signal(libc::SIGHUP);
+    wait_for_log(&server, "reloaded");
+    // A new connection gets the new certificate: trusting only the old one now fails.
+    let fresh = connect(&server, new.client()).expect("the new certificate is served");
+    assert_eq!(fresh.conn.peer_certificates().unwrap()[0], new.der);
+    assert!(connect(&server, old.client()).is_err());
+    // The stream opened before the reload goes on.
+    publish(&server, new.client(), "default", "after the reload");
+    assert_eq!(kept.next_data(), "after the reload");
+    // A reload that fails keeps what is in use.
+    std::fs::write(&old.key, "not a key").unwrap();
+    server.signal(libc::SIGHUP);
+    wait_for_log(&server, "keeping the TLS certificate in use");
+    assert!(connect(&server, new.client()).is_ok());
+    let m = metrics(&server, &new);
+    assert_eq!(m["sse_edge_tls_reloads_total"], 1.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn plain_http_to_the_tls_port_is_closed_and_counted() {
+    let dir = tempdir("plain");
+    let cert = Cert::new(&dir, "a");
+    let server = start(&cert, &[]);
+    let mut stream = TlsStream::open(&server, cert.client(), "/stream");
+    let mut plain = TcpStream::connect(server.addr).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got); // EOF or reset, after at most an alert
+    assert!(
+        !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
+        "plain HTTP answered: {got:?}"
+    );
+    if let Some(&first) = got.first() {
+        assert_eq!(
+            first, 0x15,
+            "only a TLS alert record may come back: {got:?}"
+        );
+    }
+    publish(&server, cert.client(), "default", "still serving");
+    assert_eq!(stream.next_data(), "still serving");
+    let m = metrics(&server, &cert);
+    assert_eq!(m["sse_edge_tls_handshake_failures_total"], 1.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_after_the_header_timeout() {
+    let dir = tempdir("stall");
+    let cert = Cert::new(&dir, "a");
+    let server = start(&cert, &["--header-timeout", "1"]);
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent.set_read_timeout(Some(PATIENCE)).unwrap();
+    // Half a ClientHello's record header, then nothing.
+    silent.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closed it without answering");
+    assert!(opened.elapsed() < PATIENCE);
+    let m = metrics(&server, &cert);
+    assert_eq!(m["sse_edge_header_timeouts_total"], 1.0);
+    assert_eq!(m["sse_edge_tls_handshake_failures_total"], 1.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn drain_ends_tls_streams_with_close_notify() {
+    let dir = tempdir("drain");
+    let cert = Cert::new(&dir, "a");
+    let mut server = start(&cert, &[]);
+    let mut stream = TlsStream::open(&server, cert.client(), "/stream");
+    publish(&server, cert.client(), "default", "last one");
+    assert_eq!(stream.next_data(), "last one");
+    server.signal(libc::SIGTERM);
+    // A clean TLS end: read returns Ok(0) (close_notify), not an unexpected-EOF error.
+    assert_eq!(stream.until(b"\n\n"), None);
+    assert_eq!(server.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unusable_certificate_files_are_one_line_and_exit_2() {
+    let dir = tempdir("bad");
+    let a = Cert::new(&dir, "a");
+    let b = Cert::new(&dir, "b");
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--tls-cert".into(),
+                "/nonexistent/c.pem".into(),
+                "--tls-key".into(),
+                a.key.display().to_string(),
+            ],
+            "/nonexistent/c.pem",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                a.cert.display().to_string(),
+                "--tls-key".into(),
+                b.key.display().to_string(),
+            ],
+            "--tls-key",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                empty.display().to_string(),
+                "--tls-key".into(),
+                a.key.display().to_string(),
+            ],
+            "no certificate",
+        ),
+        (
+            vec!["--tls-cert".into(), a.cert.display().to_string()],
+            "--tls-key",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("sse-edge: "))
+                .count(),
+            1,
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
