@@ -54,3 +54,4 @@ if ! (cd tests/browser && npm ls --depth=0 >/dev/null 2>&1); then
 fi
 node tests/browser/page.test.js
 node tests/browser/auth.test.js
+node tests/browser/tls.test.js
