@@ -47,9 +47,11 @@ say "benches build (running them is 'cargo bench'; figures in BENCHMARKS.md)"
 cargo build --workspace --benches --examples --quiet
 
 say "browser test (the page in headless Chromium against the real server)"
-# chromium and npm were installed above with redis-server; the test's npm packages here.
-if [ ! -d tests/browser/node_modules ]; then
+# chromium and npm were installed above with redis-server; the test's npm packages here, also
+# when node_modules predates a package added to package.json (`npm ls` exits non-zero then).
+if ! (cd tests/browser && npm ls --depth=0 >/dev/null 2>&1); then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 node tests/browser/page.test.js
 node tests/browser/auth.test.js
+node tests/browser/tls.test.js
