@@ -42,6 +42,7 @@ pub mod slots;
 pub mod sse;
 pub mod stamp;
 pub mod stats;
+pub mod tls;
 pub mod url;
 pub mod wire;
 pub mod worker;
