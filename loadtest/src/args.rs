@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::tls::Trust;
+use crate::url::Scheme;
 use crate::wire::Mode;
 
 /// Descriptors a worker keeps for itself (poll, pipes, stdio, slack) below its limit.
@@ -35,6 +37,11 @@ Examples:
   # How many nodes for 200k streams at 5 msg/s, from what this run measured:
   loadtest ... --server-pid 1234 --plan 200000,5
 
+  # Over TLS, trusting the CA that signed the server's certificate (every stream does a
+  # full handshake, inside its connect time):
+  loadtest --url https://edge.example:8443/stream --connections 10000 \\
+           --publish-url https://edge.example:8443/broadcast --rate 10 --cacert ca.pem
+
 Exit status: 0 when every stream connected and no fast reader lost a message, 1 otherwise
 (unless --allow-loss), 2 for a bad command line, 130 after Ctrl-C (the report is printed).";
 
@@ -43,7 +50,8 @@ Exit status: 0 when every stream connected and no fast reader lost a message, 1 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadtest", version, after_long_help = EXAMPLES, after_help = "See --help for examples.")]
 pub struct Args {
-    /// SSE stream URL (http:// only), e.g. http://127.0.0.1:8080/stream?topic=load.
+    /// SSE stream URL, http:// or https:// (then give --cacert or --insecure), e.g.
+    /// http://127.0.0.1:8080/stream?topic=load.
     #[arg(long, value_name = "URL")]
     pub url: String,
 
@@ -84,6 +92,17 @@ pub struct Args {
     /// (repeatable).
     #[arg(long = "publish-header", value_name = "LINE", value_parser = header_line)]
     pub publish_headers: Vec<String>,
+
+    /// For https:// URLs: trust the CA certificates in this PEM file (one or more); the
+    /// server's certificate must chain to one of them and name the URL's host. There are no
+    /// system roots: an https:// URL needs this or --insecure.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+
+    /// For https:// URLs: accept any server certificate, for any name (the handshake is
+    /// still checked and costs the same; the server is not authenticated). Test servers only.
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Bytes per published body (padded); the stamp itself is ~40 bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
@@ -206,7 +225,37 @@ impl Args {
         if self.publish_url.is_none() && (self.rate.is_some() || self.messages.is_some()) {
             return Err("--rate and --messages need --publish-url".to_owned());
         }
-        Ok(())
+        self.check_tls()
+    }
+
+    /// What to trust for https:// URLs, from `--cacert` or `--insecure`.
+    pub fn trust(&self) -> Option<Trust> {
+        match (&self.cacert, self.insecure) {
+            (Some(path), _) => Some(Trust::CaFile(path.clone())),
+            (None, true) => Some(Trust::Insecure),
+            (None, false) => None,
+        }
+    }
+
+    /// An https:// URL needs `--cacert` or `--insecure` (no system roots are relied on);
+    /// either flag without an https:// URL is a mistake worth saying.
+    fn check_tls(&self) -> Result<(), String> {
+        let https = std::iter::once(&self.url)
+            .chain(&self.publish_url)
+            .any(|url| Scheme::of(url) == Some(Scheme::Https));
+        match (https, self.trust()) {
+            (true, None) => Err("an https:// URL needs --cacert FILE or --insecure".to_owned()),
+            (false, Some(trust)) => {
+                let flag = match trust {
+                    Trust::CaFile(_) => "--cacert",
+                    Trust::Insecure => "--insecure",
+                };
+                Err(format!(
+                    "{flag} is for https:// URLs, and --url and --publish-url are not https://"
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Worker processes: as asked, or enough that none goes past `fd_limit`.
@@ -292,6 +341,43 @@ mod tests {
         assert!(no_publisher.validate().is_err());
         let closed = args(&format!("{base} --publish-mode closed-loop")).unwrap();
         assert_eq!(closed.publish_mode, Mode::ClosedLoop);
+    }
+
+    #[test]
+    fn https_urls_need_exactly_one_trust_flag() {
+        let stream = "loadtest --connections 10 --url https://127.0.0.1:1/";
+        let plain = "loadtest --connections 10 --url http://127.0.0.1:1/";
+        let ok = |line: &str| args(line).unwrap().validate();
+
+        let e = ok(stream).unwrap_err();
+        assert_eq!(e, "an https:// URL needs --cacert FILE or --insecure");
+        // A TLS publish URL alone needs it too.
+        let e = ok(&format!("{plain} --publish-url https://127.0.0.1:1/b")).unwrap_err();
+        assert_eq!(e, "an https:// URL needs --cacert FILE or --insecure");
+
+        let a = args(&format!("{stream} --cacert ca.pem")).unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.trust(), Some(Trust::CaFile("ca.pem".into())));
+        let a = args(&format!("{stream} --insecure")).unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.trust(), Some(Trust::Insecure));
+        ok(&format!(
+            "{plain} --publish-url https://127.0.0.1:1/b --insecure"
+        ))
+        .unwrap();
+
+        // Both at once: clap refuses.
+        assert!(args(&format!("{stream} --insecure --cacert ca.pem")).is_err());
+        // Neither with http:// is the plain case; either flag there is refused.
+        ok(plain).unwrap();
+        assert_eq!(args(plain).unwrap().trust(), None);
+        let e = ok(&format!("{plain} --insecure")).unwrap_err();
+        assert!(e.starts_with("--insecure is for https:// URLs"), "{e}");
+        let e = ok(&format!(
+            "{plain} --publish-url http://127.0.0.1:1/b --cacert ca.pem"
+        ))
+        .unwrap_err();
+        assert!(e.starts_with("--cacert is for https:// URLs"), "{e}");
     }
 
     #[test]

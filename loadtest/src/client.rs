@@ -14,6 +14,18 @@
 //! server chunks, to the [`sse`](crate::sse) parser → each event becomes a delivery: its
 //! latency goes into the histogram, its sequence number into the loss accounting.
 //!
+//! # One `https://` stream
+//!
+//! The same, with a rustls [`ClientConnection`] between the socket and the parsing: once
+//! `connect()` is done the request goes into the session's writer (rustls holds it until the
+//! handshake is done), and from then on every edge drives the session through
+//! [`tls::read`] (send what it queued, read and decrypt, hand over plaintext). The plaintext is
+//! parsed exactly as a plain stream's bytes are. The handshake happens inside the stream's
+//! connect deadline and the run's connect time, as it does for a browser; a failed one is a
+//! connect error of kind `tls`. A TLS stream stays registered for writable edges too: the
+//! session may need to send at any time (handshake, alerts), and a writable edge is rare once
+//! the socket has room. A plain stream pays nothing of this: one empty `Option`.
+//!
 //! # One turn of the loop
 //!
 //! 1. `poll` until the next timer: progress report, ramp slot, connect deadline.
@@ -26,12 +38,15 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 use socket2::{Domain, Socket, Type};
 
 use crate::clock::now_us;
@@ -40,7 +55,8 @@ use crate::response::{parse_head, Dechunker, HeadParse};
 use crate::slots::Slots;
 use crate::sse::Parser;
 use crate::stats::{self, Counters, Failure};
-use crate::url::Url;
+use crate::tls::{self, Got};
+use crate::url::{Scheme, Url};
 use crate::wire::{self, Command, Plan, Report};
 
 /// The parent's command pipe; stream tokens are slab keys, far below it.
@@ -55,9 +71,11 @@ const EVENTS: usize = 1024;
 /// Where a stream is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// `connect()` in progress, then the request being written (`written` bytes so far).
+    /// `connect()` in progress, then the request being written (`written` bytes so far; a
+    /// TLS stream leaves this phase as soon as it is connected).
     Connecting { written: usize },
-    /// Request sent, response head not complete.
+    /// Request sent (TLS: handed to the session, the handshake maybe still going), response
+    /// head not complete.
     Head,
     /// Head was 200: reading events.
     Streaming,
@@ -74,6 +92,8 @@ enum Body {
 /// One stream.
 struct Sub {
     stream: TcpStream,
+    /// The TLS session of an `https://` stream (boxed: a plain stream pays one pointer).
+    tls: Option<Box<ClientConnection>>,
     /// Tells a connect deadline apart from a later stream in the same slab slot.
     serial: u64,
     phase: Phase,
@@ -89,10 +109,20 @@ pub fn is_slow(i: u64, fraction: f64) -> bool {
     ((i + 1) as f64 * fraction).floor() > (i as f64 * fraction).floor()
 }
 
+/// What an `https://` stream needs to start its session.
+struct TlsTarget {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
 /// One worker process's event loop.
 pub struct Worker {
     plan: Plan,
     url: Url,
+    /// `Some` for an `https://` URL.
+    tls: Option<TlsTarget>,
+    /// Why the first stream that failed in TLS failed, for the report.
+    tls_error: Option<String>,
     request: Vec<u8>,
     poll: Poll,
     subs: Slots<Sub>,
@@ -120,6 +150,18 @@ impl Worker {
     /// Sets up the loop for `plan`.
     pub fn new(plan: Plan) -> io::Result<Worker> {
         let url = Url::parse(&plan.url).map_err(io::Error::other)?;
+        let tls = match url.scheme {
+            Scheme::Http => None,
+            Scheme::Https => {
+                let trust = plan.tls.as_ref().ok_or_else(|| {
+                    io::Error::other("an https:// URL needs --cacert FILE or --insecure")
+                })?;
+                Some(TlsTarget {
+                    config: tls::client_config(trust).map_err(io::Error::other)?,
+                    name: url.server_name().map_err(io::Error::other)?,
+                })
+            }
+        };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-edge-loadtest\r\n{}\r\n",
             url.target, url.host_header, plan.headers
@@ -136,6 +178,8 @@ impl Worker {
             subs: Slots::with_capacity(plan.connections as usize),
             plan,
             url,
+            tls,
+            tls_error: None,
             request,
             poll: Poll::new()?,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -217,6 +261,7 @@ impl Worker {
             } else {
                 Vec::new()
             },
+            tls_error: self.tls_error.clone(),
         }
     }
 
@@ -250,7 +295,7 @@ impl Worker {
                     .map(|(key, _)| key)
                     .collect();
                 for key in slow {
-                    self.read_stream(key);
+                    self.read_any(key);
                 }
             }
             Command::Stop { published } => self.stop = Some(published),
@@ -264,8 +309,20 @@ impl Worker {
         };
         if let Phase::Connecting { .. } = sub.phase {
             self.on_connecting(key);
+        } else if sub.tls.is_some() {
+            // Readable or writable: the session decides what it needs.
+            self.drive_tls(key);
         } else if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.read_stream(key);
+        }
+    }
+
+    /// Reads whatever kind of stream `key` is.
+    fn read_any(&mut self, key: usize) {
+        match self.subs.get(key) {
+            Some(sub) if sub.tls.is_some() => self.drive_tls(key),
+            Some(_) => self.read_stream(key),
+            None => {}
         }
     }
 
@@ -283,6 +340,14 @@ impl Worker {
             // Still connecting: a spurious event.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(e) => return self.close(key, Failure::of(&e)),
+        }
+        if let Some(session) = sub.tls.as_deref_mut() {
+            // Queued in the session until the handshake is done, then sent encrypted.
+            if let Err(e) = session.writer().write_all(&self.request) {
+                return self.close_with(key, &e);
+            }
+            sub.phase = Phase::Head;
+            return self.drive_tls(key);
         }
         let Phase::Connecting { mut written } = sub.phase else {
             return;
@@ -321,21 +386,12 @@ impl Worker {
             }
             match sub.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    let kind = match sub.phase {
-                        Phase::Streaming if sub.acct.shed => Failure::Shed,
-                        Phase::Streaming => Failure::Closed,
-                        _ => Failure::BadResponse,
-                    };
+                    let kind = ended(sub);
                     return self.close(key, kind);
                 }
                 Ok(n) => {
-                    let before = sub.phase;
-                    let result = ingest(sub, &self.scratch[..n], &mut self.meter, now_us());
-                    if before != Phase::Streaming && sub.phase == Phase::Streaming {
-                        self.in_flight -= 1;
-                    }
-                    if let Err(kind) = result {
-                        return self.close(key, kind);
+                    if !self.on_bytes(key, n) {
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -343,6 +399,67 @@ impl Worker {
                 Err(e) => return self.close(key, Failure::of(&e)),
             }
         }
+    }
+
+    /// Drives a TLS stream until its socket would block: sends what the session queued,
+    /// then reads and parses plaintext (slow readers only send, until `Drain`).
+    fn drive_tls(&mut self, key: usize) {
+        loop {
+            let Some(sub) = self.subs.get_mut(key) else {
+                return;
+            };
+            let Some(session) = sub.tls.as_deref_mut() else {
+                return;
+            };
+            if sub.acct.slow && sub.phase == Phase::Streaming && !self.draining {
+                if let Err(e) = tls::flush(session, &mut sub.stream) {
+                    self.close_with(key, &e);
+                }
+                return;
+            }
+            match tls::read(session, &mut sub.stream, &mut self.scratch) {
+                Ok(Got::Plaintext(n)) => {
+                    if !self.on_bytes(key, n) {
+                        return;
+                    }
+                }
+                Ok(Got::WouldBlock) => return,
+                Ok(Got::Closed) => {
+                    let kind = ended(sub);
+                    return self.close(key, kind);
+                }
+                Err(e) => return self.close_with(key, &e),
+            }
+        }
+    }
+
+    /// Parses `n` bytes of the scratch buffer read from stream `key`; false when that closed
+    /// the stream.
+    fn on_bytes(&mut self, key: usize, n: usize) -> bool {
+        let Some(sub) = self.subs.get_mut(key) else {
+            return false;
+        };
+        let before = sub.phase;
+        let result = ingest(sub, &self.scratch[..n], &mut self.meter, now_us());
+        if before != Phase::Streaming && sub.phase == Phase::Streaming {
+            self.in_flight -= 1;
+        }
+        match result {
+            Ok(()) => true,
+            Err(kind) => {
+                self.close(key, kind);
+                false
+            }
+        }
+    }
+
+    /// Ends a stream after an I/O or TLS error, keeping the first TLS reason for the report.
+    fn close_with(&mut self, key: usize, e: &io::Error) {
+        let kind = Failure::of(e);
+        if kind == Failure::Tls && self.tls_error.is_none() {
+            self.tls_error = Some(e.to_string());
+        }
+        self.close(key, kind);
     }
 
     /// Ends a stream and counts why.
@@ -398,6 +515,20 @@ impl Worker {
             self.started += 1;
             let source = (!self.plan.sources.is_empty())
                 .then(|| self.plan.sources[index as usize % self.plan.sources.len()]);
+            let session = match &self.tls {
+                None => None,
+                Some(target) => {
+                    match ClientConnection::new(target.config.clone(), target.name.clone()) {
+                        Ok(session) => Some(Box::new(session)),
+                        Err(e) => {
+                            self.tls_error.get_or_insert_with(|| e.to_string());
+                            self.meter.counters.connect_errors += 1;
+                            self.meter.counters.fail(Failure::Tls);
+                            continue;
+                        }
+                    }
+                }
+            };
             let mut stream = match connect(self.url.addr, source) {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -419,6 +550,7 @@ impl Worker {
             self.serial += 1;
             self.subs.insert(Sub {
                 stream,
+                tls: session,
                 serial: self.serial,
                 phase: Phase::Connecting { written: 0 },
                 head: Vec::new(),
@@ -464,6 +596,15 @@ impl Worker {
         }
         // Streams never started (an interrupted ramp) are not failures, only not requested.
         counters.requested = self.started;
+    }
+}
+
+/// Why a stream the server ended failed, by how far it had got.
+fn ended(sub: &Sub) -> Failure {
+    match sub.phase {
+        Phase::Streaming if sub.acct.shed => Failure::Shed,
+        Phase::Streaming => Failure::Closed,
+        _ => Failure::BadResponse,
     }
 }
 

@@ -13,6 +13,11 @@
 //! the message body, [`meter`] for turning events into latencies and losses). Workers send progress and a final report up a pipe ([`wire`]):
 //! counters plus a V2-serialized HdrHistogram, merged by adding ([`stats`]).
 //!
+//! `https://` URLs ([`url`]) go through rustls ([`tls`]): each stream's session sits between
+//! its socket and the same parsing, driven non-blockingly by the worker's loop; the
+//! publisher uses rustls's blocking stream. What to trust (`--cacert FILE` or `--insecure`)
+//! travels to the workers in their plan, and each builds its own configuration from it.
+//!
 //! ## The flow of one message
 //!
 //! 1. The [`publisher`] POSTs message *k* with its *scheduled* time `t0 + k/rate`
@@ -42,6 +47,7 @@ pub mod slots;
 pub mod sse;
 pub mod stamp;
 pub mod stats;
+pub mod tls;
 pub mod url;
 pub mod wire;
 pub mod worker;

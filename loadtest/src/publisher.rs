@@ -5,18 +5,25 @@
 //! stamped with that time, not with the time it actually left. If the server stalls and the
 //! publisher falls behind, the messages sent late carry their scheduled time, so the stall
 //! shows up in every latency it caused instead of being hidden by a publisher that waited.
+//!
+//! An `https://` publish URL is spoken to through rustls's blocking [`StreamOwned`]; the
+//! keep-alive connection (and so its handshake) is reused across POSTs as with plain HTTP.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::clock::now_us;
 use crate::response::{parse_head, Dechunker, HeadParse};
 use crate::stamp;
-use crate::stats::{new_latency, Latency};
-use crate::url::Url;
+use crate::stats::{new_latency, Failure, Latency};
+use crate::url::{Scheme, Url};
 use crate::wire::Mode;
 
 /// How long one POST may take before it counts as failed.
@@ -54,6 +61,8 @@ pub struct Job {
     pub body_size: usize,
     /// Extra header lines for every POST, each ending in CRLF (`--publish-header`).
     pub headers: String,
+    /// The TLS configuration, needed for an `https://` URL.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// Live figures, read by the progress line.
@@ -83,6 +92,8 @@ pub struct Outcome {
     /// Largest delay of a send behind its schedule, µs (the server, or this one connection,
     /// could not keep up with `--rate`).
     pub max_lag_us: u64,
+    /// Why the first POST that failed in TLS failed.
+    pub tls_error: Option<String>,
 }
 
 /// Runs the schedule until done or `stop`; `before_send(seq, scheduled_us)` runs just before
@@ -102,8 +113,17 @@ pub fn run(
         started_us,
         ended_us: started_us,
         max_lag_us: 0,
+        tls_error: None,
     };
-    let mut conn = Connection::new(job.url.clone(), job.headers.clone());
+    let mut conn = match Connection::new(job.url.clone(), job.headers.clone(), job.tls.clone()) {
+        Ok(conn) => conn,
+        Err(why) => {
+            // Checked before the run starts; counted as one failed POST all the same.
+            out.errors.insert(Failure::Tls.name().to_owned(), 1);
+            out.tls_error = Some(why);
+            return out;
+        }
+    };
     let (end_us, limit) = match job.schedule {
         Schedule::Rate {
             per_sec,
@@ -147,8 +167,11 @@ pub fn run(
                 seq += 1;
                 live.published.store(seq, Ordering::Relaxed);
             }
-            Err(kind) => {
-                *out.errors.entry(kind).or_default() += 1;
+            Err(failed) => {
+                if let Some(why) = failed.tls_reason() {
+                    out.tls_error.get_or_insert(why);
+                }
+                *out.errors.entry(failed.kind()).or_default() += 1;
                 live.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -162,47 +185,105 @@ pub fn run(
 struct Connection {
     url: Url,
     headers: String,
-    stream: Option<TcpStream>,
+    /// For an `https://` URL: the configuration and the name to ask for.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    stream: Option<Transport>,
     buf: Vec<u8>,
 }
 
-impl Connection {
-    fn new(url: Url, headers: String) -> Connection {
-        Connection {
-            url,
-            headers,
-            stream: None,
-            buf: Vec::with_capacity(4096),
+/// The socket a POST goes over.
+enum Transport {
+    Plain(TcpStream),
+    /// The handshake happens on the first write (boxed: the session is large).
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
         }
     }
 
-    /// POSTs `body`; returns the `clients` count of the answer, or the failure's kind.
-    fn post(&mut self, body: &str) -> Result<Option<u64>, String> {
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Connection {
+    /// A connection to `url`, not opened yet; `Err` when an `https://` URL has no `tls`.
+    fn new(
+        url: Url,
+        headers: String,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Connection, String> {
+        let tls = match (url.scheme, tls) {
+            (Scheme::Http, _) => None,
+            (Scheme::Https, Some(config)) => Some((config, url.server_name()?)),
+            (Scheme::Https, None) => {
+                return Err(format!(
+                    "{url}: an https:// URL needs --cacert FILE or --insecure"
+                ))
+            }
+        };
+        Ok(Connection {
+            url,
+            headers,
+            tls,
+            stream: None,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// POSTs `body`; returns the `clients` count of the answer.
+    fn post(&mut self, body: &str) -> Result<Option<u64>, Failed> {
         let reused = self.stream.is_some();
         match self.try_post(body) {
             Ok(answer) => Ok(answer),
             // A kept-alive connection the server had closed: send again on a new one.
             Err(Failed::BeforeAnswer(_)) if reused => {
                 self.stream = None;
-                self.try_post(body).map_err(Failed::kind)
+                self.try_post(body).inspect_err(|_| self.stream = None)
             }
             Err(e) => {
                 self.stream = None;
-                Err(e.kind())
+                Err(e)
             }
         }
     }
 
+    /// Opens the connection: TCP with timeouts, then TLS over it for `https://`.
+    fn open(&self) -> io::Result<Transport> {
+        let stream = TcpStream::connect_timeout(&self.url.addr, POST_TIMEOUT)?;
+        let _ = stream.set_nodelay(true);
+        stream.set_read_timeout(Some(POST_TIMEOUT))?;
+        stream.set_write_timeout(Some(POST_TIMEOUT))?;
+        Ok(match &self.tls {
+            None => Transport::Plain(stream),
+            Some((config, name)) => {
+                let session = ClientConnection::new(config.clone(), name.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                Transport::Tls(Box::new(StreamOwned::new(session, stream)))
+            }
+        })
+    }
+
     fn try_post(&mut self, body: &str) -> Result<Option<u64>, Failed> {
         if self.stream.is_none() {
-            let stream = TcpStream::connect_timeout(&self.url.addr, POST_TIMEOUT)
-                .map_err(Failed::BeforeAnswer)?;
-            let _ = stream.set_nodelay(true);
-            stream
-                .set_read_timeout(Some(POST_TIMEOUT))
-                .and_then(|()| stream.set_write_timeout(Some(POST_TIMEOUT)))
-                .map_err(Failed::BeforeAnswer)?;
-            self.stream = Some(stream);
+            self.stream = Some(self.open().map_err(Failed::BeforeAnswer)?);
         }
         let stream = self.stream.as_mut().expect("connected above");
         let request = format!(
@@ -270,18 +351,27 @@ enum Failed {
 }
 
 impl Failed {
-    fn kind(self) -> String {
+    /// The failure's name in `publish_errors`.
+    fn kind(&self) -> String {
         match self {
-            Failed::BeforeAnswer(e) | Failed::Io(e) => {
-                crate::stats::Failure::of(&e).name().to_owned()
+            Failed::BeforeAnswer(e) | Failed::Io(e) => Failure::of(e).name().to_owned(),
+            Failed::Answer(why) => why.clone(),
+        }
+    }
+
+    /// What TLS said, when TLS is why it failed.
+    fn tls_reason(&self) -> Option<String> {
+        match self {
+            Failed::BeforeAnswer(e) | Failed::Io(e) if Failure::of(e) == Failure::Tls => {
+                Some(e.to_string())
             }
-            Failed::Answer(why) => why,
+            _ => None,
         }
     }
 }
 
 /// Reads once more into `buf`; the end of the stream is an error here.
-fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+fn read_more(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
     let mut chunk = [0u8; 4096];
     loop {
         match stream.read(&mut chunk) {
@@ -344,10 +434,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"c\r\n10\r\nlients\":9,\"x\":1}\r\n0\r\n\r\n",
             "HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno\n",
         ]);
-        let mut conn = Connection::new(url, String::new());
-        assert_eq!(conn.post("a").unwrap(), Some(7));
-        assert_eq!(conn.post("b").unwrap(), Some(9));
-        assert_eq!(conn.post("c").unwrap_err(), "status_400");
+        let mut conn = Connection::new(url, String::new(), None).unwrap();
+        assert_eq!(conn.post("a").ok().unwrap(), Some(7));
+        assert_eq!(conn.post("b").ok().unwrap(), Some(9));
+        assert_eq!(conn.post("c").err().unwrap().kind(), "status_400");
     }
 
     #[test]
@@ -363,6 +453,7 @@ mod tests {
             },
             body_size: 0,
             headers: String::new(),
+            tls: None,
         };
         let mut seen = Vec::new();
         let out = run(&job, &AtomicBool::new(false), &Live::default(), |seq, _| {
@@ -387,6 +478,7 @@ mod tests {
             },
             body_size: 0,
             headers: String::new(),
+            tls: None,
         };
         let mut times = Vec::new();
         let out = run(&job, &AtomicBool::new(false), &Live::default(), |_, at| {

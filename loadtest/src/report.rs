@@ -76,12 +76,16 @@ pub struct Summary {
     /// Established fast streams that ended before the run did.
     pub disconnects: u64,
     /// Failures by kind: refused, reset, timeout, bad_status, bad_response, emfile,
-    /// no_port, closed, shed, other.
+    /// no_port, closed, shed, tls, other.
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Messages published successfully.
     pub messages_published: u64,
     /// POSTs that failed, by kind.
     pub publish_errors: BTreeMap<String, u64>,
+    /// Why the first stream or POST that failed in TLS failed, e.g. `invalid peer
+    /// certificate: UnknownIssuer` (a `--cacert` that did not sign the server's certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_error: Option<String>,
     /// Messages × fast streams established.
     pub deliveries_expected: u64,
     /// Messages received by fast streams.
@@ -215,6 +219,9 @@ impl Summary {
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
             row(&mut t, "failures", kinds.join(", "));
+        }
+        if let Some(why) = &self.tls_error {
+            row(&mut t, "tls", format!("first failure: {why}"));
         }
         let publish_errors: u64 = self.publish_errors.values().sum();
         if self.publish_mode == "none" {

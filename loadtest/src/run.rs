@@ -24,7 +24,8 @@ use crate::publisher::{self, Job, Live, Outcome, Schedule};
 use crate::report::{self, Percentiles, Slow, Summary};
 use crate::sizing::{self, Measured};
 use crate::stats::{self, new_latency, Counters, Latency};
-use crate::url::Url;
+use crate::tls;
+use crate::url::{Scheme, Url};
 use crate::wire::{Command, Mode, Plan, Report};
 use crate::worker::{Message, Workers};
 
@@ -67,6 +68,9 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
     args.validate()?;
     let url = Url::parse(&args.url)?;
     let publish_url = args.publish_url.as_deref().map(Url::parse).transpose()?;
+    // Built once here, before any worker starts, so a bad --cacert file is one line and
+    // exit 2; workers build their own from the same `Trust`, the publisher uses this one.
+    let tls_config = args.trust().as_ref().map(tls::client_config).transpose()?;
     let fd_limit = fdlimit::raise_to_hard_limit()
         .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
     let procs = args.procs(fd_limit).min(args.connections);
@@ -119,12 +123,14 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
                 max_us: publish_budget_us,
             },
         };
+        let publish_tls = tls_config.filter(|_| publish_url.scheme == Scheme::Https);
         let job = Job {
             url: publish_url,
             mode: args.publish_mode,
             schedule,
             body_size: args.body_size,
             headers: args.publish_header_lines(),
+            tls: publish_tls,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
@@ -266,6 +272,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
         &server,
         &timing,
         worker_errors.len(),
+        board.first_tls_error(),
     );
     print!("{}", summary.table());
     let mut code = if summary.interrupted {
@@ -327,6 +334,7 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
                 progress_ms: PROGRESS_MS,
                 deadline_us,
                 headers: args.header_lines(),
+                tls: args.trust(),
             };
             first += n;
             plan
@@ -404,6 +412,14 @@ impl Board {
 
     fn all_final(&self) -> bool {
         (0..self.latest.len()).all(|w| self.finals[w].is_some() || self.gone[w].is_some())
+    }
+
+    /// Why the first stream that failed in TLS failed, from whichever worker said so.
+    fn first_tls_error(&self) -> Option<String> {
+        self.latest
+            .iter()
+            .flatten()
+            .find_map(|r| r.tls_error.clone())
     }
 
     fn worker_errors(&self) -> Vec<String> {
@@ -510,6 +526,7 @@ fn summarize(
     server: &Server,
     timing: &Timing,
     worker_errors: usize,
+    tls_error: Option<String>,
 ) -> Summary {
     let published = outcome.map_or(0, |o| o.published);
     let received_total = c.received;
@@ -559,6 +576,7 @@ fn summarize(
         errors_by_kind: c.errors.clone(),
         messages_published: published,
         publish_errors: outcome.map(|o| o.errors.clone()).unwrap_or_default(),
+        tls_error: tls_error.or_else(|| outcome.and_then(|o| o.tls_error.clone())),
         deliveries_expected: published * c.fast_established(),
         deliveries_received: received_total,
         deliveries_lost: c.lost,

@@ -63,13 +63,19 @@ pub enum Failure {
     Closed,
     /// The server shed the stream at capacity (`: shed`).
     Shed,
+    /// The TLS handshake failed (certificate not trusted, alert, hang-up before it was
+    /// done) or a TLS record was bad.
+    Tls,
     /// Any other error.
     Other,
 }
 
 impl Failure {
-    /// Classifies an OS error.
+    /// Classifies an OS or TLS error.
     pub fn of(e: &io::Error) -> Failure {
+        if crate::tls::is_tls_error(e) {
+            return Failure::Tls;
+        }
         match e.raw_os_error() {
             Some(libc::ECONNREFUSED) => Failure::Refused,
             Some(libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED) => Failure::Reset,
@@ -92,6 +98,7 @@ impl Failure {
             Failure::NoPort => "no_port",
             Failure::Closed => "closed",
             Failure::Shed => "shed",
+            Failure::Tls => "tls",
             Failure::Other => "other",
         }
     }

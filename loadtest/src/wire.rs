@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::stats::Counters;
+use crate::tls::Trust;
 
 /// Largest frame part accepted, so a corrupt length cannot make the parent allocate wildly.
 const MAX_PART: usize = 64 << 20;
@@ -55,6 +56,9 @@ pub struct Plan {
     /// Extra header lines for every stream request, each ending in CRLF (`--header`).
     #[serde(default)]
     pub headers: String,
+    /// What to trust for an `https://` URL; the worker builds its TLS configuration from it.
+    #[serde(default)]
+    pub tls: Option<Trust>,
 }
 
 /// What the parent tells a running worker.
@@ -92,6 +96,9 @@ pub struct Report {
     /// Final report only: per message, the slowest fast stream's latency (µs; 0: none got it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completion_us: Vec<u64>,
+    /// Why the first stream that failed in TLS failed (certificate not trusted, alert…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_error: Option<String>,
 }
 
 /// Writes one line of JSON.
