@@ -2,7 +2,7 @@
 # The loadtest series behind BENCHMARKS.md. Every run starts a fresh server, measures it with
 # loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
 #
-#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth (default: all)
+#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth tls (default: all)
 #
 # edge      sse-edge at 1k/10k/19k streams, stamped publishes at 10/s for 15 s, 3 runs each
 # compare   sse-edge, the floor (benches/floor.rs) and the Go demo at 1k/10k/19k streams,
@@ -11,10 +11,13 @@
 # hold50k   50k idle streams over 3 sse-edge processes sharing one port (--reuse-port)
 # auth      sse-edge at 10k streams without tokens, and with --subscribe-jwt (HS256 secret;
 #           Ed25519 public key) and every stream's token in its cookie, 10/s for 15 s, 3 runs each
+# tls       sse-edge at 10k streams plain and over TLS (P-256 certificate), 10/s for 15 s, 3 runs
+#           each; then 5k TLS streams at 10/s while a storm of 4k new TLS connections (RSA-2048)
+#           arrives, with the handshake budget (--tls-handshakes-per-turn 32) and without it
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
-series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k auth)
+series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k auth tls)
 mkdir -p "$out"
 cargo build --release --workspace --bins --examples -q
 edge=target/release/sse-edge; floor=target/release/examples/floor; lt=target/release/loadtest
@@ -75,6 +78,39 @@ auth)
     stop
   done; done
   rm -rf "$keydir" ;;
+tls)
+  certs=$(mktemp -d)
+  for alg in ec rsa; do  # a CA and a leaf for localhost/127.0.0.1 (rustls refuses a CA as leaf)
+    mkdir -p "$certs/$alg"; d=$certs/$alg
+    if [ $alg = rsa ]; then kp=(-newkey rsa:2048); else kp=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1); fi
+    openssl req -x509 "${kp[@]}" -nodes -keyout $d/ca.key -out $d/ca.pem -subj /CN=bench-ca -days 2 2>/dev/null
+    openssl req "${kp[@]}" -nodes -keyout $d/leaf.key -out $d/leaf.csr -subj /CN=localhost 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > $d/ext
+    openssl x509 -req -in $d/leaf.csr -CA $d/ca.pem -CAkey $d/ca.key -CAcreateserial -out $d/leaf.pem -days 2 -extfile $d/ext 2>/dev/null
+  done
+  for mode in plain tls; do for r in 1 2 3; do
+    name="tls-$mode-$r"; flags=(); scheme=http; trust=()
+    if [ $mode = tls ]; then flags=(--tls-cert $certs/ec/leaf.pem --tls-key $certs/ec/leaf.key); scheme=https; trust=(--cacert $certs/ec/ca.pem); fi
+    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn "${flags[@]}"
+    $lt --url $scheme://127.0.0.1:$port/stream --connections 10000 --publish-url $scheme://127.0.0.1:$port/broadcast \
+        --rate 10 --duration 15 --server-pid $pid --no-progress "${trust[@]}" --json "$out/$name.json" > "$out/$name.txt"
+    stop
+  done; done
+  for budget in 32 1048576; do for r in 1 2 3; do
+    name="tls-storm-$budget-$r"
+    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn --tls-handshakes-per-turn $budget \
+        --tls-cert $certs/rsa/leaf.pem --tls-key $certs/rsa/leaf.key
+    $lt --url https://127.0.0.1:$port/stream --connections 5000 --publish-url https://127.0.0.1:$port/broadcast \
+        --rate 10 --duration 20 --server-pid $pid --no-progress --cacert $certs/rsa/ca.pem \
+        --json "$out/$name.json" > "$out/$name.txt" &
+    base=$!
+    sleep 12  # the 5k streams are connected and receiving
+    $lt --url https://127.0.0.1:$port/stream --connections 4000 --duration 3 --no-progress --insecure \
+        --source 127.0.0.2 --json "$out/$name-storm.json" > "$out/$name-storm.txt" || true
+    wait $base || true
+    stop
+  done; done
+  rm -rf "$certs" ;;
 hold50k)
   pids=()
   for i in 1 2 3; do
