@@ -13,13 +13,12 @@ use std::net::Shutdown;
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use rustls::ServerConnection;
 
 use crate::access::StreamGrant;
 use crate::http::RequestParser;
 use crate::outbox::{Flush, Outbox, Written};
 use crate::stream::Stream;
-use crate::tls::{self, TlsRead};
+use crate::tls::{Scratch, Session, TlsRead};
 
 /// A connection in the shard's slab.
 #[derive(Debug)]
@@ -44,7 +43,7 @@ pub struct Client {
     /// not, so an answer or list entry for a gone connection is recognised.
     pub serial: u32,
     /// The TLS session, on a `--tls-cert` listener: every byte in and out goes through it.
-    pub tls: Option<Box<ServerConnection>>,
+    pub tls: Option<Box<Session>>,
 }
 
 /// The phases of a connection.
@@ -115,7 +114,7 @@ impl Client {
         socket: TcpStream,
         deadline: Instant,
         serial: u32,
-        tls: Option<Box<ServerConnection>>,
+        tls: Option<Box<Session>>,
     ) -> Client {
         Client {
             socket,
@@ -146,21 +145,16 @@ impl Client {
         let Phase::Request(state) = &mut self.phase else {
             return ReadStatus::WouldBlock;
         };
-        if let Some(conn) = &mut self.tls {
+        if let Some(session) = &mut self.tls {
             let parser = &mut state.parser;
-            return match tls::read(conn, &mut self.socket, scratch, |plain| parser.feed(plain)) {
+            return match session.read(&mut self.socket, scratch, |plain| parser.feed(plain)) {
                 TlsRead::Data => ReadStatus::Data,
                 TlsRead::WouldBlock => {
                     self.readable = false;
                     ReadStatus::WouldBlock
                 }
-                TlsRead::Closed => ReadStatus::Closed,
-                TlsRead::Refused(_) => {
-                    // Not TLS (a plain request to this port), or broken TLS: one try at
-                    // sending the alert rustls queued, then the connection closes.
-                    let _ = conn.write_tls(&mut self.socket);
-                    ReadStatus::Closed
-                }
+                // Not TLS (a plain request to this port), broken TLS, or gone: close.
+                TlsRead::Closed | TlsRead::Refused(_) => ReadStatus::Closed,
             };
         }
         loop {
@@ -184,10 +178,10 @@ impl Client {
     ///
     /// Streams have nothing to say after their request; anything they send is dropped.
     pub fn discard_input(&mut self, scratch: &mut [u8]) -> ReadStatus {
-        if let Some(conn) = &mut self.tls {
+        if let Some(session) = &mut self.tls {
             // Still read through TLS: alerts, key updates and close_notify arrive this way.
             loop {
-                match tls::read(conn, &mut self.socket, scratch, |_| {}) {
+                match session.read(&mut self.socket, scratch, |_| {}) {
                     TlsRead::Data => {}
                     TlsRead::WouldBlock => {
                         self.readable = false;
@@ -212,9 +206,10 @@ impl Client {
     }
 
     /// Writes the outbox until it is empty or the socket would block.
-    pub fn flush(&mut self) -> WriteStatus {
+    /// `scratch` is the shard's, for encrypting.
+    pub fn flush(&mut self, scratch: &mut Scratch) -> WriteStatus {
         let result = match &mut self.tls {
-            Some(conn) => tls::flush(conn, &mut self.socket, &mut self.outbox),
+            Some(session) => session.flush(&mut self.socket, &mut self.outbox, scratch),
             None => self.outbox.write_to(&mut self.socket),
         };
         match result {
@@ -237,25 +232,20 @@ impl Client {
     /// Tells a TLS peer the connection ends (`close_notify`), in one try: a peer that does
     /// not read it still sees the TCP close.
     pub fn close_notify(&mut self) {
-        if let Some(conn) = &mut self.tls {
-            conn.send_close_notify();
-            while conn.wants_write() {
-                if !matches!(conn.write_tls(&mut self.socket), Ok(n) if n > 0) {
-                    break;
-                }
-            }
+        if let Some(session) = &mut self.tls {
+            session.close_notify(&mut self.socket);
         }
     }
 
     /// Whether anything waits to be written: queued frames, or TLS records (a handshake's
     /// answer).
     pub fn wants_flush(&self) -> bool {
-        !self.outbox.is_empty() || self.tls.as_ref().is_some_and(|c| c.wants_write())
+        !self.outbox.is_empty() || self.tls.as_ref().is_some_and(|s| s.wants_write())
     }
 
     /// Whether this is a TLS connection still in its handshake.
     pub fn handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|c| c.is_handshaking())
+        self.tls.as_ref().is_some_and(|s| s.handshaking())
     }
 
     /// Whether this is a request-phase connection with no partial request buffered.

@@ -125,8 +125,25 @@ impl Outbox {
         Ok((Flush::Empty, total))
     }
 
+    /// Copies as many queued bytes as fit into `buf`, from the front, without removing them
+    /// (for TLS, which encrypts a record's worth of several frames at once); returns how many.
+    pub fn copy_front(&self, buf: &mut [u8]) -> usize {
+        let mut filled = 0;
+        for frame in &self.frames {
+            let Some(room) = buf.get_mut(filled..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let n = room.len().min(frame.len());
+            if let (Some(to), Some(from)) = (room.get_mut(..n), frame.get(..n)) {
+                to.copy_from_slice(from);
+            }
+            filled += n;
+        }
+        filled
+    }
+
     /// Removes `written` bytes from the front of the queue; returns the frames completed.
-    fn consume(&mut self, mut written: usize) -> usize {
+    pub fn consume(&mut self, mut written: usize) -> usize {
         self.queued -= written;
         let mut completed = 0;
         while written > 0 {
@@ -197,6 +214,25 @@ mod tests {
 
     fn frame(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn copy_front_gathers_across_frames_and_consume_removes_them() {
+        let mut q = Outbox::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b"defg"));
+        q.push(Bytes::from_static(b"hi"));
+        let mut buf = [0u8; 5];
+        assert_eq!(q.copy_front(&mut buf), 5);
+        assert_eq!(&buf, b"abcde");
+        assert_eq!(q.queued_bytes(), 9, "copying removes nothing");
+        assert_eq!(q.consume(5), 1);
+        let mut rest = [0u8; 16];
+        assert_eq!(q.copy_front(&mut rest), 4);
+        assert_eq!(&rest[..4], b"fghi");
+        assert_eq!(q.consume(4), 2);
+        assert!(q.is_empty());
+        assert_eq!(q.copy_front(&mut rest), 0);
     }
 
     #[test]

@@ -174,6 +174,8 @@ pub(crate) struct Shard {
     expiries: BinaryHeap<Reverse<(u32, u32, u32)>>,
     /// When the shard started: the origin of `expiries`' times.
     started: Instant,
+    /// Buffers for encrypting, shared by the shard's TLS connections (empty without TLS).
+    tls_scratch: tls::Scratch,
     /// TLS handshake steps this turn may still run (`--tls-handshakes-per-turn`).
     handshakes_left: usize,
     /// TLS connections with handshake input waiting for the next turn's budget, as
@@ -227,6 +229,7 @@ impl Shard {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
+        let serves_tls = node.tls.is_some();
         // Only shard 0 runs the demo ticker, so a tick is one event however many shards.
         let next_tick = config.tick_period().filter(|_| id == 0).map(|p| now + p);
         let next_keepalive = config.keepalive_period().map(|p| now + p / 2);
@@ -252,6 +255,7 @@ impl Shard {
             deadlines: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
             started: now,
+            tls_scratch: tls::Scratch::new(serves_tls),
             handshakes_left: 0, // set at the start of every turn
             deferred_handshakes: Vec::new(),
             requesting: VecDeque::new(),
@@ -460,7 +464,7 @@ impl Shard {
                 continue;
             }
             if client.writable {
-                let written = match client.flush() {
+                let written = match client.flush(&mut self.tls_scratch) {
                     WriteStatus::Drained(w) => {
                         if client.close_after_flush {
                             let deadline = Instant::now() + LINGER;

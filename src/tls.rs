@@ -3,24 +3,23 @@
 //!
 //! The per-event path stays encode-once: a stream's frames wait in its bounded outbox as
 //! shared `Bytes`, exactly as in plain HTTP, and are encrypted only when the socket can take
-//! them ([`flush`]). rustls holds at most [`TLS_BUFFER`] of ciphertext per connection beyond
-//! that, so `--client-buffer` still bounds what a slow TLS reader costs, and an idle stream
-//! keeps no ciphertext at all.
+//! them ([`Session::flush`]), into the shard's scratch buffer. rustls's unbuffered API keeps no
+//! buffers of its own: a connection holds at most one record of ciphertext beyond its outbox
+//! (and only under backpressure), so `--client-buffer` still bounds what a slow TLS reader
+//! costs, and an idle stream keeps no read or write buffer at all.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError, UnbufferedStatus};
+use rustls::ServerConfig;
 
 use crate::outbox::{Flush, Outbox, Written};
-
-/// Ciphertext rustls may hold for one connection at a time, unsent: one full record and a
-/// little more. The outbox holds the rest, as plaintext shared with every other stream.
-pub const TLS_BUFFER: usize = 17 * 1024;
 
 /// The node's certificate and key, as a rustls configuration that new handshakes use.
 pub struct Certificate {
@@ -114,11 +113,68 @@ fn server_config(cert: &Path, key: &Path) -> Result<(ServerConfig, u64), String>
     Ok((config, not_after))
 }
 
-/// A new server-side connection whose rustls buffers are bounded by [`TLS_BUFFER`].
-pub fn accept(certificate: &Certificate) -> Result<ServerConnection, rustls::Error> {
-    let mut conn = ServerConnection::new(certificate.config())?;
-    conn.set_buffer_limit(Some(TLS_BUFFER));
-    Ok(conn)
+/// One TLS connection: rustls's unbuffered session, and the few bytes it must keep between
+/// calls. Idle, both buffers are empty and hold no allocation: a record is decrypted in
+/// place in what was read, and a frame is encrypted into the shard's [`Scratch`] and written
+/// from there. Only a partial record received, or ciphertext the socket did not take whole
+/// (a handshake flight, a record under backpressure), is kept here until it can go on.
+pub struct Session {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not processed yet (a partial record).
+    incoming: Vec<u8>,
+    /// Ciphertext to write before anything else, from `sent` on.
+    outgoing: Vec<u8>,
+    sent: usize,
+    handshaking: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("incoming", &self.incoming.len())
+            .field("outgoing", &(self.outgoing.len() - self.sent))
+            .field("handshaking", &self.handshaking)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most ciphertext a connection may have received and not yet processed: rustls's own cap on
+/// a handshake flight (64 KiB) and one record.
+const MAX_INCOMING: usize = 64 * 1024 + RECORD_WIRE;
+
+/// The largest plaintext of one TLS record.
+const RECORD: usize = 16 * 1024;
+
+/// Room for one record on the wire: its plaintext, header, content type, tag and padding.
+const RECORD_WIRE: usize = RECORD + 256;
+
+/// A shard's buffers for encrypting: plaintext gathered from several frames, and the record
+/// it becomes. Shared by every TLS connection of the shard.
+pub struct Scratch {
+    plain: Box<[u8]>,
+    cipher: Box<[u8]>,
+}
+
+impl Scratch {
+    /// Buffers for a shard that serves TLS; an empty pair (no allocation) for one that
+    /// does not.
+    pub fn new(tls: bool) -> Scratch {
+        let (plain, cipher) = if tls { (RECORD, RECORD_WIRE) } else { (0, 0) };
+        Scratch {
+            plain: vec![0; plain].into_boxed_slice(),
+            cipher: vec![0; cipher].into_boxed_slice(),
+        }
+    }
+}
+
+/// Where processing the received records left the session.
+enum Progress {
+    /// Waiting for more input (the handshake, or a partial record).
+    NeedInput,
+    /// Application data may be sent.
+    Ready,
+    /// The peer closed (`close_notify`), or the session ended.
+    Closed,
 }
 
 /// What one read pass over a TLS connection found.
@@ -130,109 +186,267 @@ pub enum TlsRead {
     WouldBlock,
     /// The peer closed, or the connection broke.
     Closed,
-    /// The peer sent something that is not TLS, or broke the protocol: the alert rustls
-    /// queued should be flushed, then the connection closed.
+    /// The peer sent something that is not TLS, or broke the protocol.
     Refused(rustls::Error),
 }
 
-/// Reads ciphertext until some plaintext comes out (handed to `sink`), the socket would
-/// block, or the connection ends. Handshake records are processed on the way; what they
-/// answer waits in rustls for [`flush`].
-pub fn read(
-    conn: &mut ServerConnection,
-    socket: &mut impl Read,
-    scratch: &mut [u8],
-    mut sink: impl FnMut(&[u8]),
-) -> TlsRead {
-    loop {
-        match conn.read_tls(socket) {
-            Ok(0) => return TlsRead::Closed,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TlsRead::WouldBlock,
-            Err(_) => return TlsRead::Closed,
-        }
-        let state = match conn.process_new_packets() {
-            Ok(state) => state,
-            Err(e) => return TlsRead::Refused(e),
-        };
-        let mut got = false;
-        if state.plaintext_bytes_to_read() > 0 {
-            loop {
-                match conn.reader().read(scratch) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        sink(scratch.get(..n).unwrap_or_default());
-                        got = true;
-                    }
-                    Err(_) => break, // WouldBlock: all plaintext taken
-                }
-            }
-        }
-        if state.peer_has_closed() {
-            return TlsRead::Closed;
-        }
-        if got {
-            return TlsRead::Data;
-        }
+impl Session {
+    /// A new server-side session with the node's current certificate.
+    pub fn new(certificate: &Certificate) -> Result<Session, rustls::Error> {
+        Ok(Session {
+            conn: UnbufferedServerConnection::new(certificate.config())?,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            sent: 0,
+            handshaking: true,
+        })
     }
-}
 
-/// Writes what rustls holds, then encrypts the outbox's frames a record's worth at a time
-/// and writes them, until both are empty or the socket would block.
-pub fn flush(
-    conn: &mut ServerConnection,
-    socket: &mut impl Write,
-    outbox: &mut Outbox,
-) -> io::Result<(Flush, Written)> {
-    let mut total = Written::default();
-    loop {
-        while conn.wants_write() {
-            match conn.write_tls(socket) {
+    /// Whether the handshake is still going on.
+    pub fn handshaking(&self) -> bool {
+        self.handshaking
+    }
+
+    /// Whether ciphertext waits to be written (a handshake flight, or a record the socket
+    /// did not take whole).
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.outgoing.len()
+    }
+
+    /// Reads ciphertext until some plaintext comes out (handed to `sink`), the socket would
+    /// block, or the connection ends. Handshake records are answered on the way; the answer
+    /// waits in the session for [`Session::flush`].
+    pub fn read(
+        &mut self,
+        socket: &mut impl Read,
+        scratch: &mut [u8],
+        mut sink: impl FnMut(&[u8]),
+    ) -> TlsRead {
+        loop {
+            let n = match socket.read(scratch) {
+                Ok(0) => return TlsRead::Closed,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TlsRead::WouldBlock,
+                Err(_) => return TlsRead::Closed,
+            };
+            let Some(read) = scratch.get(..n) else {
+                return TlsRead::Closed;
+            };
+            if self.incoming.len().saturating_add(n) > MAX_INCOMING {
+                return TlsRead::Refused(rustls::Error::General(
+                    "too much TLS input without a complete record".into(),
+                ));
+            }
+            self.incoming.extend_from_slice(read);
+            let mut got = false;
+            let progress = self.process(&mut |plain| {
+                got = true;
+                sink(plain);
+            });
+            match progress {
+                Err(e) => return TlsRead::Refused(e),
+                Ok(Progress::Closed) => return TlsRead::Closed,
+                Ok(Progress::NeedInput | Progress::Ready) if got => return TlsRead::Data,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((Flush::Blocked, total))
-                }
-                Err(e) => return Err(e),
             }
         }
-        if outbox.is_empty() {
-            return Ok((Flush::Empty, total));
+    }
+
+    /// Processes every complete record received: handshake messages are answered into
+    /// `outgoing`, application data goes to `sink`. Frees `incoming` once it is empty.
+    fn process(&mut self, sink: &mut dyn FnMut(&[u8])) -> Result<Progress, rustls::Error> {
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            let step: Result<Option<Progress>, rustls::Error> = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut step = Ok(None);
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                sink(record.payload);
+                            }
+                            Err(e) => {
+                                step = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    step
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, |buf| encode.encode(buf)).map(|()| None)
+                }
+                // What was encoded is in `outgoing`, in order; it is written by the next flush,
+                // before anything encrypted after it.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    Ok(None)
+                }
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Progress::NeedInput)),
+                Ok(ConnectionState::WriteTraffic(_)) => {
+                    self.handshaking = false;
+                    Ok(Some(Progress::Ready))
+                }
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                    Ok(Some(Progress::Closed))
+                }
+                // Early data is off (max_early_data_size 0); anything newer: stop here.
+                Ok(_) => Ok(Some(Progress::Closed)),
+            };
+            let discard = discard.min(self.incoming.len());
+            self.incoming.drain(..discard);
+            match step {
+                Err(e) => return Err(e),
+                Ok(None) => {}
+                Ok(Some(progress)) => {
+                    if self.incoming.is_empty() && self.incoming.capacity() > 0 {
+                        self.incoming = Vec::new(); // an idle stream keeps no read buffer
+                    }
+                    return Ok(progress);
+                }
+            }
         }
-        // Stops at TLS_BUFFER (a WouldBlock from Plaintext): then back to writing.
-        let (_, written) = outbox.write_to(&mut Plaintext(conn))?;
-        total.bytes += written.bytes;
-        total.frames += written.frames;
-        if written.bytes == 0 && !conn.wants_write() {
-            // Not reachable with an empty rustls buffer; never spin if it were.
-            return Ok((Flush::Blocked, total));
+    }
+
+    /// Writes what the session holds, then encrypts the outbox's frames a record at a time
+    /// into the shard's scratch and writes them, until both are empty or the socket would
+    /// block. A record the socket takes whole is never copied again; the rest of one it does
+    /// not is kept in the session.
+    pub fn flush(
+        &mut self,
+        socket: &mut impl Write,
+        outbox: &mut Outbox,
+        scratch: &mut Scratch,
+    ) -> io::Result<(Flush, Written)> {
+        let mut total = Written::default();
+        loop {
+            while let Some(pending) = self.outgoing.get(self.sent..).filter(|p| !p.is_empty()) {
+                match socket.write(pending) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok((Flush::Blocked, total))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.outgoing.capacity() > 0 {
+                self.outgoing = Vec::new();
+                self.sent = 0;
+            }
+            // Nothing is queued before the handshake ends: answers follow a request, and a
+            // request arrives only once it has.
+            if outbox.is_empty() || self.handshaking {
+                return Ok((Flush::Empty, total));
+            }
+            let plain_len = outbox.copy_front(&mut scratch.plain);
+            let plain = scratch.plain.get(..plain_len).unwrap_or_default();
+            let cipher_len = self.encrypt(plain, &mut scratch.cipher)?;
+            total.bytes += plain_len;
+            total.frames += outbox.consume(plain_len);
+            let mut at = 0;
+            while let Some(record) = scratch.cipher.get(at..cipher_len).filter(|r| !r.is_empty()) {
+                match socket.write(record) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Under backpressure only: the rest of this record waits here.
+                        self.outgoing.extend_from_slice(record);
+                        self.sent = 0;
+                        return Ok((Flush::Blocked, total));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Encrypts `plain` as one record into `out`. Post-handshake messages rustls wants sent
+    /// first (session tickets, key updates) are queued in `outgoing`, which the caller writes
+    /// before the record: then the record is appended there too, to keep the order.
+    fn encrypt(&mut self, plain: &[u8], out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // An empty input: records that arrived meanwhile stay unread for the reader.
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state.map_err(io::Error::other)? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let n = traffic.encrypt(plain, out).map_err(io::Error::other)?;
+                    if self.wants_write() {
+                        self.outgoing
+                            .extend_from_slice(out.get(..n).unwrap_or_default());
+                        return Ok(0);
+                    }
+                    return Ok(n);
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut self.outgoing, |buf| encode.encode(buf))
+                        .map_err(io::Error::other)?;
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                _ => {
+                    return Err(io::Error::other(
+                        "the TLS session cannot send application data",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Tells the peer the connection ends (`close_notify`), in one try: a peer that does not
+    /// read it still sees the TCP close.
+    pub fn close_notify(&mut self, socket: &mut impl Write) {
+        if self.handshaking {
+            return;
+        }
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+        if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
+            let mut alert = [0u8; 64];
+            if let Ok(n) = traffic.queue_close_notify(&mut alert) {
+                self.outgoing
+                    .extend_from_slice(alert.get(..n).unwrap_or_default());
+            }
+        }
+        while let Some(pending) = self.outgoing.get(self.sent..).filter(|p| !p.is_empty()) {
+            match socket.write(pending) {
+                Ok(n) if n > 0 => self.sent += n,
+                _ => break,
+            }
         }
     }
 }
 
-/// The plaintext side of a connection as a `Write` that says `WouldBlock` once rustls holds
-/// [`TLS_BUFFER`] of ciphertext.
-struct Plaintext<'a>(&'a mut ServerConnection);
-
-impl Write for Plaintext<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.writer().write(buf)? {
-            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
+/// Appends what `encode` writes to `out`, growing it to the size rustls asks for.
+fn encode_into(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = 4096;
+    loop {
+        out.resize(start + room, 0);
+        match encode(out.get_mut(start..).unwrap_or_default()) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(format!(
+                    "cannot encode a TLS message: {e}"
+                )));
+            }
         }
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
-        match self.0.writer().write_vectored(bufs)? {
-            0 if wanted > 0 => Err(io::ErrorKind::WouldBlock.into()),
-            n => Ok(n),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -97,8 +97,8 @@ impl Shard {
         }
         let tls = match &self.node.tls {
             None => None,
-            Some(certificate) => match tls::accept(certificate) {
-                Ok(conn) => Some(Box::new(conn)),
+            Some(certificate) => match tls::Session::new(certificate) {
+                Ok(session) => Some(Box::new(session)),
                 Err(e) => {
                     warn!(shard = self.id, error = %e, "cannot start a TLS session");
                     return;
