@@ -38,6 +38,11 @@
 //! for; [`cors`] picks its response head, built once per allowed origin. A token's expiry is
 //! an entry in the shard's timer heap (`shard/timers.rs`), not a timer per stream.
 //!
+//! With `--tls-cert`, every byte in and out of a connection goes through its [`tls`] session
+//! (rustls's unbuffered API): records are decrypted in place, and frames are encrypted only
+//! when the socket takes them, into a per-shard buffer, so the outbox is the same shared-frame
+//! queue as in plain HTTP and an idle TLS stream keeps no buffer.
+//!
 //! A stream that resumes with `Last-Event-ID` walks the history in steps no larger than the
 //! room in its queue; each step comes through the inbox like everything else, and the stream
 //! skips live frames until its last step arrives, so the seam between replay and live has no
