@@ -393,3 +393,25 @@ fn unusable_certificate_files_are_one_line_and_exit_2() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_returning_client_resumes_with_a_session_ticket() {
+    let dir = tempdir("resume");
+    let cert = Cert::new(&dir, "a");
+    let server = start(&cert, &[]);
+    // One configuration keeps the client's ticket store across connections, as a browser does.
+    let config = cert.client();
+    let first = TlsStream::open(&server, config.clone(), "/stream");
+    assert_eq!(
+        first.tls.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // Tickets arrive after the handshake; the stream head was read after them.
+    let second = connect(&server, config).unwrap();
+    assert_eq!(
+        second.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second connection skips the certificate and the server's signature"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
