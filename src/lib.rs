@@ -69,6 +69,7 @@ pub mod jwt;
 pub mod listener;
 pub mod metrics;
 pub mod mint;
+pub mod notify;
 pub mod outbox;
 pub mod params;
 pub mod server;

@@ -51,6 +51,11 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
 
+    // Listeners are bound: connections wait in their backlogs from here on.
+    match sse_edge::notify::ready(&format!("serving on {}", server.local_addr())) {
+        Ok(_) => {}
+        Err(e) => warn!("cannot tell systemd the node is ready (NOTIFY_SOCKET): {e}"),
+    }
     let control = server.control();
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
@@ -82,6 +87,9 @@ fn main() -> ExitCode {
             // the line would be lost (a log line that cannot be written is dropped, not a
             // panic, so this order is safe).
             info!(signal, "shutting down");
+            if let Err(e) = sse_edge::notify::stopping() {
+                warn!("cannot tell systemd the node is stopping: {e}");
+            }
             control.shutdown();
         }
     });
