@@ -52,7 +52,7 @@ impl Shard {
                         }
                     }
                     if client.tls.is_some() && client.wants_flush() && !client.pending {
-                        // The handshake's answer waits in rustls.
+                        // The handshake's answer waits in the session.
                         client.pending = true;
                         self.pending.push(key);
                     }
