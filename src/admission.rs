@@ -33,6 +33,9 @@ pub enum Refusal {
     NodeFull,
     /// The client's address holds `--max-streams-per-ip` streams.
     AddressFull,
+    /// The node is draining (shutdown or upgrade): the stream should come back at once, to
+    /// the node's successor or another node.
+    Draining,
 }
 
 /// An admitted stream's claim, handed back to [`Quota::release`] when it closes.

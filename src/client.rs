@@ -74,6 +74,9 @@ pub struct RequestState {
     pub awaiting: Option<Awaiting>,
     /// What the head of the current stream request was allowed ([`crate::params::check_head`]).
     pub grant: Option<StreamGrant>,
+    /// A response was queued on this connection: it is a kept-alive one, not a new one that
+    /// has yet to send its first request (a drain closes the first kind, waits for the other).
+    pub answered: bool,
 }
 
 /// A publish sent to the broker, whose answer is owed to the client.
@@ -124,6 +127,7 @@ impl Client {
                 deadline,
                 awaiting: None,
                 grant: None,
+                answered: false,
             })),
             readable: false,
             // A just-accepted socket has room; a WouldBlock corrects this if not.

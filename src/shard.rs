@@ -38,8 +38,10 @@
 //!
 //! # Draining
 //!
-//! On shutdown the listener closes, request connections close once answered, and each stream
-//! closes as soon as its queue is flushed, until none is left or `--drain-timeout` passes.
+//! On shutdown the listener closes; requests already accepted are still read and answered
+//! (with `Connection: close`; a new stream is shed with a short `retry:`), idle kept-alive
+//! connections close, and each stream closes as soon as its queue is flushed, until none is
+//! left or `--drain-timeout` passes.
 //! The loop keeps sleeping in `poll` meanwhile: blocked streams wake it when writable.
 
 use std::cmp::Reverse;
@@ -344,14 +346,17 @@ impl Shard {
         let done: Vec<usize> = self
             .clients
             .iter()
-            .filter(|(_, c)| !c.closing && (expired || !c.wants_flush()))
+            .filter(|(_, c)| !c.closing && (expired || !(c.wants_flush() || owed_an_answer(c))))
             .map(|(key, _)| key)
             .collect();
-        if expired && !done.is_empty() {
+        let unsent = done
+            .iter()
+            .filter(|&&key| self.clients[key].wants_flush())
+            .count();
+        if expired && unsent > 0 {
             warn!(
                 shard = self.id,
-                left = done.len(),
-                "drain timeout: closing with output unsent"
+                unsent, "drain timeout: closing with output unsent"
             );
         }
         for key in done {
@@ -582,5 +587,20 @@ impl Shard {
         self.counters.sub(Stat::Streams, 1);
         self.counters.add(Stat::StreamsClosed, 1);
         debug!(shard = self.id, key, "stream closed");
+    }
+}
+
+/// Whether a draining node still owes `client` an answer: a connection that has not sent its
+/// first request yet (its client is about to: an upgrade's old process must not refuse it),
+/// or one in the middle of a request. Idle kept-alive connections are owed nothing.
+fn owed_an_answer(client: &Client) -> bool {
+    match &client.phase {
+        Phase::Request(state) => {
+            !state.answered
+                || state.parser.buffered() > 0
+                || state.parser.head().is_some()
+                || state.awaiting.is_some()
+        }
+        Phase::Stream(_) | Phase::Linger { .. } => false,
     }
 }

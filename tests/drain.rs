@@ -88,3 +88,24 @@ fn sigterm_drains_even_when_nobody_reads_the_log_any_more() {
         "exited 0 on SIGTERM"
     );
 }
+
+#[test]
+fn a_request_on_a_connection_accepted_before_the_drain_is_still_answered() {
+    use std::io::Write;
+    let mut server = Server::start(&[]);
+    let mut early = std::net::TcpStream::connect(server.addr).unwrap();
+    early.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut stream = server.stream("/stream"); // accepted too, so the drain is under way below
+    server.wait_metrics("both accepted", |m| m["sse_edge_connections"] >= 2.0);
+    server.signal(libc::SIGTERM);
+    // The stream ends: the drain has begun, with `early` accepted and silent.
+    assert!(stream.try_next_event().is_none());
+    early
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(answer.contains("Connection: close"), "{answer:?}");
+    assert_eq!(server.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+}

@@ -171,7 +171,11 @@ impl Shard {
     /// `retry:`, then close.
     pub(super) fn shed(&mut self, key: usize, head: Bytes, refusal: Refusal) {
         self.counters.add(Stat::Shed, 1);
-        let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
+        let factor = match refusal {
+            Refusal::Draining => 1,
+            Refusal::NodeFull | Refusal::AddressFull => SHED_RETRY_FACTOR,
+        };
+        let retry = self.jitter(self.config.retry_ms * factor);
         self.queue(key, head);
         self.queue(key, sse::encode_shed(retry));
         self.clients[key].close_after_flush = true;

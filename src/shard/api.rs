@@ -11,9 +11,8 @@ impl Shard {
     /// head or one body. Parsing and judging are pure and run contained: a panic there closes
     /// this connection only ([`Shard::parse_panicked`]).
     pub(super) fn serve_requests(&mut self, key: usize) {
-        if self.drain_deadline.is_some() {
-            return; // draining: answer nothing new; close_drained closes the connection
-        }
+        // Draining still answers what arrives on connections already accepted (an upgrade's
+        // new process serves the rest), each with `Connection: close`; see `respond`.
         let max_body = self.config.max_body;
         loop {
             let client = &mut self.clients[key];
@@ -69,7 +68,12 @@ impl Shard {
                     }
                 }
                 Ok(Step::Head) => self.judge_head(key),
-                Ok(Step::Request(request)) => self.dispatch(key, request),
+                Ok(Step::Request(mut request)) => {
+                    if self.drain_deadline.is_some() {
+                        request.head.keep_alive = false; // the answer says Connection: close
+                    }
+                    self.dispatch(key, request)
+                }
                 Err(rejection) => return self.reject(key, rejection),
             }
         }
@@ -127,6 +131,7 @@ impl Shard {
             Ok(None) => return,
             Ok(Some(judged)) => judged,
         };
+        let keep_alive = keep_alive && self.drain_deadline.is_none();
         let (status, reason, extra) = match (route_refusal(route), verdict) {
             (Some(refusal), _) => refusal,
             (None, Err(r)) if r.status == 401 => (
@@ -242,10 +247,15 @@ impl Shard {
         }
     }
 
-    /// Queues a response; without keep-alive the connection closes once it is written.
+    /// Queues a response; without keep-alive, or while draining, the connection closes once
+    /// it is written.
     pub(super) fn respond(&mut self, key: usize, response: Bytes, keep_alive: bool) {
-        if !keep_alive {
-            self.clients[key].close_after_flush = true;
+        let client = &mut self.clients[key];
+        if !keep_alive || self.drain_deadline.is_some() {
+            client.close_after_flush = true;
+        }
+        if let Phase::Request(state) = &mut client.phase {
+            state.answered = true;
         }
         self.queue(key, response);
     }

@@ -35,6 +35,10 @@ impl Shard {
             Ok(peer) => peer.ip(),
             Err(_) => return self.close(key),
         };
+        if self.drain_deadline.is_some() {
+            // Come back soon: to this node's successor, or to another node.
+            return self.shed(key, head, crate::admission::Refusal::Draining);
+        }
         let admitted = match self.node.quota.admit(peer) {
             Ok(admitted) => admitted,
             Err(refusal) => return self.shed(key, head, refusal),
