@@ -78,6 +78,7 @@ pub mod sse;
 pub mod stream;
 pub mod tls;
 pub mod topics;
+pub mod upgrade;
 
 pub use config::Config;
 pub use server::{Control, Server, StartError};

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 use sse_edge::config::ConfigError;
 use sse_edge::mint::{mint, unix_now, MintArgs};
@@ -46,18 +46,31 @@ fn main() -> ExitCode {
         Err(e) => warn!("cannot raise the open files limit: {e}"),
     }
 
+    // Captured now: by the time of an upgrade the binary at this path may be a new one.
+    let origin = match sse_edge::upgrade::Origin::capture() {
+        Ok(origin) => Some(origin),
+        Err(e) => {
+            warn!("cannot tell how this process was started; SIGUSR2 upgrades are off: {e}");
+            None
+        }
+    };
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => return fail(&e.to_string()),
     };
-
     // Listeners are bound: connections wait in their backlogs from here on.
     match sse_edge::notify::ready(&format!("serving on {}", server.local_addr())) {
         Ok(_) => {}
         Err(e) => warn!("cannot tell systemd the node is ready (NOTIFY_SOCKET): {e}"),
     }
+    match sse_edge::upgrade::confirm() {
+        Ok(true) => info!("upgrade: this process took over the listeners; the old one drains"),
+        Ok(false) => {}
+        Err(e) => warn!("upgrade: cannot tell the old process this one serves: {e}"),
+    }
+    let listener_fds = server.listener_fds();
     let control = server.control();
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]) {
         Ok(signals) => signals,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
@@ -75,6 +88,34 @@ fn main() -> ExitCode {
                         Ok(line) => info!("SIGHUP: {line}"),
                         Err(line) => warn!("SIGHUP: {line}"),
                     }
+                }
+                continue;
+            }
+            if signal == SIGUSR2 {
+                if asked {
+                    warn!("SIGUSR2 while shutting down: no upgrade");
+                    continue;
+                }
+                let Some(origin) = &origin else {
+                    warn!("SIGUSR2: upgrades are off (see the start-up log)");
+                    continue;
+                };
+                info!("SIGUSR2: starting the new binary with the listeners");
+                match sse_edge::upgrade::start(origin, &listener_fds) {
+                    Ok(successor) => {
+                        info!(
+                            pid = successor.pid,
+                            took_ms = successor.took.as_millis() as u64,
+                            "upgrade: the new process serves; this one drains and exits"
+                        );
+                        let main_pid = format!("MAINPID={}", successor.pid);
+                        if let Err(e) = sse_edge::notify::notify(&main_pid) {
+                            warn!("cannot tell systemd the new main pid: {e}");
+                        }
+                        asked = true;
+                        control.shutdown();
+                    }
+                    Err(why) => warn!("upgrade failed, this process keeps serving: {why}"),
                 }
                 continue;
             }

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -50,6 +51,9 @@ pub enum StartError {
     /// A `--subscribe-jwt` or `--publish-jwt` key, or the TLS certificate, is unusable.
     #[error("{0}")]
     Keys(String),
+    /// The listeners inherited in an upgrade are unusable.
+    #[error("upgrade: {0}")]
+    Upgrade(String),
     /// A broker thread could not be started.
     #[error("cannot start a cluster broker thread: {0}")]
     Thread(io::Error),
@@ -59,6 +63,7 @@ pub enum StartError {
 pub struct Server {
     shards: Vec<Shard>,
     local_addr: SocketAddr,
+    listener_fds: Vec<RawFd>,
     control: Control,
 }
 
@@ -135,7 +140,25 @@ impl Server {
             }
             _ => None,
         };
-        let listeners = listener::bind(config.listen, config.shards, config.reuse_port)?;
+        let listeners = match crate::upgrade::inherited_listeners() {
+            // An upgrade: the old process's own listening sockets, so no connection is refused.
+            Some(inherited) => {
+                let inherited = inherited.map_err(StartError::Upgrade)?;
+                if inherited.len() != config.shards {
+                    return Err(StartError::Upgrade(format!(
+                        "the old process had {} listeners and --shards is {}: keep the same --shards across an upgrade",
+                        inherited.len(),
+                        config.shards
+                    )));
+                }
+                inherited
+                    .into_iter()
+                    .map(mio::net::TcpListener::from_std)
+                    .collect()
+            }
+            None => listener::bind(config.listen, config.shards, config.reuse_port)?,
+        };
+        let listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         let local_addr = listeners[0].local_addr().map_err(StartError::Register)?;
         let mut polls = Vec::with_capacity(listeners.len());
         let mut wakers = Vec::with_capacity(listeners.len());
@@ -213,8 +236,14 @@ impl Server {
         Ok(Server {
             shards,
             local_addr,
+            listener_fds,
             control: Control { node, hub, stats },
         })
+    }
+
+    /// The listening sockets, for an upgrade to inherit (they stay open while the shards run).
+    pub fn listener_fds(&self) -> Vec<RawFd> {
+        self.listener_fds.clone()
     }
 
     /// The address actually bound (useful with port 0).

@@ -69,7 +69,18 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start sse-edge");
+        // A binary the test just copied may still be open for writing in a child another
+        // test thread forked meanwhile (until that child's exec): ETXTBSY, briefly.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("start sse-edge"),
+            }
+        };
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -567,6 +578,15 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-edge"));
         cmd.args(&all);
         cmd.envs(env.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// Like [`Server::start`], from the binary at `exe` (a copy the test may replace).
+    pub fn start_exe(exe: &std::path::Path, args: &[&str]) -> Server {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "0", "--log", "info"];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(exe);
+        cmd.args(&all);
         Self::spawn(cmd)
     }
 
