@@ -324,20 +324,8 @@ impl Session {
     ) -> io::Result<(Flush, Written)> {
         let mut total = Written::default();
         loop {
-            while let Some(pending) = self.outgoing.get(self.sent..).filter(|p| !p.is_empty()) {
-                match socket.write(pending) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => self.sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok((Flush::Blocked, total))
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if self.outgoing.capacity() > 0 {
-                self.outgoing = Vec::new();
-                self.sent = 0;
+            if self.write_pending(socket)? == Flush::Blocked {
+                return Ok((Flush::Blocked, total));
             }
             // Nothing is queued before the handshake ends: answers follow a request, and a
             // request arrives only once it has.
@@ -365,6 +353,25 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes the ciphertext the session holds until it is all out (then frees it) or the
+    /// socket would block.
+    fn write_pending(&mut self, socket: &mut impl Write) -> io::Result<Flush> {
+        while let Some(pending) = self.outgoing.get(self.sent..).filter(|p| !p.is_empty()) {
+            match socket.write(pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.outgoing.capacity() > 0 {
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
+        Ok(Flush::Empty)
     }
 
     /// Encrypts `plain` as one record into `out`. Post-handshake messages rustls wants sent
@@ -412,12 +419,7 @@ impl Session {
                     .extend_from_slice(alert.get(..n).unwrap_or_default());
             }
         }
-        while let Some(pending) = self.outgoing.get(self.sent..).filter(|p| !p.is_empty()) {
-            match socket.write(pending) {
-                Ok(n) if n > 0 => self.sent += n,
-                _ => break,
-            }
-        }
+        let _ = self.write_pending(socket); // one try: a peer that does not read gets the FIN
     }
 }
 

@@ -159,15 +159,20 @@ pub fn inherited_listeners() -> Option<Result<Vec<std::net::TcpListener>, String
     )
 }
 
-/// Takes ownership of an inherited descriptor that must be a listening TCP socket.
-fn adopt(fd: RawFd) -> io::Result<std::net::TcpListener> {
+/// Takes ownership of a descriptor our parent named to us in the environment.
+fn inherited(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on any integer is safe; it fails for one that is not open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the descriptor is open (checked above) and named to us by our parent for us
-    // alone; from here on it is owned once, by this socket.
-    let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
+    // SAFETY: the descriptor is open (checked above) and was given to this process alone;
+    // from here on it is owned once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of an inherited descriptor that must be a listening TCP socket.
+fn adopt(fd: RawFd) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::from(inherited(fd)?);
     if !socket.is_listener()? {
         return Err(io::Error::other("not a listening socket"));
     }
@@ -185,12 +190,7 @@ pub fn confirm() -> io::Result<bool> {
     let fd: RawFd = name
         .parse()
         .map_err(|_| io::Error::other(format!("{READY_ENV}: {name:?} is not a descriptor")))?;
-    // SAFETY: fcntl on any integer is safe.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: open (checked above), given to us alone; owned once from here.
-    let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut pipe = std::fs::File::from(inherited(fd)?);
     std::io::Write::write_all(&mut pipe, b"ready\n")?;
     Ok(true)
 }

@@ -27,16 +27,6 @@ Cache-Control: no-cache\r\n\
 Connection: keep-alive\r\n\
 X-Accel-Buffering: no\r\n";
 
-/// A whole stream head open to every origin: what a stream shed before its request was read
-/// gets.
-pub const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
-Content-Type: text/event-stream\r\n\
-Cache-Control: no-cache\r\n\
-Connection: keep-alive\r\n\
-X-Accel-Buffering: no\r\n\
-Access-Control-Allow-Origin: *\r\n\
-\r\n";
-
 /// The interim response owed to a client that sent `Expect: 100-continue` (curl does, for
 /// bodies over 1 KiB, and otherwise waits a second before sending the body).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

@@ -70,7 +70,11 @@ impl Shard {
         let response = if self.scratch[..n].starts_with(b"GET /stream") {
             self.counters.add(Stat::Shed, 1);
             let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
-            [http::STREAM_HEAD, &sse::encode_shed(retry)].concat()
+            [
+                &self.node.cors.stream_head(None)[..],
+                &sse::encode_shed(retry),
+            ]
+            .concat()
         } else if n > 0 {
             self.counters.reject(503);
             http::error_response(503, "server at capacity; retry later", false, "").to_vec()

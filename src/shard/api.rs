@@ -50,11 +50,11 @@ impl Shard {
                             self.counters.add(Stat::TlsHandshakes, 1);
                         }
                     }
-                    if client.tls.is_some() && client.wants_flush() && !client.pending {
+                    if client.tls.is_some() && client.wants_flush() {
                         // The handshake's answer waits in the session.
-                        client.pending = true;
-                        self.pending.push(key);
+                        self.mark_pending(key);
                     }
+                    let client = &mut self.clients[key];
                     match status {
                         ReadStatus::Data => {}
                         ReadStatus::WouldBlock => return,
