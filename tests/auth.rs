@@ -246,7 +246,7 @@ fn an_expiring_token_ends_the_stream_and_a_fresh_one_resumes_without_a_gap() {
 
 #[test]
 fn key_rotation_kid_first_and_sighup_reload() {
-    let dir = tempdir("rotation");
+    let dir = util::tempdir("auth-rotation");
     let (current_public, current_private) = ed25519_pair();
     let (next_public, next_private) = ed25519_pair();
     let file = dir.join("2026-12.pem");
@@ -287,7 +287,7 @@ fn key_rotation_kid_first_and_sighup_reload() {
     );
     std::fs::write(&file, &next_public).unwrap();
     server.signal(libc::SIGHUP);
-    wait_for_log(&server, "--subscribe-jwt: 2 keys loaded");
+    server.wait_for_log("--subscribe-jwt: 2 keys loaded");
     assert_eq!(open(&ed(&next_private, Some("2026-12"))), 200);
     assert_eq!(open(&ed(&current_private, Some("2026-12"))), 401);
     assert_eq!(open(&token(SECRET, 600, &["*"], &[])), 200);
@@ -297,14 +297,14 @@ fn key_rotation_kid_first_and_sighup_reload() {
     // A reload that fails keeps the keys in use and says why.
     std::fs::write(&file, "not a key").unwrap();
     server.signal(libc::SIGHUP);
-    wait_for_log(&server, "keeping the keys in use");
+    server.wait_for_log("keeping the keys in use");
     assert_eq!(open(&ed(&next_private, None)), 200);
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn rs256_and_es256_keys_from_pem_files() {
-    let dir = tempdir("pem");
+    let dir = util::tempdir("auth-pem");
     let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let rsa_public = pem_text("PUBLIC KEY", rsa.public_key().as_der().unwrap().as_ref());
     let rsa_private = pem_text(
@@ -370,7 +370,7 @@ fn rs256_and_es256_keys_from_pem_files() {
 
 #[test]
 fn unusable_keys_are_one_line_and_exit_2() {
-    let dir = tempdir("bad-keys");
+    let dir = util::tempdir("auth-bad-keys");
     let private = dir.join("private.pem");
     std::fs::write(&private, ed25519_pair().1).unwrap();
     let cases = [
@@ -402,16 +402,7 @@ fn unusable_keys_are_one_line_and_exit_2() {
         ),
     ];
     for (args, says) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
-        let errors = stderr.lines().filter(|l| l.starts_with("sse-edge: "));
-        assert_eq!(errors.count(), 1, "{args:?}: {stderr}");
+        util::assert_refused_at_start(&args, says);
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -536,12 +527,6 @@ fn the_page_learns_whether_it_may_put_a_token_in_the_url() {
 
 // ----- helpers ---------------------------------------------------------------------------
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sse-edge-auth-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn pem_text(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
@@ -552,18 +537,6 @@ fn ed25519_pair() -> (String, String) {
     let public = pem_text("PUBLIC KEY", pair.public_key().as_der().unwrap().as_ref());
     let private = pem_text("PRIVATE KEY", pair.to_pkcs8v1().unwrap().as_ref());
     (public, private)
-}
-
-fn wait_for_log(server: &Server, text: &str) {
-    let deadline = Instant::now() + util::PATIENCE;
-    while !server.log().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in the log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -59,12 +59,6 @@ impl Cert {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sse-edge-tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn start(cert: &Cert, extra: &[&str]) -> Server {
@@ -169,21 +163,9 @@ fn metrics(server: &Server, cert: &Cert) -> std::collections::HashMap<String, f6
     util::parse_metrics(body)
 }
 
-fn wait_for_log(server: &Server, text: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while !server.log().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in the log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn streams_and_publishes_over_tls_on_two_shards() {
-    let dir = tempdir("basic");
+    let dir = util::tempdir("tls-basic");
     let cert = Cert::new(&dir, "a");
     let server = start(&cert, &["--shards", "2"]);
     let mut streams: Vec<TlsStream> = (0..6)
@@ -214,7 +196,7 @@ fn streams_and_publishes_over_tls_on_two_shards() {
 
 #[test]
 fn curl_publishes_over_tls_trusting_the_certificate() {
-    let dir = tempdir("curl");
+    let dir = util::tempdir("tls-curl");
     let cert = Cert::new(&dir, "a");
     let server = start(&cert, &[]);
     let mut stream = TlsStream::open(&server, cert.client(), "/stream");
@@ -241,7 +223,7 @@ fn curl_publishes_over_tls_trusting_the_certificate() {
 
 #[test]
 fn sighup_reloads_the_certificate_while_a_stream_keeps_receiving() {
-    let dir = tempdir("reload");
+    let dir = util::tempdir("tls-reload");
     let old = Cert::new(&dir, "old");
     let server = start(&old, &[]);
     let mut kept = TlsStream::open(&server, old.client(), "/stream");
@@ -250,7 +232,7 @@ fn sighup_reloads_the_certificate_while_a_stream_keeps_receiving() {
     std::fs::copy(&new.cert, &old.cert).unwrap();
     std::fs::copy(&new.key, &old.key).unwrap();
     server.signal(libc::SIGHUP);
-    wait_for_log(&server, "reloaded");
+    server.wait_for_log("reloaded");
     // A new connection gets the new certificate: trusting only the old one now fails.
     let fresh = connect(&server, new.client()).expect("the new certificate is served");
     assert_eq!(fresh.conn.peer_certificates().unwrap()[0], new.der);
@@ -261,7 +243,7 @@ fn sighup_reloads_the_certificate_while_a_stream_keeps_receiving() {
     // A reload that fails keeps what is in use.
     std::fs::write(&old.key, "not a key").unwrap();
     server.signal(libc::SIGHUP);
-    wait_for_log(&server, "keeping the TLS certificate in use");
+    server.wait_for_log("keeping the TLS certificate in use");
     assert!(connect(&server, new.client()).is_ok());
     let m = metrics(&server, &new);
     assert_eq!(m["sse_edge_tls_reloads_total"], 1.0);
@@ -270,7 +252,7 @@ fn sighup_reloads_the_certificate_while_a_stream_keeps_receiving() {
 
 #[test]
 fn plain_http_to_the_tls_port_is_closed_and_counted() {
-    let dir = tempdir("plain");
+    let dir = util::tempdir("tls-plain");
     let cert = Cert::new(&dir, "a");
     let server = start(&cert, &[]);
     let mut stream = TlsStream::open(&server, cert.client(), "/stream");
@@ -300,7 +282,7 @@ fn plain_http_to_the_tls_port_is_closed_and_counted() {
 
 #[test]
 fn a_stalled_handshake_is_closed_after_the_header_timeout() {
-    let dir = tempdir("stall");
+    let dir = util::tempdir("tls-stall");
     let cert = Cert::new(&dir, "a");
     let server = start(&cert, &["--header-timeout", "1"]);
     let mut silent = TcpStream::connect(server.addr).unwrap();
@@ -320,7 +302,7 @@ fn a_stalled_handshake_is_closed_after_the_header_timeout() {
 
 #[test]
 fn drain_ends_tls_streams_with_close_notify() {
-    let dir = tempdir("drain");
+    let dir = util::tempdir("tls-drain");
     let cert = Cert::new(&dir, "a");
     let mut server = start(&cert, &[]);
     let mut stream = TlsStream::open(&server, cert.client(), "/stream");
@@ -335,7 +317,7 @@ fn drain_ends_tls_streams_with_close_notify() {
 
 #[test]
 fn unusable_certificate_files_are_one_line_and_exit_2() {
-    let dir = tempdir("bad");
+    let dir = util::tempdir("tls-bad");
     let a = Cert::new(&dir, "a");
     let b = Cert::new(&dir, "b");
     let empty = dir.join("empty.pem");
@@ -374,29 +356,14 @@ fn unusable_certificate_files_are_one_line_and_exit_2() {
         ),
     ];
     for (args, says) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
-        assert_eq!(
-            stderr
-                .lines()
-                .filter(|l| l.starts_with("sse-edge: "))
-                .count(),
-            1,
-            "{stderr}"
-        );
+        util::assert_refused_at_start(&args, says);
     }
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn a_returning_client_resumes_with_a_session_ticket() {
-    let dir = tempdir("resume");
+    let dir = util::tempdir("tls-resume");
     let cert = Cert::new(&dir, "a");
     let server = start(&cert, &[]);
     // One configuration keeps the client's ticket store across connections, as a browser does.

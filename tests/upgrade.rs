@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use util::{published_id, Server, SseClient, PATIENCE};
 
@@ -19,18 +19,6 @@ fn binary_copy(name: &str) -> PathBuf {
     let exe = dir.join("sse-edge");
     std::fs::copy(env!("CARGO_BIN_EXE_sse-edge"), &exe).unwrap();
     exe
-}
-
-fn wait_for_log(server: &Server, text: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let log = server.log();
-        if log.contains(text) {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "no {text:?} in the log:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// One `GET /healthz` on a new connection: answered 200?
@@ -81,7 +69,7 @@ fn sigusr2_hands_the_listeners_to_a_new_process_and_no_connection_is_refused() {
     };
     std::thread::sleep(Duration::from_millis(200));
     old.signal(libc::SIGUSR2);
-    let log = wait_for_log(&old, "the new process serves");
+    let log = old.wait_for_log("the new process serves");
     let new_pid: u32 = log
         .lines()
         .find(|l| l.contains("the new process serves"))
@@ -124,7 +112,7 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving() {
     std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     old.signal(libc::SIGUSR2);
-    let log = wait_for_log(&old, "upgrade failed, this process keeps serving");
+    let log = old.wait_for_log("upgrade failed, this process keeps serving");
     assert!(log.contains("exited before serving"), "{log}");
     let mut conn = util::HttpConn::open(old.addr);
     assert_eq!(published_id(&conn.publish("", b"still here")), 1);

@@ -783,3 +783,45 @@ impl SseClient {
         all
     }
 }
+
+// ----- helpers for the tests of tokens, TLS and upgrades --------------------------------
+
+/// A fresh directory for one test's files (certificates, keys, binaries).
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sse-edge-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Server {
+    /// Waits until the log contains `text`; returns the log then.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Starts the server with `args` and asserts it refuses to: exit code 2, and one error line
+/// (`sse-edge: ...`, after whatever it logged first) that contains `says`.
+pub fn assert_refused_at_start(args: &[String], says: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains(says), "{args:?}: {stderr}");
+    let errors = stderr
+        .lines()
+        .filter(|l| l.starts_with("sse-edge: "))
+        .count();
+    assert_eq!(errors, 1, "{args:?}: {stderr}");
+}
