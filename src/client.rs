@@ -39,6 +39,9 @@ pub struct Client {
     pub closing: bool,
     /// Once the outbox is empty, half-close and wait for the peer to leave.
     pub close_after_flush: bool,
+    /// Detached for a hand-over: out of epoll, and nothing is queued, written or timed out
+    /// until the hand-over is called off (or the successor has it and it is forgotten).
+    pub handed: bool,
     /// The shard's accept count when this connection came: a slab key is reused, this is
     /// not, so an answer or list entry for a gone connection is recognised.
     pub serial: u32,
@@ -135,6 +138,7 @@ impl Client {
             pending: false,
             closing: false,
             close_after_flush: false,
+            handed: false,
             serial,
             tls,
         }

@@ -35,6 +35,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::event_id::EventId;
+use crate::handover::wire::HistoryImage;
 use crate::sse::{self, ResetReason};
 
 /// Bookkeeping charged per kept frame besides its bytes: its slot in the topic's queue
@@ -111,6 +112,17 @@ pub struct Batch {
 }
 
 impl Cursor {
+    /// A cursor handed over by the node's previous process: after `after`, with evictions
+    /// up to `announced` already told.
+    pub fn resume(after: EventId, announced: EventId) -> Cursor {
+        Cursor { after, announced }
+    }
+
+    /// Evictions up to this id were already announced.
+    pub fn announced(&self) -> EventId {
+        self.announced
+    }
+
     /// The last id replayed (or the one resumed from).
     pub fn after(&self) -> EventId {
         self.after
@@ -304,6 +316,43 @@ impl History {
             self.forget(slot);
         }
         self.forgotten_through = EventId::ZERO;
+    }
+
+    /// Everything kept, for the node's next process ([`History::import`]).
+    pub fn image(&self) -> HistoryImage {
+        let mut index = HashMap::with_capacity(self.topics.len());
+        let mut topics = Vec::with_capacity(self.topics.len());
+        for (slot, t) in &self.topics {
+            index.insert(slot, topics.len() as u32);
+            topics.push((t.name.to_string(), t.evicted_through));
+        }
+        let mut frames: Vec<(EventId, u32, Bytes)> = Vec::with_capacity(self.frames);
+        for (slot, t) in &self.topics {
+            let i = index.get(&slot).copied().unwrap_or_default();
+            frames.extend(t.kept.iter().map(|(id, frame)| (*id, i, frame.clone())));
+        }
+        frames.sort_unstable_by_key(|(id, _, _)| *id);
+        HistoryImage {
+            forgotten_through: self.forgotten_through,
+            topics,
+            frames,
+        }
+    }
+
+    /// Takes over what the node's previous process kept (into an empty history). This
+    /// process's own caps apply: a smaller `--history` keeps fewer.
+    pub fn import(&mut self, image: HistoryImage, now: Instant) {
+        self.forgotten_through = self.forgotten_through.max(image.forgotten_through);
+        for (name, evicted) in &image.topics {
+            let slot = self.topic(name, now);
+            let t = &mut self.topics[slot];
+            t.evicted_through = t.evicted_through.max(*evicted);
+        }
+        for (id, topic, frame) in image.frames {
+            if let Some((name, _)) = image.topics.get(topic as usize) {
+                self.record(name, id, &frame, now);
+            }
+        }
     }
 
     /// Counts one more stream on each of `names`; returns their shared names, in order.
@@ -511,6 +560,34 @@ mod tests {
         f.resize(len.max(f.len() + 2) - 2, b'x');
         f.extend_from_slice(b"\n\n");
         Bytes::from(f)
+    }
+
+    #[test]
+    fn an_imported_history_replays_and_resets_as_the_original_did() {
+        let now = Instant::now();
+        let mut old = History::new(2, 1 << 20);
+        old.subscribe(&["a".into(), "b".into()], now);
+        for id in 1..=5u64 {
+            let topic = if id % 2 == 0 { "a" } else { "b" };
+            old.record(topic, EventId::local(id), &frame(id, 20), now);
+        }
+        let mut new = History::new(2, 1 << 20);
+        new.import(old.image(), now);
+        assert_eq!((new.frames, new.bytes), (old.frames, old.bytes));
+        let names = new.subscribe(&["a".into(), "b".into()], now);
+        for after in 0..=5 {
+            let (mut c1, mut c2) = (
+                Cursor::resume(EventId::local(after), EventId::ZERO),
+                Cursor::resume(EventId::local(after), EventId::ZERO),
+            );
+            let b1 = old.replay_batch(&names, &mut c1, 1 << 20, None);
+            let b2 = new.replay_batch(&names, &mut c2, 1 << 20, None);
+            assert_eq!(
+                (b1.frames, b1.reset, c1),
+                (b2.frames, b2.reset, c2),
+                "after {after}"
+            );
+        }
     }
 
     fn ids(frames: &[Bytes]) -> Vec<u64> {

@@ -19,13 +19,15 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::Waker;
 
 use crate::event_id::EventId;
+use crate::handover::wire::State;
+use crate::handover::Step;
 use crate::history::{Batch, Cursor, History};
 use crate::sse;
 
@@ -94,6 +96,8 @@ pub enum Inbox {
     /// Events this shard was not sent while its inbox was full, per topic; sent before the
     /// first event after them.
     Missed(Vec<Missed>),
+    /// A step of handing this process's connections over to its successor.
+    Handover(Step),
     /// The next part of a stream's replay.
     Replay {
         /// The stream.
@@ -109,6 +113,8 @@ pub enum Inbox {
 #[derive(Debug)]
 pub struct Hub {
     ledger: Mutex<Ledger>,
+    /// Signalled when a hand-over is called off and the ledger takes events again.
+    thawed: Condvar,
     mailboxes: Vec<Mailbox>,
 }
 
@@ -160,6 +166,8 @@ struct Ledger {
     missed: Vec<Vec<Missed>>,
     /// Events not sent to a shard because its inbox was full, since start.
     overruns: u64,
+    /// Handing over: no event is recorded (the successor records them from here on).
+    frozen: bool,
 }
 
 /// A replay step asked for after an id this node has not read yet.
@@ -218,7 +226,9 @@ impl Hub {
                 generation: 0,
                 missed: vec![Vec::new(); shards],
                 overruns: 0,
+                frozen: false,
             }),
+            thawed: Condvar::new(),
             mailboxes,
         };
         (Arc::new(hub), inboxes)
@@ -235,10 +245,15 @@ impl Hub {
         data: &str,
     ) {
         let mut ledger = self.lock();
-        let Some(id) = ledger.last_id.next_local() else {
+        let next = ledger.last_id.next_local().filter(|_| !ledger.frozen);
+        let Some(id) = next else {
+            let reason = if ledger.frozen {
+                "the node is handing over to its successor; publish again".to_owned()
+            } else {
+                "the node has handed out every id it can".to_owned()
+            };
             drop(ledger);
             if let Some(ticket) = ticket {
-                let reason = "the node has handed out every id it can".to_owned();
                 self.answer(
                     from,
                     Inbox::Published {
@@ -439,6 +454,14 @@ impl Hub {
         data: &str,
     ) -> bool {
         let mut guard = self.lock();
+        // Handing over: the reader waits here; the successor reads on from Redis itself, and
+        // if the hand-over is called off this process takes the entry after all.
+        while guard.frozen {
+            guard = self
+                .thawed
+                .wait(guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
         let ledger = &mut *guard;
         let restarted = ledger.epoch.as_deref() != Some(epoch);
         if restarted {
@@ -450,6 +473,84 @@ impl Hub {
             self.answer_waiting(ledger, Instant::now());
         }
         restarted
+    }
+
+    /// Stops recording events for a hand-over and returns where the node stands (with the
+    /// kept events when `with_history`: the embedded broker's successor has no other source).
+    /// Events recorded before this are all in the inboxes already, ahead of any later step.
+    pub fn freeze(&self, with_history: bool) -> State {
+        let mut guard = self.lock();
+        let ledger = &mut *guard;
+        ledger.frozen = true;
+        // What a full inbox made a shard miss is told now, not with a next event that will
+        // not come: its streams' gap records travel with them.
+        for (to, missed) in ledger.missed.iter_mut().enumerate() {
+            if !missed.is_empty() {
+                self.send(to, Inbox::Missed(std::mem::take(missed)));
+            }
+        }
+        State {
+            last_id: ledger.last_id,
+            epoch: ledger.epoch.as_deref().map(str::to_owned),
+            history: with_history.then(|| ledger.history.image()),
+            connections: 0,
+        }
+    }
+
+    /// Records events again: a hand-over was called off.
+    pub fn thaw(&self) {
+        self.lock().frozen = false;
+        self.thawed.notify_all();
+    }
+
+    /// In the successor, before any shard runs: the embedded broker's ids go on after the
+    /// old process's last one, and its history is this one's. (A cluster node reads both
+    /// from Redis.)
+    pub fn take_over(&self, state: State) {
+        let mut ledger = self.lock();
+        if let Some(history) = state.history {
+            ledger.last_id = ledger.last_id.max(state.last_id);
+            ledger.history.import(history, Instant::now());
+        }
+    }
+
+    /// A stream handed over by the node's previous process: subscribed to `topics`, it has
+    /// everything up to `cursor` (from `epoch`). It goes live at once when that is the last
+    /// id here; otherwise it replays from there (in cluster mode, perhaps waiting for this
+    /// node to read that far). An id of another epoch gets `reset`, as a resume would.
+    pub fn resume(&self, topics: &[String], cursor: Cursor, epoch: Option<&str>) -> Subscription {
+        let mut guard = self.lock();
+        let ledger = &mut *guard;
+        let names = ledger.history.subscribe(topics, Instant::now());
+        if ledger.epoch.as_deref() != epoch {
+            let requested = cursor.after().wire(epoch).to_string();
+            let ahead_ok = ledger.epoch.is_some();
+            let start = ledger.history.start_replay(
+                &names,
+                &requested,
+                ledger.last_id,
+                ledger.epoch.as_deref(),
+                ahead_ok,
+            );
+            return Subscription {
+                names,
+                reset: start.reset,
+                replay: Some(start.cursor),
+            };
+        }
+        let live = cursor.after() == ledger.last_id && ledger.history.covers(&names, &cursor);
+        Subscription {
+            names,
+            reset: None,
+            replay: (!live).then_some(cursor),
+        }
+    }
+
+    /// Puts a hand-over step into every shard's inbox, made by `step` for each.
+    pub fn tell_shards(&self, mut step: impl FnMut(usize) -> Step) {
+        for shard in 0..self.mailboxes.len() {
+            self.send(shard, Inbox::Handover(step(shard)));
+        }
     }
 
     /// Cluster mode: the epoch Redis holds now (None: Redis lost it and no publish made a
@@ -628,6 +729,7 @@ mod tests {
                     format!("P{}/{}", a.id.seq(), a.subscribers)
                 }
                 Inbox::Missed(m) => format!("M{}", m.len()),
+                Inbox::Handover(_) => "H".to_owned(),
                 Inbox::Replay { step, .. } => match step {
                     ReplayStep::More(b) => format!("R{}", b.frames.len()),
                     ReplayStep::Live(b) => format!("L{}", b.frames.len()),
@@ -647,6 +749,66 @@ mod tests {
         assert_eq!(drain(&inboxes[0]), vec!["P1/1", "E1", "E2"]);
         assert_eq!(drain(&inboxes[1]), vec!["E1", "E2"]);
         assert_eq!(drain(&inboxes[2]), vec!["E1", "E2"]);
+    }
+
+    #[test]
+    fn a_frozen_hub_refuses_local_publishes_and_its_successor_goes_on_from_its_last_id() {
+        let (old, inboxes, _polls) = hub(1);
+        old.subscribe(&topics(&["t"]), None);
+        old.publish_local(0, None, "t", None, "one");
+        old.publish_local(0, None, "t", None, "two");
+        let state = old.freeze(true);
+        assert_eq!(state.last_id, EventId::local(2));
+        old.publish_local(0, Some(TICKET), "t", None, "refused");
+        let refused = inboxes[0].try_iter().last();
+        assert!(
+            matches!(&refused, Some(Inbox::Published { outcome: Err(u), .. }) if u.reason.contains("handing over")),
+            "{refused:?}"
+        );
+        let (new, new_inboxes, _new_polls) = hub(1);
+        new.take_over(state);
+        // A live stream at the last id takes what comes next; one behind replays.
+        let live = new.resume(
+            &topics(&["t"]),
+            Cursor::resume(EventId::local(2), EventId::local(2)),
+            None,
+        );
+        assert!(live.replay.is_none() && live.reset.is_none());
+        let behind = new.resume(
+            &topics(&["t"]),
+            Cursor::resume(EventId::local(1), EventId::local(1)),
+            None,
+        );
+        let cursor = behind.replay.expect("a replay from 1");
+        new.replay(0, TICKET, &behind.names, cursor, 1 << 20);
+        new.publish_local(0, Some(TICKET), "t", None, "three");
+        assert_eq!(drain(&new_inboxes[0]), vec!["L1", "P3/2", "E3"]);
+    }
+
+    #[test]
+    fn a_frozen_hub_holds_the_cluster_reader_until_thawed() {
+        let (hub, inboxes, _polls) = hub(1);
+        hub.subscribe(&topics(&["t"]), None);
+        hub.append_entry(EventId::entry(5, 0), "ep", "t", None, "before");
+        let state = hub.freeze(false);
+        assert!(state.history.is_none());
+        assert_eq!(state.epoch.as_deref(), Some("ep"));
+        let reader = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                hub.append_entry(EventId::entry(6, 0), "ep", "t", None, "held")
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            drain(&inboxes[0]),
+            vec!["E0"],
+            "only the entry before the freeze"
+        );
+        hub.thaw();
+        reader.join().unwrap();
+        assert_eq!(drain(&inboxes[0]), vec!["E0"]);
+        assert_eq!(hub.last_id().0, EventId::entry(6, 0));
     }
 
     #[test]

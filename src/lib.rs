@@ -47,6 +47,10 @@
 //! room in its queue; each step comes through the inbox like everything else, and the stream
 //! skips live frames until its last step arrives, so the seam between replay and live has no
 //! gap and no duplicate (the ordering rule in [`hub`]).
+//! An upgrade (`SIGUSR2`) starts the new binary with the listeners ([`upgrade`]) and
+//! [`handover`] moves every plain stream to it, socket and state, in two phases: nothing is
+//! written by the new process before the old one commits, and a failure before that leaves
+//! the old one serving as if nothing happened.
 //! [`admission`] decides who may hold a stream. Counters live per shard as plain integers
 //! ([`metrics`]), summed when scraped. A panic outside request parsing, or a failed event
 //! loop, ends the process ([`guard`]) rather than leave a shard silently dead.
@@ -62,6 +66,7 @@ pub mod cors;
 pub mod event_id;
 pub mod fdlimit;
 pub mod guard;
+pub mod handover;
 pub mod history;
 pub mod http;
 pub mod hub;

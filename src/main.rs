@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 use sse_edge::config::ConfigError;
+use sse_edge::handover::{self, Outcome};
 use sse_edge::mint::{mint, unix_now, MintArgs};
+use sse_edge::upgrade::Greeting;
 use sse_edge::{fdlimit, Config, Server};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -54,20 +56,58 @@ fn main() -> ExitCode {
             None
         }
     };
-    let server = match Server::bind(config) {
+    let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => return fail(&e.to_string()),
+    };
+    // An upgrade by a binary that hands over its connections: take them before serving.
+    let handover = match sse_edge::upgrade::handover_channel() {
+        None => None,
+        Some(Err(e)) => return fail(&format!("upgrade: {e}")),
+        Some(Ok(channel)) => match handover::take(&channel) {
+            Ok(Outcome::Taken(taken)) => {
+                let streams = taken
+                    .connections
+                    .iter()
+                    .filter(|(r, _)| matches!(r.kind, sse_edge::handover::wire::Kind::Stream(_)))
+                    .count();
+                info!(
+                    streams,
+                    connections = taken.connections.len(),
+                    took_ms = taken.took.as_millis() as u64,
+                    "upgrade: took over {streams} streams from the previous process"
+                );
+                server.take_over(taken);
+                Some(channel)
+            }
+            Ok(Outcome::Refused(reason)) => {
+                return fail(&format!(
+                    "upgrade refused by the running process, which keeps serving: {reason}"
+                ))
+            }
+            Err(why) => {
+                return fail(&format!(
+                    "upgrade: {why}; the running process keeps serving"
+                ))
+            }
+        },
     };
     // Listeners are bound: connections wait in their backlogs from here on.
     match sse_edge::notify::ready(&format!("serving on {}", server.local_addr())) {
         Ok(_) => {}
         Err(e) => warn!("cannot tell systemd the node is ready (NOTIFY_SOCKET): {e}"),
     }
-    match sse_edge::upgrade::confirm() {
-        Ok(true) => info!("upgrade: this process took over the listeners; the old one drains"),
-        Ok(false) => {}
-        Err(e) => warn!("upgrade: cannot tell the old process this one serves: {e}"),
+    match &handover {
+        Some(channel) => handover::serving(channel),
+        None => match sse_edge::upgrade::confirm() {
+            Ok(true) => {
+                info!("upgrade: this process took over the listeners; the old one drains")
+            }
+            Ok(false) => {}
+            Err(e) => warn!("upgrade: cannot tell the old process this one serves: {e}"),
+        },
     }
+    drop(handover);
     let listener_fds = server.listener_fds();
     let control = server.control();
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]) {
@@ -101,22 +141,42 @@ fn main() -> ExitCode {
                     continue;
                 };
                 info!("SIGUSR2: starting the new binary with the listeners");
-                match sse_edge::upgrade::start(origin, &listener_fds) {
-                    Ok(successor) => {
-                        info!(
-                            pid = successor.pid,
-                            took_ms = successor.took.as_millis() as u64,
-                            "upgrade: the new process serves; this one drains and exits"
-                        );
-                        let main_pid = format!("MAINPID={}", successor.pid);
-                        if let Err(e) = sse_edge::notify::notify(&main_pid) {
-                            warn!("cannot tell systemd the new main pid: {e}");
-                        }
-                        asked = true;
-                        control.shutdown();
+                let successor = match sse_edge::upgrade::start(origin, &listener_fds) {
+                    Ok(successor) => successor,
+                    Err(why) => {
+                        warn!("upgrade failed, this process keeps serving: {why}");
+                        continue;
                     }
-                    Err(why) => warn!("upgrade failed, this process keeps serving: {why}"),
+                };
+                let pid = successor.pid;
+                match &successor.greeting {
+                    Greeting::Ready => info!(
+                        pid,
+                        took_ms = successor.took.as_millis() as u64,
+                        "upgrade: the new process serves without taking connections; this one drains and exits"
+                    ),
+                    Greeting::Hello(channel, hello) => match control.hand_over(channel, hello) {
+                        Ok(given) => info!(
+                            pid,
+                            streams = given.streams,
+                            connections = given.connections,
+                            paused_ms = given.paused.as_millis() as u64,
+                            "upgrade: handed {} streams to the new process; this one drains what is left and exits",
+                            given.streams
+                        ),
+                        Err(why) => {
+                            warn!("upgrade failed, this process keeps serving: {why}");
+                            successor.stop();
+                            continue;
+                        }
+                    },
                 }
+                let main_pid = format!("MAINPID={pid}");
+                if let Err(e) = sse_edge::notify::notify(&main_pid) {
+                    warn!("cannot tell systemd the new main pid: {e}");
+                }
+                asked = true;
+                control.shutdown();
                 continue;
             }
             if asked {

@@ -27,6 +27,8 @@ stats! {
     Streams => "sse_edge_clients", "gauge", "Event streams currently open.";
     StreamsOpened => "sse_edge_streams_opened_total", "counter", "Event streams opened.";
     StreamsClosed => "sse_edge_streams_closed_total", "counter", "Event streams closed.";
+    StreamsHandedOver => "sse_edge_streams_handed_over_total", "counter", "Event streams handed to this node's next process in an upgrade.";
+    StreamsAdopted => "sse_edge_streams_adopted_total", "counter", "Event streams taken over from this node's previous process in an upgrade.";
     EventsPublished => "sse_edge_events_published_total", "counter", "Events published through this shard.";
     FramesQueued => "sse_edge_frames_queued_total", "counter", "Event frames queued to streams.";
     FramesDropped => "sse_edge_frames_dropped_total", "counter", "Event frames dropped because a stream's queue was full.";

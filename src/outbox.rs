@@ -142,6 +142,19 @@ impl Outbox {
         filled
     }
 
+    /// Everything queued, in order, as one buffer (without removing it): what a hand-over
+    /// carries to the next process. One frame is shared, not copied.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.frames.len() <= 1 {
+            return self.frames.front().cloned().unwrap_or_default();
+        }
+        let mut all = Vec::with_capacity(self.queued);
+        for frame in &self.frames {
+            all.extend_from_slice(frame);
+        }
+        Bytes::from(all)
+    }
+
     /// Removes `written` bytes from the front of the queue; returns the frames completed.
     pub fn consume(&mut self, mut written: usize) -> usize {
         self.queued -= written;

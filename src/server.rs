@@ -18,6 +18,8 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::fdlimit;
 use crate::guard;
+use crate::handover::wire::Hello;
+use crate::handover::{self, Channel, Given, Taken};
 use crate::hub::Hub;
 use crate::jwt::{KeySource, Trust};
 use crate::listener::{self, ListenError};
@@ -73,6 +75,8 @@ pub struct Control {
     node: Arc<Node>,
     hub: Arc<Hub>,
     stats: Arc<[ShardStats]>,
+    /// The embedded broker (its history travels in a hand-over; a cluster's is in Redis).
+    embedded: bool,
 }
 
 impl Control {
@@ -106,6 +110,13 @@ impl Control {
             );
         }
         outcomes
+    }
+
+    /// Hands every connection that can go on elsewhere to the new process at the other end
+    /// of `channel`, which said `hello` (see [`crate::handover`]). On an error nothing was
+    /// handed over and this process serves on as before.
+    pub fn hand_over(&self, channel: &Channel, hello: &Hello) -> Result<Given, String> {
+        handover::give(channel, hello, &self.hub, self.stats.len(), self.embedded)
     }
 
     /// The node's hub (ids, encode counts).
@@ -237,8 +248,28 @@ impl Server {
             shards,
             local_addr,
             listener_fds,
-            control: Control { node, hub, stats },
+            control: Control {
+                node,
+                hub,
+                stats,
+                embedded: config.redis.is_none(),
+            },
         })
+    }
+
+    /// Takes what the node's previous process handed over: its ids and history, and its
+    /// connections, each for the shard it was on (or one of ours, with fewer shards). They
+    /// are installed when the shards start.
+    pub fn take_over(&mut self, taken: Taken) {
+        let epoch = taken.state.epoch.clone();
+        self.control.hub.take_over(taken.state);
+        let shards = self.shards.len().max(1);
+        for (record, fd) in taken.connections {
+            let i = usize::from(record.shard) % shards;
+            if let Some(shard) = self.shards.get_mut(i) {
+                shard.adopt_later(epoch.clone(), record, fd);
+            }
+        }
     }
 
     /// The listening sockets, for an upgrade to inherit (they stay open while the shards run).

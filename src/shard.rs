@@ -84,6 +84,9 @@ mod accept;
 pub(crate) use api::pages;
 mod api;
 mod fanout;
+mod handover;
+pub(crate) use handover::Adopting;
+use handover::Handing;
 mod streams;
 mod timers;
 
@@ -208,6 +211,10 @@ pub(crate) struct Shard {
     reserve: Option<File>,
     /// Set once shutdown began: when to give up flushing.
     drain_deadline: Option<Instant>,
+    /// Where this shard is in handing its connections to the node's next process.
+    handing: Option<Handing>,
+    /// Connections handed over by the node's previous process, installed at the first turn.
+    adopting: Adopting,
     /// The time at the start of this turn (one clock read per turn, not per client).
     now: Instant,
     scratch: Box<[u8]>,
@@ -274,6 +281,8 @@ impl Shard {
             accept_failing: false,
             reserve: File::open("/dev/null").ok(),
             drain_deadline: None,
+            handing: None,
+            adopting: Adopting::default(),
             now,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             rng: (seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
@@ -283,6 +292,7 @@ impl Shard {
     /// Runs the loop until shutdown is asked and the drain is over.
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
+        self.adopt_all();
         loop {
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -314,6 +324,7 @@ impl Shard {
             // then also see it counted, whichever shard answers its scrape.
             self.stats[self.id].store(&self.counters);
             self.flush_pending();
+            self.check_settled();
             if self.drain_deadline.is_some() {
                 self.close_drained();
             }
@@ -346,7 +357,9 @@ impl Shard {
         let done: Vec<usize> = self
             .clients
             .iter()
-            .filter(|(_, c)| !c.closing && (expired || !(c.wants_flush() || owed_an_answer(c))))
+            .filter(|(_, c)| {
+                !c.closing && !c.handed && (expired || !(c.wants_flush() || owed_an_answer(c)))
+            })
             .map(|(key, _)| key)
             .collect();
         let unsent = done
@@ -374,6 +387,10 @@ impl Shard {
             self.next_keepalive,
             self.accept_paused_until,
             self.drain_deadline,
+            match &self.handing {
+                Some(Handing::Settling { until, .. }) => Some(*until),
+                _ => None,
+            },
             self.next_forget,
             self.deadlines.peek().map(|Reverse((t, _))| *t),
             self.expiries
@@ -390,7 +407,7 @@ impl Shard {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.closing {
+        if client.closing || client.handed {
             return;
         }
         if event.is_writable() {
@@ -427,6 +444,7 @@ impl Shard {
                 }
                 Inbox::Missed(missed) => self.missed(&missed),
                 Inbox::Published { ticket, outcome } => self.on_published(ticket, outcome),
+                Inbox::Handover(step) => self.on_handover(step),
                 Inbox::Replay {
                     ticket,
                     cursor,
@@ -465,7 +483,7 @@ impl Shard {
                 continue;
             };
             client.pending = false;
-            if client.closing {
+            if client.closing || client.handed {
                 continue;
             }
             if client.writable {

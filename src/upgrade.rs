@@ -1,11 +1,12 @@
 //! Replacing the running binary without refusing a connection (`SIGUSR2`): the new binary is
 //! started from the path this one was started with, with the same arguments and environment,
-//! and inherits the listening sockets themselves. Both processes accept on them until the new
-//! one says it is serving; then this one drains its streams (jittered `retry:`, as on
-//! `SIGTERM`) and exits. If the new one fails to start or does not confirm in time, this one
-//! never stopped accepting and goes on as if nothing happened.
+//! and inherits the listening sockets themselves and one end of the hand-over socket.
 //!
-//! Streams themselves are not handed over yet: they reconnect to the new process once.
+//! A new binary that speaks the hand-over says hello on that socket, and [`crate::handover`]
+//! moves the connections to it. One that does not (an older binary, in a rollback) writes
+//! `ready` to a pipe once it serves: then this process drains its streams (jittered
+//! `retry:`, as on `SIGTERM`) and they reconnect once. If the new one fails to start or does
+//! not answer in time, this one goes on as if nothing happened.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -14,10 +15,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crate::handover::wire::{Hello, Message};
+use crate::handover::{Channel, PATIENCE};
+
 /// Names the inherited listening sockets (`3,4`) in the new process's environment.
 pub const LISTENERS_ENV: &str = "SSE_EDGE_INHERITED_LISTENERS";
-/// Names the pipe the new process writes `ready` to once it serves.
+/// Names the pipe the new process writes `ready` to once it serves (without a hand-over).
 pub const READY_ENV: &str = "SSE_EDGE_UPGRADE_READY";
+/// Names the new process's end of the hand-over socket.
+pub const HANDOVER_ENV: &str = "SSE_EDGE_HANDOVER";
 /// How long the new process has to say it is serving.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,13 +54,34 @@ impl Origin {
     }
 }
 
-/// A new process that took over the listeners.
+/// A new process that has the listeners.
 #[derive(Debug)]
 pub struct Successor {
     /// Its process id.
     pub pid: u32,
-    /// How long it took to say it serves.
+    /// How long it took to answer.
     pub took: Duration,
+    /// What it said.
+    pub greeting: Greeting,
+    child: Child,
+}
+
+/// What the new process said first.
+#[derive(Debug)]
+pub enum Greeting {
+    /// It serves, and takes no connections (a binary without the hand-over): this process
+    /// drains.
+    Ready,
+    /// It asks for the connections.
+    Hello(Channel, Hello),
+}
+
+impl Successor {
+    /// Stops the new process: the hand-over failed and this process keeps serving.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts the new binary with `listeners` inherited, and waits for it to confirm. On any
@@ -71,6 +98,11 @@ pub fn start(origin: &Origin, listeners: &[RawFd]) -> Result<Successor, String> 
     let ready_child =
         dup(ready_write.as_raw_fd()).map_err(|e| format!("cannot share the pipe: {e}"))?;
     drop(ready_write);
+    let (channel, theirs) =
+        Channel::pair().map_err(|e| format!("cannot make the hand-over socket: {e}"))?;
+    let handover_child =
+        dup(theirs.as_raw_fd()).map_err(|e| format!("cannot share the hand-over socket: {e}"))?;
+    drop(theirs);
     let names: Vec<String> = inherited
         .iter()
         .map(|fd| fd.as_raw_fd().to_string())
@@ -79,15 +111,19 @@ pub fn start(origin: &Origin, listeners: &[RawFd]) -> Result<Successor, String> 
         .args(&origin.args)
         .env(LISTENERS_ENV, names.join(","))
         .env(READY_ENV, ready_child.as_raw_fd().to_string())
+        .env(HANDOVER_ENV, handover_child.as_raw_fd().to_string())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", origin.exe.display()))?;
     // The child has its copies now; ours would keep the pipe open past its death.
     drop(inherited);
     drop(ready_child);
-    match wait_ready(ready_read, &mut child) {
-        Ok(()) => Ok(Successor {
+    drop(handover_child);
+    match wait_greeting(ready_read, channel, &mut child) {
+        Ok(greeting) => Ok(Successor {
             pid: child.id(),
             took: started.elapsed(),
+            greeting,
+            child,
         }),
         Err(why) => {
             let _ = child.kill();
@@ -97,24 +133,39 @@ pub fn start(origin: &Origin, listeners: &[RawFd]) -> Result<Successor, String> 
     }
 }
 
-/// Reads `ready` from the pipe within [`CONFIRM_TIMEOUT`]; EOF means the child died or
-/// closed it without confirming.
-fn wait_ready(pipe: OwnedFd, child: &mut Child) -> Result<(), String> {
+/// Waits within [`CONFIRM_TIMEOUT`] for `hello` on the hand-over socket or `ready` on the
+/// pipe; EOF on the pipe means the child died or closed it without either.
+fn wait_greeting(pipe: OwnedFd, channel: Channel, child: &mut Child) -> Result<Greeting, String> {
     let deadline = Instant::now() + CONFIRM_TIMEOUT;
     let mut file = std::fs::File::from(pipe);
+    // A new binary that hands over closes the pipe unused: from then on only the socket (or
+    // the child's exit) can answer.
+    let mut pipe_open = true;
     loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited before serving ({status})"));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("did not confirm within {CONFIRM_TIMEOUT:?}"));
+            return Err(format!("did not answer within {CONFIRM_TIMEOUT:?}"));
         }
-        let mut poll = libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd, for the length given.
-        let n = unsafe { libc::poll(&mut poll, 1, ms) };
+        let mut polls = [
+            libc::pollfd {
+                fd: channel.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Short waits: a child that dies is noticed by try_wait above.
+        let ms = i32::try_from(left.as_millis().min(100)).unwrap_or(100);
+        let count = if pipe_open { 2 } else { 1 };
+        // SAFETY: `count` valid pollfds.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), count, ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -122,23 +173,35 @@ fn wait_ready(pipe: OwnedFd, child: &mut Child) -> Result<(), String> {
             }
             return Err(format!("cannot wait for it: {e}"));
         }
-        if n == 0 {
-            continue; // the deadline check above ends it
+        if polls[0].revents & libc::POLLIN != 0 {
+            channel
+                .set_timeout(PATIENCE)
+                .map_err(|e| format!("cannot use the hand-over socket: {e}"))?;
+            return match channel.recv() {
+                Ok((Message::Hello(hello), _)) => Ok(Greeting::Hello(channel, hello)),
+                Ok((other, _)) => Err(format!("said {} instead of Hello", other.name())),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // Its end closed: most likely it is exiting; give it a moment to be reaped.
+                    for _ in 0..100 {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return Err(format!("exited before serving ({status})"));
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err("closed the hand-over socket without a word".to_owned())
+                }
+                Err(e) => Err(format!("sent no usable Hello: {e}")),
+            };
         }
-        let mut buf = [0u8; 16];
-        if let Ok(n) = file.read(&mut buf) {
-            if buf.get(..n).is_some_and(|b| b.starts_with(b"ready")) {
-                return Ok(());
+        if pipe_open && polls[1].revents != 0 {
+            let mut buf = [0u8; 16];
+            match file.read(&mut buf) {
+                Ok(n) if buf.get(..n).is_some_and(|b| b.starts_with(b"ready")) => {
+                    return Ok(Greeting::Ready)
+                }
+                _ => pipe_open = false,
             }
         }
-        // The pipe closed: the child is most likely exiting; give it a moment to be reaped.
-        for _ in 0..100 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("exited before serving ({status})"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        return Err("closed its pipe without serving".to_owned());
     }
 }
 
@@ -179,6 +242,35 @@ fn adopt(fd: RawFd) -> io::Result<std::net::TcpListener> {
     socket.set_cloexec(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// In the new process: the hand-over socket the old one gave it, if this is an upgrade by a
+/// binary that hands over its connections.
+pub fn handover_channel() -> Option<Result<Channel, String>> {
+    let name = std::env::var(HANDOVER_ENV).ok()?;
+    std::env::remove_var(HANDOVER_ENV);
+    // Without a hand-over the pipe is how the old process learns this one serves; with
+    // one, the socket is: the pipe is closed unused.
+    if let Ok(pipe) = std::env::var(READY_ENV) {
+        std::env::remove_var(READY_ENV);
+        if let Ok(fd) = pipe.parse::<RawFd>() {
+            drop(inherited(fd));
+        }
+    }
+    let adopted = name
+        .parse::<RawFd>()
+        .map_err(|_| format!("{HANDOVER_ENV}: {name:?} is not a descriptor"))
+        .and_then(|fd| {
+            inherited(fd)
+                .and_then(Channel::adopt)
+                .map_err(|e| format!("{HANDOVER_ENV}: descriptor {fd}: {e}"))
+        });
+    Some(adopted.and_then(|channel| {
+        channel
+            .set_timeout(PATIENCE)
+            .map_err(|e| format!("{HANDOVER_ENV}: {e}"))
+            .map(|()| channel)
+    }))
 }
 
 /// In the new process, once it serves: tells the old one, which then drains and exits.

@@ -93,7 +93,7 @@ impl Shard {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.closing {
+        if client.closing || client.handed {
             return;
         }
         let Phase::Stream(stream) = &mut client.phase else {
@@ -135,7 +135,8 @@ impl Shard {
         let Some(client) = self.clients.get_mut(ticket.key) else {
             return;
         };
-        if client.serial != ticket.serial || client.closing {
+        // A detached stream asks again if the hand-over is called off.
+        if client.serial != ticket.serial || client.closing || client.handed {
             return;
         }
         let Phase::Stream(stream) = &mut client.phase else {
@@ -188,7 +189,8 @@ impl Shard {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.serial != serial || client.closing {
+        // A detached stream's expiry is scheduled again if the hand-over is called off.
+        if client.serial != serial || client.closing || client.handed {
             return;
         }
         let Phase::Stream(stream) = &client.phase else {
@@ -224,7 +226,7 @@ impl Shard {
             let Phase::Stream(stream) = &mut client.phase else {
                 continue;
             };
-            if std::mem::replace(&mut stream.active, false) || client.closing {
+            if std::mem::replace(&mut stream.active, false) || client.closing || client.handed {
                 continue;
             }
             if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {

@@ -28,9 +28,12 @@ impl Shard {
         }
         if let (Some(at), Some(period)) = (self.next_tick, self.config.tick_period()) {
             if at <= now {
-                self.ticks += 1;
-                let text = format!("Auto heartbeat #{}", self.ticks);
-                self.publish_tick(&text);
+                // Handing over, the successor ticks on (one ticker per node).
+                if self.handing.is_none() {
+                    self.ticks += 1;
+                    let text = format!("Auto heartbeat #{}", self.ticks);
+                    self.publish_tick(&text);
+                }
                 self.next_tick = Some(next_after(at, period, now));
             }
         }
@@ -55,6 +58,9 @@ impl Shard {
         let Some(client) = self.clients.get(key) else {
             return;
         };
+        if client.handed {
+            return; // its deadline is set again if the hand-over is called off
+        }
         match client.deadline() {
             Some(deadline) if deadline <= now => {
                 if matches!(client.phase, Phase::Request(_)) {
