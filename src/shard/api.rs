@@ -13,6 +13,9 @@ impl Shard {
     pub(super) fn serve_requests(&mut self, key: usize) {
         // Draining still answers what arrives on connections already accepted (an upgrade's
         // new process serves the rest), each with `Connection: close`; see `respond`.
+        if self.handing.as_ref().is_some_and(Handing::holds_requests) {
+            return; // what arrives is the successor's to read, or ours again on an abort
+        }
         let max_body = self.config.max_body;
         loop {
             let client = &mut self.clients[key];

@@ -38,6 +38,14 @@ pub(crate) struct Adopting {
     pub connections: Vec<(Record, OwnedFd)>,
 }
 
+impl Handing {
+    /// Whether requests are left unread: once settled, a connection between requests is
+    /// the successor's, and so is its next request (it stays in the socket meanwhile).
+    pub(super) fn holds_requests(&self) -> bool {
+        matches!(self, Handing::Settled | Handing::Detached(_))
+    }
+}
+
 impl Shard {
     /// A hand-over step from the inbox.
     pub(super) fn on_handover(&mut self, step: Step) {
@@ -153,9 +161,16 @@ impl Shard {
         for key in broken {
             self.close(key);
         }
+        let replaying = outgoing
+            .iter()
+            .filter(|o| matches!(&o.record.kind, Kind::Stream(s) if s.replaying))
+            .count();
+        let tail_bytes: usize = outgoing.iter().map(|o| o.record.tail.len()).sum();
         info!(
             shard = self.id,
             connections = outgoing.len(),
+            replaying,
+            tail_bytes,
             "hand-over: detached"
         );
         self.handing = Some(Handing::Detached(detached));
@@ -235,6 +250,17 @@ impl Shard {
             }
             self.on_readable(key);
             self.continue_replay(key);
+        }
+        // Requests left unread meanwhile on connections that stayed (TLS) are read now: their
+        // edge is spent.
+        let unread: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.readable && !c.closing && matches!(c.phase, Phase::Request(_)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in unread {
+            self.serve_requests(key);
         }
         // Accept what waited in the backlog meanwhile (its edge may be spent).
         self.accept_all();

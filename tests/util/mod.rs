@@ -583,10 +583,16 @@ impl Server {
 
     /// Like [`Server::start`], from the binary at `exe` (a copy the test may replace).
     pub fn start_exe(exe: &std::path::Path, args: &[&str]) -> Server {
+        Self::start_exe_env(exe, args, &[])
+    }
+
+    /// Like [`Server::start_exe`], with extra environment variables.
+    pub fn start_exe_env(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "0", "--log", "info"];
         all.extend_from_slice(args);
         let mut cmd = Command::new(exe);
         cmd.args(&all);
+        cmd.envs(env.iter().copied());
         Self::spawn(cmd)
     }
 
