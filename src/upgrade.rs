@@ -77,8 +77,15 @@ pub enum Greeting {
 }
 
 impl Successor {
-    /// Stops the new process: the hand-over failed and this process keeps serving.
+    /// Stops the new process: the hand-over failed and this process keeps serving. It is
+    /// given a second to exit by itself (it was told, or it failed), so it can say why.
     pub fn stop(mut self) {
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

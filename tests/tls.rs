@@ -382,3 +382,43 @@ fn a_returning_client_resumes_with_a_session_ticket() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn an_upgrade_drains_tls_streams_and_the_new_process_serves_tls() {
+    let dir = util::tempdir("tls-upgrade");
+    let cert = Cert::new(&dir, "a");
+    // Started from a copy the test owns: SIGUSR2 runs the binary at this path.
+    let exe = dir.join("sse-edge");
+    std::fs::copy(env!("CARGO_BIN_EXE_sse-edge"), &exe).unwrap();
+    let args = cert.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut old = Server::start_exe(&exe, &args);
+    let mut stream = TlsStream::open(&old, cert.client(), "/stream");
+    old.signal(libc::SIGUSR2);
+    // A TLS session's keys cannot travel: the stream is not handed over. It ends cleanly
+    // (close_notify), and the browser comes back after the jittered retry: it was given.
+    let log = old.wait_for_log("upgrade: handed");
+    assert!(log.contains("handed 0 streams"), "{log}");
+    let mut retry = None;
+    while let Some(block) = stream.until(b"\n\n") {
+        retry = retry.or(block
+            .lines()
+            .find_map(|l| l.strip_prefix("retry: ").map(str::to_owned)));
+    }
+    assert!(retry.is_some(), "the stream's retry:");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // The browser comes back to the new process, on the same port, with the same certificate.
+    let mut again = TlsStream::open(&old, cert.client(), "/stream");
+    publish(&old, cert.client(), "default", "after the upgrade");
+    assert_eq!(again.next_data(), "after the upgrade");
+    let pid: i32 = log
+        .lines()
+        .find(|l| l.contains("upgrade: handed"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the new pid");
+    // SAFETY: the pid this test's upgrade started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::fs::remove_dir_all(&dir).ok();
+}

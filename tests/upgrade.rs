@@ -258,6 +258,55 @@ fn a_stream_mid_replay_and_a_half_read_stream_go_on_where_they_were() {
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 
+#[test]
+fn a_new_binary_of_another_hand_over_version_is_refused_and_the_old_one_keeps_everything() {
+    let exe = binary_copy("version");
+    // The debug build's pretence: the new process speaks only hand-over version 99.
+    let old = Server::start_exe_env(&exe, &[], &[("SSE_EDGE_TEST_HANDOVER_VERSION", "99")]);
+    let mut stream = old.stream("/stream");
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade failed, this process keeps serving");
+    assert!(
+        log.contains("this binary speaks hand-over version 1, the new one 99..=99"),
+        "{log}"
+    );
+    // The new process said why too, in one line, and exited.
+    let log = old.wait_for_log("sse-edge: upgrade refused by the running process");
+    assert!(!log.contains("handed"), "{log}");
+    let mut conn = HttpConn::open(old.addr);
+    assert_eq!(published_id(&conn.publish("", b"still here")), 1);
+    assert_eq!(stream.next_event().data, "still here");
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_new_binary_without_the_hand_over_gets_the_listeners_and_the_streams_reconnect_once() {
+    let exe = binary_copy("older");
+    let mut old = Server::start_exe(&exe, &[]);
+    let mut stream = old.stream("/stream");
+    // What an older binary does (a rollback): serve on the inherited listeners and say
+    // `ready` on the pipe, ignoring the hand-over socket. This stand-in only says it.
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(
+        &exe,
+        "#!/bin/sh\necho ready > /proc/self/fd/$SSE_EDGE_UPGRADE_READY\nexec sleep 30\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("the new process serves without taking connections");
+    let pid = successor_pid(&log, "the new process serves without taking connections");
+    // The old process drains as on SIGTERM: the stream ends, and the browser comes back
+    // after the jittered retry: it was given.
+    let rest = stream.read_to_end_within_patience("the drain");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(stream.retry.is_some());
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // SAFETY: the stand-in this test's upgrade started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
 #[path = "util/redis.rs"]
 mod redis_util;
 

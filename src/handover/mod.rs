@@ -208,14 +208,15 @@ pub enum Outcome {
 /// process keeps everything; this process should exit.
 pub fn take(channel: &Channel) -> Result<Outcome, String> {
     let started = Instant::now();
+    let (min, max) = spoken();
     let hello = Hello {
-        min: VERSION,
-        max: VERSION,
+        min,
+        max,
         pid: std::process::id(),
     };
     send(channel, &Message::Hello(hello), &[])?;
     match expect(channel)? {
-        Message::Accept { version: VERSION } => {}
+        Message::Accept { version } if (min..=max).contains(&version) => {}
         Message::Refuse { reason } => return Ok(Outcome::Refused(reason)),
         other => return Err(unexpected("Accept", &other)),
     }
@@ -262,6 +263,19 @@ pub fn take(channel: &Channel) -> Result<Outcome, String> {
         connections,
         took: started.elapsed(),
     }))
+}
+
+/// The hand-over versions this binary speaks. Debug builds may pretend to be another
+/// version (`SSE_EDGE_TEST_HANDOVER_VERSION`), so tests can meet a binary that differs.
+fn spoken() -> (u16, u16) {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var("SSE_EDGE_TEST_HANDOVER_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return (v, v);
+    }
+    (VERSION, VERSION)
 }
 
 /// Tells the old process this one serves; it then drains what it kept and exits.
