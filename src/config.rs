@@ -25,7 +25,10 @@ use crate::jwt::KeySource;
                   Subscribe with GET /stream, publish with POST /broadcast, open / in a browser. \
                   Every flag can also be set as SSE_EDGE_<FLAG> (upper case, '-' becomes '_').",
     after_help = "Example: sse-edge --listen 127.0.0.1:9000 --tick 0 --client-buffer 131072\n\
-                  Mint a token for --subscribe-jwt: sse-edge token --help",
+                  Mint a token for --subscribe-jwt: sse-edge token --help\n\
+                  Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads key and certificate \
+                  files; SIGUSR2 upgrades to the binary at this one's start path, handing it \
+                  the listeners and every plain stream (no reconnect): sse-edge upgrade --help",
     // A flag given twice takes its last value, so wrapper scripts can append overrides.
     args_override_self = true
 )]

@@ -8,7 +8,7 @@ use signal_hook::iterator::Signals;
 use sse_edge::config::ConfigError;
 use sse_edge::handover::{self, Outcome};
 use sse_edge::mint::{mint, unix_now, MintArgs};
-use sse_edge::upgrade::Greeting;
+use sse_edge::upgrade::{Greeting, Requested, UpgradeArgs};
 use sse_edge::{fdlimit, Config, Server};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -19,6 +19,9 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
         return token();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "upgrade") {
+        return upgrade();
     }
     let config = match Config::parse_from_env() {
         Ok(config) => config,
@@ -220,6 +223,44 @@ fn token() -> ExitCode {
         Ok(token) => {
             print_out(&format!("{token}\n"));
             ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `sse-edge upgrade --pid PID`: upgrades a running node and waits to see it done.
+fn upgrade() -> ExitCode {
+    let args = std::iter::once("sse-edge upgrade".into()).chain(std::env::args_os().skip(2));
+    let args = match UpgradeArgs::parse_args(args) {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            print_out(&e.render().to_string());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(&sse_edge::config::one_line(&e.render().to_string())),
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    match sse_edge::upgrade::request(args.pid, timeout) {
+        Ok(Requested::Done(Some(new))) => {
+            print_out(&format!(
+                "pid {} handed over and exited; the node is now pid {new}\n",
+                args.pid
+            ));
+            ExitCode::SUCCESS
+        }
+        Ok(Requested::Done(None)) => {
+            print_out(&format!(
+                "pid {} exited (no new process was seen)\n",
+                args.pid
+            ));
+            ExitCode::SUCCESS
+        }
+        Ok(Requested::StillRunning) => {
+            eprintln!(
+                "sse-edge: pid {} is still running after {}s: the upgrade failed and it keeps serving, or its drain is not over (see its log)",
+                args.pid, args.timeout
+            );
+            ExitCode::FAILURE
         }
         Err(e) => fail(&e),
     }

@@ -314,3 +314,129 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: just created by dup, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
+
+/// `sse-edge upgrade`: asks a running node to upgrade, and waits to see it done.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "sse-edge upgrade",
+    about = "Upgrade a running node without disconnecting its streams: send it SIGUSR2, then wait until it has handed everything to the binary at its start path and exited.",
+    after_help = "Exit status: 0 once the node handed over and exited (the new process's pid is printed); 1 if it is still running after --timeout (the upgrade failed and it keeps serving, or its drain of TLS streams is not over: see its log); 2 for a bad command line or no such process.\n\nExample (systemd): ExecReload=/usr/local/bin/sse-edge upgrade --pid $MAINPID"
+)]
+pub struct UpgradeArgs {
+    /// The running node's process id.
+    #[arg(long, value_name = "PID")]
+    pub pid: i32,
+
+    /// Seconds to wait for the node to exit.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+impl UpgradeArgs {
+    /// Parses the subcommand's arguments (the first is the program name).
+    pub fn parse_args<I, T>(args: I) -> Result<UpgradeArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        <UpgradeArgs as clap::Parser>::try_parse_from(args)
+    }
+}
+
+/// How an upgrade asked with [`request`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// The node exited; its successor, when one was seen, is this pid.
+    Done(Option<i32>),
+    /// Still running after the timeout.
+    StillRunning,
+}
+
+/// Sends `SIGUSR2` to `pid` and waits up to `timeout` for it to exit; the successor is the
+/// process that then holds its listening sockets.
+pub fn request(pid: i32, timeout: Duration) -> Result<Requested, String> {
+    if pid <= 0 {
+        return Err(format!("--pid {pid} is not a process id"));
+    }
+    let listeners = listening_sockets(pid);
+    // SAFETY: kill with a checked positive pid.
+    if unsafe { libc::kill(pid, libc::SIGUSR2) } != 0 {
+        return Err(format!(
+            "cannot signal pid {pid}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: signal 0 only checks that the process exists.
+        let exists = unsafe { libc::kill(pid, 0) } == 0;
+        // A zombie (a parent that has not reaped it yet) has exited too.
+        if !exists || is_zombie(pid) {
+            return Ok(Requested::Done(holder_of(&listeners, pid)));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Requested::StillRunning);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The socket inodes of `pid`'s listening TCP sockets (from `/proc`; empty if unreadable).
+fn listening_sockets(pid: i32) -> Vec<String> {
+    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // st 0A is LISTEN; the inode is the tenth field.
+                    (fields.get(3) == Some(&"0A"))
+                        .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    socket_links(pid)
+        .into_iter()
+        .filter(|link| listening.contains(link))
+        .collect()
+}
+
+/// What `pid`'s descriptors that are sockets point at (`socket:[inode]`).
+fn socket_links(pid: i32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| link.to_str().map(str::to_owned))
+        .filter(|link| link.starts_with("socket:["))
+        .collect()
+}
+
+/// Another process that holds one of `sockets` (the successor that inherited them).
+fn holder_of(sockets: &[String], not: i32) -> Option<i32> {
+    if sockets.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            (pid != not && socket_links(pid).iter().any(|l| sockets.contains(l))).then_some(pid)
+        })
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+        })
+        .unwrap_or(false)
+}

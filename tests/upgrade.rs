@@ -371,3 +371,61 @@ fn in_a_cluster_the_upgraded_node_and_its_peer_deliver_every_event_once_in_order
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
+
+#[test]
+fn sse_edge_upgrade_pid_waits_for_the_hand_over_and_names_the_new_process() {
+    let exe = binary_copy("command");
+    let mut old = Server::start_exe(&exe, &[]);
+    let mut stream = old.stream("/stream");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["upgrade", "--pid", &old.pid().to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_pid: u32 = stdout
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    let log = old.log();
+    assert_eq!(successor_pid(&log, "upgrade: handed"), new_pid, "{log}");
+    let mut conn = HttpConn::open(old.addr);
+    assert_eq!(published_id(&conn.publish("", b"on")), 1);
+    assert_eq!(stream.next_event().data, "on");
+    // SAFETY: the pid this test's upgrade started.
+    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn sse_edge_upgrade_pid_says_so_when_the_node_keeps_running() {
+    let exe = binary_copy("command-fail");
+    let old = Server::start_exe(&exe, &[]);
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["upgrade", "--pid", &old.pid().to_string(), "--timeout", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is still running after 2s"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    old.wait_for_log("upgrade failed, this process keeps serving");
+    // No such process: one line, exit 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["upgrade", "--pid", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
