@@ -58,3 +58,41 @@ fn an_unreachable_notify_socket_is_logged_not_fatal() {
         server.log()
     );
 }
+
+#[test]
+fn an_upgrade_tells_systemd_the_new_main_pid_and_never_stopping() {
+    let dir = util::tempdir("notify-upgrade");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let exe = dir.join("sse-edge");
+    std::fs::copy(env!("CARGO_BIN_EXE_sse-edge"), &exe).unwrap();
+    let mut old = Server::start_exe_env(&exe, &[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    assert!(receive(&socket).contains("READY=1"));
+    let _stream = old.stream("/stream");
+    old.signal(libc::SIGUSR2);
+    // The new process says it is ready (with its own pid), then the old one hands systemd
+    // the new main pid before it exits; neither says STOPPING=1, so the service stays up.
+    let new_ready = receive(&socket);
+    let new_pid: u32 = new_ready
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{new_ready:?}"));
+    assert!(new_ready.lines().any(|l| l == "READY=1"), "{new_ready:?}");
+    assert_ne!(new_pid, old.pid());
+    let handed = receive(&socket);
+    assert_eq!(handed.trim(), format!("MAINPID={new_pid}"));
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "nothing after the new main pid"
+    );
+    // SAFETY: the pid this test's upgrade started.
+    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    std::fs::remove_dir_all(&dir).ok();
+}
