@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use mio::{Poll, Waker};
@@ -18,8 +18,8 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::fdlimit;
 use crate::guard;
-use crate::handover::wire::Hello;
-use crate::handover::{self, Channel, Given, Taken};
+use crate::handover::wire::{Hello, State};
+use crate::handover::{self, Channel, Given, Giver, Outgoing, Step, Taken};
 use crate::hub::Hub;
 use crate::jwt::{KeySource, Trust};
 use crate::listener::{self, ListenError};
@@ -116,7 +116,7 @@ impl Control {
     /// of `channel`, which said `hello` (see [`crate::handover`]). On an error nothing was
     /// handed over and this process serves on as before.
     pub fn hand_over(&self, channel: &Channel, hello: &Hello) -> Result<Given, String> {
-        handover::give(channel, hello, &self.hub, self.stats.len(), self.embedded)
+        handover::give(channel, hello, self)
     }
 
     /// The node's hub (ids, encode counts).
@@ -132,6 +132,46 @@ impl Control {
     /// Every shard's counters, as last mirrored by its loop.
     pub fn stats(&self) -> &[ShardStats] {
         &self.stats
+    }
+}
+
+/// The old process's steps of a hand-over, each told to every shard through its inbox.
+impl Giver for Control {
+    fn settle(&self) -> Result<(), String> {
+        let (settled, replies) = mpsc::channel();
+        self.hub.tell_shards(|_| Step::Settle(settled.clone()));
+        for _ in 0..self.stats.len() {
+            replies
+                .recv_timeout(handover::SETTLE + handover::PATIENCE)
+                .map_err(|_| "a shard did not settle its requests".to_owned())?;
+        }
+        Ok(())
+    }
+
+    fn freeze(&self) -> State {
+        self.hub.freeze(self.embedded)
+    }
+
+    fn detach(&self) -> Result<Vec<Outgoing>, String> {
+        let (detached, replies) = mpsc::channel();
+        self.hub.tell_shards(|_| Step::Detach(detached.clone()));
+        let mut outgoing = Vec::new();
+        for _ in 0..self.stats.len() {
+            let part = replies
+                .recv_timeout(handover::PATIENCE)
+                .map_err(|_| "a shard did not detach its connections".to_owned())?;
+            outgoing.extend(part);
+        }
+        Ok(outgoing)
+    }
+
+    fn commit(&self) {
+        self.hub.tell_shards(|_| Step::Commit);
+    }
+
+    fn abort(&self) {
+        self.hub.thaw();
+        self.hub.tell_shards(|_| Step::Abort);
     }
 }
 

@@ -43,6 +43,14 @@
 //! connections close, and each stream closes as soon as its queue is flushed, until none is
 //! left or `--drain-timeout` passes.
 //! The loop keeps sleeping in `poll` meanwhile: blocked streams wake it when writable.
+//!
+//! # Handing over
+//!
+//! In an upgrade (`SIGUSR2`) the steps come through the inbox like everything else
+//! (`shard/handover.rs`): stop accepting and let requests in progress finish; detach every
+//! plain stream and idle connection (out of epoll, marked `handed`: nothing is queued,
+//! written or timed out for it); then forget them once the successor has them, or take them
+//! back. In the successor, what was handed to a shard is installed before its first turn.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

@@ -30,15 +30,13 @@ pub mod channel;
 pub mod wire;
 
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 pub use channel::Channel;
 use wire::{Hello, Message, Record, State, BATCH, VERSION};
-
-use crate::hub::Hub;
 
 /// How long requests in progress may take to finish once a hand-over starts; those still
 /// unfinished then are closed (the listeners are not accepting meanwhile).
@@ -70,6 +68,23 @@ pub struct Outgoing {
     pub record: Record,
 }
 
+/// What the old process's side needs of its node: its shards and hub, step by step
+/// (`server.rs` tells the shards through their inboxes).
+pub trait Giver {
+    /// Stops accepting and waits (up to [`SETTLE`] and a margin) until no request is in
+    /// progress on any shard.
+    fn settle(&self) -> Result<(), String>;
+    /// Stops recording events; returns where the node stands (with the embedded broker's
+    /// history).
+    fn freeze(&self) -> State;
+    /// Has every shard detach what can be handed over.
+    fn detach(&self) -> Result<Vec<Outgoing>, String>;
+    /// The successor holds them: the shards forget them.
+    fn commit(&self);
+    /// Called off: records events again, and the shards take everything back.
+    fn abort(&self);
+}
+
 /// What the old process handed over.
 #[derive(Debug)]
 pub struct Given {
@@ -84,13 +99,7 @@ pub struct Given {
 /// The old process's side, once the new one said `hello`: agree on a version, then hand
 /// every connection over. On failure before the commit everything is taken back and the
 /// error says why in one line; the caller stops the new process.
-pub fn give(
-    channel: &Channel,
-    hello: &Hello,
-    hub: &Hub,
-    shards: usize,
-    embedded: bool,
-) -> Result<Given, String> {
+pub fn give(channel: &Channel, hello: &Hello, node: &impl Giver) -> Result<Given, String> {
     let Some(version) = wire::agree((VERSION, VERSION), hello) else {
         let reason = format!(
             "this binary speaks hand-over version {VERSION}, the new one {}..={}",
@@ -108,10 +117,10 @@ pub fn give(
         .send(&Message::Accept { version }, &[])
         .map_err(|e| format!("cannot answer the new process: {e}"))?;
     let started = Instant::now();
-    match prepare(channel, hub, shards, embedded) {
+    match prepare(channel, node) {
         Ok((connections, streams)) => {
             // From here on the streams are the new process's, whatever happens to it.
-            hub.tell_shards(|_| Step::Commit);
+            node.commit();
             let paused = started.elapsed();
             match channel.recv() {
                 Ok((Message::Serving, _)) => {}
@@ -125,8 +134,7 @@ pub fn give(
             })
         }
         Err(why) => {
-            hub.thaw();
-            hub.tell_shards(|_| Step::Abort);
+            node.abort();
             Err(why)
         }
     }
@@ -134,29 +142,10 @@ pub fn give(
 
 /// Phase one and the commit message: on success the new process holds every connection
 /// detached and has been told they are its own.
-fn prepare(
-    channel: &Channel,
-    hub: &Hub,
-    shards: usize,
-    embedded: bool,
-) -> Result<(usize, usize), String> {
-    let (settled, replies) = mpsc::channel();
-    hub.tell_shards(|_| Step::Settle(settled.clone()));
-    for _ in 0..shards {
-        replies
-            .recv_timeout(SETTLE + PATIENCE)
-            .map_err(|_| "a shard did not settle its requests".to_owned())?;
-    }
-    let mut state = hub.freeze(embedded);
-    let (detached, replies) = mpsc::channel();
-    hub.tell_shards(|_| Step::Detach(detached.clone()));
-    let mut outgoing = Vec::new();
-    for _ in 0..shards {
-        let part = replies
-            .recv_timeout(PATIENCE)
-            .map_err(|_| "a shard did not detach its connections".to_owned())?;
-        outgoing.extend(part);
-    }
+fn prepare(channel: &Channel, node: &impl Giver) -> Result<(usize, usize), String> {
+    node.settle()?;
+    let mut state = node.freeze();
+    let outgoing = node.detach()?;
     let streams = outgoing
         .iter()
         .filter(|o| matches!(o.record.kind, wire::Kind::Stream(_)))
