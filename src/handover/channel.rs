@@ -29,8 +29,8 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// A connected pair: (ours, theirs). Both are close-on-exec; [`Channel::inheritable`]
-    /// gives the child its copy.
+    /// A connected pair: (ours, theirs). Both are close-on-exec: the child gets a `dup` of
+    /// its end (see `upgrade.rs`).
     pub fn pair() -> io::Result<(Channel, Channel)> {
         let mut fds = [0; 2];
         // SAFETY: fds has room for the two descriptors socketpair writes.

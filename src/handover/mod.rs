@@ -7,7 +7,7 @@
 //! 1. **Prepare.** The new process says [`Hello`] with the versions it speaks. The old one
 //!    stops accepting (connections wait in the listeners' backlog, none is refused), lets
 //!    requests in progress finish ([`Step::Settle`]), stops recording events
-//!    ([`Hub::freeze`]: every event before that is in the shards' inboxes, every one after
+//!    ([`crate::hub::Hub::freeze`]: every event before that is in the shards' inboxes, every one after
 //!    is the successor's), and has each shard detach what can be handed over
 //!    ([`Step::Detach`]): plain streams and connections between requests, deregistered from
 //!    its epoll, flushed once, and described: topics, where the stream stands, its losses,
