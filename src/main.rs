@@ -207,17 +207,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// A subcommand's arguments, parsed with its name as typed (so that usage lines read
+/// `sse-edge token`); `--help` and errors are answered here, as the `Err` exit code.
+fn subcommand<T>(
+    name: &str,
+    parse: fn(Vec<std::ffi::OsString>) -> Result<T, clap::Error>,
+) -> Result<T, ExitCode> {
+    let args = std::iter::once(name.into())
+        .chain(std::env::args_os().skip(2))
+        .collect();
+    parse(args).map_err(|e| {
+        if e.use_stderr() {
+            fail(&sse_edge::config::one_line(&e.render().to_string()))
+        } else {
+            print_out(&e.render().to_string());
+            ExitCode::SUCCESS
+        }
+    })
+}
+
 /// `sse-edge token ...`: prints a signed token.
 fn token() -> ExitCode {
-    // Named as typed, so that usage lines read `sse-edge token`.
-    let args = std::iter::once("sse-edge token".into()).chain(std::env::args_os().skip(2));
-    let args = match MintArgs::parse_args(args) {
+    let args = match subcommand("sse-edge token", MintArgs::parse_args) {
         Ok(args) => args,
-        Err(e) if !e.use_stderr() => {
-            print_out(&e.render().to_string());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return fail(&sse_edge::config::one_line(&e.render().to_string())),
+        Err(code) => return code,
     };
     match mint(&args, unix_now()) {
         Ok(token) => {
@@ -230,14 +243,9 @@ fn token() -> ExitCode {
 
 /// `sse-edge upgrade --pid PID`: upgrades a running node and waits to see it done.
 fn upgrade() -> ExitCode {
-    let args = std::iter::once("sse-edge upgrade".into()).chain(std::env::args_os().skip(2));
-    let args = match UpgradeArgs::parse_args(args) {
+    let args = match subcommand("sse-edge upgrade", UpgradeArgs::parse_args) {
         Ok(args) => args,
-        Err(e) if !e.use_stderr() => {
-            print_out(&e.render().to_string());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return fail(&sse_edge::config::one_line(&e.render().to_string())),
+        Err(code) => return code,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);
     match sse_edge::upgrade::request(args.pid, timeout) {

@@ -25,6 +25,14 @@ fn binary_copy(name: &str) -> PathBuf {
     exe
 }
 
+/// Deploys `script` at `exe` instead of the server (a running file cannot be written over,
+/// so the old one is removed first, as a deploy would).
+fn deploy_script(exe: &std::path::Path, script: &str) {
+    std::fs::remove_file(exe).unwrap();
+    std::fs::write(exe, script).unwrap();
+    std::fs::set_permissions(exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// One `GET /healthz` on a new connection: answered 200?
 fn probe(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
@@ -72,6 +80,14 @@ fn publisher(addr: SocketAddr, count: u32, per_second: u64) -> JoinHandle<Vec<u6
             })
             .collect()
     })
+}
+
+/// The old process did not exit after a failed upgrade.
+fn assert_goes_on(old: &mut Server) {
+    assert!(
+        old.wait_exit(Duration::from_millis(300)).is_none(),
+        "the old process must go on"
+    );
 }
 
 fn alive(pid: u32) -> bool {
@@ -164,10 +180,7 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     let exe = binary_copy("fail");
     let mut old = Server::start_exe(&exe, &[]);
     let mut streams: Vec<SseClient> = (0..5).map(|_| old.stream("/stream")).collect();
-    // Deploy a broken binary at the same path (a running file cannot be written over).
-    std::fs::remove_file(&exe).unwrap();
-    std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    deploy_script(&exe, "#!/bin/sh\nexit 3\n");
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade failed, this process keeps serving");
     assert!(log.contains("exited before serving"), "{log}");
@@ -176,10 +189,7 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     for stream in &mut streams {
         assert_eq!(stream.next_event().data, "still here");
     }
-    assert!(
-        old.wait_exit(Duration::from_millis(300)).is_none(),
-        "the old process must go on"
-    );
+    assert_goes_on(&mut old);
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 
@@ -209,10 +219,7 @@ fn a_new_process_that_dies_holding_the_streams_leaves_them_all_with_the_old_one(
     let mut late = old.stream("/stream");
     assert_eq!(published_id(&conn.publish("", b"late")), 3);
     assert_eq!(late.next_event().data, "late");
-    assert!(
-        old.wait_exit(Duration::from_millis(300)).is_none(),
-        "the old process must go on"
-    );
+    assert_goes_on(&mut old);
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 
@@ -286,13 +293,10 @@ fn a_new_binary_without_the_hand_over_gets_the_listeners_and_the_streams_reconne
     let mut stream = old.stream("/stream");
     // What an older binary does (a rollback): serve on the inherited listeners and say
     // `ready` on the pipe, ignoring the hand-over socket. This stand-in only says it.
-    std::fs::remove_file(&exe).unwrap();
-    std::fs::write(
+    deploy_script(
         &exe,
         "#!/bin/sh\necho ready > /proc/self/fd/$SSE_EDGE_UPGRADE_READY\nexec sleep 30\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("the new process serves without taking connections");
     let pid = successor_pid(&log, "the new process serves without taking connections");
@@ -409,9 +413,7 @@ fn sse_edge_upgrade_pid_waits_for_the_hand_over_and_names_the_new_process() {
 fn sse_edge_upgrade_pid_says_so_when_the_node_keeps_running() {
     let exe = binary_copy("command-fail");
     let old = Server::start_exe(&exe, &[]);
-    std::fs::remove_file(&exe).unwrap();
-    std::fs::write(&exe, "#!/bin/sh\nexit 3\n").unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    deploy_script(&exe, "#!/bin/sh\nexit 3\n");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
         .args(["upgrade", "--pid", &old.pid().to_string(), "--timeout", "2"])
         .output()

@@ -359,7 +359,6 @@ impl Shard {
             .into_iter()
             .map(|name| self.topics.join(name, key))
             .collect();
-        let replaying = subscription.replay.is_some();
         let mut stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
         stream.loss = state.gap.map(|(from, to, dropped)| {
             let ago = Duration::from_millis(u64::from(state.losing_ms.unwrap_or(0)));
@@ -372,18 +371,7 @@ impl Shard {
             stream.expires = Some(exp);
             self.schedule_expiry(key, u64::from(exp.get()));
         }
-        if let Some(address) = admitted.address {
-            self.addresses.insert(key, address);
-        }
-        self.clients[key].phase = Phase::Stream(stream);
-        if let Some(reset) = subscription.reset {
-            self.counters.add(Stat::ResetNotices, 1);
-            self.queue(key, reset);
-        }
-        if replaying {
-            self.continue_replay(key);
-        }
-        self.counters.add(Stat::Streams, 1);
+        self.stream_begins(key, stream, admitted.address, subscription.reset);
         self.counters.add(Stat::StreamsAdopted, 1);
         Some(true)
     }

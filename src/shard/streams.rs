@@ -59,23 +59,38 @@ impl Shard {
             subs.push(self.topics.join(name, key));
         }
         let retry = self.jitter(self.config.retry_ms);
-        let replaying = subscription.replay.is_some();
         let mut stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
         if let StreamGrant::Until(exp) = grant {
             // Unix seconds fit u32 until 2106; a later exp is kept as the last one that fits.
             stream.expires = NonZeroU32::new(u32::try_from(exp).unwrap_or(u32::MAX));
             self.schedule_expiry(key, exp);
         }
-        if let Some(address) = admitted.address {
+        self.left_request_phase();
+        self.queue(key, head);
+        self.queue(key, sse::encode_preamble(retry));
+        self.stream_begins(key, stream, admitted.address, subscription.reset);
+        self.counters.add(Stat::StreamsOpened, 1);
+        debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
+    }
+
+    /// Makes `key` the stream `stream` (its head already queued), counted under `address`
+    /// for the per-address quota when that is on: its `reset` notice first when it has one,
+    /// then its replay, if it resumes.
+    pub(super) fn stream_begins(
+        &mut self,
+        key: usize,
+        stream: Stream,
+        address: Option<u64>,
+        reset: Option<Bytes>,
+    ) {
+        if let Some(address) = address {
             // Kept beside the stream, not in it: a stream pays for the per-address quota
             // only when the quota is on.
             self.addresses.insert(key, address);
         }
+        let replaying = stream.replay.is_some();
         self.clients[key].phase = Phase::Stream(stream);
-        self.left_request_phase();
-        self.queue(key, head);
-        self.queue(key, sse::encode_preamble(retry));
-        if let Some(reset) = subscription.reset {
+        if let Some(reset) = reset {
             self.counters.add(Stat::ResetNotices, 1);
             self.queue(key, reset);
         }
@@ -83,8 +98,6 @@ impl Shard {
             self.continue_replay(key);
         }
         self.counters.add(Stat::Streams, 1);
-        self.counters.add(Stat::StreamsOpened, 1);
-        debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
     }
 
     /// Asks the broker for the next part of `key`'s replay: as much as fits the room left in
