@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use util::{published_id, HttpConn, Server, SseClient, PATIENCE};
+use util::{published_id, HttpConn, Server, SseClient, Successor, PATIENCE};
 
 /// A copy of the server binary in a directory of its own, so the test can replace it.
 fn binary_copy(name: &str) -> PathBuf {
@@ -95,16 +95,6 @@ fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
-/// The `pid=` the old process logged for its successor.
-fn successor_pid(log: &str, line: &str) -> u32 {
-    log.lines()
-        .find(|l| l.contains(line))
-        .and_then(|l| l.split("pid=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}:\n{log}"))
-}
-
 #[test]
 fn a_thousand_streams_go_on_in_the_new_process_with_every_event_exactly_once() {
     util::raise_fd_limit();
@@ -120,7 +110,8 @@ fn a_thousand_streams_go_on_in_the_new_process_with_every_event_exactly_once() {
     std::thread::sleep(Duration::from_millis(800));
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade: handed");
-    let new_pid = successor_pid(&log, "upgrade: handed");
+    let new = Successor::from_log(&log, "upgrade: handed");
+    let new_pid = new.0;
     assert_ne!(new_pid, old.pid());
     assert!(
         log.contains(&format!("handed {STREAMS} streams")),
@@ -161,8 +152,7 @@ fn a_thousand_streams_go_on_in_the_new_process_with_every_event_exactly_once() {
         Some(&(STREAMS as f64))
     );
     assert_eq!(metrics.get("sse_edge_clients"), Some(&(STREAMS as f64)));
-    // SAFETY: a pid this test's upgrade started.
-    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    drop(new);
     assert_eq!(failed, 0, "{failed} of {} probes failed", answered + failed);
     assert!(answered > 50, "only {answered} probes");
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
@@ -243,6 +233,7 @@ fn a_stream_mid_replay_and_a_half_read_stream_go_on_where_they_were() {
     std::thread::sleep(Duration::from_millis(300));
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
     assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
     assert!(log.contains("handed 1 streams"), "{log}");
     // It was handed over in the middle of its replay, with bytes still queued.
@@ -259,9 +250,6 @@ fn a_stream_mid_replay_and_a_half_read_stream_go_on_where_they_were() {
         .collect();
     let wanted: Vec<String> = (1..=101).map(|n| n.to_string()).collect();
     assert_eq!(ids, wanted, "no event torn, lost or repeated");
-    let pid = successor_pid(&log, "upgrade: handed");
-    // SAFETY: a pid this test's upgrade started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 
@@ -299,15 +287,13 @@ fn a_new_binary_without_the_hand_over_gets_the_listeners_and_the_streams_reconne
     );
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("the new process serves without taking connections");
-    let pid = successor_pid(&log, "the new process serves without taking connections");
+    let _new = Successor::from_log(&log, "the new process serves without taking connections");
     // The old process drains as on SIGTERM: the stream ends, and the browser comes back
     // after the jittered retry: it was given.
     let rest = stream.read_to_end_within_patience("the drain");
     assert!(rest.is_empty(), "{rest:?}");
     assert!(stream.retry.is_some());
     assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
-    // SAFETY: the stand-in this test's upgrade started.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 
@@ -353,6 +339,7 @@ fn in_a_cluster_the_upgraded_node_and_its_peer_deliver_every_event_once_in_order
     std::thread::sleep(Duration::from_millis(700));
     a.signal(libc::SIGUSR2);
     let log = a.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
     assert!(log.contains("handed 100 streams"), "{log}");
     assert_eq!(a.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
     let published = publishing.join().unwrap();
@@ -370,9 +357,6 @@ fn in_a_cluster_the_upgraded_node_and_its_peer_deliver_every_event_once_in_order
             if i % 2 == 0 { "a" } else { "b" }
         );
     }
-    let pid = successor_pid(&log, "upgrade: handed");
-    // SAFETY: a pid this test's upgrade started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 
@@ -398,14 +382,13 @@ fn sse_edge_upgrade_pid_waits_for_the_hand_over_and_names_the_new_process() {
         .next()
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    let _new = Successor(new_pid);
     assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
     let log = old.log();
-    assert_eq!(successor_pid(&log, "upgrade: handed"), new_pid, "{log}");
+    assert_eq!(Successor::pid_in(&log, "upgrade: handed"), new_pid, "{log}");
     let mut conn = HttpConn::open(old.addr);
     assert_eq!(published_id(&conn.publish("", b"on")), 1);
     assert_eq!(stream.next_event().data, "on");
-    // SAFETY: the pid this test's upgrade started.
-    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
 

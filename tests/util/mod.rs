@@ -198,6 +198,34 @@ impl Drop for Server {
     }
 }
 
+/// The process an upgrade started: killed when dropped, so a failing test leaves no server
+/// behind.
+pub struct Successor(pub u32);
+
+impl Successor {
+    /// The successor an old process named (`pid=`) on its log line containing `line`.
+    pub fn from_log(log: &str, line: &str) -> Successor {
+        Successor(Self::pid_in(log, line))
+    }
+
+    /// The pid an old process named (`pid=`) on its log line containing `line`.
+    pub fn pid_in(log: &str, line: &str) -> u32 {
+        log.lines()
+            .find(|l| l.contains(line))
+            .and_then(|l| l.split("pid=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line:?}:\n{log}"))
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        // SAFETY: a pid the test's upgrade started (and nothing else reaps it meanwhile).
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 /// The values of `name` per shard, in shard order, from `/metrics`.
 pub fn per_shard(server: &Server, name: &str) -> Vec<f64> {
     let r = server.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
