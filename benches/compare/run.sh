@@ -2,7 +2,8 @@
 # The loadtest series behind BENCHMARKS.md. Every run starts a fresh server, measures it with
 # loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
 #
-#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth tls (default: all)
+#   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth tls upgrade
+#                                                 (default: all)
 #
 # edge      sse-edge at 1k/10k/19k streams, stamped publishes at 10/s for 15 s, 3 runs each
 # compare   sse-edge, the floor (benches/floor.rs) and the Go demo at 1k/10k/19k streams,
@@ -14,10 +15,17 @@
 # tls       sse-edge at 10k streams plain and over TLS (P-256 certificate), 10/s for 15 s, 3 runs
 #           each; then 5k TLS streams at 10/s while a storm of 4k new TLS connections (RSA-2048)
 #           arrives, with the handshake budget (--tls-handshakes-per-turn 32) and without it
+# upgrade   sse-edge at 1k/10k/19k streams, stamped publishes for 20 s (100/s at 1k, 10/s above);
+#           8 s into the publishing, SIGUSR2 hands every stream to a new process (the same
+#           binary, started from a copy in a temp dir so that argv[0] names it), 3 runs each,
+#           each next to a run without the upgrade (`still-N-R`). OUT/upgrade-N-R.upgrade holds
+#           what the logs say (paused_ms, took_ms, streams handed and taken), the old process's
+#           exit status and whether the new one served until it was stopped. The loadtest
+#           measures the old pid: its CPU and final RSS are left out once it exits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
-series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k auth tls)
+series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k auth tls upgrade)
 mkdir -p "$out"
 cargo build --release --workspace --bins --examples -q
 edge=target/release/sse-edge; floor=target/release/examples/floor; lt=target/release/loadtest
@@ -29,6 +37,14 @@ start() { # start NAME CMD... → sets pid; waits until the port answers
   echo "server $1 did not start" >&2; exit 1
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; port=$((port + 1)); }
+running() { [ -e /proc/$1 ] && ! grep -q ') Z ' /proc/$1/stat 2>/dev/null; }  # a zombie has exited
+gone_within() { # gone_within PID SECS → 0 once PID has exited, 1 if it still runs after SECS
+  for _ in $(seq $(($2 * 10))); do running "$1" || return 0; sleep 0.1; done; return 1
+}
+field() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$2"; }  # field NAME LINE → a tracing field's number
+metric() { # metric NAME → its value summed over shards (empty when the node does not answer)
+  curl -s -m 2 http://127.0.0.1:$port/metrics | awk -v m="$1" '$1 ~ "^"m"({|$)" {s += $2; f = 1} END {if (f) print s}'
+}
 
 for s in "${series[@]}"; do case $s in
 edge)
@@ -120,6 +136,43 @@ hold50k)
   $lt --url http://127.0.0.1:$port/stream --connections 50000 --duration 10 \
       --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/hold50k.json" > "$out/hold50k.txt" || true
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; port=$((port + 1)) ;;
+upgrade)
+  bindir=$(mktemp -d)
+  cp $edge "$bindir/sse-edge"  # SIGUSR2 starts whatever is at the path the node was started from
+  for n in 1000 10000 19000; do for r in 1 2 3; do for mode in upgrade still; do
+    rate=$((n == 1000 ? 100 : 10))  # ~100k-190k deliveries/s: what one shard keeps up with here
+    name="$mode-$n-$r"; log=$out/$name.server.log
+    start "$name" "$bindir/sse-edge" --listen 0.0.0.0:$port --tick 0 --log info
+    old=$pid
+    timeout -s INT 150 $lt --url http://127.0.0.1:$port/stream --connections $n \
+        --publish-url http://127.0.0.1:$port/broadcast --rate $rate --duration 20 --server-pid $old \
+        --no-progress --json "$out/$name.json" > "$out/$name.txt" &
+    load=$!
+    if [ $mode = still ]; then wait $load || true; stop; continue; fi
+    for _ in $(seq 600); do [ "$(metric sse_edge_events_encoded_total)" -gt 0 ] 2>/dev/null && break; sleep 0.1; done
+    sleep 8
+    kill -USR2 $old
+    old_exit=timeout
+    if gone_within $old 30; then old_exit=0; wait $old || old_exit=$?; else kill $old; fi
+    wait $load || true
+    line=$(grep 'upgrade: handed' "$log" || true)
+    new=$(field pid "$line")
+    took=$(grep 'upgrade: took over' "$log" || true)
+    serving=no; adopted=; new_exit=none
+    if [ -n "$new" ] && running "$new"; then
+      serving=yes; adopted=$(metric sse_edge_streams_adopted_total)
+      kill "$new"; new_exit=timeout; gone_within "$new" 15 && new_exit=exited
+    fi
+    { echo "old_pid=$old"; echo "old_exit=$old_exit"; echo "new_pid=${new:-none}"
+      echo "handed=$(field streams "$line")"; echo "paused_ms=$(field paused_ms "$line")"
+      echo "taken=$(field streams "$took")"; echo "took_ms=$(field took_ms "$took")"
+      echo "shard_streams=$(grep 'took over connections from the previous process' "$log" |
+        while read -r l; do field streams "$l"; done | awk '{s += $1} END {print s + 0}')"
+      echo "new_serving_at_end=$serving"; echo "new_adopted=$adopted"; echo "new_after_sigterm=$new_exit"
+    } > "$out/$name.upgrade"
+    port=$((port + 1))
+  done; done; done
+  rm -rf "$bindir" ;;
 *) echo "unknown series $s" >&2; exit 2 ;;
 esac; done
 echo "results in $out; summarize with: python3 benches/compare/summarize.py $out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints BENCHMARKS.md's tables from a benches/compare/run.sh results folder: the median of
 the three runs of each configuration (runs are numbered -1, -2, -3)."""
-import glob, json, os, statistics, sys
+import datetime, glob, json, os, re, statistics, sys
 
 out = sys.argv[1] if len(sys.argv) > 1 else "target/bench-runs"
 
@@ -74,3 +74,56 @@ if os.path.exists(hold):
     print(f"\n## 50k idle streams over 3 processes: {h['connections_established']:,} established, "
           f"{h['connect_errors']} errors, {h.get('server_bytes_per_conn', 0):.0f} B/stream, "
           f"{h['connect_secs']:.1f} s to connect")
+
+def upgrade_facts(n):
+    """The `key=value` files run.sh writes from the server logs of each upgrade run."""
+    facts = []
+    for f in sorted(glob.glob(os.path.join(out, f"upgrade-{n}-[0-9].upgrade"))):
+        with open(f) as fh:
+            facts.append(dict(line.rstrip("\n").split("=", 1) for line in fh if "=" in line))
+    return facts
+
+def resumed_ms(n, r):
+    """From the start of the hand-over (the old process's `handed` line minus its paused_ms) to
+    the new process's last shard taking its streams: a bound on the delivery gap the logs show."""
+    stamp = lambda line: datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        with open(os.path.join(out, f"upgrade-{n}-{r}.server.log")) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    handed = [l for l in lines if "upgrade: handed" in l]
+    shards = [l for l in lines if "took over connections from the previous process" in l]
+    if not handed or not shards:
+        return None
+    paused = int(re.search(r" paused_ms=(\d+)", handed[0]).group(1))
+    start = stamp(handed[0]) - datetime.timedelta(milliseconds=paused)
+    return (max(stamp(l) for l in shards) - start).total_seconds() * 1000
+
+def num(facts, key):
+    vals = [int(f[key]) for f in facts if f.get(key, "").isdigit()]
+    return statistics.median(vals) if vals else None
+
+if glob.glob(os.path.join(out, "upgrade-*.upgrade")):
+    print("\n## Upgrading without disconnects: SIGUSR2 8 s into 20 s of publishing "
+          "(median of 3; lost, duplicate, disconnects and POSTs refused: totals of the 3)\n")
+    print("| streams | publishes | paused_ms (old) | took_ms (new) | until the new shards had them "
+          "| latency p99 / p99.9 / max | without upgrade | lost | duplicate | disconnects | POSTs refused "
+          "| old exited 0 | new served to the end |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    tail = lambda rs: " / ".join(ms(med(rs, lambda r: r["latency_us"][p])) for p in ("p99", "p999", "max"))
+    for n in (1000, 10000, 19000):
+        rs, still, facts = runs(f"upgrade-{n}"), runs(f"still-{n}"), upgrade_facts(n)
+        if not rs:
+            continue
+        rate = med(rs, lambda r: r["messages_published"] / r["publish_secs"] if r["publish_secs"] else None)
+        resumed = [v for v in (resumed_ms(n, r) for r in (1, 2, 3)) if v is not None]
+        resumed = statistics.median(resumed) if resumed else None
+        posts = sum(sum(r["publish_errors"].values()) for r in rs)
+        exits = sum(f.get("old_exit") == "0" for f in facts)
+        served = sum(f.get("new_serving_at_end") == "yes" and f.get("new_adopted") == str(n) for f in facts)
+        print(f"| {n:,} | {fmt(rate, '.0f')}/s | {fmt(num(facts, 'paused_ms'), '.0f')} ms | {fmt(num(facts, 'took_ms'), '.0f')} ms "
+              f"| {fmt(resumed, '.0f')} ms | {tail(rs)} | {tail(still) if still else '–'} "
+              f"| {sum(r['deliveries_lost'] for r in rs)} | {sum(r['duplicates'] for r in rs)} "
+              f"| {sum(r['disconnects'] + r['connect_errors'] for r in rs)} | {posts} "
+              f"| {exits}/{len(facts)} | {served}/{len(facts)} |")

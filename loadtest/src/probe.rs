@@ -30,6 +30,18 @@ pub fn sample(pids: &[u32]) -> io::Result<Sample> {
     Ok(total)
 }
 
+/// Like [`sample`], for readings taken once the run is under way: `None` when a measured
+/// process has exited since (an upgraded server hands its streams to a new pid and the old
+/// one exits), so the run goes on and its server figures are left out; other errors as
+/// [`sample`].
+pub fn sample_if_running(pids: &[u32]) -> io::Result<Option<Sample>> {
+    match sample(pids) {
+        Ok(sample) => Ok(Some(sample)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Parses a `/proc/PID/stat` line: utime and stime are fields 14 and 15, rss (pages) 24.
 pub fn parse_stat(stat: &str, page: u64, ticks_per_sec: u64) -> Option<Sample> {
     // The command name (field 2) may hold spaces and parentheses; fields resume after the
@@ -94,5 +106,16 @@ mod tests {
         assert!(open_files_limit(me).unwrap() > 0);
         assert!(mem_total_bytes().unwrap() > 0);
         assert!(sample(&[u32::MAX]).is_err());
+    }
+
+    #[test]
+    fn a_process_that_exited_reads_as_none() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap(); // reaped: its /proc entry is gone
+        let me = std::process::id();
+        assert!(sample_if_running(&[me]).unwrap().is_some());
+        assert_eq!(sample_if_running(&[me, pid]).unwrap(), None);
+        assert!(sample(&[pid]).is_err());
     }
 }

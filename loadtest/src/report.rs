@@ -124,6 +124,10 @@ pub struct Summary {
     /// That CPU time per delivery received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// A `--server-pid` process exited during the run (an upgrade hands over to a new pid):
+    /// the CPU figures and the final RSS are left out.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub server_exited: bool,
     /// The subscriber count the server reported in its last publish answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_reported_clients: Option<u64>,
@@ -243,8 +247,15 @@ impl Summary {
                 ),
             );
         }
-        if let Some(rss) = self.server_rss_bytes {
-            let mut line = format!("rss {}", mib(rss));
+        if self.server_exited {
+            row(
+                &mut t,
+                "server",
+                "exited during the run: its CPU and final RSS are not reported".to_owned(),
+            );
+        }
+        if self.server_rss_bytes.is_some() || self.server_rss_connected_bytes.is_some() {
+            let mut line = format!("rss {}", self.server_rss_bytes.map_or("-".to_owned(), mib));
             if let (Some(before), Some(connected)) = (
                 self.server_rss_before_bytes,
                 self.server_rss_connected_bytes,
@@ -523,6 +534,27 @@ mod tests {
         assert!(table.contains("refused 1"));
         assert!(table.contains("FAIL: 1 streams failed to connect, 2 deliveries lost"));
         assert!(Summary::default().table().contains("PASS"));
+    }
+
+    #[test]
+    fn a_server_that_exited_keeps_its_memory_per_stream() {
+        let s = Summary {
+            server_rss_before_bytes: Some(1 << 20),
+            server_rss_connected_bytes: Some(2 << 20),
+            server_bytes_per_conn: Some(300.0),
+            server_exited: true,
+            ..Summary::default()
+        };
+        let table = s.table();
+        assert!(table.contains("exited during the run"), "{table}");
+        assert!(
+            table.contains("rss - (before 1.0 MiB, connected idle 2.0 MiB), 300 B/stream"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["server_exited"], true);
+        let bare = serde_json::to_value(Summary::default()).unwrap();
+        assert!(bare.get("server_exited").is_none());
     }
 
     #[test]

@@ -189,7 +189,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
         },
     );
     let delivery_end = now_us();
-    let cpu_end = sample(&args.server_pid)?;
+    let cpu_end = sample_if_running(&args.server_pid)?;
     if board.counters().slow_established > 0 && !interrupted() {
         workers.commander.send(&Command::Drain);
         pump(
@@ -205,7 +205,7 @@ fn run_inner(args: &Args) -> Result<ExitCode, String> {
             },
         );
     }
-    let after = sample(&args.server_pid)?;
+    let after = sample_if_running(&args.server_pid)?;
 
     // Collect.
     workers.commander.send(&Command::Stop { published });
@@ -312,6 +312,15 @@ fn sample(pids: &[u32]) -> Result<Option<Sample>, String> {
         return Ok(None);
     }
     probe::sample(pids).map(Some).map_err(|e| e.to_string())
+}
+
+/// A reading once publishing has begun: `None` when a server process has exited since, so
+/// the report leaves out figures it cannot stand behind rather than the run ending.
+fn sample_if_running(pids: &[u32]) -> Result<Option<Sample>, String> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    probe::sample_if_running(pids).map_err(|e| e.to_string())
 }
 
 /// Divides the streams evenly over `procs` workers.
@@ -603,6 +612,8 @@ fn summarize(
         server_bytes_per_conn: bytes_per_conn,
         server_cpu_seconds: cpu_ns.map(|ns| ns as f64 / 1e9),
         server_cpu_ns_per_delivery: cpu_ns_per_delivery,
+        server_exited: !args.server_pid.is_empty()
+            && (server.cpu_end.is_none() || server.after.is_none()),
         server_reported_clients: outcome.and_then(|o| o.server_clients),
         sizing,
         procs,
