@@ -351,11 +351,9 @@ impl Shard {
         self.accept_paused_until = None;
         let timeout = Duration::from_secs(self.config.drain_timeout);
         self.drain_deadline = Some(self.now + timeout);
-        info!(
-            shard = self.id,
-            clients = self.clients.len(),
-            "draining for up to {timeout:?}"
-        );
+        // Connections just handed to a successor are not this process's to drain.
+        let clients = self.clients.iter().filter(|(_, c)| !c.handed).count();
+        info!(shard = self.id, clients, "draining for up to {timeout:?}");
     }
 
     /// Closes every connection that has nothing left to send, or all of them once the drain
