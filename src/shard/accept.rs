@@ -6,7 +6,9 @@ use super::*;
 impl Shard {
     /// Accepts until `WouldBlock`, unless paused after running out of descriptors.
     pub(super) fn accept_all(&mut self) {
-        if self.accept_paused_until.is_some() {
+        // Handing over, the listeners are the successor's to accept on (or ours again if
+        // the hand-over is called off).
+        if self.accept_paused_until.is_some() || self.handing.is_some() {
             return;
         }
         loop {
