@@ -15,6 +15,7 @@ use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
 use sse_edge::stream::Stream;
+use sse_edge::topics::Subs;
 
 #[path = "../tests/util/counting_alloc.rs"]
 mod counting_alloc;
@@ -61,7 +62,7 @@ fn bench(c: &mut Criterion) {
     for n in [1_000usize, 10_000, 100_000] {
         let mut subs: Vec<Subscriber> = (0..n)
             .map(|_| Subscriber {
-                stream: Stream::new(Box::new([(0, 0)]), None),
+                stream: Stream::new(Subs::One((0, 0)), None),
                 outbox: Outbox::default(),
             })
             .collect();

@@ -273,3 +273,27 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// Every byte of a stream's slab entry, accounted for (BENCHMARKS.md, "Where an idle
+    /// stream's bytes go"). Growing any of these is a decision, not an accident.
+    #[test]
+    fn a_stream_fits_its_budget() {
+        // The outbox: the inline front frame (32, a `Bytes`) and the queue behind it (8, null
+        // unless frames wait behind the front).
+        assert_eq!(size_of::<Outbox>(), 40);
+        // A stream (see stream.rs): 32. The phase enum keeps its tag in the stream's spare
+        // bits, so it costs nothing more.
+        assert_eq!(size_of::<Stream>(), 32);
+        assert_eq!(size_of::<Phase>(), 32);
+        // The client: socket (4: a descriptor) + serial (4) + six flags (6, padded to 8) +
+        // the TLS session pointer (8, null for plain TCP) + outbox (40) + phase (32) = 96.
+        // Debug builds of mio keep a selector id beside the descriptor (12 bytes more).
+        let debug_extra = (size_of::<TcpStream>() - 4).next_multiple_of(8);
+        assert_eq!(size_of::<Client>(), 96 + debug_extra);
+    }
+}

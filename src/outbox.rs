@@ -4,6 +4,14 @@
 //! queue holds those clones in order; a partly written front frame is advanced in place
 //! (`Bytes::advance` moves a pointer), so there is no separate offset to keep in sync.
 //! Writing gathers up to [`MAX_IOV`] frames into one `writev`. Pure: tested without sockets.
+//!
+//! # What an idle stream keeps
+//!
+//! Nothing on the heap. The front frame lives inline: a stream that keeps up has at most one
+//! frame queued at a time (an event, written in the same turn), so it never needs more.
+//! Frames behind the front go into a queue allocated the first time two wait at once and
+//! kept while the stream is busy (so a burst allocates once, not per frame); the keep-alive
+//! sweep releases it once the stream is idle and its queue empty ([`Outbox::release_idle`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -17,10 +25,19 @@ pub const MAX_IOV: usize = 64;
 /// Bytes waiting to be written to one socket.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// Frames in send order; the front may be partly written already.
+    /// The next frame to write, perhaps partly written already. None means nothing is queued
+    /// (then `rest` is empty too).
+    front: Option<Bytes>,
+    /// Frames behind the front: boxed, so a client carries 8 bytes for a queue most streams
+    /// never need (one allocation per burst).
+    rest: Option<Box<Rest>>,
+}
+
+/// The frames behind the front, and their bytes.
+#[derive(Debug, Default)]
+struct Rest {
     frames: VecDeque<Bytes>,
-    /// Sum of the remaining lengths of `frames`.
-    queued: usize,
+    bytes: usize,
 }
 
 /// What happened to a frame offered to a bounded queue.
@@ -67,7 +84,7 @@ impl Outbox {
 
     /// Whether `len` more bytes may be queued under `limit` (always, into an empty queue).
     pub fn fits(&self, len: usize, limit: usize) -> bool {
-        self.frames.is_empty() || self.queued + len <= limit
+        self.is_empty() || self.queued_bytes().saturating_add(len) <= limit
     }
 
     /// Queues `frame` whatever its size (HTTP responses and stream heads, which must not be lost).
@@ -75,18 +92,56 @@ impl Outbox {
         if frame.is_empty() {
             return;
         }
-        self.queued += frame.len();
-        self.frames.push_back(frame);
+        if self.front.is_none() {
+            self.front = Some(frame);
+        } else {
+            let rest = self.rest.get_or_insert_default();
+            rest.bytes += frame.len();
+            rest.frames.push_back(frame);
+        }
+    }
+
+    /// Frees the storage behind the front frame when nothing waits there: the stream went
+    /// idle. Its next burst allocates it again.
+    pub fn release_idle(&mut self) {
+        if self
+            .rest
+            .as_ref()
+            .is_some_and(|rest| rest.frames.is_empty())
+        {
+            self.rest = None;
+        }
+    }
+
+    /// How many frames are queued.
+    pub fn len(&self) -> usize {
+        usize::from(self.front.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.frames.len())
+    }
+
+    /// Every queued frame, front first.
+    fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.front
+            .iter()
+            .chain(self.rest.iter().flat_map(|rest| rest.frames.iter()))
+    }
+
+    /// Drops the front frame (written whole); the next one moves up.
+    fn pop_front(&mut self) {
+        self.front = self.rest.as_mut().and_then(|rest| {
+            let next = rest.frames.pop_front()?;
+            rest.bytes -= next.len();
+            Some(next)
+        });
     }
 
     /// Bytes still to write.
     pub fn queued_bytes(&self) -> usize {
-        self.queued
+        self.front.as_ref().map_or(0, Bytes::len) + self.rest.as_ref().map_or(0, |r| r.bytes)
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.front.is_none()
     }
 
     /// Writes queued frames with vectored writes until the queue is empty or `out` would block.
@@ -95,15 +150,15 @@ impl Outbox {
     /// error is returned and the caller closes the client.
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(Flush, Written)> {
         let mut total = Written::default();
-        while let Some(front) = self.frames.front() {
+        while let Some(front) = &self.front {
             // One frame queued is the common case (a healthy stream, one event per turn):
             // a plain write(2) skips the kernel's iovec import that writev(2) pays.
-            let result = if self.frames.len() == 1 {
+            let result = if self.rest.as_ref().is_none_or(|rest| rest.frames.is_empty()) {
                 out.write(front)
             } else {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let mut n = 0;
-                for (slot, frame) in iov.iter_mut().zip(self.frames.iter()) {
+                for (slot, frame) in iov.iter_mut().zip(self.frames()) {
                     *slot = IoSlice::new(frame);
                     n += 1;
                 }
@@ -129,7 +184,7 @@ impl Outbox {
     /// (for TLS, which encrypts a record's worth of several frames at once); returns how many.
     pub fn copy_front(&self, buf: &mut [u8]) -> usize {
         let mut filled = 0;
-        for frame in &self.frames {
+        for frame in self.frames() {
             let Some(room) = buf.get_mut(filled..).filter(|r| !r.is_empty()) else {
                 break;
             };
@@ -145,11 +200,11 @@ impl Outbox {
     /// Everything queued, in order, as one buffer (without removing it): what a hand-over
     /// carries to the next process. One frame is shared, not copied.
     pub fn to_bytes(&self) -> Bytes {
-        if self.frames.len() <= 1 {
-            return self.frames.front().cloned().unwrap_or_default();
+        if self.len() <= 1 {
+            return self.front.clone().unwrap_or_default();
         }
-        let mut all = Vec::with_capacity(self.queued);
-        for frame in &self.frames {
+        let mut all = Vec::with_capacity(self.queued_bytes());
+        for frame in self.frames() {
             all.extend_from_slice(frame);
         }
         Bytes::from(all)
@@ -157,13 +212,12 @@ impl Outbox {
 
     /// Removes `written` bytes from the front of the queue; returns the frames completed.
     pub fn consume(&mut self, mut written: usize) -> usize {
-        self.queued -= written;
         let mut completed = 0;
         while written > 0 {
-            let front = self.frames.front_mut().expect("wrote more than was queued");
+            let front = self.front.as_mut().expect("wrote more than was queued");
             if written >= front.len() {
                 written -= front.len();
-                self.frames.pop_front();
+                self.pop_front();
                 completed += 1;
             } else {
                 front.advance(written);
@@ -326,8 +380,40 @@ mod tests {
         let mut b = Outbox::default();
         a.push(shared.clone());
         b.push(shared.clone());
-        assert_eq!(a.frames[0].as_ptr(), b.frames[0].as_ptr());
-        assert_eq!(a.frames[0].as_ptr(), shared.as_ptr());
+        let (fa, fb) = (a.front.as_ref().unwrap(), b.front.as_ref().unwrap());
+        assert_eq!(fa.as_ptr(), fb.as_ptr());
+        assert_eq!(fa.as_ptr(), shared.as_ptr());
+    }
+
+    #[test]
+    fn a_stream_that_keeps_up_never_allocates_a_queue_and_an_idle_one_gives_it_back() {
+        let mut q = Outbox::default();
+        let mut sink = Vec::new();
+        for i in 0..5 {
+            q.push(frame(&format!("event {i}")));
+            assert!(q.rest.is_none(), "one frame at a time stays inline");
+            q.write_to(&mut sink).unwrap();
+        }
+        // A burst: the queue is allocated once and kept while busy.
+        q.push(frame("a"));
+        q.push(frame("b"));
+        q.push(frame("c"));
+        assert_eq!(q.len(), 3);
+        q.write_to(&mut sink).unwrap();
+        assert!(q.is_empty() && q.rest.is_some());
+        q.release_idle();
+        assert!(q.rest.is_none());
+        assert!(sink.ends_with(b"abc"));
+    }
+
+    #[test]
+    fn releasing_keeps_what_waits() {
+        let mut q = Outbox::default();
+        q.push(frame("a"));
+        q.push(frame("b"));
+        q.release_idle();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.to_bytes(), frame("ab"));
     }
 
     #[test]

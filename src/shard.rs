@@ -86,7 +86,7 @@ use crate::params::{self, DEFAULT_TOPIC};
 use crate::sse;
 use crate::stream::{Offer, Stream};
 use crate::tls::{self, Certificate};
-use crate::topics::Topics;
+use crate::topics::{Subs, Topics};
 
 mod accept;
 pub(crate) use api::pages;
@@ -117,8 +117,9 @@ const SCRATCH: usize = 16 * 1024;
 const EVENTS: usize = 1024;
 /// An expired stream's `retry:` is 1–2 times this: time for the page to refresh its cookie.
 const EXPIRED_RETRY_MS: u64 = 5_000;
-/// The resolution of token expiry times (kept as u32 counts of it: 13 years of uptime).
-const EXPIRY_TICK: Duration = Duration::from_millis(100);
+/// The resolution of the shard's timer heaps (deadlines and token expiries are kept as u32
+/// counts of it since the shard started: 13 years of uptime, in 4 bytes).
+const TICK: Duration = Duration::from_millis(100);
 /// Streams closed for token expiry per turn, at most; the rest go next turn, so a crowd of
 /// tokens minted in one second cannot hold up delivery to everyone else.
 const EXPIRIES_PER_TURN: usize = 512;
@@ -175,14 +176,16 @@ pub(crate) struct Shard {
     node: Arc<Node>,
     clients: Slab<Client>,
     topics: Topics,
-    /// Clients with output queued and not yet flushed this turn.
-    pending: Vec<usize>,
+    /// Clients with output queued and not yet flushed this turn (slab keys, 4 bytes each:
+    /// after a broadcast this list has held every stream).
+    pending: Vec<u32>,
     /// Clients to free at the end of the turn.
     closing: Vec<usize>,
-    /// Request and linger deadlines, earliest first; stale entries are skipped when due.
-    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Request and linger deadlines as (when, key), earliest first, "when" in [`TICK`]s
+    /// since `started` rounded up; stale entries are skipped when due. 8 bytes a connection.
+    deadlines: BinaryHeap<Reverse<(u32, u32)>>,
     /// When streams are closed because their token expires, as (when, key, serial),
-    /// earliest first, "when" in [`EXPIRY_TICK`]s since `started`: a 12-byte entry in this
+    /// earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry in this
     /// heap is all a token's expiry costs beyond the stream's own 4 bytes.
     expiries: BinaryHeap<Reverse<(u32, u32, u32)>>,
     /// When the shard started: the origin of `expiries`' times.
@@ -196,7 +199,7 @@ pub(crate) struct Shard {
     deferred_handshakes: Vec<(usize, u32)>,
     /// Connections in the request phase, oldest first, as (key, serial); entries of
     /// connections that left the phase are skipped when met and compacted in bulk.
-    requesting: VecDeque<(usize, u32)>,
+    requesting: VecDeque<(u32, u32)>,
     /// How many connections are in the request phase now (the live entries of `requesting`).
     requesting_now: usize,
     /// Serial of the last connection accepted (tells a reused slab key from its old owner).
@@ -398,10 +401,12 @@ impl Shard {
                 _ => None,
             },
             self.next_forget,
-            self.deadlines.peek().map(|Reverse((t, _))| *t),
+            self.deadlines
+                .peek()
+                .map(|&Reverse((ticks, _))| self.started + TICK * ticks),
             self.expiries
                 .peek()
-                .map(|&Reverse((ticks, _, _))| self.started + EXPIRY_TICK * ticks),
+                .map(|&Reverse((ticks, _, _))| self.started + TICK * ticks),
         ]
         .into_iter()
         .flatten()
@@ -473,7 +478,7 @@ impl Shard {
         let client = &mut self.clients[key];
         if !client.pending {
             client.pending = true;
-            self.pending.push(key);
+            self.pending.push(key as u32);
         }
     }
 
@@ -485,6 +490,7 @@ impl Shard {
         let mut resume = Vec::new();
         let mut replays = Vec::new();
         for key in pending.drain(..) {
+            let key = key as usize;
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
@@ -501,9 +507,11 @@ impl Shard {
                                 self.requesting_now = self.requesting_now.saturating_sub(1);
                             }
                             client.start_linger(deadline);
-                            self.deadlines.push(Reverse((deadline, key)));
                             // The peer may have closed already; its EOF edge may be spent.
-                            if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
+                            let gone =
+                                client.discard_input(&mut self.scratch) == ReadStatus::Closed;
+                            self.set_deadline(key, deadline);
+                            if gone {
                                 self.close(key);
                             }
                         }
@@ -527,7 +535,7 @@ impl Shard {
                 }
                 // A replay goes on once half the queue's room is free again, so it never
                 // holds more than --client-buffer and the socket always has the next part.
-                if stream.replay.as_ref().is_some_and(|r| !r.asked)
+                if stream.replay().is_some_and(|r| !r.asked)
                     && !client.closing
                     && client.outbox.queued_bytes() < self.config.client_buffer / 2
                 {
@@ -599,11 +607,17 @@ impl Shard {
     /// A stream is over (its connection closes, or it is told its token expired): it leaves
     /// its topics and gives back its place in the quotas.
     fn stream_ended(&mut self, key: usize, stream: Stream) {
-        let left: Vec<Arc<str>> = stream
-            .subs
-            .iter()
-            .filter_map(|&membership| self.topics.leave(membership))
-            .collect();
+        let mut left: Vec<Arc<str>> = Vec::new();
+        for membership in stream.subs.iter() {
+            let gone = self.topics.leave(membership, key);
+            left.extend(gone.name);
+            // The topic's last subscriber took the freed slot: tell it where it sits now.
+            if let Some((other, old, new)) = gone.moved {
+                if let Some(Phase::Stream(s)) = self.clients.get_mut(other).map(|c| &mut c.phase) {
+                    s.subs.relocate(old, new);
+                }
+            }
+        }
         self.hub.unsubscribe(left.iter().map(|n| &**n));
         self.node.quota.release(Admitted {
             address: self.addresses.remove(&key),

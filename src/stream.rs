@@ -19,23 +19,32 @@ use crate::event_id::EventId;
 use crate::history::Cursor;
 use crate::outbox::Outbox;
 use crate::sse;
+use crate::topics::Subs;
 
 /// A streaming connection's subscription, replay position and loss record.
 #[derive(Debug)]
 pub struct Stream {
     /// For each topic carried: the shard's topic index and this stream's slot in its
     /// subscriber list, so that leaving is O(1) per topic.
-    pub subs: Box<[(u32, u32)]>,
+    pub subs: Subs,
     /// Something was queued since the last keep-alive check.
     pub active: bool,
-    /// Set while the stream replays from the history: live frames are skipped (the replay
-    /// reaches them in the history, in order) until its last step arrives in the inbox.
-    pub replay: Option<Box<Replay>>,
-    /// Frames lost since the queue was last empty.
-    pub loss: Option<Box<Loss>>,
+    /// Its replay and its losses, when it has either: one box for both, since a stream that
+    /// is live and keeps up (nearly all of them) has neither.
+    behind: Option<Box<Behind>>,
     /// When its token expires (unix seconds), with `--subscribe-jwt`. Four bytes that fit in
     /// the struct's padding: a stream without a token pays nothing for it.
     pub expires: Option<NonZeroU32>,
+}
+
+/// What a stream that is not simply live and keeping up carries.
+#[derive(Debug, Default)]
+struct Behind {
+    /// Set while the stream replays from the history: live frames are skipped (the replay
+    /// reaches them in the history, in order) until its last step arrives in the inbox.
+    replay: Option<Replay>,
+    /// Frames lost since the queue was last empty.
+    loss: Option<Loss>,
 }
 
 /// Where a replaying stream stands.
@@ -82,18 +91,59 @@ pub enum Offer {
 
 impl Stream {
     /// A new stream, replaying from `replay` when given.
-    pub fn new(subs: Box<[(u32, u32)]>, replay: Option<Cursor>) -> Stream {
+    pub fn new(subs: Subs, replay: Option<Cursor>) -> Stream {
         Stream {
             subs,
             active: true,
-            replay: replay.map(|cursor| {
-                Box::new(Replay {
-                    cursor,
-                    asked: false,
+            behind: replay.map(|cursor| {
+                Box::new(Behind {
+                    replay: Some(Replay {
+                        cursor,
+                        asked: false,
+                    }),
+                    loss: None,
                 })
             }),
-            loss: None,
             expires: None,
+        }
+    }
+
+    /// Where its replay stands, while it replays.
+    pub fn replay(&self) -> Option<&Replay> {
+        self.behind.as_ref().and_then(|b| b.replay.as_ref())
+    }
+
+    /// Where its replay stands, to move it on.
+    pub fn replay_mut(&mut self) -> Option<&mut Replay> {
+        self.behind.as_mut().and_then(|b| b.replay.as_mut())
+    }
+
+    /// The replay is over: the stream is live from here.
+    pub fn end_replay(&mut self) {
+        if let Some(b) = &mut self.behind {
+            b.replay = None;
+        }
+        self.tidy();
+    }
+
+    /// What it lost and has not caught up from.
+    pub fn loss(&self) -> Option<&Loss> {
+        self.behind.as_ref().and_then(|b| b.loss.as_ref())
+    }
+
+    /// Takes over a loss record (from the node's previous process).
+    pub fn set_loss(&mut self, loss: Loss) {
+        self.behind.get_or_insert_default().loss = Some(loss);
+    }
+
+    /// Frees the box once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .behind
+            .as_ref()
+            .is_some_and(|b| b.replay.is_none() && b.loss.is_none())
+        {
+            self.behind = None;
         }
     }
 
@@ -112,23 +162,44 @@ impl Stream {
         now: Instant,
         slow_after: Duration,
     ) -> Offer {
-        if self.replay.is_some() {
+        let behind = match &mut self.behind {
+            Some(behind) => behind,
+            None => {
+                if outbox.fits(frame.len(), limit) {
+                    outbox.push(frame.clone());
+                    self.active = true;
+                    return Offer::Queued(frame.len());
+                }
+                self.set_loss(Loss {
+                    gap: Some(Gap {
+                        from: id,
+                        to: id,
+                        dropped: 1,
+                    }),
+                    since: now,
+                });
+                return Offer::Dropped;
+            }
+        };
+        if behind.replay.is_some() {
             return Offer::Skipped;
         }
-        let Some(loss) = &mut self.loss else {
+        let Some(loss) = &mut behind.loss else {
+            // Not replaying and not losing: the box is about to go (tidy); treat as live.
             if outbox.fits(frame.len(), limit) {
                 outbox.push(frame.clone());
                 self.active = true;
+                self.tidy();
                 return Offer::Queued(frame.len());
             }
-            self.loss = Some(Box::new(Loss {
+            behind.loss = Some(Loss {
                 gap: Some(Gap {
                     from: id,
                     to: id,
                     dropped: 1,
                 }),
                 since: now,
-            }));
+            });
             return Offer::Dropped;
         };
         if now.saturating_duration_since(loss.since) >= slow_after {
@@ -164,12 +235,14 @@ impl Stream {
     /// Records `count` events `from..=to` as lost without offering them (the shard was not
     /// sent them): the next frame that fits goes out behind a `gap` notice.
     pub fn lose(&mut self, from: EventId, to: EventId, count: u64, now: Instant) {
-        let loss = self.loss.get_or_insert_with(|| {
-            Box::new(Loss {
+        let loss = self
+            .behind
+            .get_or_insert_default()
+            .loss
+            .get_or_insert(Loss {
                 gap: None,
                 since: now,
-            })
-        });
+            });
         match &mut loss.gap {
             Some(gap) => {
                 gap.from = gap.from.min(from);
@@ -189,9 +262,13 @@ impl Stream {
     /// The queue just emptied: the stream has caught up. A loss already announced is
     /// forgotten; one still pending restarts its clock (the notice goes with the next frame).
     pub fn on_drained(&mut self, now: Instant) {
-        if let Some(loss) = &mut self.loss {
+        let Some(behind) = &mut self.behind else {
+            return;
+        };
+        if let Some(loss) = &mut behind.loss {
             if loss.gap.is_none() {
-                self.loss = None;
+                behind.loss = None;
+                self.tidy();
             } else {
                 loss.since = now;
             }
@@ -234,15 +311,37 @@ mod tests {
 
     #[test]
     fn a_token_expiry_costs_a_stream_no_bytes() {
-        // subs (16) + replay (8) + loss (8) + active (1) + expires (4) = 37, padded to 40:
-        // the expiry lives in what was padding.
-        assert_eq!(std::mem::size_of::<Stream>(), 40);
+        // subs (16: one topic inline) + behind (8: null when live and keeping up) + expires
+        // (4) + active (1) = 29, padded to 32: the expiry lives in what was padding.
+        assert_eq!(std::mem::size_of::<Stream>(), 32);
+    }
+
+    #[test]
+    fn replaying_and_losing_share_one_box_that_goes_when_both_are_over() {
+        let cursor = crate::history::History::new(1, 1 << 20)
+            .start_replay(&[], "0", EventId::ZERO, None, false)
+            .cursor;
+        let (mut s, mut q, now) = (
+            Stream::new(Subs::new(Vec::new()), Some(cursor)),
+            Outbox::default(),
+            Instant::now(),
+        );
+        s.lose(EventId::local(1), EventId::local(1), 1, now);
+        s.end_replay();
+        assert!(s.behind.is_some(), "the loss is still owed");
+        assert!(matches!(
+            offer(&mut s, &mut q, 2, 20, now),
+            Offer::Queued(_)
+        ));
+        drain(&mut q);
+        s.on_drained(now);
+        assert!(s.behind.is_none());
     }
 
     #[test]
     fn drops_become_one_gap_notice_before_the_next_frame_that_fits() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), None),
+            Stream::new(Subs::new(Vec::new()), None),
             Outbox::default(),
             Instant::now(),
         );
@@ -251,7 +350,7 @@ mod tests {
             assert_eq!(offer(&mut s, &mut q, id, 60, now), Offer::Dropped);
         }
         assert_eq!(
-            s.loss
+            s.loss()
                 .as_ref()
                 .and_then(|l| l.gap)
                 .map(|g| (g.from.seq(), g.to.seq(), g.dropped)),
@@ -266,15 +365,15 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(s.loss.as_ref().is_some_and(|l| l.gap.is_none()));
+        assert!(s.loss().is_some_and(|l| l.gap.is_none()));
         s.on_drained(now);
-        assert!(s.loss.is_none());
+        assert!(s.loss().is_none());
     }
 
     #[test]
     fn a_gap_notice_that_does_not_fit_with_its_frame_extends_the_gap() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), None),
+            Stream::new(Subs::new(Vec::new()), None),
             Outbox::default(),
             Instant::now(),
         );
@@ -283,7 +382,7 @@ mod tests {
         // 90 queued: a 9-byte frame would fit alone, but not behind a ~50-byte notice.
         assert_eq!(offer(&mut s, &mut q, 3, 9, now), Offer::Dropped);
         assert_eq!(
-            s.loss
+            s.loss()
                 .as_ref()
                 .and_then(|l| l.gap)
                 .map(|g| (g.from.seq(), g.to.seq())),
@@ -294,7 +393,7 @@ mod tests {
     #[test]
     fn losing_for_the_whole_timeout_is_too_slow() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), None),
+            Stream::new(Subs::new(Vec::new()), None),
             Outbox::default(),
             Instant::now(),
         );
@@ -308,7 +407,7 @@ mod tests {
     #[test]
     fn catching_up_resets_the_slow_clock() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), None),
+            Stream::new(Subs::new(Vec::new()), None),
             Outbox::default(),
             Instant::now(),
         );
@@ -322,7 +421,7 @@ mod tests {
         ));
         drain(&mut q);
         s.on_drained(t0 + SLOW / 2);
-        assert!(s.loss.is_none());
+        assert!(s.loss().is_none());
         offer(&mut s, &mut q, 4, 90, t0 + SLOW);
         offer(&mut s, &mut q, 5, 90, t0 + SLOW);
         // A new loss began at t0 + SLOW; it is not "too slow" until SLOW after that.
@@ -335,7 +434,7 @@ mod tests {
     #[test]
     fn a_trickling_reader_that_never_empties_its_queue_is_too_slow() {
         let (mut s, mut q, t0) = (
-            Stream::new(Box::new([]), None),
+            Stream::new(Subs::new(Vec::new()), None),
             Outbox::default(),
             Instant::now(),
         );
@@ -363,18 +462,18 @@ mod tests {
         let cursor = crate::history::History::new(1, 1 << 20)
             .start_replay(&[], "0", EventId::ZERO, None, false)
             .cursor;
-        let mut s = Stream::new(Box::new([]), Some(cursor));
+        let mut s = Stream::new(Subs::new(Vec::new()), Some(cursor));
         let mut q = Outbox::default();
         let now = Instant::now();
         assert_eq!(offer(&mut s, &mut q, 1, 20, now), Offer::Skipped);
-        s.replay = None;
+        s.end_replay();
         assert_eq!(offer(&mut s, &mut q, 2, 20, now), Offer::Queued(20));
     }
 
     #[test]
     fn events_the_shard_was_not_sent_are_announced_like_dropped_ones() {
         let (mut s, mut q, now) = (
-            Stream::new(Box::new([]), None),
+            Stream::new(Subs::new(Vec::new()), None),
             Outbox::default(),
             Instant::now(),
         );

@@ -115,19 +115,19 @@ impl Shard {
         let deadline = Instant::now() + self.config.header_timeout();
         self.serial = self.serial.wrapping_add(1);
         entry.insert(Client::new(socket, deadline, self.serial, tls));
-        self.deadlines.push(Reverse((deadline, key)));
+        self.set_deadline(key, deadline);
         self.counters.add(Stat::Connections, 1);
         if self.requesting_now >= self.config.max_request_connections {
             self.evict_a_request_connection();
         }
-        self.requesting.push_back((key, self.serial));
+        self.requesting.push_back((key as u32, self.serial));
         self.requesting_now += 1;
         // Drop entries of connections that moved on, once they outnumber the live ones.
         if self.requesting.len() > 2 * self.requesting_now + 64 {
             let requesting = std::mem::take(&mut self.requesting);
             self.requesting = requesting
                 .into_iter()
-                .filter(|&(key, serial)| self.is_requesting(key, serial))
+                .filter(|&(key, serial)| self.is_requesting(key as usize, serial))
                 .collect();
         }
         debug!(shard = self.id, %peer, key, "connection accepted");
@@ -147,6 +147,7 @@ impl Shard {
         let mut oldest = None;
         let mut victim = None;
         for &(key, serial) in &self.requesting {
+            let key = key as usize;
             if !self.is_requesting(key, serial) {
                 continue;
             }

@@ -53,7 +53,7 @@ impl Shard {
                     peak = peak.max(client.outbox.queued_bytes());
                     if !client.pending {
                         client.pending = true;
-                        pending.push(key);
+                        pending.push(key as u32);
                     }
                 }
                 Offer::Dropped => dropped += 1,

@@ -142,7 +142,7 @@ impl Shard {
                 }
             }
             if let Phase::Stream(stream) = &mut client.phase {
-                if let Some(replay) = stream.replay.as_deref_mut() {
+                if let Some(replay) = stream.replay_mut() {
                     // A step asked for is dropped when it comes; asked again if called off.
                     replay.asked = false;
                 }
@@ -236,7 +236,8 @@ impl Shard {
             let expires = match &mut client.phase {
                 Phase::Request(state) => {
                     state.deadline = self.now + header_timeout;
-                    self.deadlines.push(Reverse((state.deadline, key)));
+                    let deadline = state.deadline;
+                    self.set_deadline(key, deadline);
                     None
                 }
                 Phase::Stream(stream) => stream.expires,
@@ -324,8 +325,8 @@ impl Shard {
                 if let Phase::Request(state) = &mut self.clients[key].phase {
                     state.answered = answered;
                 }
-                self.deadlines.push(Reverse((deadline, key)));
-                self.requesting.push_back((key, self.serial));
+                self.set_deadline(key, deadline);
+                self.requesting.push_back((key as u32, self.serial));
                 self.requesting_now += 1;
                 return Some(false);
             }
@@ -347,26 +348,30 @@ impl Shard {
                 self.clients[key].phase = Phase::Linger {
                     deadline: self.now + LINGER,
                 };
-                self.deadlines.push(Reverse((self.now + LINGER, key)));
+                self.set_deadline(key, self.now + LINGER);
                 debug!(shard = self.id, key, ?refusal, "handed-over stream shed");
                 return Some(true);
             }
         };
         let cursor = Cursor::resume(state.after, state.announced);
-        let subscription = self.hub.resume(&state.topics, cursor, epoch);
+        let mut topics = state.topics;
+        // As a request's topics are: each once (a membership per topic and stream).
+        let mut seen = std::collections::HashSet::new();
+        topics.retain(|t| seen.insert(t.clone()));
+        let subscription = self.hub.resume(&topics, cursor, epoch);
         let subs: Vec<_> = subscription
             .names
             .into_iter()
             .map(|name| self.topics.join(name, key))
             .collect();
-        let mut stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
-        stream.loss = state.gap.map(|(from, to, dropped)| {
+        let mut stream = Stream::new(Subs::new(subs), subscription.replay);
+        if let Some((from, to, dropped)) = state.gap {
             let ago = Duration::from_millis(u64::from(state.losing_ms.unwrap_or(0)));
-            Box::new(Loss {
+            stream.set_loss(Loss {
                 gap: Some(Gap { from, to, dropped }),
                 since: self.now.checked_sub(ago).unwrap_or(self.now),
-            })
-        });
+            });
+        }
         if let Some(exp) = state.expires.and_then(NonZeroU32::new) {
             stream.expires = Some(exp);
             self.schedule_expiry(key, u64::from(exp.get()));
@@ -391,19 +396,18 @@ fn describe(stream: &Stream, topics: &Topics, last_id: EventId, now: Instant) ->
     let names = stream
         .subs
         .iter()
-        .filter_map(|&m| topics.name(m).map(|n| n.to_string()))
+        .filter_map(|m| topics.name(m).map(|n| n.to_string()))
         .collect();
-    let (after, announced, replaying) = match &stream.replay {
+    let (after, announced, replaying) = match stream.replay() {
         Some(replay) => (replay.cursor.after(), replay.cursor.announced(), true),
         // Live: it has been offered every event up to the hub's last id.
         None => (last_id, last_id, false),
     };
     let gap = stream
-        .loss
-        .as_ref()
+        .loss()
         .and_then(|l| l.gap)
         .map(|g| (g.from, g.to, g.dropped));
-    let losing_ms = stream.loss.as_ref().map(|l| {
+    let losing_ms = stream.loss().map(|l| {
         u32::try_from(now.saturating_duration_since(l.since).as_millis()).unwrap_or(u32::MAX)
     });
     StreamState {

@@ -59,15 +59,19 @@ impl Shard {
             subs.push(self.topics.join(name, key));
         }
         let retry = self.jitter(self.config.retry_ms);
-        let mut stream = Stream::new(subs.into_boxed_slice(), subscription.replay);
+        let mut stream = Stream::new(Subs::new(subs), subscription.replay);
         if let StreamGrant::Until(exp) = grant {
             // Unix seconds fit u32 until 2106; a later exp is kept as the last one that fits.
             stream.expires = NonZeroU32::new(u32::try_from(exp).unwrap_or(u32::MAX));
             self.schedule_expiry(key, exp);
         }
         self.left_request_phase();
-        self.queue(key, head);
-        self.queue(key, sse::encode_preamble(retry));
+        // One frame, not two: a stream that keeps up then never needs more than the
+        // outbox's inline slot (the copy is a few hundred bytes, once per stream).
+        self.queue(
+            key,
+            Bytes::from([&head[..], &sse::encode_preamble(retry)[..]].concat()),
+        );
         self.stream_begins(key, stream, admitted.address, subscription.reset);
         self.counters.add(Stat::StreamsOpened, 1);
         debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
@@ -88,7 +92,7 @@ impl Shard {
             // only when the quota is on.
             self.addresses.insert(key, address);
         }
-        let replaying = stream.replay.is_some();
+        let replaying = stream.replay().is_some();
         self.clients[key].phase = Phase::Stream(stream);
         if let Some(reset) = reset {
             self.counters.add(Stat::ResetNotices, 1);
@@ -112,16 +116,17 @@ impl Shard {
         let Phase::Stream(stream) = &mut client.phase else {
             return;
         };
-        let Some(replay) = stream.replay.as_deref_mut() else {
+        let Some(replay) = stream.replay_mut() else {
             return;
         };
         if std::mem::replace(&mut replay.asked, true) {
             return; // one step at a time
         }
+        let cursor = replay.cursor.clone();
         let names: Vec<Arc<str>> = stream
             .subs
             .iter()
-            .filter_map(|&membership| self.topics.name(membership).cloned())
+            .filter_map(|membership| self.topics.name(membership).cloned())
             .collect();
         let room = self
             .config
@@ -132,7 +137,6 @@ impl Shard {
             key,
             serial: client.serial,
         };
-        let cursor = replay.cursor.clone();
         self.broker
             .replay(&self.hub, self.id, ticket, &names, cursor, room);
     }
@@ -157,7 +161,7 @@ impl Shard {
         };
         let batch = match step {
             ReplayStep::More(batch) => {
-                if let Some(replay) = stream.replay.as_deref_mut() {
+                if let Some(replay) = stream.replay_mut() {
                     replay.cursor = cursor;
                     replay.asked = false;
                 }
@@ -165,11 +169,11 @@ impl Shard {
             }
             // Every event after this message in the inbox is the stream's, live.
             ReplayStep::Live(batch) => {
-                stream.replay = None;
+                stream.end_replay();
                 batch
             }
         };
-        let more = stream.replay.is_some();
+        let more = stream.replay().is_some();
         if let Some(reset) = batch.reset {
             self.counters.add(Stat::ResetNotices, 1);
             self.queue(ticket.key, reset);
@@ -215,7 +219,7 @@ impl Shard {
         let deadline = self.now + LINGER;
         let phase = std::mem::replace(&mut client.phase, Phase::Linger { deadline });
         client.close_after_flush = true;
-        self.deadlines.push(Reverse((deadline, key)));
+        self.set_deadline(key, deadline);
         if let Phase::Stream(stream) = phase {
             self.stream_ended(key, stream);
         }
@@ -242,12 +246,14 @@ impl Shard {
             if std::mem::replace(&mut stream.active, false) || client.closing || client.handed {
                 continue;
             }
+            // Idle since the last sweep: what a burst allocated behind the front goes back.
+            client.outbox.release_idle();
             if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {
                 sent += 1;
                 self.counters.add(Stat::QueuedBytes, frame.len() as u64);
                 if !client.pending {
                     client.pending = true;
-                    self.pending.push(key);
+                    self.pending.push(key as u32);
                 }
             }
         }

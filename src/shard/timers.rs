@@ -9,15 +9,21 @@ impl Shard {
             self.accept_paused_until = None;
             self.accept_all();
         }
+        let now_ticks = self.ticks_at(now);
         while let Some(&Reverse((due, key))) = self.deadlines.peek() {
-            if due > now {
+            if due > now_ticks {
                 break;
             }
             self.deadlines.pop();
-            self.expire(key, now);
+            self.expire(key as usize, now);
+        }
+        // After a crowd of connections has become streams (or gone), the heap of their old
+        // deadlines gives its memory back.
+        if self.deadlines.capacity() > 4096 && self.deadlines.len() < self.deadlines.capacity() / 8
+        {
+            self.deadlines.shrink_to(self.deadlines.len() * 2);
         }
         let mut budget = EXPIRIES_PER_TURN;
-        let now_ticks = self.expiry_ticks(now);
         while let Some(&Reverse((due, key, serial))) = self.expiries.peek() {
             if due > now_ticks || budget == 0 {
                 break; // what is left is due next turn: the poll timeout is then zero
@@ -72,7 +78,7 @@ impl Shard {
                 }
                 self.close(key);
             }
-            Some(deadline) => self.deadlines.push(Reverse((deadline, key))),
+            Some(deadline) => self.set_deadline(key, deadline),
             None => {}
         }
     }
@@ -86,7 +92,7 @@ impl Shard {
             .map_or(0, |d| d.as_millis() as u64);
         let serial = self.clients[key].serial;
         let salt = (key as u64) << 32 | u64::from(serial);
-        let due = self.expiry_ticks(self.now + close_delay(exp, now_ms, salt));
+        let due = self.ticks_at(self.now + close_delay(exp, now_ms, salt));
         match u32::try_from(key) {
             Ok(key32) => self.expiries.push(Reverse((due, key32, serial))),
             // Slab keys never get this far (the quota stops them long before).
@@ -96,12 +102,23 @@ impl Shard {
 }
 
 impl Shard {
-    /// `at` in [`EXPIRY_TICK`]s since the shard started, rounded down (so a stream is closed
-    /// early rather than late).
-    fn expiry_ticks(&self, at: Instant) -> u32 {
-        let ticks =
-            at.saturating_duration_since(self.started).as_millis() / EXPIRY_TICK.as_millis();
+    /// `at` in [`TICK`]s since the shard started, rounded down (so a stream is closed
+    /// early rather than late, and a due entry is one whose tick has begun).
+    fn ticks_at(&self, at: Instant) -> u32 {
+        let ticks = at.saturating_duration_since(self.started).as_millis() / TICK.as_millis();
         u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    /// Schedules a look at `key` at `at` (its request or linger deadline), rounded up to the
+    /// next tick, so it is never looked at before it is due.
+    pub(super) fn set_deadline(&mut self, key: usize, at: Instant) {
+        let ticks = at
+            .saturating_duration_since(self.started)
+            .as_millis()
+            .div_ceil(TICK.as_millis());
+        let ticks = u32::try_from(ticks).unwrap_or(u32::MAX);
+        // Slab keys stay far below u32::MAX: the quotas bound them.
+        self.deadlines.push(Reverse((ticks, key as u32)));
     }
 }
 
