@@ -10,8 +10,10 @@
 //! open-files limit is per process, so past ~19.8k streams more processes are the only way.
 //! Each worker is one mio event loop ([`client`]) holding its streams; its parsing is pure
 //! ([`response`] for the HTTP head and chunked bodies, [`sse`] for events, [`stamp`] for
-//! the message body, [`meter`] for turning events into latencies and losses). Workers send progress and a final report up a pipe ([`wire`]):
-//! counters plus a V2-serialized HdrHistogram, merged by adding ([`stats`]).
+//! the message body, [`meter`] for turning events into latencies and losses, with no I/O of
+//! its own). The parent's commands come down a pipe ([`inbox`]); workers send progress and a
+//! final report up another ([`wire`]): counters plus a V2-serialized HdrHistogram, merged by
+//! adding ([`stats`]).
 //!
 //! `https://` URLs ([`url`]) go through rustls ([`tls`]): each stream's session sits between
 //! its socket and the same parsing, driven non-blockingly by the worker's loop; the
@@ -34,6 +36,7 @@ pub mod args;
 pub mod client;
 pub mod clock;
 pub mod fdlimit;
+pub mod inbox;
 pub mod meter;
 pub mod plot;
 pub mod probe;

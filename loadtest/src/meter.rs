@@ -1,10 +1,10 @@
 //! From parsed items to deliveries: latency, loss by sequence gaps, slow readers apart.
 //!
-//! Pure apart from one thing: in closed-loop mode an event may need a send time the parent
-//! has written to the pipe but the loop has not read yet, so the meter reads the pipe itself
-//! ([`Meter::refresh`]).
-
-use std::io;
+//! Pure: the meter records what it is given and does no I/O. In closed-loop mode an event
+//! may need a send time the parent has written to the command pipe but the loop has not read
+//! yet; [`Meter::needs_commands`] says so, and the caller, who owns the pipe
+//! ([`Inbox`](crate::inbox::Inbox)), reads it and [`Meter::apply`]s each command before
+//! handing the event over.
 
 use crate::sse::Item;
 use crate::stamp;
@@ -42,55 +42,11 @@ pub struct Meter {
     measuring: bool,
     /// Closed-loop mode: scheduled send time of each message, by sequence number.
     sent: Vec<u64>,
-    /// The parent's commands.
-    inbox: Inbox,
-    /// Commands read but left for the loop (`Drain`, `Stop`).
-    pub deferred: Vec<Command>,
-}
-
-/// The parent's command pipe, read without blocking.
-struct Inbox {
-    fd: i32,
-    /// Bytes of a line not yet complete.
-    partial: Vec<u8>,
-    /// The parent closed the pipe (or it broke): it is gone.
-    closed: bool,
-}
-
-impl Inbox {
-    /// Reads every complete command line waiting in the pipe.
-    fn read(&mut self) -> Vec<Command> {
-        let mut buf = [0u8; 4096];
-        while !self.closed {
-            // SAFETY: reads into a buffer we own, at most its length.
-            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                self.partial.extend_from_slice(&buf[..n as usize]);
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                _ if n == 0 => self.closed = true,
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => break,
-                _ => self.closed = true,
-            }
-        }
-        let mut commands = Vec::new();
-        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            match serde_json::from_slice::<Command>(&line) {
-                Ok(command) => commands.push(command),
-                Err(e) => eprintln!("loadtest worker: bad command: {e}"),
-            }
-        }
-        commands
-    }
 }
 
 impl Meter {
-    /// A meter for `mode` whose parent writes commands to `fd` (a non-blocking pipe).
-    pub fn new(mode: Mode, counters: Counters, fd: i32) -> Meter {
+    /// A meter for `mode`, starting from `counters`.
+    pub fn new(mode: Mode, counters: Counters) -> Meter {
         Meter {
             counters,
             total: new_latency(),
@@ -99,47 +55,45 @@ impl Meter {
             mode,
             measuring: false,
             sent: Vec::new(),
-            inbox: Inbox {
-                fd,
-                partial: Vec::new(),
-                closed: false,
-            },
-            deferred: Vec::new(),
         }
-    }
-
-    /// The parent closed the command pipe: it is gone.
-    pub fn orphaned(&self) -> bool {
-        self.inbox.closed
     }
 
     /// Messages whose send time is known (closed-loop mode), i.e. published so far.
     pub fn sent_count(&self) -> u64 {
         self.sent.len() as u64
     }
-    /// Reads the parent's commands now: those about measuring apply at once, the rest wait
-    /// for the loop.
-    ///
-    /// Called when an event needs a command not seen yet: the parent writes `Start` and each
-    /// `Sent` *before* the POST they describe, so when the event is here, so is the command,
-    /// even if this turn's poll reported the stream before the pipe.
-    pub fn refresh(&mut self) {
-        for command in self.inbox.read() {
-            match command {
-                Command::Start => self.measuring = true,
-                Command::Sent { seq, at_us } => {
-                    let seq = seq as usize;
-                    // A POST that failed is retried under the same number with a new time.
-                    if seq < self.sent.len() {
-                        self.sent[seq] = at_us;
-                    } else {
-                        self.sent.resize(seq, at_us);
-                        self.sent.push(at_us);
-                    }
+
+    /// Takes in one of the parent's commands: those about measuring (`Start`, `Sent`) apply
+    /// here; any other is handed back for the loop.
+    pub fn apply(&mut self, command: Command) -> Option<Command> {
+        match command {
+            Command::Start => self.measuring = true,
+            Command::Sent { seq, at_us } => {
+                let seq = seq as usize;
+                // A POST that failed is retried under the same number with a new time.
+                if seq < self.sent.len() {
+                    self.sent[seq] = at_us;
+                } else {
+                    self.sent.resize(seq, at_us);
+                    self.sent.push(at_us);
                 }
-                other => self.deferred.push(other),
             }
+            other => return Some(other),
         }
+        None
+    }
+
+    /// Whether `item` on the stream of `acct` needs a command this meter has not seen yet:
+    /// closed-loop mode, an event, and no `Start` or no send time for it so far.
+    ///
+    /// The caller then reads the command pipe and [`apply`](Meter::apply)s what it got before
+    /// [`on_item`](Meter::on_item): the parent writes `Start` and each `Sent` *before* the
+    /// POST they describe, so when the event is here, so is the command, even if this turn's
+    /// poll reported the stream before the pipe.
+    pub fn needs_commands(&self, acct: &Acct, item: &Item<'_>) -> bool {
+        self.mode == Mode::ClosedLoop
+            && matches!(item, Item::Event { .. })
+            && (!self.measuring || acct.events >= self.sent.len() as u64)
     }
 
     /// Accounts for one parsed item of a stream.
@@ -155,9 +109,6 @@ impl Meter {
         let stamped = match self.mode {
             Mode::Stamped => stamp::parse(data),
             Mode::ClosedLoop => {
-                if !self.measuring || acct.events >= self.sent.len() as u64 {
-                    self.refresh();
-                }
                 if !self.measuring {
                     // Not ours: the server's own events before publishing began.
                     self.counters.other_events += 1;
@@ -203,10 +154,9 @@ impl Meter {
 mod tests {
     use super::*;
 
-    /// A meter that has seen `Start` and three send times; it has no pipe (reading it finds
-    /// it closed).
+    /// A meter that has seen `Start` and three send times.
     fn meter(mode: Mode) -> Meter {
-        let mut m = Meter::new(mode, Counters::default(), -1);
+        let mut m = Meter::new(mode, Counters::default());
         m.measuring = true;
         m.sent = vec![100, 200, 300];
         m
@@ -315,5 +265,33 @@ mod tests {
         m.measuring = true;
         m.on_item(&mut acct, event("x"), 200);
         assert_eq!((m.counters.slow_received, m.total.len()), (1, 0));
+    }
+
+    #[test]
+    fn closed_loop_asks_for_commands_only_when_an_event_needs_one() {
+        let mut m = Meter::new(Mode::ClosedLoop, Counters::default());
+        let mut acct = Acct::default();
+        let event = || Item::Event {
+            event: "",
+            data: "x",
+            id: "",
+        };
+        // Before `Start`, an event may be the first delivery: the pipe must be read first.
+        assert!(m.needs_commands(&acct, &event()));
+        assert!(!m.needs_commands(&acct, &Item::Comment(b"keepalive")));
+        assert_eq!(m.apply(Command::Start), None);
+        assert!(m.needs_commands(&acct, &event()));
+        assert_eq!(m.apply(Command::Sent { seq: 0, at_us: 100 }), None);
+        assert!(!m.needs_commands(&acct, &event()));
+        m.on_item(&mut acct, event(), 400);
+        assert!(m.needs_commands(&acct, &event()));
+        // A retried POST moves its send time; loop commands come back untouched.
+        assert_eq!(m.apply(Command::Sent { seq: 1, at_us: 500 }), None);
+        assert_eq!(m.apply(Command::Sent { seq: 1, at_us: 600 }), None);
+        assert_eq!(m.sent_count(), 2);
+        assert_eq!(m.apply(Command::Drain), Some(Command::Drain));
+        // Stamped mode never needs the pipe.
+        let stamped = Meter::new(Mode::Stamped, Counters::default());
+        assert!(!stamped.needs_commands(&Acct::default(), &event()));
     }
 }
