@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod args;
+pub mod board;
 pub mod client;
 pub mod clock;
 pub mod fdlimit;
