@@ -140,8 +140,10 @@ pub struct Args {
     pub slow_fraction: f64,
 
     /// Server process(es) to measure from /proc (RSS, CPU of all threads); comma-separated
-    /// or repeated for a multi-process server. One that exits once publishing has begun (an
-    /// upgrade hands over to a new pid) leaves the CPU and final RSS out of the report.
+    /// or repeated for a multi-process server, whose figures are then the sums over all of
+    /// them (bytes per stream = summed RSS growth / streams; CPU per delivery = summed CPU /
+    /// deliveries). One that exits once publishing has begun (an upgrade hands over to a new
+    /// pid) leaves the CPU and final RSS out of the report.
     #[arg(long, value_name = "PID", value_delimiter = ',')]
     pub server_pid: Vec<u32>,
 

@@ -128,6 +128,9 @@ pub struct Summary {
     /// the CPU figures and the final RSS are left out.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub server_exited: bool,
+    /// How many `--server-pid` processes were measured; every server figure is their sum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_processes: Option<u64>,
     /// The subscriber count the server reported in its last publish answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_reported_clients: Option<u64>,
@@ -246,6 +249,14 @@ impl Summary {
                     self.slow.clients, self.slow.received, self.slow.lost, self.slow.disconnects
                 ),
             );
+        }
+        if let Some(n) = self.server_processes {
+            let what = if n == 1 {
+                "1 process measured".to_owned()
+            } else {
+                format!("{n} processes measured: RSS and CPU are their sums")
+            };
+            row(&mut t, "server", what);
         }
         if self.server_exited {
             row(
@@ -547,6 +558,7 @@ mod tests {
         };
         let table = s.table();
         assert!(table.contains("exited during the run"), "{table}");
+        assert!(!table.contains("measured"), "{table}");
         assert!(
             table.contains("rss - (before 1.0 MiB, connected idle 2.0 MiB), 300 B/stream"),
             "{table}"
@@ -555,6 +567,28 @@ mod tests {
         assert_eq!(json["server_exited"], true);
         let bare = serde_json::to_value(Summary::default()).unwrap();
         assert!(bare.get("server_exited").is_none());
+    }
+
+    #[test]
+    fn the_report_says_how_many_server_processes_were_summed() {
+        let s = Summary {
+            server_processes: Some(3),
+            server_rss_bytes: Some(3 << 20),
+            ..Summary::default()
+        };
+        let table = s.table();
+        assert!(
+            table.contains("server       3 processes measured: RSS and CPU are their sums"),
+            "{table}"
+        );
+        assert_eq!(serde_json::to_value(&s).unwrap()["server_processes"], 3);
+        let one = Summary {
+            server_processes: Some(1),
+            ..Summary::default()
+        };
+        assert!(one.table().contains("server       1 process measured\n"));
+        let bare = serde_json::to_value(Summary::default()).unwrap();
+        assert!(bare.get("server_processes").is_none());
     }
 
     #[test]

@@ -493,7 +493,8 @@ struct Timing {
     delivery_end: u64,
 }
 
-/// The server samples taken along the run (all `None` without `--server-pid`).
+/// The server samples taken along the run (all `None` without `--server-pid`), each summed
+/// over every measured process.
 #[derive(Default)]
 struct Server {
     before: Option<Sample>,
@@ -501,6 +502,42 @@ struct Server {
     cpu_start: Option<Sample>,
     cpu_end: Option<Sample>,
     after: Option<Sample>,
+}
+
+/// What the server paid, from samples summed over every measured process (so a server of
+/// several processes is one server): memory per stream from the growth while the streams
+/// connected, CPU per delivery over the publishing window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ServerCost {
+    /// (RSS connected − RSS before) / streams established.
+    bytes_per_conn: Option<f64>,
+    /// CPU time from the first publish to the end of the delivery wait.
+    cpu_ns: Option<u64>,
+    /// That CPU time / deliveries (fast and slow).
+    cpu_ns_per_delivery: Option<f64>,
+}
+
+impl ServerCost {
+    fn of(server: &Server, established: u64, deliveries: u64) -> ServerCost {
+        let bytes_per_conn = match (server.before, server.connected) {
+            (Some(b), Some(a)) if established > 0 => {
+                Some(a.rss_bytes.saturating_sub(b.rss_bytes) as f64 / established as f64)
+            }
+            _ => None,
+        };
+        let cpu_ns = match (server.cpu_start, server.cpu_end) {
+            (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns)),
+            _ => None,
+        };
+        let cpu_ns_per_delivery = cpu_ns
+            .filter(|_| deliveries > 0)
+            .map(|ns| ns as f64 / deliveries as f64);
+        ServerCost {
+            bytes_per_conn,
+            cpu_ns,
+            cpu_ns_per_delivery,
+        }
+    }
 }
 
 impl Results<'_> {
@@ -525,20 +562,11 @@ impl Results<'_> {
         let published = outcome.map_or(0, |o| o.published);
         let received_total = c.received;
         let window = (timing.delivery_end.saturating_sub(timing.publish_start)) as f64 / 1e6;
-        let bytes_per_conn = match (server.before, server.connected) {
-            (Some(b), Some(a)) if c.established > 0 => {
-                Some(a.rss_bytes.saturating_sub(b.rss_bytes) as f64 / c.established as f64)
-            }
-            _ => None,
-        };
-        let cpu_ns = match (server.cpu_start, server.cpu_end) {
-            (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns)),
-            _ => None,
-        };
-        let deliveries = received_total + c.slow_received;
-        let cpu_ns_per_delivery = cpu_ns
-            .filter(|_| deliveries > 0)
-            .map(|ns| ns as f64 / deliveries as f64);
+        let ServerCost {
+            bytes_per_conn,
+            cpu_ns,
+            cpu_ns_per_delivery,
+        } = ServerCost::of(server, c.established, received_total + c.slow_received);
         let fd_streams = (!args.server_pid.is_empty())
             .then(|| {
                 args.server_pid
@@ -599,6 +627,7 @@ impl Results<'_> {
             server_cpu_ns_per_delivery: cpu_ns_per_delivery,
             server_exited: !args.server_pid.is_empty()
                 && (server.cpu_end.is_none() || server.after.is_none()),
+            server_processes: (!args.server_pid.is_empty()).then_some(args.server_pid.len() as u64),
             server_reported_clients: outcome.and_then(|o| o.server_clients),
             sizing,
             procs,
@@ -646,4 +675,57 @@ fn write_outputs(args: &Args, summary: &Summary, latency: &Latency) -> Result<()
         crate::plot::write_svg(latency, &title, path)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_c_ends_every_wait_but_publishing_and_the_final_reports() {
+        let all = [
+            Phase::Connecting,
+            Phase::Publishing,
+            Phase::Holding,
+            Phase::Settling,
+            Phase::Draining,
+            Phase::Finishing,
+        ];
+        let ended: Vec<&str> = all
+            .iter()
+            .filter(|p| p.ends_on_interrupt())
+            .map(|p| p.label())
+            .collect();
+        assert_eq!(ended, ["connecting", "holding", "settling", "draining"]);
+    }
+
+    #[test]
+    fn the_cost_of_several_processes_is_their_sum() {
+        let at = |rss: [u64; 3], cpu: [u64; 3]| {
+            Some(Sample::sum((0..3).map(|i| Sample {
+                rss_bytes: rss[i],
+                cpu_ns: cpu[i],
+            })))
+        };
+        let server = Server {
+            before: at([1_000, 2_000, 3_000], [0; 3]),
+            // 100 streams spread unevenly: 60, 30 and 10 of them, 100 bytes each.
+            connected: at([7_000, 5_000, 4_000], [0; 3]),
+            cpu_start: at([0; 3], [1_000, 1_000, 1_000]),
+            // Only two processes did any publishing work.
+            cpu_end: at([0; 3], [301_000, 101_000, 1_000]),
+            after: None,
+        };
+        let cost = ServerCost::of(&server, 100, 1_000);
+        assert_eq!(cost.bytes_per_conn, Some(100.0));
+        assert_eq!(cost.cpu_ns, Some(400_000));
+        assert_eq!(cost.cpu_ns_per_delivery, Some(400.0));
+        // No deliveries, or a process gone before the end: no CPU per delivery.
+        assert_eq!(ServerCost::of(&server, 100, 0).cpu_ns_per_delivery, None);
+        let gone = Server {
+            cpu_end: None,
+            ..server
+        };
+        assert_eq!(ServerCost::of(&gone, 0, 10), ServerCost::default());
+    }
 }

@@ -208,6 +208,7 @@ fn two_thousand_streams_over_two_workers_lose_nothing() {
     assert!(j["server_rss_bytes"].as_u64().unwrap() > 0);
     assert!(j["server_bytes_per_conn"].as_f64().is_some());
     assert!(j["server_cpu_ns_per_delivery"].as_f64().is_some());
+    assert_eq!(j["server_processes"], 1, "{j:#}");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("result       PASS"), "{table}");
     let hgrm_text = std::fs::read_to_string(&hgrm).expect("--hgrm file written");
