@@ -140,12 +140,12 @@ pub struct Worker {
     deadlines: VecDeque<(u64, usize, u64)>,
     ramp_start_us: u64,
     draining: bool,
-    /// `Stop` arrived with this many messages published.
-    stop: Option<u64>,
+    /// `Stop` arrived: numbers `0..end` were given out, these among them never published.
+    stop: Option<Ended>,
     /// The parent is gone: finish at once.
     orphaned: bool,
-    /// `next` of streams that ended after being established: (slow, next).
-    ended: Vec<(bool, u64)>,
+    /// The accounts of streams that ended after being established.
+    ended: Vec<Acct>,
     next_report_us: u64,
 }
 
@@ -305,7 +305,12 @@ impl Worker {
                     self.read_any(key);
                 }
             }
-            Command::Stop { published } => self.stop = Some(published),
+            Command::Stop { published, skipped } => {
+                self.stop = Some(Ended {
+                    end: published + skipped.len() as u64,
+                    skipped,
+                })
+            }
         }
     }
 
@@ -489,7 +494,7 @@ impl Worker {
             } else {
                 counters.disconnects += 1;
             }
-            self.ended.push((sub.acct.slow, sub.acct.next));
+            self.ended.push(sub.acct);
         } else {
             counters.connect_errors += 1;
             self.in_flight -= 1;
@@ -582,7 +587,10 @@ impl Worker {
 
     /// Settles the books at the end: what each stream never got is lost.
     fn finish(&mut self) {
-        let published = self.stop.unwrap_or(self.meter.sent_count());
+        let Ended { end, skipped } = self.stop.take().unwrap_or(Ended {
+            end: self.meter.sent_count(),
+            skipped: Vec::new(),
+        });
         let unfinished = self
             .subs
             .iter()
@@ -593,14 +601,15 @@ impl Worker {
             .subs
             .iter()
             .filter(|(_, s)| s.phase == Phase::Streaming)
-            .map(|(_, s)| (s.acct.slow, s.acct.next));
-        for (slow, next) in live.chain(self.ended.iter().copied()) {
-            let missing = published.saturating_sub(next);
-            if slow {
-                counters.slow_lost += missing;
+            .map(|(_, s)| &s.acct);
+        for acct in live.chain(&self.ended) {
+            let (tail, not_lost) = acct.settle(end, &skipped);
+            let lost = if acct.slow {
+                &mut counters.slow_lost
             } else {
-                counters.lost += missing;
-            }
+                &mut counters.lost
+            };
+            *lost = (*lost + tail).saturating_sub(not_lost);
         }
         // Streams still connecting when the run ended never made it.
         for _ in 0..unfinished {
@@ -610,6 +619,14 @@ impl Worker {
         // Streams never started (an interrupted ramp) are not failures, only not requested.
         counters.requested = self.started;
     }
+}
+
+/// What `Stop` said was published.
+struct Ended {
+    /// Numbers `0..end` were given out.
+    end: u64,
+    /// Those among them never published (several publishing connections only).
+    skipped: Vec<u64>,
 }
 
 /// Why a stream the server ended failed, by how far it had got.

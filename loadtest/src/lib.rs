@@ -23,9 +23,11 @@
 //! ## The flow of one message
 //!
 //! 1. The [`publisher`] POSTs message *k* with its *scheduled* time `t0 + k/rate`
-//!    (`CLOCK_MONOTONIC` µs, [`clock`], the same clock in every process).
+//!    (`CLOCK_MONOTONIC` µs, [`clock`], the same clock in every process), over one
+//!    connection or, with `--publishers N`, on connection *k* mod *N*.
 //! 2. The server fans it out; each worker reads it on each stream, parses the event, and
-//!    records `now − scheduled` in its histogram; a jump in *k* is a loss.
+//!    records `now − scheduled` in its histogram; a jump in *k* is a loss (taken back if the
+//!    message arrives a little late, as it may from several connections).
 //! 3. After the last message and a bounded grace period, the parent sends `Stop`, merges,
 //!    and reports ([`report`], [`plot`], [`sizing`]); the server's cost comes from /proc
 //!    ([`probe`]).

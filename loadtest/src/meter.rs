@@ -1,5 +1,15 @@
 //! From parsed items to deliveries: latency, loss by sequence gaps, slow readers apart.
 //!
+//! # Out of order
+//!
+//! With one publishing connection messages reach the server, and so every stream, in order.
+//! With `--publishers N` they may not: message k+1 can overtake k. The publisher starts
+//! message k only once every message up to k − N has been answered, and a server answers a
+//! publish after giving it its place, so message k never arrives on a stream before one
+//! numbered k − N or lower: a message is at most `N − 1 ≤` [`REORDER_WINDOW`]` − 1` places
+//! late. A gap is counted as lost when it is seen, as always; a message arriving late, inside
+//! the window, takes its loss back. Older than the window, or already seen: a duplicate.
+//!
 //! Pure: the meter records what it is given and does no I/O. In closed-loop mode an event
 //! may need a send time the parent has written to the command pipe but the loop has not read
 //! yet; [`Meter::needs_commands`] says so, and the caller, who owns the pipe
@@ -14,17 +24,79 @@ use crate::wire::{Command, Mode};
 /// Messages whose broadcast completion is tracked (per-message worst latency).
 const MAX_TRACKED: usize = 1 << 24;
 
+/// How many places late a message may arrive and still count as received: the bits of
+/// [`Acct::seen`], and so the most publishing connections a run may use.
+pub const REORDER_WINDOW: u64 = u64::BITS as u64;
+
 /// Loss accounting of one stream.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Acct {
     /// Reads nothing once established, until `Drain`.
     pub slow: bool,
-    /// Next sequence number expected (all below it were received or counted lost).
+    /// Next sequence number expected: one past the highest received (all below it were
+    /// received or counted lost).
     pub next: u64,
+    /// Which of the [`REORDER_WINDOW`] numbers below `next` were received: bit i for
+    /// `next − 1 − i`.
+    pub seen: u64,
     /// Events seen since `Start` (closed-loop mode pairs the n-th with the n-th POST).
     pub events: u64,
     /// The server said `: shed` (it closes the stream at capacity).
     pub shed: bool,
+}
+
+/// Where a sequence number falls on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Past everything so far; `gap` numbers in between are missing.
+    Ahead { gap: u64 },
+    /// Below the highest so far, inside the window, not seen before: counted lost, now here.
+    Late,
+    /// Seen before, or older than the window.
+    Duplicate,
+}
+
+impl Acct {
+    /// Records that `seq` arrived and says where it fell.
+    fn arrive(&mut self, seq: u64) -> Arrival {
+        if seq >= self.next {
+            let shift = seq - self.next + 1;
+            self.seen = if shift >= REORDER_WINDOW {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            let gap = seq - self.next;
+            self.next = seq + 1;
+            return Arrival::Ahead { gap };
+        }
+        let back = self.next - 1 - seq;
+        if back >= REORDER_WINDOW || self.seen & (1 << back) != 0 {
+            return Arrival::Duplicate;
+        }
+        self.seen |= 1 << back;
+        Arrival::Late
+    }
+
+    /// At the end of the run, with numbers `0..end` given out and `skipped` among them never
+    /// published: `(tail, not_lost)`, the messages this stream never got past its highest
+    /// (its loss grows by these), and the skipped numbers its gaps had counted as lost (its
+    /// loss shrinks by these). Skipped numbers are the last few given out, inside the window.
+    pub fn settle(&self, end: u64, skipped: &[u64]) -> (u64, u64) {
+        let mut tail = end.saturating_sub(self.next);
+        let mut not_lost = 0;
+        for &s in skipped {
+            if s >= self.next {
+                tail = tail.saturating_sub(1);
+            } else {
+                let back = self.next - 1 - s;
+                if back < REORDER_WINDOW && self.seen & (1 << back) == 0 {
+                    not_lost += 1;
+                }
+            }
+        }
+        (tail, not_lost)
+    }
 }
 
 /// Counters and histograms, and what is needed to turn an event into a delivery.
@@ -123,12 +195,23 @@ impl Meter {
             self.counters.other_events += 1;
             return;
         };
-        if seq < acct.next {
-            self.counters.duplicates += 1;
-            return;
-        }
-        let gap = seq - acct.next;
-        acct.next = seq + 1;
+        let gap = match acct.arrive(seq) {
+            Arrival::Duplicate => {
+                self.counters.duplicates += 1;
+                return;
+            }
+            Arrival::Ahead { gap } => gap,
+            Arrival::Late => {
+                // Counted lost with the gap it left; it came after all.
+                let lost = if acct.slow {
+                    &mut self.counters.slow_lost
+                } else {
+                    &mut self.counters.lost
+                };
+                *lost = lost.saturating_sub(1);
+                0
+            }
+        };
         if acct.slow {
             self.counters.slow_received += 1;
             self.counters.slow_lost += gap;
@@ -178,7 +261,8 @@ mod tests {
                 1_500,
             );
         };
-        for seq in [0, 1, 3, 2, 4] {
+        // 2 never comes; 1 comes twice.
+        for seq in [0, 1, 3, 4, 1] {
             deliver(&mut m, seq);
         }
         m.on_item(
@@ -293,5 +377,57 @@ mod tests {
         // Stamped mode never needs the pipe.
         let stamped = Meter::new(Mode::Stamped, Counters::default());
         assert!(!stamped.needs_commands(&Acct::default(), &event()));
+    }
+
+    #[test]
+    fn a_late_message_inside_the_window_takes_its_loss_back() {
+        let mut m = meter(Mode::Stamped);
+        let mut acct = Acct::default();
+        let deliver = |m: &mut Meter, acct: &mut Acct, seq: u64| {
+            let body = stamp::body(seq, 1_000, 0);
+            m.on_item(
+                acct,
+                Item::Event {
+                    event: "",
+                    data: leaked(&body),
+                    id: "",
+                },
+                1_500,
+            );
+        };
+        // Four publishing connections: 2 overtakes 1 and 0, 5 overtakes 4, 3 comes twice.
+        for seq in [2, 0, 1, 3, 5, 4, 3] {
+            deliver(&mut m, &mut acct, seq);
+        }
+        let c = &m.counters;
+        assert_eq!((c.received, c.lost, c.duplicates), (6, 0, 1));
+        assert_eq!(m.total.len(), 6);
+        assert_eq!(m.completion.len(), 6);
+        // Beyond the window a late number cannot be told from a duplicate.
+        deliver(&mut m, &mut acct, 5 + REORDER_WINDOW + 1);
+        assert_eq!(m.counters.lost, REORDER_WINDOW);
+        deliver(&mut m, &mut acct, 6);
+        assert_eq!(
+            (m.counters.lost, m.counters.duplicates),
+            (REORDER_WINDOW, 2)
+        );
+        deliver(&mut m, &mut acct, 7);
+        assert_eq!(m.counters.lost, REORDER_WINDOW - 1);
+    }
+
+    #[test]
+    fn settling_counts_the_tail_and_forgives_skipped_numbers() {
+        let mut acct = Acct::default();
+        for seq in [0, 1, 3, 4] {
+            acct.arrive(seq);
+        }
+        // Five numbers given out, all published: nothing past 4 is missing.
+        assert_eq!(acct.settle(5, &[]), (0, 0));
+        // Eight given out, 2 and 6 never published: 5 and 7 are the tail, 2 is no loss.
+        assert_eq!(acct.settle(8, &[2, 6]), (2, 1));
+        // A stream that got nothing misses everything but the skipped.
+        assert_eq!(Acct::default().settle(8, &[2, 6]), (6, 0));
+        // One connection, nothing skipped: the tail is what it was.
+        assert_eq!(acct.settle(9, &[]), (4, 0));
     }
 }

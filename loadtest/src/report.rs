@@ -80,8 +80,11 @@ pub struct Summary {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Messages published successfully.
     pub messages_published: u64,
-    /// POSTs that failed, by kind.
+    /// POSTs that failed, by kind (with several publishing connections, each failed attempt
+    /// of a POST that is sent again).
     pub publish_errors: BTreeMap<String, u64>,
+    /// Publishing connections (`--publishers`); 0 when nothing was published.
+    pub publishers: u64,
     /// Why the first stream or POST that failed in TLS failed, e.g. `invalid peer
     /// certificate: UnknownIssuer` (a `--cacert` that did not sign the server's certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,7 +95,8 @@ pub struct Summary {
     pub deliveries_received: u64,
     /// Messages fast streams never got.
     pub deliveries_lost: u64,
-    /// Messages received twice or out of order.
+    /// Messages received twice, or more places late than any number of publishing
+    /// connections explains (out of order, but within the window, is received: see `meter`).
     pub duplicates: u64,
     /// Events that were not the run's messages (heartbeats, notices).
     pub other_events: u64,
@@ -365,11 +369,16 @@ impl Summary {
             t,
             "published",
             format!(
-                "{} messages in {:.1} s ({:.1}/s, {}), {} POST errors, POST p50 {} p99 {}",
+                "{} messages in {:.1} s ({:.1}/s, {}{}), {} POST errors, POST p50 {} p99 {}",
                 self.messages_published,
                 self.publish_secs,
                 self.messages_published as f64 / self.publish_secs.max(1e-9),
                 self.publish_mode,
+                if self.publishers > 1 {
+                    format!(", {} publishers", self.publishers)
+                } else {
+                    String::new()
+                },
                 publish_errors,
                 ms(self.publish_latency_us.p50),
                 ms(self.publish_latency_us.p99)
@@ -393,8 +402,13 @@ impl Summary {
                 t,
                 "",
                 format!(
-                    "behind schedule by up to {}: each POST waited for the previous answer; latency counts from the schedule",
-                    ms(self.publish_max_lag_us)
+                    "behind schedule by up to {}: {}; latency counts from the schedule",
+                    ms(self.publish_max_lag_us),
+                    if self.publishers > 1 {
+                        "each connection waited for its previous answer"
+                    } else {
+                        "each POST waited for the previous answer"
+                    }
                 ),
             );
         }

@@ -244,6 +244,7 @@ impl<'a> Run<'a> {
             body_size: args.body_size,
             headers: args.publish_header_lines(),
             tls: publish_tls,
+            connections: args.publishers,
         };
         let live = Arc::new(Live::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -301,6 +302,11 @@ impl<'a> Run<'a> {
     fn finish(mut self) -> Result<Results<'a>, String> {
         self.workers.commander.send(&Command::Stop {
             published: self.published(),
+            skipped: self
+                .outcome
+                .as_ref()
+                .map(|o| o.skipped.clone())
+                .unwrap_or_default(),
         });
         self.pump(Phase::Finishing, now_us() + FINAL_WAIT_US, |b| {
             b.all_final()
@@ -627,6 +633,11 @@ impl Results<'_> {
             server_cpu_ns_per_delivery: cpu_ns_per_delivery,
             server_exited: !args.server_pid.is_empty()
                 && (server.cpu_end.is_none() || server.after.is_none()),
+            publishers: if args.publish_url.is_some() {
+                args.publishers
+            } else {
+                0
+            },
             server_processes: (!args.server_pid.is_empty()).then_some(args.server_pid.len() as u64),
             server_reported_clients: outcome.and_then(|o| o.server_clients),
             sizing,

@@ -255,6 +255,60 @@ fn closed_loop_mode_and_slow_readers_against_the_real_server() {
 }
 
 #[test]
+fn four_publishing_connections_deliver_every_message_once_to_every_stream() {
+    let server = Server::start_with(&["--shards", "2"]);
+    let json = temp_path("publishers.json");
+    // 100/s for 2 s: 200 messages, each on connection k mod 4.
+    let mut args = strings(&[
+        "--connections",
+        "400",
+        "--procs",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--publishers",
+        "4",
+    ]);
+    args.extend([
+        "--url".into(),
+        server.url("/stream?topic=lanes"),
+        "--publish-url".into(),
+        server.url("/broadcast?topic=lanes"),
+        "--server-pid".into(),
+        server.pid().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let out = loadtest(&args);
+    assert!(out.status.success(), "{}", describe(&out));
+    let j = read_json(&json);
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(j["publishers"], 4, "{j:#}");
+    assert_eq!(j["messages_published"], 200, "{j:#}");
+    assert_eq!(j["publish_errors"], serde_json::json!({}), "{j:#}");
+    assert_eq!(
+        events_published(&server),
+        200,
+        "the server saw each POST once"
+    );
+    // Every stream saw each message exactly once: nothing lost, nothing twice.
+    assert_eq!(j["connections_established"], 400, "{j:#}");
+    assert_eq!(j["deliveries_expected"], 80_000, "{j:#}");
+    assert_eq!(j["deliveries_received"], 80_000, "{j:#}");
+    assert_eq!(j["deliveries_lost"], 0, "{j:#}");
+    assert_eq!(j["duplicates"], 0, "{j:#}");
+    assert_eq!(j["other_events"], 0, "{j:#}");
+    assert_eq!(j["latency_us"]["count"], 80_000, "{j:#}");
+    assert_eq!(j["broadcast_completion_us"]["count"], 200, "{j:#}");
+    assert_eq!(j["server_processes"], 1, "{j:#}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("stamped, 4 publishers)"), "{table}");
+    assert!(table.contains("result       PASS"), "{table}");
+}
+
+#[test]
 fn refused_streams_are_counted_by_kind_and_fail_the_run() {
     // A port that was just free: nothing listens there.
     let port = TcpListener::bind("127.0.0.1:0")
