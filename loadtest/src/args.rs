@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::meter::REORDER_WINDOW;
 use crate::tls::Trust;
 use crate::url::Scheme;
 use crate::wire::Mode;
@@ -72,6 +73,17 @@ pub struct Args {
     /// Publish M messages one at a time, each after the previous POST was answered.
     #[arg(long, value_name = "M")]
     pub messages: Option<u64>,
+
+    /// Publishing connections (at most 64). With --rate, message k goes out on connection k
+    /// mod N at its scheduled time (same schedule, stamps and latency as with one), spreading the
+    /// publishes over the processes of a server that shares its port (SO_REUSEPORT). A
+    /// message starts only once every message N or more before it was answered, and a
+    /// failed POST is sent again under its number, so loss stays exact. More than 1 needs
+    /// --rate and stamped mode: --messages and closed-loop pair each event with the one POST
+    /// in flight.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=REORDER_WINDOW))]
+    pub publishers: u64,
 
     /// How long to publish at --rate, or to hold the streams without a publisher; with
     /// --messages, an upper bound.
@@ -140,8 +152,10 @@ pub struct Args {
     pub slow_fraction: f64,
 
     /// Server process(es) to measure from /proc (RSS, CPU of all threads); comma-separated
-    /// or repeated for a multi-process server. One that exits once publishing has begun (an
-    /// upgrade hands over to a new pid) leaves the CPU and final RSS out of the report.
+    /// or repeated for a multi-process server, whose figures are then the sums over all of
+    /// them (bytes per stream = summed RSS growth / streams; CPU per delivery = summed CPU /
+    /// deliveries). One that exits once publishing has begun (an upgrade hands over to a new
+    /// pid) leaves the CPU and final RSS out of the report.
     #[arg(long, value_name = "PID", value_delimiter = ',')]
     pub server_pid: Vec<u32>,
 
@@ -225,6 +239,13 @@ impl Args {
         }
         if self.publish_url.is_none() && (self.rate.is_some() || self.messages.is_some()) {
             return Err("--rate and --messages need --publish-url".to_owned());
+        }
+        if self.publishers > 1 && (self.rate.is_none() || self.publish_mode != Mode::Stamped) {
+            return Err(
+                "--publishers more than 1 needs --rate and --publish-mode stamped (with \
+                 --messages or closed-loop each POST waits for the one before)"
+                    .to_owned(),
+            );
         }
         self.check_tls()
     }
@@ -313,7 +334,7 @@ mod tests {
             "loadtest --url http://127.0.0.1:1/stream --connections 2000 \
              --publish-url http://127.0.0.1:1/broadcast --rate 10 --duration 20 --ramp 500 \
              --procs 2 --source 127.0.0.2,127.0.0.3 --slow-fraction 0.1 --server-pid 1,2 \
-             --server-pid 3 --json a.json --hgrm a.hgrm --svg a.svg --no-progress --allow-loss \
+             --server-pid 3 --publishers 4 --json a.json --hgrm a.hgrm --svg a.svg --no-progress --allow-loss \
              --plan 200000,5",
         )
         .unwrap();
@@ -322,6 +343,7 @@ mod tests {
         assert_eq!(a.rate, Some(10.0));
         assert_eq!(a.source.len(), 2);
         assert_eq!(a.server_pid, vec![1, 2, 3]);
+        assert_eq!(a.publishers, 4);
         assert_eq!(a.plan, Some((200_000, 5.0)));
         assert_eq!(a.publish_mode, Mode::Stamped);
         assert!(a.no_progress && a.allow_loss);
@@ -342,6 +364,19 @@ mod tests {
         assert!(no_publisher.validate().is_err());
         let closed = args(&format!("{base} --publish-mode closed-loop")).unwrap();
         assert_eq!(closed.publish_mode, Mode::ClosedLoop);
+        assert_eq!(closed.publishers, 1);
+        let url = "--publish-url http://x/";
+        let needs_rate = |extra: &str| args(&format!("{base} {url} {extra}")).unwrap().validate();
+        needs_rate("--rate 5 --publishers 64").unwrap();
+        needs_rate("--messages 5 --publishers 1").unwrap();
+        let e = needs_rate("--messages 5 --publishers 2").unwrap_err();
+        assert!(
+            e.starts_with("--publishers more than 1 needs --rate"),
+            "{e}"
+        );
+        needs_rate("--rate 5 --publishers 2 --publish-mode closed-loop").unwrap_err();
+        assert!(args(&format!("{base} {url} --rate 5 --publishers 65")).is_err());
+        assert!(args(&format!("{base} {url} --rate 5 --publishers 0")).is_err());
     }
 
     #[test]

@@ -50,10 +50,11 @@ use rustls::{ClientConfig, ClientConnection};
 use socket2::{Domain, Socket, Type};
 
 use crate::clock::now_us;
+use crate::inbox::Inbox;
 use crate::meter::{Acct, Meter};
 use crate::response::{parse_head, Dechunker, HeadParse};
 use crate::slots::Slots;
-use crate::sse::Parser;
+use crate::sse::{Item, Parser};
 use crate::stats::{self, Counters, Failure};
 use crate::tls::{self, Got};
 use crate::url::{Scheme, Url};
@@ -128,6 +129,8 @@ pub struct Worker {
     subs: Slots<Sub>,
     scratch: Box<[u8]>,
     meter: Meter,
+    /// The parent's commands: the pipe, and what was read from it for the loop.
+    commands: Commands,
     /// Streams started so far.
     started: u64,
     /// Streams between `connect()` and their head.
@@ -137,12 +140,12 @@ pub struct Worker {
     deadlines: VecDeque<(u64, usize, u64)>,
     ramp_start_us: u64,
     draining: bool,
-    /// `Stop` arrived with this many messages published.
-    stop: Option<u64>,
+    /// `Stop` arrived: numbers `0..end` were given out, these among them never published.
+    stop: Option<Ended>,
     /// The parent is gone: finish at once.
     orphaned: bool,
-    /// `next` of streams that ended after being established: (slow, next).
-    ended: Vec<(bool, u64)>,
+    /// The accounts of streams that ended after being established.
+    ended: Vec<Acct>,
     next_report_us: u64,
 }
 
@@ -173,7 +176,11 @@ impl Worker {
             ..Counters::default()
         };
         Ok(Worker {
-            meter: Meter::new(plan.mode, counters, io::stdin().as_raw_fd()),
+            meter: Meter::new(plan.mode, counters),
+            commands: Commands {
+                inbox: Inbox::new(io::stdin().as_raw_fd()),
+                deferred: Vec::new(),
+            },
             next_report_us: now + plan.progress_ms * 1000,
             subs: Slots::with_capacity(plan.connections as usize),
             plan,
@@ -218,15 +225,15 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             if events.iter().any(|e| e.token() == STDIN) {
-                self.meter.refresh();
+                self.commands.refresh(&mut self.meter);
             }
             for event in events.iter() {
                 if event.token() != STDIN {
                     self.on_event(event.token().0, event);
                 }
             }
-            self.orphaned |= self.meter.orphaned();
-            for command in std::mem::take(&mut self.meter.deferred) {
+            self.orphaned |= self.commands.inbox.closed();
+            for command in std::mem::take(&mut self.commands.deferred) {
                 self.on_command(command);
             }
             let now = now_us();
@@ -282,7 +289,7 @@ impl Worker {
         at.max(now)
     }
 
-    /// Acts on a loop-level command (`Meter::refresh` keeps the measuring ones).
+    /// Acts on a loop-level command (`Commands::refresh` gave the measuring ones to the meter).
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Start | Command::Sent { .. } => {}
@@ -298,7 +305,12 @@ impl Worker {
                     self.read_any(key);
                 }
             }
-            Command::Stop { published } => self.stop = Some(published),
+            Command::Stop { published, skipped } => {
+                self.stop = Some(Ended {
+                    end: published + skipped.len() as u64,
+                    skipped,
+                })
+            }
         }
     }
 
@@ -440,7 +452,13 @@ impl Worker {
             return false;
         };
         let before = sub.phase;
-        let result = ingest(sub, &self.scratch[..n], &mut self.meter, now_us());
+        let result = ingest(
+            sub,
+            &self.scratch[..n],
+            &mut self.meter,
+            &mut self.commands,
+            now_us(),
+        );
         if before != Phase::Streaming && sub.phase == Phase::Streaming {
             self.in_flight -= 1;
         }
@@ -476,7 +494,7 @@ impl Worker {
             } else {
                 counters.disconnects += 1;
             }
-            self.ended.push((sub.acct.slow, sub.acct.next));
+            self.ended.push(sub.acct);
         } else {
             counters.connect_errors += 1;
             self.in_flight -= 1;
@@ -569,7 +587,10 @@ impl Worker {
 
     /// Settles the books at the end: what each stream never got is lost.
     fn finish(&mut self) {
-        let published = self.stop.unwrap_or(self.meter.sent_count());
+        let Ended { end, skipped } = self.stop.take().unwrap_or(Ended {
+            end: self.meter.sent_count(),
+            skipped: Vec::new(),
+        });
         let unfinished = self
             .subs
             .iter()
@@ -580,14 +601,15 @@ impl Worker {
             .subs
             .iter()
             .filter(|(_, s)| s.phase == Phase::Streaming)
-            .map(|(_, s)| (s.acct.slow, s.acct.next));
-        for (slow, next) in live.chain(self.ended.iter().copied()) {
-            let missing = published.saturating_sub(next);
-            if slow {
-                counters.slow_lost += missing;
+            .map(|(_, s)| &s.acct);
+        for acct in live.chain(&self.ended) {
+            let (tail, not_lost) = acct.settle(end, &skipped);
+            let lost = if acct.slow {
+                &mut counters.slow_lost
             } else {
-                counters.lost += missing;
-            }
+                &mut counters.lost
+            };
+            *lost = (*lost + tail).saturating_sub(not_lost);
         }
         // Streams still connecting when the run ended never made it.
         for _ in 0..unfinished {
@@ -597,6 +619,14 @@ impl Worker {
         // Streams never started (an interrupted ramp) are not failures, only not requested.
         counters.requested = self.started;
     }
+}
+
+/// What `Stop` said was published.
+struct Ended {
+    /// Numbers `0..end` were given out.
+    end: u64,
+    /// Those among them never published (several publishing connections only).
+    skipped: Vec<u64>,
 }
 
 /// Why a stream the server ended failed, by how far it had got.
@@ -609,7 +639,13 @@ fn ended(sub: &Sub) -> Failure {
 }
 
 /// Feeds bytes read from a stream: head first, then the (de-chunked) body to the parser.
-fn ingest(sub: &mut Sub, bytes: &[u8], meter: &mut Meter, now: u64) -> Result<(), Failure> {
+fn ingest(
+    sub: &mut Sub,
+    bytes: &[u8],
+    meter: &mut Meter,
+    commands: &mut Commands,
+    now: u64,
+) -> Result<(), Failure> {
     let head_bytes;
     let mut bytes = bytes;
     if sub.phase == Phase::Head {
@@ -634,15 +670,38 @@ fn ingest(sub: &mut Sub, bytes: &[u8], meter: &mut Meter, now: u64) -> Result<()
     let Sub {
         body, parser, acct, ..
     } = sub;
+    let mut on_item = |item: Item<'_>| {
+        if meter.needs_commands(acct, &item) {
+            commands.refresh(meter);
+        }
+        meter.on_item(acct, item, now);
+    };
     match body {
-        Body::Plain => parser.feed(bytes, &mut |item| meter.on_item(acct, item, now)),
+        Body::Plain => parser.feed(bytes, &mut on_item),
         Body::Chunked(dechunker) => dechunker
-            .feed(bytes, &mut |data| {
-                parser.feed(data, &mut |item| meter.on_item(acct, item, now))
-            })
+            .feed(bytes, &mut |data| parser.feed(data, &mut on_item))
             .map_err(|_| Failure::BadResponse)?,
     }
     Ok(())
+}
+
+/// The parent's commands as the loop sees them.
+struct Commands {
+    inbox: Inbox,
+    /// Commands read but left for the loop (`Drain`, `Stop`).
+    deferred: Vec<Command>,
+}
+
+impl Commands {
+    /// Reads the pipe now: commands about measuring go to `meter` at once, the rest wait for
+    /// the loop.
+    fn refresh(&mut self, meter: &mut Meter) {
+        for command in self.inbox.read() {
+            if let Some(command) = meter.apply(command) {
+                self.deferred.push(command);
+            }
+        }
+    }
 }
 
 /// Starts a non-blocking connect, from `source` when given.

@@ -10,8 +10,10 @@
 //! open-files limit is per process, so past ~19.8k streams more processes are the only way.
 //! Each worker is one mio event loop ([`client`]) holding its streams; its parsing is pure
 //! ([`response`] for the HTTP head and chunked bodies, [`sse`] for events, [`stamp`] for
-//! the message body, [`meter`] for turning events into latencies and losses). Workers send progress and a final report up a pipe ([`wire`]):
-//! counters plus a V2-serialized HdrHistogram, merged by adding ([`stats`]).
+//! the message body, [`meter`] for turning events into latencies and losses, with no I/O of
+//! its own). The parent's commands come down a pipe ([`inbox`]); workers send progress and a
+//! final report up another ([`wire`]): counters plus a V2-serialized HdrHistogram, merged by
+//! adding ([`stats`]).
 //!
 //! `https://` URLs ([`url`]) go through rustls ([`tls`]): each stream's session sits between
 //! its socket and the same parsing, driven non-blockingly by the worker's loop; the
@@ -21,9 +23,11 @@
 //! ## The flow of one message
 //!
 //! 1. The [`publisher`] POSTs message *k* with its *scheduled* time `t0 + k/rate`
-//!    (`CLOCK_MONOTONIC` µs, [`clock`], the same clock in every process).
+//!    (`CLOCK_MONOTONIC` µs, [`clock`], the same clock in every process), over one
+//!    connection or, with `--publishers N`, on connection *k* mod *N*.
 //! 2. The server fans it out; each worker reads it on each stream, parses the event, and
-//!    records `now − scheduled` in its histogram; a jump in *k* is a loss.
+//!    records `now − scheduled` in its histogram; a jump in *k* is a loss (taken back if the
+//!    message arrives a little late, as it may from several connections).
 //! 3. After the last message and a bounded grace period, the parent sends `Stop`, merges,
 //!    and reports ([`report`], [`plot`], [`sizing`]); the server's cost comes from /proc
 //!    ([`probe`]).
@@ -31,9 +35,11 @@
 #![deny(missing_docs)]
 
 pub mod args;
+pub mod board;
 pub mod client;
 pub mod clock;
 pub mod fdlimit;
+pub mod inbox;
 pub mod meter;
 pub mod plot;
 pub mod probe;

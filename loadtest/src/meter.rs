@@ -1,10 +1,20 @@
 //! From parsed items to deliveries: latency, loss by sequence gaps, slow readers apart.
 //!
-//! Pure apart from one thing: in closed-loop mode an event may need a send time the parent
-//! has written to the pipe but the loop has not read yet, so the meter reads the pipe itself
-//! ([`Meter::refresh`]).
-
-use std::io;
+//! # Out of order
+//!
+//! With one publishing connection messages reach the server, and so every stream, in order.
+//! With `--publishers N` they may not: message k+1 can overtake k. The publisher starts
+//! message k only once every message up to k − N has been answered, and a server answers a
+//! publish after giving it its place, so message k never arrives on a stream before one
+//! numbered k − N or lower: a message is at most `N − 1 ≤` [`REORDER_WINDOW`]` − 1` places
+//! late. A gap is counted as lost when it is seen, as always; a message arriving late, inside
+//! the window, takes its loss back. Older than the window, or already seen: a duplicate.
+//!
+//! Pure: the meter records what it is given and does no I/O. In closed-loop mode an event
+//! may need a send time the parent has written to the command pipe but the loop has not read
+//! yet; [`Meter::needs_commands`] says so, and the caller, who owns the pipe
+//! ([`Inbox`](crate::inbox::Inbox)), reads it and [`Meter::apply`]s each command before
+//! handing the event over.
 
 use crate::sse::Item;
 use crate::stamp;
@@ -14,17 +24,79 @@ use crate::wire::{Command, Mode};
 /// Messages whose broadcast completion is tracked (per-message worst latency).
 const MAX_TRACKED: usize = 1 << 24;
 
+/// How many places late a message may arrive and still count as received: the bits of
+/// [`Acct::seen`], and so the most publishing connections a run may use.
+pub const REORDER_WINDOW: u64 = u64::BITS as u64;
+
 /// Loss accounting of one stream.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Acct {
     /// Reads nothing once established, until `Drain`.
     pub slow: bool,
-    /// Next sequence number expected (all below it were received or counted lost).
+    /// Next sequence number expected: one past the highest received (all below it were
+    /// received or counted lost).
     pub next: u64,
+    /// Which of the [`REORDER_WINDOW`] numbers below `next` were received: bit i for
+    /// `next − 1 − i`.
+    pub seen: u64,
     /// Events seen since `Start` (closed-loop mode pairs the n-th with the n-th POST).
     pub events: u64,
     /// The server said `: shed` (it closes the stream at capacity).
     pub shed: bool,
+}
+
+/// Where a sequence number falls on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Past everything so far; `gap` numbers in between are missing.
+    Ahead { gap: u64 },
+    /// Below the highest so far, inside the window, not seen before: counted lost, now here.
+    Late,
+    /// Seen before, or older than the window.
+    Duplicate,
+}
+
+impl Acct {
+    /// Records that `seq` arrived and says where it fell.
+    fn arrive(&mut self, seq: u64) -> Arrival {
+        if seq >= self.next {
+            let shift = seq - self.next + 1;
+            self.seen = if shift >= REORDER_WINDOW {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            let gap = seq - self.next;
+            self.next = seq + 1;
+            return Arrival::Ahead { gap };
+        }
+        let back = self.next - 1 - seq;
+        if back >= REORDER_WINDOW || self.seen & (1 << back) != 0 {
+            return Arrival::Duplicate;
+        }
+        self.seen |= 1 << back;
+        Arrival::Late
+    }
+
+    /// At the end of the run, with numbers `0..end` given out and `skipped` among them never
+    /// published: `(tail, not_lost)`, the messages this stream never got past its highest
+    /// (its loss grows by these), and the skipped numbers its gaps had counted as lost (its
+    /// loss shrinks by these). Skipped numbers are the last few given out, inside the window.
+    pub fn settle(&self, end: u64, skipped: &[u64]) -> (u64, u64) {
+        let mut tail = end.saturating_sub(self.next);
+        let mut not_lost = 0;
+        for &s in skipped {
+            if s >= self.next {
+                tail = tail.saturating_sub(1);
+            } else {
+                let back = self.next - 1 - s;
+                if back < REORDER_WINDOW && self.seen & (1 << back) == 0 {
+                    not_lost += 1;
+                }
+            }
+        }
+        (tail, not_lost)
+    }
 }
 
 /// Counters and histograms, and what is needed to turn an event into a delivery.
@@ -42,55 +114,11 @@ pub struct Meter {
     measuring: bool,
     /// Closed-loop mode: scheduled send time of each message, by sequence number.
     sent: Vec<u64>,
-    /// The parent's commands.
-    inbox: Inbox,
-    /// Commands read but left for the loop (`Drain`, `Stop`).
-    pub deferred: Vec<Command>,
-}
-
-/// The parent's command pipe, read without blocking.
-struct Inbox {
-    fd: i32,
-    /// Bytes of a line not yet complete.
-    partial: Vec<u8>,
-    /// The parent closed the pipe (or it broke): it is gone.
-    closed: bool,
-}
-
-impl Inbox {
-    /// Reads every complete command line waiting in the pipe.
-    fn read(&mut self) -> Vec<Command> {
-        let mut buf = [0u8; 4096];
-        while !self.closed {
-            // SAFETY: reads into a buffer we own, at most its length.
-            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                self.partial.extend_from_slice(&buf[..n as usize]);
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                _ if n == 0 => self.closed = true,
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => break,
-                _ => self.closed = true,
-            }
-        }
-        let mut commands = Vec::new();
-        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            match serde_json::from_slice::<Command>(&line) {
-                Ok(command) => commands.push(command),
-                Err(e) => eprintln!("loadtest worker: bad command: {e}"),
-            }
-        }
-        commands
-    }
 }
 
 impl Meter {
-    /// A meter for `mode` whose parent writes commands to `fd` (a non-blocking pipe).
-    pub fn new(mode: Mode, counters: Counters, fd: i32) -> Meter {
+    /// A meter for `mode`, starting from `counters`.
+    pub fn new(mode: Mode, counters: Counters) -> Meter {
         Meter {
             counters,
             total: new_latency(),
@@ -99,47 +127,45 @@ impl Meter {
             mode,
             measuring: false,
             sent: Vec::new(),
-            inbox: Inbox {
-                fd,
-                partial: Vec::new(),
-                closed: false,
-            },
-            deferred: Vec::new(),
         }
-    }
-
-    /// The parent closed the command pipe: it is gone.
-    pub fn orphaned(&self) -> bool {
-        self.inbox.closed
     }
 
     /// Messages whose send time is known (closed-loop mode), i.e. published so far.
     pub fn sent_count(&self) -> u64 {
         self.sent.len() as u64
     }
-    /// Reads the parent's commands now: those about measuring apply at once, the rest wait
-    /// for the loop.
-    ///
-    /// Called when an event needs a command not seen yet: the parent writes `Start` and each
-    /// `Sent` *before* the POST they describe, so when the event is here, so is the command,
-    /// even if this turn's poll reported the stream before the pipe.
-    pub fn refresh(&mut self) {
-        for command in self.inbox.read() {
-            match command {
-                Command::Start => self.measuring = true,
-                Command::Sent { seq, at_us } => {
-                    let seq = seq as usize;
-                    // A POST that failed is retried under the same number with a new time.
-                    if seq < self.sent.len() {
-                        self.sent[seq] = at_us;
-                    } else {
-                        self.sent.resize(seq, at_us);
-                        self.sent.push(at_us);
-                    }
+
+    /// Takes in one of the parent's commands: those about measuring (`Start`, `Sent`) apply
+    /// here; any other is handed back for the loop.
+    pub fn apply(&mut self, command: Command) -> Option<Command> {
+        match command {
+            Command::Start => self.measuring = true,
+            Command::Sent { seq, at_us } => {
+                let seq = seq as usize;
+                // A POST that failed is retried under the same number with a new time.
+                if seq < self.sent.len() {
+                    self.sent[seq] = at_us;
+                } else {
+                    self.sent.resize(seq, at_us);
+                    self.sent.push(at_us);
                 }
-                other => self.deferred.push(other),
             }
+            other => return Some(other),
         }
+        None
+    }
+
+    /// Whether `item` on the stream of `acct` needs a command this meter has not seen yet:
+    /// closed-loop mode, an event, and no `Start` or no send time for it so far.
+    ///
+    /// The caller then reads the command pipe and [`apply`](Meter::apply)s what it got before
+    /// [`on_item`](Meter::on_item): the parent writes `Start` and each `Sent` *before* the
+    /// POST they describe, so when the event is here, so is the command, even if this turn's
+    /// poll reported the stream before the pipe.
+    pub fn needs_commands(&self, acct: &Acct, item: &Item<'_>) -> bool {
+        self.mode == Mode::ClosedLoop
+            && matches!(item, Item::Event { .. })
+            && (!self.measuring || acct.events >= self.sent.len() as u64)
     }
 
     /// Accounts for one parsed item of a stream.
@@ -155,9 +181,6 @@ impl Meter {
         let stamped = match self.mode {
             Mode::Stamped => stamp::parse(data),
             Mode::ClosedLoop => {
-                if !self.measuring || acct.events >= self.sent.len() as u64 {
-                    self.refresh();
-                }
                 if !self.measuring {
                     // Not ours: the server's own events before publishing began.
                     self.counters.other_events += 1;
@@ -172,12 +195,23 @@ impl Meter {
             self.counters.other_events += 1;
             return;
         };
-        if seq < acct.next {
-            self.counters.duplicates += 1;
-            return;
-        }
-        let gap = seq - acct.next;
-        acct.next = seq + 1;
+        let gap = match acct.arrive(seq) {
+            Arrival::Duplicate => {
+                self.counters.duplicates += 1;
+                return;
+            }
+            Arrival::Ahead { gap } => gap,
+            Arrival::Late => {
+                // Counted lost with the gap it left; it came after all.
+                let lost = if acct.slow {
+                    &mut self.counters.slow_lost
+                } else {
+                    &mut self.counters.lost
+                };
+                *lost = lost.saturating_sub(1);
+                0
+            }
+        };
         if acct.slow {
             self.counters.slow_received += 1;
             self.counters.slow_lost += gap;
@@ -203,10 +237,9 @@ impl Meter {
 mod tests {
     use super::*;
 
-    /// A meter that has seen `Start` and three send times; it has no pipe (reading it finds
-    /// it closed).
+    /// A meter that has seen `Start` and three send times.
     fn meter(mode: Mode) -> Meter {
-        let mut m = Meter::new(mode, Counters::default(), -1);
+        let mut m = Meter::new(mode, Counters::default());
         m.measuring = true;
         m.sent = vec![100, 200, 300];
         m
@@ -228,7 +261,8 @@ mod tests {
                 1_500,
             );
         };
-        for seq in [0, 1, 3, 2, 4] {
+        // 2 never comes; 1 comes twice.
+        for seq in [0, 1, 3, 4, 1] {
             deliver(&mut m, seq);
         }
         m.on_item(
@@ -315,5 +349,85 @@ mod tests {
         m.measuring = true;
         m.on_item(&mut acct, event("x"), 200);
         assert_eq!((m.counters.slow_received, m.total.len()), (1, 0));
+    }
+
+    #[test]
+    fn closed_loop_asks_for_commands_only_when_an_event_needs_one() {
+        let mut m = Meter::new(Mode::ClosedLoop, Counters::default());
+        let mut acct = Acct::default();
+        let event = || Item::Event {
+            event: "",
+            data: "x",
+            id: "",
+        };
+        // Before `Start`, an event may be the first delivery: the pipe must be read first.
+        assert!(m.needs_commands(&acct, &event()));
+        assert!(!m.needs_commands(&acct, &Item::Comment(b"keepalive")));
+        assert_eq!(m.apply(Command::Start), None);
+        assert!(m.needs_commands(&acct, &event()));
+        assert_eq!(m.apply(Command::Sent { seq: 0, at_us: 100 }), None);
+        assert!(!m.needs_commands(&acct, &event()));
+        m.on_item(&mut acct, event(), 400);
+        assert!(m.needs_commands(&acct, &event()));
+        // A retried POST moves its send time; loop commands come back untouched.
+        assert_eq!(m.apply(Command::Sent { seq: 1, at_us: 500 }), None);
+        assert_eq!(m.apply(Command::Sent { seq: 1, at_us: 600 }), None);
+        assert_eq!(m.sent_count(), 2);
+        assert_eq!(m.apply(Command::Drain), Some(Command::Drain));
+        // Stamped mode never needs the pipe.
+        let stamped = Meter::new(Mode::Stamped, Counters::default());
+        assert!(!stamped.needs_commands(&Acct::default(), &event()));
+    }
+
+    #[test]
+    fn a_late_message_inside_the_window_takes_its_loss_back() {
+        let mut m = meter(Mode::Stamped);
+        let mut acct = Acct::default();
+        let deliver = |m: &mut Meter, acct: &mut Acct, seq: u64| {
+            let body = stamp::body(seq, 1_000, 0);
+            m.on_item(
+                acct,
+                Item::Event {
+                    event: "",
+                    data: leaked(&body),
+                    id: "",
+                },
+                1_500,
+            );
+        };
+        // Four publishing connections: 2 overtakes 1 and 0, 5 overtakes 4, 3 comes twice.
+        for seq in [2, 0, 1, 3, 5, 4, 3] {
+            deliver(&mut m, &mut acct, seq);
+        }
+        let c = &m.counters;
+        assert_eq!((c.received, c.lost, c.duplicates), (6, 0, 1));
+        assert_eq!(m.total.len(), 6);
+        assert_eq!(m.completion.len(), 6);
+        // Beyond the window a late number cannot be told from a duplicate.
+        deliver(&mut m, &mut acct, 5 + REORDER_WINDOW + 1);
+        assert_eq!(m.counters.lost, REORDER_WINDOW);
+        deliver(&mut m, &mut acct, 6);
+        assert_eq!(
+            (m.counters.lost, m.counters.duplicates),
+            (REORDER_WINDOW, 2)
+        );
+        deliver(&mut m, &mut acct, 7);
+        assert_eq!(m.counters.lost, REORDER_WINDOW - 1);
+    }
+
+    #[test]
+    fn settling_counts_the_tail_and_forgives_skipped_numbers() {
+        let mut acct = Acct::default();
+        for seq in [0, 1, 3, 4] {
+            acct.arrive(seq);
+        }
+        // Five numbers given out, all published: nothing past 4 is missing.
+        assert_eq!(acct.settle(5, &[]), (0, 0));
+        // Eight given out, 2 and 6 never published: 5 and 7 are the tail, 2 is no loss.
+        assert_eq!(acct.settle(8, &[2, 6]), (2, 1));
+        // A stream that got nothing misses everything but the skipped.
+        assert_eq!(Acct::default().settle(8, &[2, 6]), (6, 0));
+        // One connection, nothing skipped: the tail is what it was.
+        assert_eq!(acct.settle(9, &[]), (4, 0));
     }
 }

@@ -12,9 +12,21 @@ pub struct Sample {
     pub cpu_ns: u64,
 }
 
+impl Sample {
+    /// Several processes read as one server: their RSS and their CPU time added up.
+    pub fn sum(samples: impl IntoIterator<Item = Sample>) -> Sample {
+        samples
+            .into_iter()
+            .fold(Sample::default(), |total, one| Sample {
+                rss_bytes: total.rss_bytes + one.rss_bytes,
+                cpu_ns: total.cpu_ns + one.cpu_ns,
+            })
+    }
+}
+
 /// Reads `/proc/PID/stat` of each pid and sums them.
 pub fn sample(pids: &[u32]) -> io::Result<Sample> {
-    let mut total = Sample::default();
+    let mut each = Vec::with_capacity(pids.len());
     for &pid in pids {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_err(|e| io::Error::new(e.kind(), format!("server pid {pid}: {e}")))?;
@@ -24,10 +36,9 @@ pub fn sample(pids: &[u32]) -> io::Result<Sample> {
                 format!("/proc/{pid}/stat: unreadable"),
             )
         })?;
-        total.rss_bytes += one.rss_bytes;
-        total.cpu_ns += one.cpu_ns;
+        each.push(one);
     }
-    Ok(total)
+    Ok(Sample::sum(each))
 }
 
 /// Like [`sample`], for readings taken once the run is under way: `None` when a measured
@@ -96,6 +107,19 @@ mod tests {
         assert_eq!(s.rss_bytes, 2500 * 4096);
         assert_eq!(s.cpu_ns, 2_000_000_000);
         assert!(parse_stat("garbage", 4096, 100).is_none());
+    }
+
+    #[test]
+    fn several_processes_add_up() {
+        let stat = |utime: u64, rss: u64| {
+            format!("1 (sse-edge) S 1 1 1 0 -1 0 0 0 0 0 {utime} 0 0 0 20 0 3 0 100 1 {rss} 0")
+        };
+        let one = parse_stat(&stat(100, 1000), 4096, 100).unwrap();
+        let two = parse_stat(&stat(50, 3000), 4096, 100).unwrap();
+        let total = Sample::sum([one, two]);
+        assert_eq!(total.rss_bytes, 4000 * 4096);
+        assert_eq!(total.cpu_ns, 1_500_000_000);
+        assert_eq!(Sample::sum([]), Sample::default());
     }
 
     #[test]

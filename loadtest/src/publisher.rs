@@ -8,12 +8,26 @@
 //!
 //! An `https://` publish URL is spoken to through rustls's blocking [`StreamOwned`]; the
 //! keep-alive connection (and so its handshake) is reused across POSTs as with plain HTTP.
+//!
+//! # Several connections (`--publishers N`, with `--rate`)
+//!
+//! Against several server processes sharing a port, one connection lands on one process,
+//! whose publish path may then be the bottleneck. With N connections, message k goes out on
+//! connection k mod N at its scheduled time, so the schedule and the stamps stay as they are.
+//! Each connection has its own thread and still waits for each answer. Two rules keep the
+//! receivers' accounting exact:
+//!
+//! - message k starts only once every message up to k − N is settled (answered, or given
+//!   up), so it can overtake at most N − 1 others on a stream (see [`meter`](crate::meter));
+//! - a failed POST is sent again under the same number and stamp until it is answered; if
+//!   publishing ends first (the schedule's end, or Ctrl-C) it is given up, no new message
+//!   starts, and the numbers never published are reported ([`Outcome::skipped`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -63,6 +77,8 @@ pub struct Job {
     pub headers: String,
     /// The TLS configuration, needed for an `https://` URL.
     pub tls: Option<Arc<ClientConfig>>,
+    /// Connections to publish over; more than one only with a `Rate` schedule.
+    pub connections: u64,
 }
 
 /// Live figures, read by the progress line.
@@ -94,6 +110,9 @@ pub struct Outcome {
     pub max_lag_us: u64,
     /// Why the first POST that failed in TLS failed.
     pub tls_error: Option<String>,
+    /// Numbers given out but never published, in order (several connections only): message
+    /// numbers `0..published + skipped.len()` went out.
+    pub skipped: Vec<u64>,
 }
 
 /// Runs the schedule until done or `stop`; `before_send(seq, scheduled_us)` runs just before
@@ -114,7 +133,11 @@ pub fn run(
         ended_us: started_us,
         max_lag_us: 0,
         tls_error: None,
+        skipped: Vec::new(),
     };
+    if let (Schedule::Rate { .. }, 2..) = (job.schedule, job.connections) {
+        return run_lanes(job, stop, live, out);
+    }
     let mut conn = match Connection::new(job.url.clone(), job.headers.clone(), job.tls.clone()) {
         Ok(conn) => conn,
         Err(why) => {
@@ -179,6 +202,209 @@ pub fn run(
     out.published = seq;
     out.ended_us = now_us();
     out
+}
+
+/// How long a connection waits before sending a failed POST again.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// How long a connection waiting for its turn sleeps before it looks at `stop` again.
+const TURN_WAIT: Duration = Duration::from_millis(50);
+
+/// Which message numbers are settled (answered, or given up), so that message k starts only
+/// once every message up to k − lanes is; and whether publishing has ended.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Every number below this is settled.
+    settled_below: u64,
+    /// Settled numbers above `settled_below`.
+    settled_above: BTreeSet<u64>,
+    /// A message was given up: no new message starts.
+    ended: bool,
+}
+
+impl Ledger {
+    /// Whether message `seq` may start on one of `lanes` connections.
+    fn may_start(&self, seq: u64, lanes: u64) -> bool {
+        seq < self.settled_below + lanes
+    }
+
+    /// Message `seq` was answered or given up.
+    fn settle(&mut self, seq: u64) {
+        self.settled_above.insert(seq);
+        while self.settled_above.remove(&self.settled_below) {
+            self.settled_below += 1;
+        }
+    }
+}
+
+/// What the connections share.
+struct Lanes<'a> {
+    job: &'a Job,
+    stop: &'a AtomicBool,
+    live: &'a Live,
+    started_us: u64,
+    end_us: u64,
+    per_sec: f64,
+    limit: u64,
+    ledger: Mutex<Ledger>,
+    changed: Condvar,
+}
+
+/// Runs a `Rate` schedule over `job.connections` connections, one thread each; `out` is
+/// the outcome so far (nothing sent yet).
+fn run_lanes(job: &Job, stop: &AtomicBool, live: &Live, mut out: Outcome) -> Outcome {
+    let Schedule::Rate {
+        per_sec,
+        duration_us,
+    } = job.schedule
+    else {
+        unreachable!("several connections only publish at a rate");
+    };
+    let mut conns = Vec::new();
+    for _ in 0..job.connections {
+        match Connection::new(job.url.clone(), job.headers.clone(), job.tls.clone()) {
+            Ok(conn) => conns.push(conn),
+            Err(why) => {
+                out.errors.insert(Failure::Tls.name().to_owned(), 1);
+                out.tls_error = Some(why);
+                return out;
+            }
+        }
+    }
+    let lanes = Lanes {
+        job,
+        stop,
+        live,
+        started_us: out.started_us,
+        end_us: out.started_us + duration_us,
+        per_sec,
+        limit: (duration_us as f64 / 1e6 * per_sec).round() as u64,
+        ledger: Mutex::new(Ledger::default()),
+        changed: Condvar::new(),
+    };
+    let lane_outcomes: Vec<(Outcome, Vec<u64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(lane, conn)| {
+                let lanes = &lanes;
+                let blank = out.clone();
+                scope.spawn(move || lanes.run(lane as u64, conn, blank))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a publishing thread panicked"))
+            .collect()
+    });
+    let mut published = Vec::new();
+    for (lane, seqs) in lane_outcomes {
+        for (kind, n) in lane.errors {
+            *out.errors.entry(kind).or_default() += n;
+        }
+        let _ = out.post_latency.add(&lane.post_latency);
+        out.server_clients = out.server_clients.or(lane.server_clients);
+        out.max_lag_us = out.max_lag_us.max(lane.max_lag_us);
+        out.tls_error = out.tls_error.or(lane.tls_error);
+        published.extend(seqs);
+    }
+    published.sort_unstable();
+    out.published = published.len() as u64;
+    out.skipped = skipped(&published);
+    out.ended_us = now_us();
+    out
+}
+
+/// The numbers below the highest published that were not published (`published` sorted).
+fn skipped(published: &[u64]) -> Vec<u64> {
+    let end = published.last().map_or(0, |&last| last + 1);
+    let mut published = published.iter().peekable();
+    (0..end)
+        .filter(|seq| {
+            if published.peek() == Some(&seq) {
+                published.next();
+                false
+            } else {
+                true
+            }
+        })
+        .collect()
+}
+
+impl Lanes<'_> {
+    /// Connection `lane`'s share of the schedule: messages `lane`, `lane + N`, …; returns
+    /// its outcome (from `out`, with nothing counted yet) and the numbers it published.
+    fn run(&self, lane: u64, mut conn: Connection, mut out: Outcome) -> (Outcome, Vec<u64>) {
+        let lanes = self.job.connections;
+        let mut published = Vec::new();
+        for k in (lane..self.limit).step_by(lanes as usize) {
+            let scheduled = self.started_us + (k as f64 * 1e6 / self.per_sec) as u64;
+            if scheduled >= self.end_us || !self.wait_turn(k) {
+                break;
+            }
+            let now = now_us();
+            if scheduled > now {
+                std::thread::sleep(Duration::from_micros(scheduled - now));
+            }
+            let body = stamp::body(k, scheduled, self.job.body_size);
+            let sent = now_us();
+            out.max_lag_us = out.max_lag_us.max(sent.saturating_sub(scheduled));
+            loop {
+                let attempt = now_us();
+                match conn.post(&body) {
+                    Ok(clients) => {
+                        out.post_latency
+                            .saturating_record(now_us().saturating_sub(attempt).max(1));
+                        out.server_clients = clients.or(out.server_clients);
+                        published.push(k);
+                        self.live.published.fetch_add(1, Ordering::Relaxed);
+                        self.settle(k, false);
+                        break;
+                    }
+                    Err(failed) => {
+                        if let Some(why) = failed.tls_reason() {
+                            out.tls_error.get_or_insert(why);
+                        }
+                        *out.errors.entry(failed.kind()).or_default() += 1;
+                        self.live.errors.fetch_add(1, Ordering::Relaxed);
+                        if self.stop.load(Ordering::Relaxed) || now_us() >= self.end_us {
+                            // Given up: no new message starts, so its number stays among
+                            // the last few given out.
+                            self.settle(k, true);
+                            break;
+                        }
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                }
+            }
+        }
+        (out, published)
+    }
+
+    /// Waits until message `seq` may start; false when publishing ended or was stopped.
+    fn wait_turn(&self, seq: u64) -> bool {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        loop {
+            if ledger.ended || self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if ledger.may_start(seq, self.job.connections) {
+                return true;
+            }
+            ledger = self
+                .changed
+                .wait_timeout(ledger, TURN_WAIT)
+                .expect("ledger lock")
+                .0;
+        }
+    }
+
+    /// Message `seq` was answered, or (`given_up`) never will be.
+    fn settle(&self, seq: u64, given_up: bool) {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        ledger.settle(seq);
+        ledger.ended |= given_up;
+        self.changed.notify_all();
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection for POSTs, reopened when the server closes it.
@@ -454,6 +680,7 @@ mod tests {
             body_size: 0,
             headers: String::new(),
             tls: None,
+            connections: 1,
         };
         let mut seen = Vec::new();
         let out = run(&job, &AtomicBool::new(false), &Live::default(), |seq, _| {
@@ -479,6 +706,7 @@ mod tests {
             body_size: 0,
             headers: String::new(),
             tls: None,
+            connections: 1,
         };
         let mut times = Vec::new();
         let out = run(&job, &AtomicBool::new(false), &Live::default(), |_, at| {
@@ -489,5 +717,111 @@ mod tests {
         let steps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(steps.iter().all(|&d| d.abs_diff(5_000) <= 1), "{steps:?}");
         assert_eq!(times[0], out.started_us);
+    }
+
+    /// A server for any number of connections: answers every POST with 200, except a body
+    /// numbered `fail_once` the first time (500); records the number of each body answered 200.
+    fn recording(fail_once: Option<u64>) -> (Url, Arc<Mutex<Vec<u64>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicBool::new(false));
+        let record = got.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let (got, failed) = (record.clone(), failed.clone());
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            if read_more(&mut s, &mut buf).is_err() {
+                                return;
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        while buf.len() < end + 4 + len {
+                            read_more(&mut s, &mut buf).unwrap();
+                        }
+                        let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                        let (seq, _) = stamp::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+                        let answer =
+                            if Some(seq) == fail_once && !failed.swap(true, Ordering::SeqCst) {
+                                "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
+                            } else {
+                                got.lock().unwrap().push(seq);
+                                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+                            };
+                        s.write_all(answer.as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        let url = Url::parse(&format!("http://{addr}/broadcast")).unwrap();
+        (url, got)
+    }
+
+    fn rate_job(url: Url, connections: u64) -> Job {
+        Job {
+            url,
+            mode: Mode::Stamped,
+            schedule: Schedule::Rate {
+                per_sec: 500.0,
+                duration_us: 100_000,
+            },
+            body_size: 0,
+            headers: String::new(),
+            tls: None,
+            connections,
+        }
+    }
+
+    #[test]
+    fn four_connections_send_every_number_once_and_a_failed_one_again() {
+        let (url, got) = recording(Some(7));
+        let live = Live::default();
+        let out = run(&rate_job(url, 4), &AtomicBool::new(false), &live, |_, _| {});
+        let mut got = got.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, (0..50).collect::<Vec<u64>>());
+        assert_eq!(out.published, 50);
+        assert!(out.skipped.is_empty());
+        assert_eq!(out.errors.get("status_500"), Some(&1));
+        assert_eq!(out.post_latency.len(), 50);
+        assert_eq!(live.published.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
+    fn a_stopped_run_reports_the_numbers_it_never_published() {
+        let (url, _) = recording(None);
+        // Stopped before it starts: nothing given out, nothing skipped.
+        let out = run(
+            &rate_job(url, 4),
+            &AtomicBool::new(true),
+            &Live::default(),
+            |_, _| {},
+        );
+        assert_eq!((out.published, out.skipped.len()), (0, 0));
+        assert_eq!(skipped(&[0, 1, 3, 4, 7]), vec![2, 5, 6]);
+        assert!(skipped(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_message_waits_for_every_one_a_round_before_it() {
+        let mut ledger = Ledger::default();
+        assert!(ledger.may_start(3, 4) && !ledger.may_start(4, 4));
+        ledger.settle(1);
+        ledger.settle(2);
+        assert!(!ledger.may_start(4, 4));
+        ledger.settle(0);
+        assert_eq!(ledger.settled_below, 3);
+        assert!(ledger.may_start(6, 4) && !ledger.may_start(7, 4));
     }
 }

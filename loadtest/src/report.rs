@@ -80,8 +80,11 @@ pub struct Summary {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Messages published successfully.
     pub messages_published: u64,
-    /// POSTs that failed, by kind.
+    /// POSTs that failed, by kind (with several publishing connections, each failed attempt
+    /// of a POST that is sent again).
     pub publish_errors: BTreeMap<String, u64>,
+    /// Publishing connections (`--publishers`); 0 when nothing was published.
+    pub publishers: u64,
     /// Why the first stream or POST that failed in TLS failed, e.g. `invalid peer
     /// certificate: UnknownIssuer` (a `--cacert` that did not sign the server's certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,7 +95,8 @@ pub struct Summary {
     pub deliveries_received: u64,
     /// Messages fast streams never got.
     pub deliveries_lost: u64,
-    /// Messages received twice or out of order.
+    /// Messages received twice, or more places late than any number of publishing
+    /// connections explains (out of order, but within the window, is received: see `meter`).
     pub duplicates: u64,
     /// Events that were not the run's messages (heartbeats, notices).
     pub other_events: u64,
@@ -128,6 +132,9 @@ pub struct Summary {
     /// the CPU figures and the final RSS are left out.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub server_exited: bool,
+    /// How many `--server-pid` processes were measured; every server figure is their sum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_processes: Option<u64>,
     /// The subscriber count the server reported in its last publish answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_reported_clients: Option<u64>,
@@ -247,6 +254,14 @@ impl Summary {
                 ),
             );
         }
+        if let Some(n) = self.server_processes {
+            let what = if n == 1 {
+                "1 process measured".to_owned()
+            } else {
+                format!("{n} processes measured: RSS and CPU are their sums")
+            };
+            row(&mut t, "server", what);
+        }
         if self.server_exited {
             row(
                 &mut t,
@@ -354,11 +369,16 @@ impl Summary {
             t,
             "published",
             format!(
-                "{} messages in {:.1} s ({:.1}/s, {}), {} POST errors, POST p50 {} p99 {}",
+                "{} messages in {:.1} s ({:.1}/s, {}{}), {} POST errors, POST p50 {} p99 {}",
                 self.messages_published,
                 self.publish_secs,
                 self.messages_published as f64 / self.publish_secs.max(1e-9),
                 self.publish_mode,
+                if self.publishers > 1 {
+                    format!(", {} publishers", self.publishers)
+                } else {
+                    String::new()
+                },
                 publish_errors,
                 ms(self.publish_latency_us.p50),
                 ms(self.publish_latency_us.p99)
@@ -382,8 +402,13 @@ impl Summary {
                 t,
                 "",
                 format!(
-                    "behind schedule by up to {}: each POST waited for the previous answer; latency counts from the schedule",
-                    ms(self.publish_max_lag_us)
+                    "behind schedule by up to {}: {}; latency counts from the schedule",
+                    ms(self.publish_max_lag_us),
+                    if self.publishers > 1 {
+                        "each connection waited for its previous answer"
+                    } else {
+                        "each POST waited for the previous answer"
+                    }
                 ),
             );
         }
@@ -547,6 +572,7 @@ mod tests {
         };
         let table = s.table();
         assert!(table.contains("exited during the run"), "{table}");
+        assert!(!table.contains("measured"), "{table}");
         assert!(
             table.contains("rss - (before 1.0 MiB, connected idle 2.0 MiB), 300 B/stream"),
             "{table}"
@@ -555,6 +581,28 @@ mod tests {
         assert_eq!(json["server_exited"], true);
         let bare = serde_json::to_value(Summary::default()).unwrap();
         assert!(bare.get("server_exited").is_none());
+    }
+
+    #[test]
+    fn the_report_says_how_many_server_processes_were_summed() {
+        let s = Summary {
+            server_processes: Some(3),
+            server_rss_bytes: Some(3 << 20),
+            ..Summary::default()
+        };
+        let table = s.table();
+        assert!(
+            table.contains("server       3 processes measured: RSS and CPU are their sums"),
+            "{table}"
+        );
+        assert_eq!(serde_json::to_value(&s).unwrap()["server_processes"], 3);
+        let one = Summary {
+            server_processes: Some(1),
+            ..Summary::default()
+        };
+        assert!(one.table().contains("server       1 process measured\n"));
+        let bare = serde_json::to_value(Summary::default()).unwrap();
+        assert!(bare.get("server_processes").is_none());
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub enum Command {
     Stop {
         /// Messages published successfully.
         published: u64,
+        /// Numbers given out but never published (with several publishing connections, the
+        /// last few when publishing stopped): numbers `0..published + skipped.len()` went out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped: Vec<u64>,
     },
 }
 

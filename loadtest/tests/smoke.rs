@@ -208,6 +208,7 @@ fn two_thousand_streams_over_two_workers_lose_nothing() {
     assert!(j["server_rss_bytes"].as_u64().unwrap() > 0);
     assert!(j["server_bytes_per_conn"].as_f64().is_some());
     assert!(j["server_cpu_ns_per_delivery"].as_f64().is_some());
+    assert_eq!(j["server_processes"], 1, "{j:#}");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("result       PASS"), "{table}");
     let hgrm_text = std::fs::read_to_string(&hgrm).expect("--hgrm file written");
@@ -251,6 +252,60 @@ fn closed_loop_mode_and_slow_readers_against_the_real_server() {
     assert_eq!(j["latency_us"]["count"], 5400, "{j:#}");
     // 20 small messages fit the server's per-client buffer: slow readers get them on drain.
     assert_eq!(j["slow"]["received"], 600, "{j:#}");
+}
+
+#[test]
+fn four_publishing_connections_deliver_every_message_once_to_every_stream() {
+    let server = Server::start_with(&["--shards", "2"]);
+    let json = temp_path("publishers.json");
+    // 100/s for 2 s: 200 messages, each on connection k mod 4.
+    let mut args = strings(&[
+        "--connections",
+        "400",
+        "--procs",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--publishers",
+        "4",
+    ]);
+    args.extend([
+        "--url".into(),
+        server.url("/stream?topic=lanes"),
+        "--publish-url".into(),
+        server.url("/broadcast?topic=lanes"),
+        "--server-pid".into(),
+        server.pid().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let out = loadtest(&args);
+    assert!(out.status.success(), "{}", describe(&out));
+    let j = read_json(&json);
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(j["publishers"], 4, "{j:#}");
+    assert_eq!(j["messages_published"], 200, "{j:#}");
+    assert_eq!(j["publish_errors"], serde_json::json!({}), "{j:#}");
+    assert_eq!(
+        events_published(&server),
+        200,
+        "the server saw each POST once"
+    );
+    // Every stream saw each message exactly once: nothing lost, nothing twice.
+    assert_eq!(j["connections_established"], 400, "{j:#}");
+    assert_eq!(j["deliveries_expected"], 80_000, "{j:#}");
+    assert_eq!(j["deliveries_received"], 80_000, "{j:#}");
+    assert_eq!(j["deliveries_lost"], 0, "{j:#}");
+    assert_eq!(j["duplicates"], 0, "{j:#}");
+    assert_eq!(j["other_events"], 0, "{j:#}");
+    assert_eq!(j["latency_us"]["count"], 80_000, "{j:#}");
+    assert_eq!(j["broadcast_completion_us"]["count"], 200, "{j:#}");
+    assert_eq!(j["server_processes"], 1, "{j:#}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("stamped, 4 publishers)"), "{table}");
+    assert!(table.contains("result       PASS"), "{table}");
 }
 
 #[test]
