@@ -10,6 +10,9 @@
 #           closed-loop publishing (the Go demo ignores bodies), 100 messages, 3 runs each
 # shards    sse-edge --shards 1 vs 2 at 10k streams, 10/s and 20/s for 15 s, 3 runs each
 # hold50k   50k idle streams over 3 sse-edge processes sharing one port (--reuse-port)
+# live200k  200k live streams over 12 cluster nodes on one port (--reuse-port --redis),
+#           at 1 event/s for 60 s on 12 publishing connections, kernel memory sampled every 2 s (needs
+#           redis-server; not in the default list: it takes the machine for ~3 min)
 # auth      sse-edge at 10k streams without tokens, and with --subscribe-jwt (HS256 secret;
 #           Ed25519 public key) and every stream's token in its cookie, 10/s for 15 s, 3 runs each
 # tls       sse-edge at 10k streams plain and over TLS (P-256 certificate), 10/s for 15 s, 3 runs
@@ -136,6 +139,30 @@ hold50k)
   $lt --url http://127.0.0.1:$port/stream --connections 50000 --duration 10 \
       --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/hold50k.json" > "$out/hold50k.txt" || true
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; port=$((port + 1)) ;;
+live200k)
+  # 200,000 live streams: 12 cluster nodes on one port (each under the 20k open-files limit),
+  # tied together by Redis; the loadtest spreads the streams over worker processes and source
+  # addresses and publishes on 12 connections. Kernel memory is sampled every 2 s.
+  command -v redis-server >/dev/null || { echo "live200k needs redis-server" >&2; exit 2; }
+  rport=$((port + 1000))
+  redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no >"$out/live200k.redis.log" 2>&1 & redis=$!
+  sleep 0.5
+  kernel() { echo "at $(date +%s.%N)"; cat /proc/net/sockstat; grep -E '^(Slab|SUnreclaim|SReclaimable):' /proc/meminfo
+             grep -E '^(TCP|tcp_bind_bucket|sock_inode_cache|dentry|filp|eventpoll_epi|eventpoll_pwq|kmalloc-256|kmalloc-512|kmalloc-1k|skbuff_head_cache) ' /proc/slabinfo
+             cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null | sed 's/^/conntrack /'; }
+  kernel > "$out/live200k.kernel.before"
+  pids=()
+  for i in $(seq 12); do
+    $edge --listen 0.0.0.0:$port --reuse-port --redis redis://127.0.0.1:$rport --tick 0 --log warn \
+      >"$out/live200k-$i.server.log" 2>&1 & pids+=($!)
+    sleep 0.2
+  done
+  ( while sleep 2; do kernel; done ) > "$out/live200k.kernel.during" 2>&1 & sampler=$!
+  $lt --url http://127.0.0.1:$port/stream --connections 200000 --ramp 4000 \
+      --publish-url http://127.0.0.1:$port/broadcast --publishers 12 --rate 1 --duration 60 \
+      --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/live200k.json" > "$out/live200k.txt" || true
+  kill $sampler; kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+  kill $redis; wait $redis 2>/dev/null || true; port=$((port + 1)) ;;
 upgrade)
   bindir=$(mktemp -d)
   cp $edge "$bindir/sse-edge"  # SIGUSR2 starts whatever is at the path the node was started from
