@@ -272,3 +272,34 @@ fn many_streams_resuming_from_redis_at_once_all_get_every_event() {
         assert_eq!(got, ids[1..].to_vec(), "stream {n}");
     }
 }
+
+#[test]
+fn a_publish_waiting_on_a_slow_redis_is_answered_past_the_header_timeout() {
+    // A kept-alive publisher sends its next publish just before its connection's header
+    // deadline, and Redis takes a while to append it. The publish was made: it must be
+    // answered, not cut off by the deadline (the client would publish it again: a duplicate).
+    let redis = RedisServer::start();
+    let server = node(&redis, &["--header-timeout", "1"]);
+    let mut on = server.stream("/stream");
+    let mut conn = util::HttpConn::open(server.addr);
+    let first = id_of(&conn.publish("", b"first"));
+    std::thread::sleep(Duration::from_millis(700));
+    // Redis holds write commands for 800 ms: the answer comes well after the deadline.
+    assert_eq!(
+        redis
+            .command(&["CLIENT", "PAUSE", "800", "WRITE"])
+            .as_deref(),
+        Some("+OK")
+    );
+    let second = conn.publish("", b"second");
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_ne!(id_of(&second), first);
+    let got = take(&mut on, 2);
+    assert_eq!(
+        got.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>(),
+        ["first", "second"]
+    );
+    // Published once: the next event is the next publish, not the second one again.
+    id_of(&conn.publish("", b"third"));
+    assert_eq!(take(&mut on, 1)[0].1, "third");
+}

@@ -67,6 +67,17 @@ impl Shard {
         if client.handed {
             return; // its deadline is set again if the hand-over is called off
         }
+        if let Phase::Request(state) = &client.phase {
+            if state.awaiting.is_some() {
+                // Its request is complete and waits for the broker's answer (Redis may be
+                // slow): the deadline is for sending a request, not for our answer. Closing
+                // now would drop an answer to a publish that was made, and the client would
+                // publish it again. Look again later; the deadline moves once it is answered.
+                let later = now + self.config.header_timeout();
+                self.set_deadline(key, later);
+                return;
+            }
+        }
         match client.deadline() {
             Some(deadline) if deadline <= now => {
                 if matches!(client.phase, Phase::Request(_)) {
