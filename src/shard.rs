@@ -113,6 +113,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const RESPONSE_BACKLOG: usize = 256 * 1024;
 /// Bytes read per `read` call.
 const SCRATCH: usize = 16 * 1024;
+/// The allocator's threshold for mapping an allocation of its own (glibc's default).
+const BIG: usize = 128 * 1024;
 /// Events handled per `poll` call.
 const EVENTS: usize = 1024;
 /// An expired stream's `retry:` is 1–2 times this: time for the page to refresh its cookie.
@@ -268,11 +270,14 @@ impl Shard {
             stats,
             counters: Counters::default(),
             node,
-            clients: Slab::with_capacity(1024),
+            // The lists that grow with the streams start at the allocator's mmap threshold
+            // (128 KiB): their memory is then mapped, untouched pages cost nothing, and
+            // growing remaps it instead of leaving each outgrown copy behind in the heap.
+            clients: Slab::with_capacity(BIG / std::mem::size_of::<Client>() + 1),
             topics: Topics::default(),
-            pending: Vec::with_capacity(1024),
+            pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: BinaryHeap::with_capacity(BIG / 8),
             expiries: BinaryHeap::new(),
             started: now,
             tls_scratch: tls::Scratch::new(serves_tls),

@@ -94,6 +94,11 @@ impl Topics {
             }
         };
         let subscribers = &mut self.list[t as usize].subscribers;
+        if subscribers.len() == 4096 {
+            // A crowded topic jumps to 128 KiB, the allocator's threshold for mapped memory:
+            // it then grows by remapping, not by leaving each outgrown copy in the heap.
+            subscribers.reserve_exact(32 * 1024 - subscribers.len());
+        }
         // Slab keys stay far below u32::MAX: the stream quota bounds them.
         subscribers.push(key as u32);
         (t, (subscribers.len() - 1) as u32)

@@ -8,8 +8,11 @@
 # edge      sse-edge at 1k/10k/19k streams, stamped publishes at 10/s for 15 s, 3 runs each
 # compare   sse-edge, the floor (benches/floor.rs) and the Go demo at 1k/10k/19k streams,
 #           closed-loop publishing (the Go demo ignores bodies), 100 messages, 3 runs each
+#           (COMPARE_SERVERS="edge floor" leaves the Go demo out, on a machine without Go)
 # shards    sse-edge --shards 1 vs 2 at 10k streams, 10/s and 20/s for 15 s, 3 runs each
 # hold50k   50k idle streams over 3 sse-edge processes sharing one port (--reuse-port)
+# memory    bytes per idle stream after one broadcast: 1k/10k/19k plain, and 10k in cluster
+#           mode, with a token, on 3 topics; 3 runs each (needs redis-server)
 # live200k  200k live streams over 12 cluster nodes on one port (--reuse-port --redis),
 #           at 1 event/s for 60 s on 12 publishing connections, kernel memory sampled every 2 s (needs
 #           redis-server; not in the default list: it takes the machine for ~3 min)
@@ -58,7 +61,7 @@ edge)
     stop
   done; done ;;
 compare)
-  for n in 1000 10000 19000; do for r in 1 2 3; do for server in edge floor go; do
+  for n in 1000 10000 19000; do for r in 1 2 3; do for server in ${COMPARE_SERVERS:-edge floor go}; do
     case $server in
       edge)  start "cmp-$server-$n-$r" $edge --listen 0.0.0.0:$port --tick 0 --log warn ;;
       floor) start "cmp-$server-$n-$r" $floor 0.0.0.0:$port ;;
@@ -139,6 +142,27 @@ hold50k)
   $lt --url http://127.0.0.1:$port/stream --connections 50000 --duration 10 \
       --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/hold50k.json" > "$out/hold50k.txt" || true
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; port=$((port + 1)) ;;
+memory)
+  # Bytes per idle stream after one broadcast: 1k/10k/19k streams plain (one shard, embedded
+  # broker, auth off), and at 10k in cluster mode, with an HS256 token, and on 3 topics each.
+  rport=$((port + 1000))
+  redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no >"$out/memory.redis.log" 2>&1 & redis=$!
+  secret=bench-secret-bench-secret-bench-secret
+  token=$(SSE_EDGE_TOKEN_KEY=$secret $edge token --subscribe '*')
+  for shape in plain-1000 plain-10000 plain-19000 cluster-10000 hs256-10000 topics3-10000; do for r in 1 2 3; do
+    n=${shape#*-}; flags=(); extra=(); url=http://127.0.0.1:$port/stream
+    case $shape in
+      cluster-*) flags=(--redis redis://127.0.0.1:$rport) ;;
+      hs256-*) flags=(--subscribe-jwt "$secret"); extra=(--header "Cookie: sse_edge_token=$token") ;;
+      topics3-*) url="$url?topic=a&topic=b&topic=default" ;;
+    esac
+    name="memory-$shape-$r"
+    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn "${flags[@]}"
+    $lt --url "$url" --connections $n --publish-url http://127.0.0.1:$port/broadcast --messages 1 \
+        --duration 10 --server-pid $pid --no-progress "${extra[@]}" --json "$out/$name.json" > "$out/$name.txt" || true
+    stop
+  done; done
+  kill $redis; wait $redis 2>/dev/null || true ;;
 live200k)
   # 200,000 live streams: 12 cluster nodes on one port (each under the 20k open-files limit),
   # tied together by Redis; the loadtest spreads the streams over worker processes and source
