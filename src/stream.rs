@@ -162,37 +162,19 @@ impl Stream {
         now: Instant,
         slow_after: Duration,
     ) -> Offer {
-        let behind = match &mut self.behind {
-            Some(behind) => behind,
-            None => {
-                if outbox.fits(frame.len(), limit) {
-                    outbox.push(frame.clone());
-                    self.active = true;
-                    return Offer::Queued(frame.len());
-                }
-                self.set_loss(Loss {
-                    gap: Some(Gap {
-                        from: id,
-                        to: id,
-                        dropped: 1,
-                    }),
-                    since: now,
-                });
-                return Offer::Dropped;
-            }
+        // A stream with a box is replaying or losing (the box goes when both are over).
+        let losing = match &mut self.behind {
+            None => None,
+            Some(behind) if behind.replay.is_some() => return Offer::Skipped,
+            Some(behind) => behind.loss.as_mut(),
         };
-        if behind.replay.is_some() {
-            return Offer::Skipped;
-        }
-        let Some(loss) = &mut behind.loss else {
-            // Not replaying and not losing: the box is about to go (tidy); treat as live.
+        let Some(loss) = losing else {
             if outbox.fits(frame.len(), limit) {
                 outbox.push(frame.clone());
                 self.active = true;
-                self.tidy();
                 return Offer::Queued(frame.len());
             }
-            behind.loss = Some(Loss {
+            self.set_loss(Loss {
                 gap: Some(Gap {
                     from: id,
                     to: id,

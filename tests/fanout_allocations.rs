@@ -32,16 +32,8 @@ fn offering_a_frame_to_ten_thousand_streams_allocates_nothing() {
         let before = allocations();
         let mut queued = 0;
         for (stream, outbox) in subs.iter_mut() {
-            let offer = stream.offer(
-                outbox,
-                EventId::local(id),
-                None,
-                &frame,
-                65536,
-                now,
-                Duration::MAX,
-            );
-            queued += usize::from(matches!(offer, Offer::Queued(_)));
+            let got = offer(stream, outbox, id, &frame, 65536, now);
+            queued += usize::from(matches!(got, Offer::Queued(_)));
         }
         let during = allocations() - before;
         for (_, outbox) in subs.iter_mut() {
@@ -71,31 +63,15 @@ fn a_stream_that_keeps_losing_frames_allocates_nothing_per_dropped_frame() {
     // Warm up: the first frame fits, the second starts each stream's loss record.
     for id in 1..=2 {
         for (stream, outbox) in subs.iter_mut() {
-            stream.offer(
-                outbox,
-                EventId::local(id),
-                None,
-                &frame,
-                limit,
-                now,
-                Duration::MAX,
-            );
+            offer(stream, outbox, id, &frame, limit, now);
         }
     }
     let before = allocations();
     let mut dropped = 0;
     for id in 3..50 {
         for (stream, outbox) in subs.iter_mut() {
-            let offer = stream.offer(
-                outbox,
-                EventId::local(id),
-                None,
-                &frame,
-                limit,
-                now,
-                Duration::MAX,
-            );
-            dropped += usize::from(offer == Offer::Dropped);
+            let got = offer(stream, outbox, id, &frame, limit, now);
+            dropped += usize::from(got == Offer::Dropped);
         }
     }
     assert_eq!(dropped, 47 * 1_000, "every later frame was dropped");
@@ -113,17 +89,7 @@ fn a_lossy_stream_allocates_its_notice_once_then_nothing_per_event() {
     let big = encode_event(EventId::local(1), None, None, &"x".repeat(600));
     let offer_all = |subs: &mut Vec<(Stream, Outbox)>, id: u64, frame: &bytes::Bytes| {
         subs.iter_mut()
-            .map(|(stream, outbox)| {
-                stream.offer(
-                    outbox,
-                    EventId::local(id),
-                    None,
-                    frame,
-                    limit,
-                    now,
-                    Duration::MAX,
-                )
-            })
+            .map(|(stream, outbox)| offer(stream, outbox, id, frame, limit, now))
             .filter(|o| matches!(o, Offer::Queued(_)))
             .count()
     };
@@ -183,22 +149,34 @@ fn streams_on_several_topics_are_found_and_fed_without_allocating() {
         let mut queued = 0;
         for key in topics.subscribers(topic) {
             let (stream, outbox) = &mut streams[key];
-            let offer = stream.offer(
-                outbox,
-                EventId::local(id),
-                None,
-                &frame,
-                65536,
-                now,
-                Duration::MAX,
-            );
-            queued += usize::from(matches!(offer, Offer::Queued(_)));
+            let got = offer(stream, outbox, id, &frame, 65536, now);
+            queued += usize::from(matches!(got, Offer::Queued(_)));
         }
         assert_eq!((allocations() - before, queued), (0, 5_000), "event {id}");
         for (_, outbox) in streams.iter_mut() {
             outbox.write_to(&mut sink).unwrap();
         }
     }
+}
+
+/// Offers event `id`'s `frame` to one stream, as the fan-out does (no slow-client limit).
+fn offer(
+    stream: &mut Stream,
+    outbox: &mut Outbox,
+    id: u64,
+    frame: &bytes::Bytes,
+    limit: usize,
+    now: Instant,
+) -> Offer {
+    stream.offer(
+        outbox,
+        EventId::local(id),
+        None,
+        frame,
+        limit,
+        now,
+        Duration::MAX,
+    )
 }
 
 /// A socket stand-in: reads what was written to it, `WouldBlock` when empty.

@@ -621,7 +621,29 @@ fn clients_in(answer: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Reads one request (head, then `Content-Length` bytes) off `s` into `buf`, and returns
+    /// its body; None when the peer has gone.
+    fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            read_more(s, buf).ok()?;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        while buf.len() < end + 4 + len {
+            read_more(s, buf).ok()?;
+        }
+        Some(buf.drain(..end + 4 + len).skip(end + 4).collect())
+    }
 
     /// A one-connection server that answers each request with the next canned response.
     fn canned(answers: Vec<&'static str>) -> Url {
@@ -629,24 +651,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
             for answer in answers {
-                let mut buf = Vec::new();
-                // Read one request: head, then Content-Length bytes.
-                loop {
-                    read_more(&mut s, &mut buf).unwrap();
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        if buf.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
+                read_request(&mut s, &mut buf).unwrap();
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });
@@ -733,24 +740,7 @@ mod tests {
                 let mut s = s.unwrap();
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            if read_more(&mut s, &mut buf).is_err() {
-                                return;
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        while buf.len() < end + 4 + len {
-                            read_more(&mut s, &mut buf).unwrap();
-                        }
-                        let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                    while let Some(body) = read_request(&mut s, &mut buf) {
                         let (seq, _) = stamp::parse(std::str::from_utf8(&body).unwrap()).unwrap();
                         let answer =
                             if Some(seq) == fail_once && !failed.swap(true, Ordering::SeqCst) {
