@@ -116,21 +116,29 @@ impl Shard {
     /// `at` in [`TICK`]s since the shard started, rounded down (so a stream is closed
     /// early rather than late, and a due entry is one whose tick has begun).
     fn ticks_at(&self, at: Instant) -> u32 {
-        let ticks = at.saturating_duration_since(self.started).as_millis() / TICK.as_millis();
-        u32::try_from(ticks).unwrap_or(u32::MAX)
+        tick_floor(at.saturating_duration_since(self.started))
     }
 
     /// Schedules a look at `key` at `at` (its request or linger deadline), rounded up to the
-    /// next tick, so it is never looked at before it is due.
+    /// next tick, so it is never looked at before it is due (and a deadline after `now` is
+    /// never due in `now`'s tick).
     pub(super) fn set_deadline(&mut self, key: usize, at: Instant) {
-        let ticks = at
-            .saturating_duration_since(self.started)
-            .as_millis()
-            .div_ceil(TICK.as_millis());
-        let ticks = u32::try_from(ticks).unwrap_or(u32::MAX);
+        let ticks = tick_ceil(at.saturating_duration_since(self.started));
         // Slab keys stay far below u32::MAX: the quotas bound them.
         self.deadlines.push(Reverse((ticks, key as u32)));
     }
+}
+
+/// `elapsed` in whole [`TICK`]s, rounded down.
+fn tick_floor(elapsed: Duration) -> u32 {
+    u32::try_from(elapsed.as_nanos() / TICK.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// `elapsed` in [`TICK`]s, rounded up to the whole nanosecond: a deadline 0.5 ms into a tick
+/// lands on the next one, so one later than `now` is never due in `now`'s tick (else it
+/// would be due at once, again and again, in the same turn).
+fn tick_ceil(elapsed: Duration) -> u32 {
+    u32::try_from(elapsed.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u32::MAX)
 }
 
 /// A stream is closed this long before its token's `exp`, at least, so that no event is
@@ -175,6 +183,27 @@ pub(super) fn next_after(at: Instant, period: Duration, now: Instant) -> Instant
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A deadline after `now` is never due in `now`'s tick; one at or before it is due
+        /// by the tick after. (A deadline 0.5 ms into the tick of `now` once fell in it,
+        /// and the timer loop popped and pushed it back forever.)
+        #[test]
+        fn a_later_deadline_is_never_due_now(now_ns in 0u64..10_000_000_000, ahead_ns in 1u64..1_000_000_000) {
+            let now = Duration::from_nanos(now_ns);
+            let deadline = now + Duration::from_nanos(ahead_ns);
+            prop_assert!(tick_ceil(deadline) > tick_floor(now));
+            prop_assert!(tick_ceil(now) <= tick_floor(now) + 1);
+        }
+    }
+
+    #[test]
+    fn half_a_millisecond_into_a_tick_is_the_next_tick() {
+        let deadline = Duration::from_micros(1_300_500);
+        let now = Duration::from_micros(1_300_200);
+        assert_eq!((tick_ceil(deadline), tick_floor(now)), (14, 13));
+    }
 
     const EXP: u64 = 1_800_000_000;
 
