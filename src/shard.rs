@@ -277,7 +277,7 @@ impl Shard {
             topics: Topics::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
-            deadlines: BinaryHeap::with_capacity(BIG / 8),
+            deadlines: BinaryHeap::with_capacity(BIG / std::mem::size_of::<Reverse<(u32, u32)>>()),
             expiries: BinaryHeap::new(),
             started: now,
             tls_scratch: tls::Scratch::new(serves_tls),

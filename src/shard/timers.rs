@@ -19,9 +19,12 @@ impl Shard {
         }
         // After a crowd of connections has become streams (or gone), the heap of their old
         // deadlines gives its memory back.
-        if self.deadlines.capacity() > 4096 && self.deadlines.len() < self.deadlines.capacity() / 8
+        // Never below the starting size: that one is mapped, and costs only what is touched.
+        let floor = BIG / std::mem::size_of::<Reverse<(u32, u32)>>();
+        if self.deadlines.capacity() > floor && self.deadlines.len() < self.deadlines.capacity() / 8
         {
-            self.deadlines.shrink_to(self.deadlines.len() * 2);
+            self.deadlines
+                .shrink_to((self.deadlines.len() * 2).max(floor));
         }
         let mut budget = EXPIRIES_PER_TURN;
         while let Some(&Reverse((due, key, serial))) = self.expiries.peek() {
