@@ -1,11 +1,11 @@
 //! The `loadtest` binary against a server that is not sse-edge: a tiny SSE server that
 //! chunks its responses, ends lines with `\r\n`, and splits each event over two chunks.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// Writes `data` as one HTTP chunk.
 fn chunk(out: &mut TcpStream, data: &str) -> std::io::Result<()> {
@@ -68,29 +68,19 @@ fn a_chunking_crlf_server_loses_nothing() {
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || serve(listener));
     let json = std::env::temp_dir().join(format!("loadtest-{}-other.json", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["--connections", "100", "--messages", "20", "--no-progress"])
-        .arg("--url")
-        .arg(format!("http://127.0.0.1:{port}/events"))
-        .arg("--publish-url")
-        .arg(format!("http://127.0.0.1:{port}/publish"))
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start loadtest");
-    let deadline = Instant::now() + Duration::from_secs(50);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("loadtest overran");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = common::run_loadtest(&[
+        "--connections".into(),
+        "100".into(),
+        "--messages".into(),
+        "20".into(),
+        "--url".into(),
+        format!("http://127.0.0.1:{port}/events"),
+        "--publish-url".into(),
+        format!("http://127.0.0.1:{port}/publish"),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let status = out.status;
     let text = std::fs::read_to_string(&json).expect("--json written");
     let _ = std::fs::remove_file(&json);
     let j: serde_json::Value = serde_json::from_str(&text).expect("JSON");

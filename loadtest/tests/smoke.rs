@@ -7,22 +7,12 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Longest any one loadtest run may take here before the test gives up on it.
-const RUN_LIMIT: Duration = Duration::from_secs(50);
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{KillOnDrop, RUN_LIMIT};
 
 /// A running sse-edge on a loopback port chosen by the kernel.
 struct Server {
@@ -100,37 +90,7 @@ fn server_binary() -> PathBuf {
 
 /// Runs the loadtest binary with `args`, killing it if it overruns.
 fn loadtest(args: &[String]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(args)
-        .arg("--no-progress")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start loadtest");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-    let mut guard = KillOnDrop(child);
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "loadtest ran past {RUN_LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
+    common::run_loadtest(args)
 }
 
 fn temp_path(name: &str) -> PathBuf {

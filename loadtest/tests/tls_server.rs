@@ -3,20 +3,18 @@
 //! Streams and publishes go over TLS with `--cacert` and with `--insecure`; without either
 //! flag, with a bad CA file and with the wrong CA, the run fails and says why.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-
-/// Longest one loadtest run may take here.
-const RUN_LIMIT: Duration = Duration::from_secs(50);
 
 type Tls = StreamOwned<ServerConnection, TcpStream>;
 
@@ -159,40 +157,14 @@ struct Run {
 /// Runs the loadtest binary with `args` and `--json`, killing it if it overruns.
 fn loadtest(args: &[String]) -> Run {
     let json = TempFile::with(&format!("summary-{}", unique()), "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(args)
-        .args(["--no-progress", "--json", &json.path()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start loadtest");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("loadtest overran {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut all = args.to_vec();
+    all.extend(["--json".to_owned(), json.path()]);
+    let out = common::run_loadtest(&all);
     let text = std::fs::read_to_string(&json.0).unwrap_or_default();
     Run {
-        status,
-        stdout: stdout.join().expect("stdout"),
-        stderr: stderr.join().expect("stderr"),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         json: serde_json::from_str(&text).ok(),
     }
 }
