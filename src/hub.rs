@@ -28,7 +28,7 @@ use mio::Waker;
 use crate::event_id::EventId;
 use crate::handover::wire::State;
 use crate::handover::Step;
-use crate::history::{Batch, Cursor, History};
+use crate::history::{Batch, Cursor, History, ReplayStart};
 use crate::sse;
 
 /// One encoded event on its way to the shards.
@@ -334,15 +334,7 @@ impl Hub {
         let names = ledger.history.subscribe(topics, Instant::now());
         let (reset, replay) = match last_event_id {
             Some(requested) => {
-                // Only the cluster has nodes ahead of this one; it has an epoch.
-                let ahead_ok = ledger.epoch.is_some();
-                let start = ledger.history.start_replay(
-                    &names,
-                    requested,
-                    ledger.last_id,
-                    ledger.epoch.as_deref(),
-                    ahead_ok,
-                );
+                let start = Self::start_replay(ledger, &names, requested);
                 (start.reset, Some(start.cursor))
             }
             None => (None, None),
@@ -352,6 +344,19 @@ impl Hub {
             reset,
             replay,
         }
+    }
+
+    /// Where a resume from the id `requested` starts, on this node as it stands.
+    fn start_replay(ledger: &Ledger, names: &[Arc<str>], requested: &str) -> ReplayStart {
+        // Only the cluster has nodes ahead of this one; it has an epoch.
+        let ahead_ok = ledger.epoch.is_some();
+        ledger.history.start_replay(
+            names,
+            requested,
+            ledger.last_id,
+            ledger.epoch.as_deref(),
+            ahead_ok,
+        )
     }
 
     /// The next part of a replay over `names` after `cursor`, up to `room` bytes (at least
@@ -523,15 +528,9 @@ impl Hub {
         let ledger = &mut *guard;
         let names = ledger.history.subscribe(topics, Instant::now());
         if ledger.epoch.as_deref() != epoch {
+            // As a resume with that id would be: `reset`, since it is of another epoch.
             let requested = cursor.after().wire(epoch).to_string();
-            let ahead_ok = ledger.epoch.is_some();
-            let start = ledger.history.start_replay(
-                &names,
-                &requested,
-                ledger.last_id,
-                ledger.epoch.as_deref(),
-                ahead_ok,
-            );
+            let start = Self::start_replay(ledger, &names, &requested);
             return Subscription {
                 names,
                 reset: start.reset,

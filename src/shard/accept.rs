@@ -174,16 +174,18 @@ impl Shard {
         self.requesting_now = self.requesting_now.saturating_sub(1);
     }
 
-    /// Answers a stream request beyond capacity: its stream `head`, `: shed`, a long jittered
-    /// `retry:`, then close.
-    pub(super) fn shed(&mut self, key: usize, head: Bytes, refusal: Refusal) {
+    /// Answers a stream request beyond capacity: its stream `head` (unless it was sent
+    /// already), `: shed`, a long jittered `retry:`, then close.
+    pub(super) fn shed(&mut self, key: usize, head: Option<Bytes>, refusal: Refusal) {
         self.counters.add(Stat::Shed, 1);
         let factor = match refusal {
             Refusal::Draining => 1,
             Refusal::NodeFull | Refusal::AddressFull => SHED_RETRY_FACTOR,
         };
         let retry = self.jitter(self.config.retry_ms * factor);
-        self.queue(key, head);
+        if let Some(head) = head {
+            self.queue(key, head);
+        }
         self.queue(key, sse::encode_shed(retry));
         self.clients[key].close_after_flush = true;
         debug!(shard = self.id, key, ?refusal, "stream shed");

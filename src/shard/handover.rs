@@ -341,15 +341,12 @@ impl Shard {
                     Some(Err(refusal)) => refusal,
                     _ => Refusal::NodeFull,
                 };
-                self.counters.add(Stat::Shed, 1);
-                let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
-                self.queue(key, sse::encode_shed(retry));
-                self.clients[key].close_after_flush = true;
+                // Its head went out long ago; it is a stream on its way out, not a request.
                 self.clients[key].phase = Phase::Linger {
                     deadline: self.now + LINGER,
                 };
                 self.set_deadline(key, self.now + LINGER);
-                debug!(shard = self.id, key, ?refusal, "handed-over stream shed");
+                self.shed(key, None, refusal);
                 return Some(true);
             }
         };

@@ -37,11 +37,11 @@ impl Shard {
         };
         if self.drain_deadline.is_some() {
             // Come back soon: to this node's successor, or to another node.
-            return self.shed(key, head, crate::admission::Refusal::Draining);
+            return self.shed(key, Some(head), crate::admission::Refusal::Draining);
         }
         let admitted = match self.node.quota.admit(peer) {
             Ok(admitted) => admitted,
-            Err(refusal) => return self.shed(key, head, refusal),
+            Err(refusal) => return self.shed(key, Some(head), refusal),
         };
         if self.config.send_buffer > 0 {
             // A stream's traffic is small frames; a client that stops reading would otherwise
