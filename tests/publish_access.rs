@@ -47,6 +47,15 @@ fn without_a_token_peers_outside_the_allow_list_are_refused() {
 }
 
 #[test]
+fn an_ipv4_mapped_network_in_the_allow_list_holds_ipv4_peers() {
+    // The IPv6 spelling of 127.0.0.0/8; this test's peer connects over IPv4.
+    let server = Server::start(&["--publish-allow", "::ffff:127.0.0.0/104"]);
+    let mut witness = server.stream("/stream");
+    assert_eq!(published_id(&post(&server, None)), 1);
+    assert_eq!(witness.next_event().data, "x");
+}
+
+#[test]
 fn loopback_publishes_by_default() {
     let server = Server::start(&[]);
     assert_eq!(published_id(&post(&server, None)), 1);
@@ -85,6 +94,13 @@ fn browsers_and_proxies_cannot_borrow_a_loopback_address() {
         "Forwarded: for=192.0.2.1\r\n",
         "X-Forwarded-For: 192.0.2.1\r\n",
         "Via: 1.1 proxy\r\n",
+        // nginx's and haproxy's usual client-address headers, and CDNs'.
+        "X-Real-IP: 192.0.2.1\r\n",
+        "X-Forwarded-Proto: http\r\n",
+        "X-Forwarded-Host: app.example\r\n",
+        "True-Client-IP: 192.0.2.1\r\n",
+        "CF-Connecting-IP: 192.0.2.1\r\n",
+        "X-Client-IP: 192.0.2.1\r\n",
         "Host: localhost:8080\r\nOrigin: http://evil.example\r\n",
         "Host: localhost:8080\r\nOrigin: https://localhost:8080\r\n",
         "Host: localhost:8080\r\nOrigin: http://localhost:9999\r\n",

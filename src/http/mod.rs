@@ -521,6 +521,11 @@ Connection: keep-alive\r\n\r\n";
             ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
             ("two Origins", b"GET / HTTP/1.1\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n"),
             ("NUL in header", b"GET / HTTP/1.1\r\nLast-Event-ID: a\x00b\r\n\r\n"),
+            ("two Authorizations", b"GET /stream HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
+            ("two Authorizations, any case", b"POST /broadcast HTTP/1.1\r\nauthorization: Bearer a\r\nAUTHORIZATION: Bearer a\r\n\r\n"),
+            ("two Last-Event-IDs", b"GET /stream HTTP/1.1\r\nLast-Event-ID: 5\r\nLast-Event-ID: 9\r\n\r\n"),
+            ("a second Last-Event-ID that is not UTF-8", b"GET /stream HTTP/1.1\r\nLast-Event-ID: 5\r\nLast-Event-ID: \xff\r\n\r\n"),
+            ("a second Host that is not UTF-8", b"GET / HTTP/1.1\r\nHost: \xff\r\nHost: a\r\n\r\n"),
         ];
         for (name, wire) in cases {
             assert_eq!(status_of(wire), 400, "{name}");

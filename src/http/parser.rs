@@ -63,7 +63,8 @@ pub struct Head {
     pub sec_fetch_site: Option<String>,
     /// The `Cookie` header(s), when present and valid UTF-8 (several are joined by `; `).
     pub cookie: Option<String>,
-    /// A `Forwarded`, `X-Forwarded-For` or `Via` header was present: a proxy relayed it.
+    /// A header only proxies send was present (`Forwarded`, `Via`, `X-Forwarded-*`, `X-Real-IP`
+    /// and the like: see `is_proxy_marker`): a proxy relayed it.
     pub proxied: bool,
     /// Header lines in the head.
     pub header_count: usize,
@@ -637,14 +638,18 @@ fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
     head.header_count = parsed.headers.len();
     let mut length: Option<usize> = None;
     let mut chunked = false;
+    // Headers that must come at most once, as bits of `seen`: which of two copies a proxy
+    // and this parser would each believe is a guess an attacker makes for us.
+    let mut seen = 0u8;
     for h in parsed.headers.iter() {
         let name = h.name;
         let value = trim(h.value);
         let text = || std::str::from_utf8(value).ok().map(str::to_owned);
-        let once = |slot: &Option<String>, reason| {
-            if slot.is_some() {
+        let mut once = |bit: u8, reason| {
+            if seen & bit != 0 {
                 Err(reject(400, reason))
             } else {
+                seen |= bit;
                 Ok(text())
             }
         };
@@ -677,16 +682,15 @@ fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
             // HTTP/1.0 clients do not know 100 Continue (RFC 9110 §10.1.1).
             head.expects_continue = version == 1 && value.eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("last-event-id") {
-            head.last_event_id = text();
+            head.last_event_id = once(1, "more than one Last-Event-ID header")?;
         } else if name.eq_ignore_ascii_case("authorization") {
-            head.authorization = text();
+            head.authorization = once(2, "more than one Authorization header")?;
         } else if name.eq_ignore_ascii_case("host") {
-            head.host = once(&head.host, "more than one Host header")?;
+            head.host = once(4, "more than one Host header")?;
         } else if name.eq_ignore_ascii_case("origin") {
-            head.origin = once(&head.origin, "more than one Origin header")?;
+            head.origin = once(8, "more than one Origin header")?;
         } else if name.eq_ignore_ascii_case("sec-fetch-site") {
-            head.sec_fetch_site =
-                once(&head.sec_fetch_site, "more than one Sec-Fetch-Site header")?;
+            head.sec_fetch_site = once(16, "more than one Sec-Fetch-Site header")?;
         } else if name.eq_ignore_ascii_case("cookie") {
             // RFC 6265 §5.4 sends one Cookie line; HTTP/2 gateways may split it.
             if let Some(more) = text() {
@@ -695,10 +699,7 @@ fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
                     None => more,
                 });
             }
-        } else if name.eq_ignore_ascii_case("forwarded")
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("via")
-        {
+        } else if is_proxy_marker(name) {
             head.proxied = true;
         }
     }
@@ -715,6 +716,28 @@ fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
         (None, false) => Framing::Length(0),
     };
     Ok(head)
+}
+
+/// Headers that only a proxy (or a client pretending to be behind one) sends: the standard
+/// `Forwarded` and `Via`, every `X-Forwarded-*`, and the vendors' client-address headers. A
+/// request carrying one does not come from the peer address the socket shows.
+fn is_proxy_marker(name: &str) -> bool {
+    const MARKERS: [&str; 10] = [
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        "x-proxyuser-ip",
+    ];
+    let forwarded = name
+        .get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"));
+    forwarded || MARKERS.iter().any(|m| name.eq_ignore_ascii_case(m))
 }
 
 /// Splits a request target into path and raw query; accepts origin-form, absolute-form and `*`.
