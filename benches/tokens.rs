@@ -22,7 +22,12 @@ fn case(name: &str, public_pem: &str, key: EncodingKey, alg: Algorithm) -> (Trus
     let path =
         std::env::temp_dir().join(format!("sse-edge-bench-{}-{name}.pem", std::process::id()));
     std::fs::write(&path, public_pem).unwrap();
-    let trust = Trust::load("--subscribe-jwt", vec![KeySource::File(path.clone())], None).unwrap();
+    let trust = Trust::load(
+        "--subscribe-jwt",
+        vec![KeySource::File(path.clone())],
+        Default::default(),
+    )
+    .unwrap();
     std::fs::remove_file(&path).ok();
     (trust, token(&key, alg))
 }
@@ -37,7 +42,12 @@ fn token(key: &EncodingKey, alg: Algorithm) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let hs = Trust::load("--subscribe-jwt", vec![SECRET.parse().unwrap()], None).unwrap();
+    let hs = Trust::load(
+        "--subscribe-jwt",
+        vec![SECRET.parse().unwrap()],
+        Default::default(),
+    )
+    .unwrap();
     let hs_token = token(
         &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
         Algorithm::HS256,

@@ -71,9 +71,14 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
-    /// Whether `ip` is inside this network (IPv4-mapped IPv6 peers count as IPv4).
+    /// Whether `ip` is inside this network. IPv4-mapped IPv6 peers count as IPv4, and an IPv6
+    /// network written with a mapped address (`::ffff:10.0.0.0/104`) holds those IPv4 peers.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
+        let ip = match (self.addr, ip.to_canonical()) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (_, ip) => ip,
+        };
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
@@ -361,6 +366,22 @@ mod tests {
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
         assert!("::1".parse::<Cidr>().unwrap().contains(ip("::1")));
         assert!(!"::1".parse::<Cidr>().unwrap().contains(ip("127.0.0.1")));
+        // IPv4-mapped networks hold IPv4 peers, however the peer's address is written.
+        let mapped: Cidr = "::ffff:10.1.0.0/112".parse().unwrap();
+        for peer in ["10.1.2.3", "::ffff:10.1.2.3"] {
+            assert!(mapped.contains(ip(peer)), "{peer}");
+        }
+        assert!(!mapped.contains(ip("10.2.0.1")));
+        assert!(!mapped.contains(ip("2001:db8::1")));
+        assert!("::ffff:127.0.0.1"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains(ip("127.0.0.1")));
+        assert!("::/0".parse::<Cidr>().unwrap().contains(ip("192.0.2.1")));
+        assert!(!"2001:db8::/32"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains(ip("192.0.2.1")));
         // An IPv4 peer seen through a dual-stack socket.
         assert!(net.contains(ip("::ffff:10.1.0.9")));
         for bad in ["10.0.0.0/33", "nope", "::/129", "1.2.3.4/x"] {
@@ -440,6 +461,15 @@ mod tests {
             "Forwarded: for=192.0.2.1\r\n",
             "X-Forwarded-For: 192.0.2.1\r\n",
             "Via: 1.1 proxy\r\n",
+            // What common proxies and CDNs add instead of (or beside) X-Forwarded-For.
+            "X-Real-IP: 192.0.2.1\r\n",
+            "X-Forwarded-Host: app.example\r\n",
+            "X-Forwarded-Proto: https\r\n",
+            "x-forwarded-port: 443\r\n",
+            "True-Client-IP: 192.0.2.1\r\n",
+            "CF-Connecting-IP: 192.0.2.1\r\n",
+            "X-Client-IP: 192.0.2.1\r\n",
+            "Fastly-Client-IP: 192.0.2.1\r\n",
             "Sec-Fetch-Site: cross-site\r\n",
             "Host: localhost:8080\r\nOrigin: https://evil.example\r\n",
             "Host: localhost:8080\r\nOrigin: http://localhost:8081\r\n",
@@ -497,7 +527,7 @@ mod tests {
 
     fn keys(flag: &'static str) -> Option<Arc<Trust>> {
         Some(Arc::new(
-            Trust::load(flag, vec![SECRET.parse().unwrap()], None).unwrap(),
+            Trust::load(flag, vec![SECRET.parse().unwrap()], Default::default()).unwrap(),
         ))
     }
 

@@ -167,6 +167,11 @@ pub struct Config {
     #[arg(long, env = "SSE_EDGE_JWT_AUDIENCE", value_name = "AUD")]
     pub jwt_audience: Option<String>,
 
+    /// Tokens must carry exactly this issuer in their `iss` claim, so a token your app signs
+    /// with the same secret for another purpose (or another environment) is refused.
+    #[arg(long, env = "SSE_EDGE_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
     /// Also accept a stream's token as `?access_token=` (URLs end up in logs and history:
     /// prefer the sse_edge_token cookie).
     #[arg(long, env = "SSE_EDGE_TOKEN_IN_QUERY")]
@@ -336,6 +341,29 @@ fn parse_shards(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The error line for a refused value of a secret flag (one whose environment value `--help`
+/// hides: keys, tokens, the Redis URL with its password), naming the flag and why but never
+/// the value, which may have come from `SSE_EDGE_SUBSCRIBE_JWT` precisely to stay out of view.
+/// `None` for every other error.
+fn redacted(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let secret = Config::command()
+        .get_arguments()
+        .any(|a| a.is_hide_env_values_set() && a.get_long() == Some(flag));
+    if !secret {
+        return None;
+    }
+    Some(match std::error::Error::source(e) {
+        Some(why) => format!("invalid value for '{arg}' (not shown): {why}"),
+        None => format!("invalid value for '{arg}' (not shown)"),
+    })
+}
+
 /// Why the command line did not yield a configuration.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -365,7 +393,9 @@ impl Config {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     ConfigError::Info(e.render().to_string())
                 }
-                _ => ConfigError::Invalid(one_line(&e.render().to_string())),
+                _ => ConfigError::Invalid(
+                    redacted(&e).unwrap_or_else(|| one_line(&e.render().to_string())),
+                ),
             }
         })?;
         config.validate().map_err(ConfigError::Invalid)?;
@@ -437,6 +467,10 @@ impl Config {
             && self.publish_jwt.is_empty()
         {
             return Err("--jwt-audience needs --subscribe-jwt or --publish-jwt".into());
+        }
+        if self.jwt_issuer.is_some() && self.subscribe_jwt.is_empty() && self.publish_jwt.is_empty()
+        {
+            return Err("--jwt-issuer needs --subscribe-jwt or --publish-jwt".into());
         }
         if self.max_streams_per_ip == Some(0) {
             return Err("--max-streams-per-ip must be at least 1".into());

@@ -140,12 +140,22 @@ impl Keys {
     }
 }
 
+/// The registered claims a node requires, when set (`--jwt-audience`, `--jwt-issuer`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// `aud` must name this.
+    pub audience: Option<String>,
+    /// `iss` must be exactly this: a token signed with the same secret by another app (or for
+    /// another environment) is refused.
+    pub issuer: Option<String>,
+}
+
 /// The keys behind one flag (`--subscribe-jwt` or `--publish-jwt`), reloadable, with the
-/// audience tokens must carry. Shared by every shard.
+/// claims tokens must carry. Shared by every shard.
 pub struct Trust {
     flag: &'static str,
     sources: Vec<KeySource>,
-    audience: Option<String>,
+    expect: Expect,
     keys: RwLock<Arc<Keys>>,
 }
 
@@ -154,7 +164,7 @@ impl std::fmt::Debug for Trust {
         f.debug_struct("Trust")
             .field("flag", &self.flag)
             .field("sources", &self.sources)
-            .field("audience", &self.audience)
+            .field("expect", &self.expect)
             .finish_non_exhaustive()
     }
 }
@@ -164,13 +174,13 @@ impl Trust {
     pub fn load(
         flag: &'static str,
         sources: Vec<KeySource>,
-        audience: Option<String>,
+        expect: Expect,
     ) -> Result<Trust, String> {
         let keys = Keys::load(&sources)?;
         Ok(Trust {
             flag,
             sources,
-            audience,
+            expect,
             keys: RwLock::new(Arc::new(keys)),
         })
     }
@@ -217,7 +227,7 @@ impl Trust {
             }
             algorithm_known = true;
             match jsonwebtoken::decode::<Claims>(token, &key.key, &signature_only(key.algorithm)) {
-                Ok(data) => return check_claims(data.claims, self.audience.as_deref(), now),
+                Ok(data) => return check_claims(data.claims, &self.expect, now),
                 Err(e) => match e.kind() {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => continue,
                     _ => return Err(Refusal::Malformed),
@@ -249,6 +259,7 @@ struct Claims {
     exp: Option<NumericDate>,
     nbf: Option<NumericDate>,
     aud: Option<Audience>,
+    iss: Option<String>,
     #[serde(default)]
     sse_edge: Option<GrantClaims>,
 }
@@ -307,6 +318,8 @@ pub enum Refusal {
     NotYetValid,
     /// `--jwt-audience` is set and the token's `aud` does not name it.
     WrongAudience,
+    /// `--jwt-issuer` is set and the token's `iss` is not it.
+    WrongIssuer,
     /// Correctly signed and otherwise valid, but `exp` has passed.
     Expired(Token),
 }
@@ -321,6 +334,7 @@ impl Refusal {
             Refusal::NoExpiry => "the token has no exp claim",
             Refusal::NotYetValid => "the token is not valid yet (nbf)",
             Refusal::WrongAudience => "the token is for another audience",
+            Refusal::WrongIssuer => "the token is from another issuer",
             Refusal::Expired(_) => "the token has expired",
         }
     }
@@ -328,8 +342,9 @@ impl Refusal {
 
 /// Checks signed claims at unix time `now`: `exp` is required and has no leeway (a token is
 /// expired from its `exp` second on), `nbf` is checked when present, `aud` when `audience`
-/// is set. Expiry is judged last, so an expired token is one that is otherwise good.
-fn check_claims(claims: Claims, audience: Option<&str>, now: u64) -> Result<Token, Refusal> {
+/// is set, `iss` when `issuer` is. Expiry is judged last, so an expired token is one that is
+/// otherwise good.
+fn check_claims(claims: Claims, expect: &Expect, now: u64) -> Result<Token, Refusal> {
     let exp = claims
         .exp
         .as_ref()
@@ -340,7 +355,12 @@ fn check_claims(claims: Claims, audience: Option<&str>, now: u64) -> Result<Toke
             return Err(Refusal::NotYetValid);
         }
     }
-    if let Some(wanted) = audience {
+    if let Some(wanted) = expect.issuer.as_deref() {
+        if claims.iss.as_deref() != Some(wanted) {
+            return Err(Refusal::WrongIssuer);
+        }
+    }
+    if let Some(wanted) = expect.audience.as_deref() {
         let named = match &claims.aud {
             Some(Audience::One(aud)) => aud == wanted,
             Some(Audience::Many(auds)) => auds.iter().any(|aud| aud == wanted),
@@ -406,7 +426,11 @@ mod tests {
 
     fn trust(secrets: &[&str], audience: Option<&str>) -> Trust {
         let sources = secrets.iter().map(|s| s.parse().unwrap()).collect();
-        Trust::load("--subscribe-jwt", sources, audience.map(str::to_owned)).unwrap()
+        let expect = Expect {
+            audience: audience.map(str::to_owned),
+            issuer: None,
+        };
+        Trust::load("--subscribe-jwt", sources, expect).unwrap()
     }
 
     #[test]
@@ -500,6 +524,40 @@ mod tests {
     }
 
     #[test]
+    fn issuer() {
+        let expect = Expect {
+            audience: None,
+            issuer: Some("https://app.example".into()),
+        };
+        let t = Trust::load("--subscribe-jwt", vec![SECRET.parse().unwrap()], expect).unwrap();
+        let ours = hs(
+            &json!({"exp": NOW + 60, "iss": "https://app.example"}),
+            SECRET,
+        );
+        let other = hs(
+            &json!({"exp": NOW + 60, "iss": "https://staging.example"}),
+            SECRET,
+        );
+        let near = hs(
+            &json!({"exp": NOW + 60, "iss": "https://app.example/"}),
+            SECRET,
+        );
+        let none = hs(&json!({"exp": NOW + 60}), SECRET);
+        assert!(t.verify(&ours, NOW).is_ok());
+        for token in [&other, &near, &none] {
+            assert_eq!(t.verify(token, NOW), Err(Refusal::WrongIssuer));
+        }
+        // An expired token from another issuer is refused, not told `expired`.
+        let old = hs(
+            &json!({"exp": NOW - 1, "iss": "https://staging.example"}),
+            SECRET,
+        );
+        assert_eq!(t.verify(&old, NOW), Err(Refusal::WrongIssuer));
+        // Without --jwt-issuer, iss is not looked at.
+        assert!(trust(&[SECRET], None).verify(&other, NOW).is_ok());
+    }
+
+    #[test]
     fn wrong_key_and_rotation() {
         let old = "old-secret-old-secret-old-secret-0";
         let token = hs(&json!({"exp": NOW + 60}), old);
@@ -540,7 +598,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rsa.pem");
         std::fs::write(&path, RSA_PUBLIC).unwrap();
-        let t = Trust::load("--subscribe-jwt", vec![KeySource::File(path)], None).unwrap();
+        let t = Trust::load(
+            "--subscribe-jwt",
+            vec![KeySource::File(path)],
+            Expect::default(),
+        )
+        .unwrap();
         let forged = encode(
             &Header::new(Algorithm::HS256),
             &json!({"exp": NOW + 60}),
@@ -579,7 +642,7 @@ mod tests {
         let missing = Trust::load(
             "--subscribe-jwt",
             vec![KeySource::File("/nonexistent/k.pem".into())],
-            None,
+            Expect::default(),
         );
         assert!(missing.unwrap_err().contains("/nonexistent/k.pem"));
     }

@@ -42,6 +42,10 @@ pub struct MintArgs {
     #[arg(long, value_name = "AUD")]
     pub aud: Option<String>,
 
+    /// The issuer (`iss`), for a node started with --jwt-issuer.
+    #[arg(long, value_name = "ISS")]
+    pub iss: Option<String>,
+
     /// The key id (`kid`): a node tries the key file with this stem first.
     #[arg(long, value_name = "KID")]
     pub kid: Option<String>,
@@ -74,6 +78,9 @@ pub fn mint(args: &MintArgs, now: u64) -> Result<String, String> {
     });
     if let Some(aud) = &args.aud {
         claims["aud"] = aud.as_str().into();
+    }
+    if let Some(iss) = &args.iss {
+        claims["iss"] = iss.as_str().into();
     }
     if let Some(sub) = &args.sub {
         claims["sub"] = sub.as_str().into();
@@ -119,7 +126,7 @@ fn signing_key(spec: &str) -> Result<(Algorithm, EncodingKey), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::{KeySource, Trust};
+    use crate::jwt::{Expect, KeySource, Trust};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -137,6 +144,8 @@ mod tests {
             "60",
             "--aud",
             "edge",
+            "--iss",
+            "app",
         ])
         .unwrap();
         let now = 1_800_000_000;
@@ -144,7 +153,10 @@ mod tests {
         let trust = Trust::load(
             "--subscribe-jwt",
             vec![SECRET.parse::<KeySource>().unwrap()],
-            Some("edge".into()),
+            Expect {
+                audience: Some("edge".into()),
+                issuer: Some("app".into()),
+            },
         )
         .unwrap();
         let checked = trust.verify(&token, now).unwrap();

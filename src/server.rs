@@ -21,7 +21,7 @@ use crate::guard;
 use crate::handover::wire::{Hello, State};
 use crate::handover::{self, Channel, Given, Giver, Outgoing, Step, Taken};
 use crate::hub::Hub;
-use crate::jwt::{KeySource, Trust};
+use crate::jwt::{Expect, KeySource, Trust};
 use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
 use crate::shard::{Node, Shard, ShardParts, WAKER};
@@ -179,12 +179,12 @@ impl Server {
     /// Binds the listeners and sets up one shard per listener; nothing runs yet.
     pub fn bind(config: Config) -> Result<Server, StartError> {
         // Keys first: a bad key file is a configuration error, found before any port is taken.
-        let subscribe_keys = trust(
-            "--subscribe-jwt",
-            &config.subscribe_jwt,
-            &config.jwt_audience,
-        )?;
-        let publish_keys = trust("--publish-jwt", &config.publish_jwt, &config.jwt_audience)?;
+        let expect = Expect {
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+        };
+        let subscribe_keys = trust("--subscribe-jwt", &config.subscribe_jwt, &expect)?;
+        let publish_keys = trust("--publish-jwt", &config.publish_jwt, &expect)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(Certificate::load(cert, key).map_err(StartError::Keys)?)
@@ -364,12 +364,12 @@ impl Server {
 fn trust(
     flag: &'static str,
     sources: &[KeySource],
-    audience: &Option<String>,
+    expect: &Expect,
 ) -> Result<Option<Arc<Trust>>, StartError> {
     if sources.is_empty() {
         return Ok(None);
     }
-    Trust::load(flag, sources.to_vec(), audience.clone())
+    Trust::load(flag, sources.to_vec(), expect.clone())
         .map(|trust| Some(Arc::new(trust)))
         .map_err(|e| StartError::Keys(format!("{flag}: {e}")))
 }

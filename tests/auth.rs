@@ -570,3 +570,42 @@ fn a_token_minted_by_the_token_subcommand_opens_a_stream() {
     );
     assert_eq!(status(&c), 401);
 }
+
+#[test]
+fn with_jwt_issuer_only_tokens_from_that_issuer_open_streams_or_publish() {
+    let server = Server::start(&[
+        "--subscribe-jwt",
+        SECRET,
+        "--publish-jwt",
+        SECRET,
+        "--jwt-issuer",
+        "https://app.example",
+    ]);
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let signed = |iss: Option<&str>| {
+        let mut claims = json!({
+            "exp": now() + 600,
+            "sse_edge": {"subscribe": ["news"], "publish": ["news"]},
+        });
+        if let Some(iss) = iss {
+            claims["iss"] = iss.into();
+        }
+        sign(&claims, &key, Algorithm::HS256, None)
+    };
+    let ours = signed(Some("https://app.example"));
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    assert_eq!(
+        status(&stream_with(
+            &server,
+            "/stream?topic=news",
+            &[&bearer(&ours)]
+        )),
+        200
+    );
+    assert_eq!(publish(&server, "news", "x", Some(&ours)).status, 200);
+    for other in [signed(Some("https://staging.example")), signed(None)] {
+        let c = stream_with(&server, "/stream?topic=news", &[&bearer(&other)]);
+        assert_eq!(status(&c), 401);
+        assert_eq!(publish(&server, "news", "x", Some(&other)).status, 401);
+    }
+}

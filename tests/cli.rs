@@ -185,3 +185,27 @@ fn values_that_would_overflow_later_are_refused_at_start() {
         wrong.join("\n")
     );
 }
+
+#[test]
+fn a_refused_secret_is_named_by_its_flag_never_printed() {
+    // Too short for HS256, so refused; it must not reach stderr whether it came from the
+    // command line or from the environment variable SECURITY.md recommends for secrets.
+    let secret = "hunter2-is-not-a-key";
+    for (args, env) in [
+        (vec!["--subscribe-jwt", secret], vec![]),
+        (vec!["--publish-jwt", secret], vec![]),
+        (vec![], vec![("SSE_EDGE_SUBSCRIBE_JWT", secret)]),
+        (vec![], vec![("SSE_EDGE_PUBLISH_JWT", secret)]),
+    ] {
+        let out = run(&args, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains(secret), "secret echoed: {stderr:?}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "part of the secret echoed: {stderr:?}"
+        );
+        assert_one_line_exit_2(&out, "-jwt <KEY>' (not shown): an HS256 secret must be");
+    }
+    // Flags that are not secret still show the value, which helps.
+    assert_one_line_exit_2(&run(&["--tick", "soon"], &[]), "'soon'");
+}

@@ -283,7 +283,17 @@ fn parse_event_stream(stream: &str) -> (Vec<SeenEvent>, Vec<String>) {
 static ACCESS: std::sync::LazyLock<Access> = std::sync::LazyLock::new(|| {
     let trust = |flag| {
         let key = "0123456789abcdef0123456789abcdef".parse().unwrap();
-        std::sync::Arc::new(crate::jwt::Trust::load(flag, vec![key], Some("edge".into())).unwrap())
+        std::sync::Arc::new(
+            crate::jwt::Trust::load(
+                flag,
+                vec![key],
+                crate::jwt::Expect {
+                    audience: Some("edge".into()),
+                    issuer: None,
+                },
+            )
+            .unwrap(),
+        )
     };
     Access {
         publish: PublishAccess::new(
