@@ -46,10 +46,9 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .init();
 
-    match fdlimit::raise_to_hard_limit() {
-        Ok((before, now)) => info!("open files limit: {now} (was {before})"),
-        Err(e) => warn!("cannot raise the open files limit: {e}"),
-    }
+    // Raised before binding (the stream cap is sized from it), told after: a node that
+    // cannot start says so in exactly one line.
+    let raised = fdlimit::raise_to_hard_limit();
 
     // Captured now: by the time of an upgrade the binary at this path may be a new one.
     let origin = match sse_edge::upgrade::Origin::capture() {
@@ -63,6 +62,10 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(&e.to_string()),
     };
+    match raised {
+        Ok((before, now)) => info!("open files limit: {now} (was {before})"),
+        Err(e) => warn!("cannot raise the open files limit: {e}"),
+    }
     // An upgrade by a binary that hands over its connections: take them before serving.
     let handover = match sse_edge::upgrade::handover_channel() {
         None => None,

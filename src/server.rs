@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 
 use mio::{Poll, Waker};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::access::{Access, PublishAccess, StreamAccess};
 use crate::admission::Quota;
@@ -230,6 +230,14 @@ impl Server {
             limit.saturating_sub(FD_HEADROOM + 4 * shards).max(1) as usize
         });
         info!(max_streams, "streams beyond this are shed");
+        if config.reuse_port && config.redis.is_none() {
+            // Nothing ties processes on one port together but a shared Redis: the kernel
+            // spreads connections over them, and each publish reaches one process's streams.
+            warn!(
+                "--reuse-port without --redis: a publish reaches only the streams of the process \
+                 that received it; processes sharing a port must share a Redis (--redis)"
+            );
+        }
         let node = Arc::new(Node {
             stop: AtomicBool::new(false),
             quota: Quota::new(max_streams, config.max_streams_per_ip),

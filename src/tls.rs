@@ -105,7 +105,13 @@ fn server_config(cert: &Path, key: &Path) -> Result<(ServerConfig, u64), String>
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, private)
-        .map_err(|e| format!("--tls-cert {shown} and --tls-key {}: {e}", key.display()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "--tls-key {} is not the private key of the certificate in --tls-cert {shown}",
+                key.display()
+            ),
+            e => format!("--tls-cert {shown} and --tls-key {}: {e}", key.display()),
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resumption without server state: a reconnecting browser skips the signature.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()

@@ -207,6 +207,17 @@ fn a_node_started_while_redis_is_down_serves_streams_and_delivers_once_it_appear
 }
 
 #[test]
+fn nodes_sharing_a_port_through_redis_are_not_warned() {
+    let redis = RedisServer::start();
+    let server = node(&redis, &["--reuse-port"]);
+    assert!(
+        !server.log().contains("--reuse-port without --redis"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn a_malformed_redis_url_is_one_line_and_exit_2() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
         .args(["--redis", "http://nowhere"])

@@ -113,6 +113,14 @@ fn processes_share_a_port_only_when_both_ask() {
     // A second node that asks to share joins the port and serves.
     let second = Server::start(&["--reuse-port", "--listen", &addr]);
     assert_eq!(second.addr, first.addr);
+    // Without a shared Redis each publish reaches one process's streams: both say so.
+    let warning = "--reuse-port without --redis: a publish reaches only the streams of the process that received it";
+    for node in [&first, &second] {
+        assert_eq!(node.log().matches(warning).count(), 1, "{}", node.log());
+    }
+    assert!(!Server::start(&["--listen", "127.0.0.1:0"])
+        .log()
+        .contains("--reuse-port"));
     // One that does not ask is refused, even though the port's owners allow sharing.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
         .args(["--listen", &addr, "--shards", "2", "--log", "error"])

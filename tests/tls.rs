@@ -339,7 +339,7 @@ fn unusable_certificate_files_are_one_line_and_exit_2() {
                 "--tls-key".into(),
                 b.key.display().to_string(),
             ],
-            "--tls-key",
+            "is not the private key of the certificate in --tls-cert",
         ),
         (
             vec![

@@ -853,9 +853,7 @@ pub fn assert_refused_at_start(args: &[String], says: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     assert!(stderr.contains(says), "{args:?}: {stderr}");
-    let errors = stderr
-        .lines()
-        .filter(|l| l.starts_with("sse-edge: "))
-        .count();
-    assert_eq!(errors, 1, "{args:?}: {stderr}");
+    // Exactly the one line the contract promises: no log line before it.
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("sse-edge: "), "{args:?}: {stderr}");
 }
