@@ -502,6 +502,11 @@ impl Hub {
         }
     }
 
+    /// Whether a hand-over stopped this node recording events (its successor records them).
+    pub fn frozen(&self) -> bool {
+        self.lock().frozen
+    }
+
     /// Records events again: a hand-over was called off.
     pub fn thaw(&self) {
         self.lock().frozen = false;

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::access::{Access, PublishAccess, StreamAccess};
 use crate::admission::Quota;
-use crate::broker::cluster::Cluster;
+use crate::broker::cluster::{Cluster, Ticker};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::cors::Cors;
@@ -263,11 +263,17 @@ impl Server {
             Some(url) => {
                 // Validated with the rest of the configuration; a bad URL never gets here.
                 let info = crate::broker::redis::parse_url(url).map_err(StartError::Redis)?;
+                // One heartbeat for the cluster, not one per node (the shards do not tick).
+                let ticker = config.tick_period().map(|period| Ticker {
+                    period,
+                    holder: node_name(listener_fds[0]),
+                });
                 let cluster = Cluster::start(
                     hub.clone(),
                     info,
                     config.redis_stream.clone(),
                     config.redis_maxlen,
+                    ticker,
                 )
                 .map_err(StartError::Thread)?;
                 Broker::Redis(cluster)
@@ -366,6 +372,24 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// This node's name among the cluster's: the host, and the identity of its first listening
+/// socket, which is this process's alone among nodes sharing a port and goes over to the
+/// process that takes the listeners in an upgrade.
+fn node_name(listener: RawFd) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    // SAFETY: fstat only writes into the zeroed struct it is given; the fd is a listener
+    // this process holds open.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let socket = if unsafe { libc::fstat(listener, &mut stat) } == 0 {
+        format!("socket:{}", stat.st_ino)
+    } else {
+        format!("pid:{}", std::process::id())
+    };
+    format!("{host}/{socket}")
 }
 
 /// The keys behind one flag, when it is given.

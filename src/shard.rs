@@ -253,7 +253,12 @@ impl Shard {
         let now = Instant::now();
         let serves_tls = node.tls.is_some();
         // Only shard 0 runs the demo ticker, so a tick is one event however many shards.
-        let next_tick = config.tick_period().filter(|_| id == 0).map(|p| now + p);
+        // One ticker per node, on shard 0; in cluster mode the cluster's ticker thread beats
+        // once for every node instead (broker/cluster.rs).
+        let next_tick = config
+            .tick_period()
+            .filter(|_| id == 0 && config.redis.is_none())
+            .map(|p| now + p);
         let next_keepalive = config.keepalive_period().map(|p| now + p / 2);
         let next_forget = (id == 0).then(|| now + timers::forget_period(&config));
         let seed = SystemTime::now()

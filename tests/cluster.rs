@@ -314,3 +314,47 @@ fn a_publish_waiting_on_a_slow_redis_is_answered_past_the_header_timeout() {
     id_of(&conn.publish("", b"third"));
     assert_eq!(take(&mut on, 1)[0].1, "third");
 }
+
+#[test]
+fn the_heartbeat_is_sent_once_for_the_cluster_and_counts_on_when_its_sender_dies() {
+    let redis = RedisServer::start();
+    let mut a = node(&redis, &["--tick", "1"]);
+    let b = node(&redis, &["--tick", "1"]);
+    let mut on_a = a.stream("/stream");
+    let mut on_b = b.stream("/stream");
+    // Whichever node holds the lease, both streams see one beat per number, with one id.
+    let beats = |s: &mut SseClient, n: usize| -> Vec<(u64, String)> {
+        (0..n)
+            .map(|_| {
+                let e = s.event_within_patience("a heartbeat");
+                (util::heartbeat_number(&e), e.id.unwrap_or_default())
+            })
+            .collect()
+    };
+    let seen_a = beats(&mut on_a, 4);
+    let seen_b = beats(&mut on_b, 4);
+    let numbers: Vec<u64> = seen_a.iter().map(|(n, _)| *n).collect();
+    let first = numbers[0];
+    assert_eq!(
+        numbers,
+        (first..first + 4).collect::<Vec<_>>(),
+        "{seen_a:?}"
+    );
+    // b may have connected a beat later or earlier than a: compare where they overlap.
+    let common: Vec<_> = seen_b.iter().filter(|b| seen_a.contains(b)).collect();
+    assert!(
+        common.len() >= 3,
+        "the same beats with the same ids: {seen_a:?} {seen_b:?}"
+    );
+    // Kill a (it may be the sender): b goes on counting, once the lease is free.
+    let last = seen_b.last().map_or(0, |(n, _)| *n);
+    a.signal(libc::SIGKILL);
+    let _ = a.wait_exit(util::PATIENCE);
+    let after = beats(&mut on_b, 5);
+    let numbers: Vec<u64> = after.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (last + 1..last + 6).collect::<Vec<_>>(),
+        "no number repeated or skipped"
+    );
+}

@@ -22,12 +22,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::ConnectionInfo;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::redis::{fresh_epoch, Link, LinkError, Publish, Read, Timeouts};
 use crate::event_id::EventId;
 use crate::history::{Batch, Cursor};
 use crate::hub::{Accepted, Hub, Inbox, ReplayStep, Ticket, Unavailable};
+use crate::params::DEFAULT_TOPIC;
 use crate::sse;
 
 /// Publishes waiting for the publisher thread, at most; beyond it a publish gets `503` at
@@ -51,6 +52,17 @@ const WARM_UP: Duration = Duration::from_secs(10);
 const REPLAY_QUEUE: usize = 1024;
 /// Entries one `XRANGE` of a replay reads.
 const RANGE_COUNT: usize = 512;
+
+/// The demo heartbeat in cluster mode: one node of the cluster sends it (see
+/// [`super::redis::TICK_SCRIPT`]).
+#[derive(Debug, Clone)]
+pub struct Ticker {
+    /// How often.
+    pub period: Duration,
+    /// This node's name for the lease: the same for the process that takes over its
+    /// listeners in an upgrade, so the heartbeat goes on without waiting for the lease.
+    pub holder: String,
+}
 
 /// One replay step asked of Redis.
 #[derive(Debug)]
@@ -119,6 +131,7 @@ impl Cluster {
         info: ConnectionInfo,
         key: String,
         maxlen: u64,
+        ticker: Option<Ticker>,
     ) -> std::io::Result<Cluster> {
         let state = Arc::new(State::default());
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
@@ -135,6 +148,12 @@ impl Cluster {
             thread::Builder::new()
                 .name("redis-replayer".into())
                 .spawn(move || replay_loop(&hub, &info, &key, &replay_queue))?;
+        }
+        if let Some(ticker) = ticker {
+            let (hub, info, key) = (hub.clone(), info.clone(), key.clone());
+            thread::Builder::new()
+                .name("redis-ticker".into())
+                .spawn(move || tick_loop(&hub, &info, &key, maxlen, &ticker))?;
         }
         {
             let state = state.clone();
@@ -363,6 +382,49 @@ fn publish_loop(
                 if e.is_connection_lost() {
                     link = None;
                     state.publisher_up.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// The ticker thread: every period, the cluster's next heartbeat if this node holds (or
+/// takes) the lease. Its beat comes back through the reader like any entry. Silent while a
+/// hand-over has frozen the hub (the successor ticks on) and while Redis is unreachable.
+fn tick_loop(hub: &Hub, info: &ConnectionInfo, key: &str, maxlen: u64, ticker: &Ticker) {
+    // Longer than two periods: a live holder renews it in time even when one beat is late,
+    // and a lost holder is replaced within about two beats.
+    let lease = ticker.period * 2 + Duration::from_secs(1);
+    let mut link: Option<Link> = None;
+    let mut next = Instant::now() + ticker.period;
+    loop {
+        thread::sleep(next.saturating_duration_since(Instant::now()));
+        // One beat per period, never a burst to catch up after a long stall.
+        next = (next + ticker.period).max(Instant::now() + ticker.period / 2);
+        if hub.frozen() {
+            continue;
+        }
+        if link.is_none() {
+            match Link::connect(info.clone(), key, Timeouts::default()) {
+                Ok(conn) => link = Some(conn),
+                Err(e) => {
+                    debug!("heartbeat: cannot reach Redis ({e})");
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = link.as_mut() else {
+            continue;
+        };
+        match conn.tick(&ticker.holder, lease, DEFAULT_TOPIC, maxlen, &fresh_epoch()) {
+            Ok(Some((_, appended))) => {
+                hub.observe_epoch(Some(&appended.epoch));
+            }
+            Ok(None) => {} // another node beats for the cluster
+            Err(e) => {
+                warn!("heartbeat: {e}");
+                if e.is_connection_lost() {
+                    link = None;
                 }
             }
         }

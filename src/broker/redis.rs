@@ -48,6 +48,32 @@ return {epoch, id}
 /// The suffix that names the epoch key beside the stream: `<stream>:epoch`.
 pub const EPOCH_SUFFIX: &str = ":epoch";
 
+/// The demo heartbeat, once for the whole cluster: the node holding the lease (or the first to
+/// find it free) renews it, counts the next beat and appends it, in one atomic step, so two
+/// nodes never send the same beat and the count goes on whichever node sends it (also across
+/// an upgrade). `KEYS[1]` the stream, `KEYS[2]` the epoch key, `KEYS[3]` the lease, `KEYS[4]`
+/// the count; `ARGV` = maxlen, fresh epoch, this node's name, lease in ms, topic. Returns
+/// nil when another node holds the lease, else `{epoch, id, n}`.
+pub const TICK_SCRIPT: &str = r#"
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[3] then
+  return false
+end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+local n = redis.call('INCR', KEYS[4])
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  'e', epoch, 't', ARGV[5], 'n', '', 'd', 'Auto heartbeat #' .. n)
+return {epoch, id, n}
+"#;
+
+/// The suffixes of the heartbeat's lease and count beside the stream.
+pub const TICK_SUFFIXES: (&str, &str) = (":ticker", ":ticks");
+
 /// How long a [`Link`] waits on Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -387,6 +413,50 @@ impl Link {
         done.into_iter()
             .map(|a| a.ok_or_else(|| reply(WHAT, "NOSCRIPT after SCRIPT LOAD".into())))
             .collect()
+    }
+
+    /// Sends the cluster's next heartbeat to `topic` if this node, named `holder`, holds the
+    /// heartbeat's lease or finds it free, and keeps the lease for `lease` ([`TICK_SCRIPT`]).
+    /// Returns the beat's number and entry, or `None` when another node holds the lease.
+    pub fn tick(
+        &mut self,
+        holder: &str,
+        lease: Duration,
+        topic: &str,
+        maxlen: u64,
+        fresh_epoch: &str,
+    ) -> Result<Option<(u64, Appended)>, LinkError> {
+        const WHAT: &str = "EVALSHA (heartbeat)";
+        let (lease_key, count_key) = TICK_SUFFIXES;
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        // `invoke` loads the script when Redis does not have it (NOSCRIPT) and sends it again.
+        let value: Value = redis::Script::new(TICK_SCRIPT)
+            .key(&self.stream)
+            .key(&self.epoch_key)
+            .key(format!("{}{lease_key}", self.stream))
+            .key(format!("{}{count_key}", self.stream))
+            .arg(maxlen)
+            .arg(fresh_epoch)
+            .arg(holder)
+            .arg(ms)
+            .arg(topic)
+            .invoke(&mut self.con)
+            .map_err(|source| self.failed(WHAT, source))?;
+        match value {
+            Value::Nil => Ok(None),
+            Value::Array(mut items) if items.len() == 3 => {
+                let n = match items.pop() {
+                    Some(Value::Int(n)) => u64::try_from(n).ok(),
+                    _ => None,
+                };
+                let n = n.ok_or_else(|| reply(WHAT, "the beat's number is not a count".into()))?;
+                Ok(Some((n, parse_appended(Value::Array(items))?)))
+            }
+            other => Err(reply(
+                WHAT,
+                format!("expected nil or {{epoch, id, n}}: {}", brief(&other)),
+            )),
+        }
     }
 
     /// The entries after `after`, waiting up to `block` for the first one:
