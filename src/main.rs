@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::exfiltrator::WithRawSiginfo;
+use signal_hook::iterator::SignalsInfo;
 use sse_edge::config::ConfigError;
 use sse_edge::handover::{self, Outcome};
 use sse_edge::mint::{mint, unix_now, MintArgs};
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
     let raised = fdlimit::raise_to_hard_limit();
 
     // Captured now: by the time of an upgrade the binary at this path may be a new one.
-    let origin = match sse_edge::upgrade::Origin::capture() {
+    let start_path = match sse_edge::upgrade::Origin::capture() {
         Ok(origin) => Some(origin),
         Err(e) => {
             warn!("cannot tell how this process was started; SIGUSR2 upgrades are off: {e}");
@@ -116,13 +117,17 @@ fn main() -> ExitCode {
     drop(handover);
     let listener_fds = server.listener_fds();
     let control = server.control();
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]) {
+    let mut signals = match SignalsInfo::<WithRawSiginfo>::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]) {
         Ok(signals) => signals,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
     };
     std::thread::spawn(move || {
         let mut asked = false;
-        for signal in signals.forever() {
+        for info in signals.forever() {
+            let signal = info.si_signo;
+            // `sse-edge upgrade` queues its SIGUSR2 and waits to be told of a failure.
+            // SAFETY: si_pid is filled for signals sent by a process, as a queued one is.
+            let asker = (info.si_code == libc::SI_QUEUE).then(|| unsafe { info.si_pid() });
             if signal == SIGHUP {
                 // Re-read what lives in files; a failed reload keeps what is in use.
                 let outcomes = control.reload();
@@ -140,17 +145,20 @@ fn main() -> ExitCode {
             if signal == SIGUSR2 {
                 if asked {
                     warn!("SIGUSR2 while shutting down: no upgrade");
+                    sse_edge::upgrade::tell_failed(asker);
                     continue;
                 }
-                let Some(origin) = &origin else {
+                let Some(start_path) = &start_path else {
                     warn!("SIGUSR2: upgrades are off (see the start-up log)");
+                    sse_edge::upgrade::tell_failed(asker);
                     continue;
                 };
                 info!("SIGUSR2: starting the new binary with the listeners");
-                let successor = match sse_edge::upgrade::start(origin, &listener_fds) {
+                let successor = match sse_edge::upgrade::start(start_path, &listener_fds) {
                     Ok(successor) => successor,
                     Err(why) => {
                         warn!("upgrade failed, this process keeps serving: {why}");
+                        sse_edge::upgrade::tell_failed(asker);
                         continue;
                     }
                 };
@@ -173,6 +181,7 @@ fn main() -> ExitCode {
                         Err(why) => {
                             warn!("upgrade failed, this process keeps serving: {why}");
                             successor.stop();
+                            sse_edge::upgrade::tell_failed(asker);
                             continue;
                         }
                     },
@@ -265,6 +274,13 @@ fn upgrade() -> ExitCode {
                 args.pid
             ));
             ExitCode::SUCCESS
+        }
+        Ok(Requested::Failed) => {
+            eprintln!(
+                "sse-edge: pid {} says the upgrade failed and keeps serving (its log says why)",
+                args.pid
+            );
+            ExitCode::FAILURE
         }
         Ok(Requested::StillRunning) => {
             eprintln!(

@@ -320,7 +320,7 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
 #[command(
     name = "sse-edge upgrade",
     about = "Upgrade a running node without disconnecting its streams: send it SIGUSR2, then wait until it has handed everything to the binary at its start path and exited.",
-    after_help = "Exit status: 0 once the node handed over and exited (the new process's pid is printed); 1 if it is still running after --timeout (the upgrade failed and it keeps serving, or its drain of TLS streams is not over: see its log); 2 for a bad command line or no such process.\n\nExample (systemd): ExecReload=/usr/local/bin/sse-edge upgrade --pid $MAINPID"
+    after_help = "Exit status: 0 once the node handed over and exited (the new process's pid is printed); 1 as soon as the node says the upgrade failed (it keeps serving; its log says why), or if it is still running after --timeout (its drain of TLS streams is not over); 2 for a bad command line or no such process.\n\nExample (systemd): ExecReload=/usr/local/bin/sse-edge upgrade --pid $MAINPID"
 )]
 pub struct UpgradeArgs {
     /// The running node's process id.
@@ -350,6 +350,55 @@ pub enum Requested {
     Done(Option<i32>),
     /// Still running after the timeout.
     StillRunning,
+    /// The node said the upgrade failed; it keeps serving.
+    Failed,
+}
+
+/// The signal a node sends back to whoever asked for an upgrade with [`request`], when the
+/// upgrade failed and it keeps serving. Only a request sent with `sigqueue` (as [`request`]
+/// sends it) is answered, so a plain `kill -USR2` from anyone else never earns its sender a
+/// signal it did not ask for.
+pub const FAILED: libc::c_int = libc::SIGUSR1;
+
+/// Tells `asker` (the process that queued the `SIGUSR2`, if one did) that the upgrade failed.
+pub fn tell_failed(asker: Option<i32>) {
+    let Some(pid) = asker.filter(|&p| p > 0 && p != std::process::id() as i32) else {
+        return;
+    };
+    let value = libc::sigval {
+        sival_ptr: std::ptr::null_mut(),
+    };
+    // SAFETY: sigqueue with a checked positive pid; a gone asker is only an error return.
+    let _ = unsafe { libc::sigqueue(pid, FAILED, value) };
+}
+
+/// Blocks [`FAILED`] in this thread so that it waits in the queue for `sigtimedwait`.
+fn block_failed() -> io::Result<libc::sigset_t> {
+    // SAFETY: a zeroed sigset is initialised by sigemptyset before use; the calls only touch
+    // this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, FAILED);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits up to `wait` for [`FAILED`] from `pid`; whether it came.
+fn failed_within(set: &libc::sigset_t, pid: i32, wait: Duration) -> bool {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::c_long::try_from(wait.as_nanos().min(999_999_999)).unwrap_or(0),
+    };
+    // SAFETY: the set was built by block_failed; info is written by the kernel.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::sigtimedwait(set, &mut info, &timeout) };
+    // SAFETY: si_pid is valid for a queued signal, which is what arrived.
+    got == FAILED && unsafe { info.si_pid() } == pid
 }
 
 /// Sends `SIGUSR2` to `pid` and waits up to `timeout` for it to exit; the successor is the
@@ -359,8 +408,13 @@ pub fn request(pid: i32, timeout: Duration) -> Result<Requested, String> {
         return Err(format!("--pid {pid} is not a process id"));
     }
     let listeners = listening_sockets(pid);
-    // SAFETY: kill with a checked positive pid.
-    if unsafe { libc::kill(pid, libc::SIGUSR2) } != 0 {
+    let failed = block_failed().map_err(|e| format!("cannot wait for the node's answer: {e}"))?;
+    let value = libc::sigval {
+        sival_ptr: std::ptr::null_mut(),
+    };
+    // Queued, not killed: the node answers a queued request when the upgrade fails.
+    // SAFETY: sigqueue with a checked positive pid.
+    if unsafe { libc::sigqueue(pid, libc::SIGUSR2, value) } != 0 {
         return Err(format!(
             "cannot signal pid {pid}: {}",
             io::Error::last_os_error()
@@ -377,7 +431,9 @@ pub fn request(pid: i32, timeout: Duration) -> Result<Requested, String> {
         if Instant::now() >= deadline {
             return Ok(Requested::StillRunning);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if failed_within(&failed, pid, Duration::from_millis(50)) {
+            return Ok(Requested::Failed);
+        }
     }
 }
 

@@ -397,15 +397,43 @@ fn sse_edge_upgrade_pid_says_so_when_the_node_keeps_running() {
     let exe = binary_copy("command-fail");
     let old = Server::start_exe(&exe, &[]);
     deploy_script(&exe, "#!/bin/sh\nexit 3\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
-        .args(["upgrade", "--pid", &old.pid().to_string(), "--timeout", "2"])
-        .output()
-        .unwrap();
+    let pid = old.pid().to_string();
+    let upgrade = |timeout: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(["upgrade", "--pid", &pid, "--timeout", timeout])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The node's answer ends the wait, long before the command's own timeout.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sse-edge upgrade still waiting: it did not hear the node's verdict");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = upgrade("3600");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("is still running after 2s"), "{stderr}");
+    assert!(
+        stderr.contains("says the upgrade failed and keeps serving"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     old.wait_for_log("upgrade failed, this process keeps serving");
+    // A node that cannot answer (stopped) is waited for up to --timeout, and said so.
+    old.signal(libc::SIGSTOP);
+    let out = upgrade("1");
+    old.signal(libc::SIGCONT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is still running after 1s"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let mut conn = HttpConn::open(old.addr);
+    assert_eq!(published_id(&conn.publish("", b"still serving")), 1);
     // No such process: one line, exit 2.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
         .args(["upgrade", "--pid", "0"])
