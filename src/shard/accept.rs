@@ -180,7 +180,7 @@ impl Shard {
         self.counters.add(Stat::Shed, 1);
         let factor = match refusal {
             Refusal::Draining => 1,
-            Refusal::NodeFull | Refusal::AddressFull => SHED_RETRY_FACTOR,
+            Refusal::NodeFull | Refusal::AddressFull | Refusal::TopicsFull => SHED_RETRY_FACTOR,
         };
         let retry = self.jitter(self.config.retry_ms * factor);
         if let Some(head) = head {

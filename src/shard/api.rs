@@ -208,7 +208,7 @@ impl Shard {
             Route::Metrics => {
                 // Include this turn's counts of the shard that answers.
                 self.stats[self.id].store(&self.counters);
-                let (history_bytes, history_topics) = self.hub.history_size();
+                let (history_bytes, history_topics, _) = self.hub.history_size();
                 let figures = metrics::NodeFigures {
                     events_encoded: self.hub.frames_encoded(),
                     history_bytes: history_bytes as u64,
