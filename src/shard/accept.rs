@@ -178,6 +178,9 @@ impl Shard {
     /// already), `: shed`, a long jittered `retry:`, then close.
     pub(super) fn shed(&mut self, key: usize, head: Option<Bytes>, refusal: Refusal) {
         self.counters.add(Stat::Shed, 1);
+        if refusal == Refusal::TopicsFull {
+            self.counters.add(Stat::TopicBudgetShed, 1);
+        }
         let factor = match refusal {
             Refusal::Draining => 1,
             Refusal::NodeFull | Refusal::AddressFull | Refusal::TopicsFull => SHED_RETRY_FACTOR,
