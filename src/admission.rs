@@ -1,5 +1,6 @@
 //! Who gets a stream: the node's stream quota and the per-address quota. Shared by all
-//! shards; taken once per stream opened or closed, never per event.
+//! shards; taken once per stream opened or closed, never per event. (The topic budget is
+//! the history's: [`crate::history::History::subscribe`].)
 //!
 //! A stream refused here is *shed* by the shard (200, `: shed`, a long `retry:`), not
 //! answered with an error: a browser's `EventSource` gives up for good on any non-200.
@@ -33,6 +34,9 @@ pub enum Refusal {
     NodeFull,
     /// The client's address holds `--max-streams-per-ip` streams.
     AddressFull,
+    /// The topic budget (`--topic-bytes`) has no room for the stream's topics that no stream
+    /// carries yet.
+    TopicsFull,
     /// The node is draining (shutdown or upgrade): the stream should come back at once, to
     /// the node's successor or another node.
     Draining,

@@ -264,6 +264,20 @@ pub struct Config {
     )]
     pub history_bytes: usize,
 
+    /// Node-wide budget for the records of topics streams subscribe to: the name plus 384
+    /// bytes of bookkeeping for each topic at least one stream carries (kept apart from
+    /// --history-bytes, which is spent on events only). A stream whose topics no stream
+    /// carries yet and that would pass this budget is shed (200, `: shed`, a long `retry:`);
+    /// topics already carried cost nothing more to join. The default holds about 160,000
+    /// short topic names (one per user on a large node).
+    #[arg(
+        long,
+        env = "SSE_EDGE_TOPIC_BYTES",
+        default_value_t = 64 << 20,
+        value_name = "BYTES"
+    )]
+    pub topic_bytes: usize,
+
     /// A topic with no subscribers and no publish for this long is forgotten (a later resume
     /// from before that gets `event: reset`).
     #[arg(
@@ -436,6 +450,9 @@ impl Config {
         if !(64 << 10..=1 << 40).contains(&self.history_bytes) {
             return Err("--history-bytes must be between 64 KiB and 1 TiB".into());
         }
+        if !(64 << 10..=1 << 40).contains(&self.topic_bytes) {
+            return Err("--topic-bytes must be between 64 KiB and 1 TiB".into());
+        }
         if self.topic_idle == 0 {
             return Err("--topic-idle must be at least 1 second".into());
         }
@@ -578,6 +595,7 @@ mod tests {
         assert_eq!((c.publish_token.as_deref(), c.max_clients), (None, None));
         assert_eq!(c.publish_allow.len(), 2);
         assert_eq!((c.history_bytes, c.topic_idle), (64 << 20, 3600));
+        assert_eq!(c.topic_bytes, 64 << 20);
         assert_eq!(c.send_buffer, 65536);
         assert_eq!(
             (c.max_streams_per_ip, c.max_request_connections),
@@ -603,6 +621,8 @@ mod tests {
             &["--topic-idle", "18446744073709551615"],
             &["--history-bytes", "0"],
             &["--history-bytes", "18446744073709551615"],
+            &["--topic-bytes", "1000"],
+            &["--topic-bytes", "18446744073709551615"],
             &["--client-buffer", "18446744073709551615"],
             &["--max-streams-per-ip", "0"],
             &["--send-buffer", "100"],

@@ -1,15 +1,27 @@
 //! The node's kept events: each topic's last frames for `Last-Event-ID` replay, under one
-//! node-wide byte budget, and the replay cursor that walks them. Pure: the hub holds it under
-//! its lock; no sockets, no clock reads (the caller passes `now`).
+//! node-wide byte budget, and the replay cursor that walks them; and the records of the topics
+//! streams subscribe to, under a budget of their own. Pure: the hub holds it under its lock;
+//! no sockets, no clock reads (the caller passes `now`).
 //!
 //! # What memory it may hold
 //!
-//! Everything kept is charged to [`History::bytes`]: each frame's encoded length plus
-//! [`FRAME_COST`] for its bookkeeping, each topic's name plus [`TOPIC_COST`]. Past the budget
-//! the oldest frame of the node goes first, whatever its topic; a topic left with no frame and
-//! no subscriber is forgotten at once, and one with no subscriber and no publish for the idle
-//! period is forgotten by [`History::forget_idle`]. So a publisher inventing topic names, or a
-//! body of newlines, costs at most the budget.
+//! Two budgets, so that subscribers cannot spend what events need. The history's
+//! ([`History::bytes`], `--history-bytes`) is spent on events: each kept frame's encoded length
+//! plus [`FRAME_COST`] for its bookkeeping, and the record (name plus [`TOPIC_COST`]) of each
+//! topic that keeps frames and has no subscriber, which goes with its last frame. Past the
+//! budget the oldest frame of the node goes first, whatever its topic; a topic left with no
+//! frame and no subscriber is forgotten at once, and one with no subscriber and no publish for
+//! the idle period is forgotten by [`History::forget_idle`]. So a publisher inventing topic
+//! names, or a body of newlines, costs at most the budget.
+//!
+//! The records of subscribed topics are charged to the topic budget ([`History::topic_bytes`],
+//! `--topic-bytes`) instead: no eviction can free them while a stream carries them, so in the
+//! history's budget enough of them (anonymous streams asking for unique names) would leave no
+//! room for any event. A record moves to the topic budget with its topic's first subscriber and
+//! back to the history's with its last (or is forgotten, when it keeps no frame). A stream whose
+//! topics would need more room than the topic budget has left is refused as a whole
+//! ([`TopicsFull`]; the shard sheds it); a topic that streams already carry costs nothing more
+//! to join.
 //!
 //! # What a resume may miss
 //!
@@ -27,7 +39,7 @@
 //! replay never holds more than `--client-buffer` of queue, and each batch is bounded work
 //! (a binary search and a merge over at most 32 topics).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,10 +59,32 @@ pub const FRAME_COST: usize = 128;
 /// queue's first allocation and the name's allocation header.
 pub const TOPIC_COST: usize = 384;
 
+/// Which budget a topic's record is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    /// The history's: the topic keeps frames and has no subscriber, and goes with its frames.
+    History,
+    /// The topic budget's: streams carry it (or, just imported, the streams handed over with
+    /// it are about to subscribe again).
+    Topics,
+}
+
+/// A subscription refused: the topic budget (`--topic-bytes`) has no room for the records of
+/// the stream's topics that no stream carries yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicsFull;
+
+/// What a topic's record is charged: its name and [`TOPIC_COST`].
+fn record_cost(name: &str) -> usize {
+    name.len().saturating_add(TOPIC_COST)
+}
+
 /// The per-topic record.
 #[derive(Debug)]
 struct Topic {
     name: Arc<str>,
+    /// The budget its record is charged to.
+    charge: Charge,
     /// The last frames published here, oldest first.
     kept: VecDeque<(EventId, Bytes)>,
     /// The newest id evicted from `kept`, or the node's forgotten mark when created.
@@ -73,9 +107,14 @@ pub struct History {
     frames: usize,
     /// Frames kept per topic.
     per_topic: usize,
-    /// Bytes charged now, and the most allowed.
+    /// Bytes charged to the history now (frames, and records of unsubscribed topics), and
+    /// the most allowed.
     bytes: usize,
     budget: usize,
+    /// Bytes charged to the topic budget now (records of subscribed topics), and the most
+    /// allowed.
+    topic_bytes: usize,
+    topic_budget: usize,
     /// The newest id of any forgotten topic.
     forgotten_through: EventId,
     /// Frames evicted since start (by a topic's cap, the budget, or forgetting).
@@ -135,9 +174,9 @@ impl Cursor {
 }
 
 impl History {
-    /// An empty history keeping `per_topic` frames per topic within `budget` bytes, and
-    /// topics unused for `idle` (see [`History::forget_idle`]).
-    pub fn new(per_topic: usize, budget: usize) -> History {
+    /// An empty history keeping `per_topic` frames per topic within `budget` bytes, and the
+    /// records of subscribed topics within `topic_budget` bytes.
+    pub fn new(per_topic: usize, budget: usize, topic_budget: usize) -> History {
         History {
             by_name: HashMap::new(),
             topics: Slab::new(),
@@ -146,14 +185,23 @@ impl History {
             per_topic,
             bytes: 0,
             budget,
+            topic_bytes: 0,
+            topic_budget,
             forgotten_through: EventId::ZERO,
             evicted: 0,
         }
     }
 
-    /// Bytes charged for what is kept (frames, their bookkeeping, topics).
+    /// Bytes charged to the history: kept frames, their bookkeeping, and the records of
+    /// topics that keep frames and have no subscriber. At most the history's budget.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes charged to the topic budget: the records of subscribed topics. At most the
+    /// topic budget.
+    pub fn topic_bytes(&self) -> usize {
+        self.topic_bytes
     }
 
     /// Topics known: subscribed to, or with kept frames.
@@ -173,15 +221,36 @@ impl History {
         self.evicted
     }
 
-    /// The topic's record, created if new.
+    /// The topic's record, created if new (charged to the history: a publish made it).
     fn topic(&mut self, name: &str, now: Instant) -> usize {
-        if let Some(&slot) = self.by_name.get(name) {
-            return slot;
+        match self.by_name.get(name) {
+            Some(&slot) => slot,
+            None => self.create(name, now, Charge::History),
         }
+    }
+
+    /// The account a charge is kept in.
+    fn account(&mut self, charge: Charge) -> &mut usize {
+        match charge {
+            Charge::History => &mut self.bytes,
+            Charge::Topics => &mut self.topic_bytes,
+        }
+    }
+
+    /// Whether the topic budget has room for `more` bytes.
+    fn topic_room(&self, more: usize) -> bool {
+        self.topic_bytes
+            .checked_add(more)
+            .is_some_and(|n| n <= self.topic_budget)
+    }
+
+    /// A new record for `name`, charged to `charge` (the caller checked for room).
+    fn create(&mut self, name: &str, now: Instant, charge: Charge) -> usize {
         let name: Arc<str> = Arc::from(name);
-        self.bytes += name.len() + TOPIC_COST;
+        *self.account(charge) += record_cost(&name);
         let slot = self.topics.insert(Topic {
             name: name.clone(),
+            charge,
             kept: VecDeque::new(),
             evicted_through: self.forgotten_through,
             subscribers: 0,
@@ -189,6 +258,19 @@ impl History {
         });
         self.by_name.insert(name, slot);
         slot
+    }
+
+    /// Moves topic `slot`'s record to the `to` charge (the caller checked for room).
+    fn recharge(&mut self, slot: usize, to: Charge) {
+        let Some(t) = self.topics.get_mut(slot) else {
+            return;
+        };
+        let from = std::mem::replace(&mut t.charge, to);
+        if from != to {
+            let cost = record_cost(&t.name);
+            *self.account(from) -= cost;
+            *self.account(to) += cost;
+        }
     }
 
     /// Keeps event `id`'s `frame` in `topic`; returns the topic's shared name and its
@@ -208,6 +290,8 @@ impl History {
         if per_topic == 0 {
             t.evicted_through = id;
             self.evicted += 1;
+            // Nothing kept: an unsubscribed topic would be a record with no frame to evict.
+            self.forget_if_unused(slot);
         } else {
             t.kept.push_back((id, frame.clone()));
             self.bytes += frame.len() + FRAME_COST;
@@ -240,7 +324,7 @@ impl History {
     fn enforce_budget(&mut self) {
         while self.bytes > self.budget {
             let Some((id, slot)) = self.age.pop_front() else {
-                return; // only subscribed topics' names are left; streams bound those
+                return; // no frame left; every record charged here goes with its last frame
             };
             let slot = slot as usize;
             let live = self
@@ -288,7 +372,7 @@ impl History {
             self.frames -= 1;
             self.evicted += 1;
         }
-        self.bytes -= t.name.len() + TOPIC_COST;
+        *self.account(t.charge) -= record_cost(&t.name);
         self.by_name.remove(&t.name);
     }
 
@@ -341,10 +425,27 @@ impl History {
 
     /// Takes over what the node's previous process kept (into an empty history). This
     /// process's own caps apply: a smaller `--history` keeps fewer.
-    pub fn import(&mut self, image: HistoryImage, now: Instant) {
+    ///
+    /// The topics `held` by the streams handed over with the image are charged to the topic
+    /// budget while it has room, ready for those streams to subscribe again (in the history's
+    /// budget they would evict frames meanwhile); one that none takes up after all is
+    /// forgotten like any idle topic ([`History::forget_idle`]), or with its last frame. The
+    /// other topics go to the history's budget with their frames, or are forgotten (their
+    /// marks kept in the node's) when they have none.
+    pub fn import(&mut self, image: HistoryImage, held: &HashSet<&str>, now: Instant) {
         self.forgotten_through = self.forgotten_through.max(image.forgotten_through);
+        let mut beyond = Vec::new();
         for (name, evicted) in &image.topics {
-            let slot = self.topic(name, now);
+            let slot = match self.by_name.get(name.as_str()) {
+                Some(&slot) => slot,
+                None if held.contains(name.as_str()) && self.topic_room(record_cost(name)) => {
+                    self.create(name, now, Charge::Topics)
+                }
+                None => {
+                    beyond.push((name.as_str(), *evicted));
+                    continue;
+                }
+            };
             let t = &mut self.topics[slot];
             t.evicted_through = t.evicted_through.max(*evicted);
         }
@@ -353,26 +454,62 @@ impl History {
                 self.record(name, id, &frame, now);
             }
         }
+        for (name, evicted) in beyond {
+            match self.by_name.get(name) {
+                Some(&slot) => {
+                    let t = &mut self.topics[slot];
+                    t.evicted_through = t.evicted_through.max(evicted);
+                }
+                None => self.forgotten_through = self.forgotten_through.max(evicted),
+            }
+        }
     }
 
     /// Counts one more stream on each of `names`; returns their shared names, in order.
-    pub fn subscribe(&mut self, names: &[String], now: Instant) -> Vec<Arc<str>> {
+    ///
+    /// Refused as a whole, changing nothing, when the records of the topics no stream carries
+    /// yet do not fit the topic budget: the caller sheds the stream.
+    pub fn subscribe(
+        &mut self,
+        names: &[String],
+        now: Instant,
+    ) -> Result<Vec<Arc<str>>, TopicsFull> {
+        let mut needed: usize = 0;
+        for (i, name) in names.iter().enumerate() {
+            let carried = self
+                .by_name
+                .get(name.as_str())
+                .is_some_and(|&slot| self.topics[slot].charge == Charge::Topics);
+            if !carried && !names.iter().take(i).any(|earlier| earlier == name) {
+                needed = needed.saturating_add(record_cost(name));
+            }
+        }
+        if !self.topic_room(needed) {
+            return Err(TopicsFull);
+        }
         let shared = names
             .iter()
             .map(|name| {
-                let slot = self.topic(name, now);
+                let slot = match self.by_name.get(name.as_str()) {
+                    Some(&slot) => slot,
+                    None => self.create(name, now, Charge::Topics),
+                };
+                // Its record leaves the history's budget, if it was there: nothing can evict
+                // it while a stream carries it.
+                self.recharge(slot, Charge::Topics);
                 let t = &mut self.topics[slot];
                 t.subscribers += 1;
                 t.name.clone()
             })
             .collect();
-        // New topic names count against the budget too.
-        self.enforce_budget();
-        shared
+        Ok(shared)
     }
 
-    /// Counts one stream fewer on each of `names`.
+    /// Counts one stream fewer on each of `names`. A topic left without subscribers is
+    /// forgotten if it keeps no frame; otherwise its record goes back to the history's budget,
+    /// evictable with its frames.
     pub fn unsubscribe<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, now: Instant) {
+        let mut recharged = false;
         for name in names {
             let Some(&slot) = self.by_name.get(name) else {
                 continue;
@@ -381,8 +518,16 @@ impl History {
             t.subscribers = t.subscribers.saturating_sub(1);
             if t.subscribers == 0 {
                 t.last_used = now;
-                self.forget_if_unused(slot);
+                if t.kept.is_empty() {
+                    self.forget(slot);
+                } else {
+                    self.recharge(slot, Charge::History);
+                    recharged = true;
+                }
             }
+        }
+        if recharged {
+            self.enforce_budget();
         }
     }
 
@@ -565,16 +710,19 @@ mod tests {
     #[test]
     fn an_imported_history_replays_and_resets_as_the_original_did() {
         let now = Instant::now();
-        let mut old = History::new(2, 1 << 20);
-        old.subscribe(&["a".into(), "b".into()], now);
+        let mut old = History::new(2, 1 << 20, 1 << 20);
+        old.subscribe(&["a".into(), "b".into()], now).unwrap();
         for id in 1..=5u64 {
             let topic = if id % 2 == 0 { "a" } else { "b" };
             old.record(topic, EventId::local(id), &frame(id, 20), now);
         }
-        let mut new = History::new(2, 1 << 20);
-        new.import(old.image(), now);
-        assert_eq!((new.frames, new.bytes), (old.frames, old.bytes));
-        let names = new.subscribe(&["a".into(), "b".into()], now);
+        let mut new = History::new(2, 1 << 20, 1 << 20);
+        new.import(old.image(), &HashSet::from(["a", "b"]), now);
+        // The subscribed topics' records wait in the topic budget for their streams.
+        let charged = |h: &History| (h.frames, h.bytes, h.topic_bytes);
+        assert_eq!(charged(&new), charged(&old));
+        let names = new.subscribe(&["a".into(), "b".into()], now).unwrap();
+        assert_eq!(charged(&new), charged(&old));
         for after in 0..=5 {
             let (mut c1, mut c2) = (
                 Cursor::resume(EventId::local(after), EventId::ZERO),
@@ -602,7 +750,7 @@ mod tests {
 
     fn names(h: &mut History, list: &[&str]) -> Vec<Arc<str>> {
         let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-        h.subscribe(&list, Instant::now())
+        h.subscribe(&list, Instant::now()).unwrap()
     }
 
     fn all(h: &History, names: &[Arc<str>], cursor: &mut Cursor) -> Vec<u64> {
@@ -617,7 +765,7 @@ mod tests {
 
     #[test]
     fn replay_merges_topics_in_id_order_after_the_cursor() {
-        let mut h = History::new(8, 1 << 20);
+        let mut h = History::new(8, 1 << 20, 1 << 20);
         let now = Instant::now();
         let n = names(&mut h, &["a", "b"]);
         for (id, t) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b")] {
@@ -632,7 +780,7 @@ mod tests {
 
     #[test]
     fn batches_fit_the_room_and_always_make_progress() {
-        let mut h = History::new(100, 1 << 20);
+        let mut h = History::new(100, 1 << 20, 1 << 20);
         let n = names(&mut h, &["t"]);
         for id in 1..=10 {
             h.record("t", EventId::local(id), &frame(id, 100), Instant::now());
@@ -651,7 +799,7 @@ mod tests {
 
     #[test]
     fn an_id_older_than_the_per_topic_cap_is_an_expired_reset() {
-        let mut h = History::new(4, 1 << 20);
+        let mut h = History::new(4, 1 << 20, 1 << 20);
         let n = names(&mut h, &["t"]);
         for id in 1..=10 {
             h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
@@ -670,7 +818,7 @@ mod tests {
 
     #[test]
     fn unknown_ids_get_an_unknown_reset_and_everything_kept() {
-        let mut h = History::new(4, 1 << 20);
+        let mut h = History::new(4, 1 << 20, 1 << 20);
         let n = names(&mut h, &["t"]);
         h.record("t", EventId::local(1), &frame(1, 30), Instant::now());
         for bad in ["abc", "99", "-1", ""] {
@@ -693,13 +841,15 @@ mod tests {
     #[test]
     fn the_budget_evicts_the_oldest_frames_of_the_node_first() {
         let cost = 100 + FRAME_COST;
-        let mut h = History::new(1000, 3 * cost + 2 * (1 + TOPIC_COST));
+        // Three frames and b's record: a's is charged to the topic budget (it has a stream).
+        let budget = 3 * cost + (1 + TOPIC_COST);
+        let mut h = History::new(1000, budget, 1 << 20);
         let now = Instant::now();
         let n = names(&mut h, &["a"]);
         h.record("a", EventId::local(1), &frame(1, 100), now);
         h.record("b", EventId::local(2), &frame(2, 100), now);
         h.record("a", EventId::local(3), &frame(3, 100), now);
-        assert!(h.bytes() <= 3 * cost + 2 * (1 + TOPIC_COST));
+        assert_eq!(h.bytes(), budget);
         h.record("a", EventId::local(4), &frame(4, 100), now);
         // 1 went first: the oldest of the node.
         assert_eq!(h.topics(), 2);
@@ -726,7 +876,7 @@ mod tests {
     #[test]
     fn many_distinct_topics_stay_within_the_budget() {
         let budget = 64 << 10;
-        let mut h = History::new(1024, budget);
+        let mut h = History::new(1024, budget, 1 << 20);
         for id in 1..=20_000u64 {
             h.record(
                 &format!("topic-{id}"),
@@ -742,7 +892,7 @@ mod tests {
 
     #[test]
     fn a_topic_cap_cannot_grow_the_age_order_without_bound() {
-        let mut h = History::new(2, 1 << 30);
+        let mut h = History::new(2, 1 << 30, 1 << 20);
         for id in 1..=100_000 {
             h.record("t", EventId::local(id), &frame(id, 20), Instant::now());
         }
@@ -752,7 +902,7 @@ mod tests {
 
     #[test]
     fn eviction_during_a_replay_is_announced_once_and_the_replay_goes_on() {
-        let mut h = History::new(4, 1 << 20);
+        let mut h = History::new(4, 1 << 20, 1 << 20);
         let n = names(&mut h, &["t"]);
         for id in 1..=4 {
             h.record("t", EventId::local(id), &frame(id, 30), Instant::now());
@@ -778,7 +928,7 @@ mod tests {
 
     #[test]
     fn idle_topics_are_forgotten_unless_subscribed() {
-        let mut h = History::new(4, 1 << 20);
+        let mut h = History::new(4, 1 << 20, 1 << 20);
         let t0 = Instant::now();
         let idle = Duration::from_secs(60);
         names(&mut h, &["kept"]);
@@ -787,10 +937,17 @@ mod tests {
         assert_eq!(h.forget_idle(t0 + idle / 2, idle), 0);
         assert_eq!(h.forget_idle(t0 + idle, idle), 1);
         assert_eq!(h.topics(), 1);
-        let charged = h.bytes();
-        assert_eq!(charged, 4 + TOPIC_COST + 30 + FRAME_COST);
-        // Leaving starts its idle clock; it keeps its frames until then.
+        assert_eq!(
+            (h.bytes(), h.topic_bytes()),
+            (30 + FRAME_COST, 4 + TOPIC_COST)
+        );
+        // Leaving starts its idle clock; it keeps its frames until then, its record charged
+        // to the history with them.
         h.unsubscribe(["kept"], t0 + idle);
+        assert_eq!(
+            (h.bytes(), h.topic_bytes()),
+            (4 + TOPIC_COST + 30 + FRAME_COST, 0)
+        );
         assert_eq!(
             h.forget_idle(t0 + idle * 2 - Duration::from_secs(1), idle),
             0
@@ -801,19 +958,302 @@ mod tests {
 
     #[test]
     fn a_topic_only_subscribed_to_leaves_no_trace() {
-        let mut h = History::new(4, 1 << 20);
+        let mut h = History::new(4, 1 << 20, 1 << 20);
         names(&mut h, &["x", "y"]);
+        assert_eq!(h.topic_bytes(), 2 * (1 + TOPIC_COST));
         h.unsubscribe(["x", "y"], Instant::now());
-        assert_eq!((h.topics(), h.bytes()), (0, 0));
+        assert_eq!((h.topics(), h.bytes(), h.topic_bytes()), (0, 0, 0));
     }
 
     #[test]
     fn no_history_keeps_nothing_but_remembers_what_it_dropped() {
-        let mut h = History::new(0, 1 << 20);
+        let mut h = History::new(0, 1 << 20, 1 << 20);
         let n = names(&mut h, &["t"]);
         h.record("t", EventId::local(1), &frame(1, 30), Instant::now());
         let start = h.start_replay(&n, "0", EventId::local(1), None, false);
         assert!(text(&start.reset).contains("expired"));
+    }
+
+    #[test]
+    fn no_history_forgets_an_unsubscribed_topic_at_once() {
+        // A record with no frame to evict could otherwise pile up in the history's budget.
+        let mut h = History::new(0, 64 << 10, 1 << 20);
+        for id in 1..=1000u64 {
+            h.record(
+                &format!("t{id}"),
+                EventId::local(id),
+                &frame(id, 30),
+                Instant::now(),
+            );
+        }
+        assert_eq!((h.topics(), h.bytes()), (0, 0));
+        assert_charges(&h);
+    }
+
+    /// Recomputes both charges from what is kept: they must equal the running sums, stay
+    /// within their budgets, and put each record where its subscribers say.
+    fn assert_charges(h: &History) {
+        let (mut history, mut topics, mut frames) = (0, 0, 0);
+        for (_, t) in &h.topics {
+            frames += t.kept.len();
+            history += t
+                .kept
+                .iter()
+                .map(|(_, f)| f.len() + FRAME_COST)
+                .sum::<usize>();
+            match t.charge {
+                Charge::History => {
+                    history += record_cost(&t.name);
+                    assert!(t.subscribers == 0 && !t.kept.is_empty(), "{t:?}");
+                }
+                Charge::Topics => {
+                    topics += record_cost(&t.name);
+                    assert!(t.subscribers > 0, "{t:?}");
+                }
+            }
+        }
+        assert_eq!(
+            (h.bytes, h.topic_bytes, h.frames),
+            (history, topics, frames)
+        );
+        assert!(h.bytes <= h.budget, "{} > {}", h.bytes, h.budget);
+        assert!(
+            h.topic_bytes <= h.topic_budget,
+            "{} > {}",
+            h.topic_bytes,
+            h.topic_budget
+        );
+    }
+
+    /// 32 unique names of 128 characters, as one hostile stream asks for.
+    fn longest_topics(stream: usize) -> Vec<String> {
+        (0..32)
+            .map(|i| format!("{stream:05}-{i:02}-{}", "x".repeat(119)))
+            .collect()
+    }
+
+    #[test]
+    fn subscribers_cannot_evict_a_frame_nor_push_the_history_over_its_budget() {
+        let (budget, topic_budget) = (64 << 10, 256 << 10);
+        let mut h = History::new(1024, budget, topic_budget);
+        let now = Instant::now();
+        let watched = names(&mut h, &["default"]);
+        h.record("default", EventId::local(1), &frame(1, 200), now);
+        h.record("default", EventId::local(2), &frame(2, 200), now);
+        let (mut admitted, mut refused) = (0, 0);
+        for stream in 0..64 {
+            let topics = longest_topics(stream);
+            assert_eq!(topics[0].len(), 128);
+            match h.subscribe(&topics, now) {
+                Ok(_) => admitted += 1,
+                Err(TopicsFull) => refused += 1,
+            }
+            assert!(h.bytes() <= budget, "{} > {budget}", h.bytes());
+            assert_eq!((h.evicted(), h.frames), (0, 2));
+            assert_charges(&h);
+        }
+        // 16 KiB of records per stream: the topic budget takes 15 of them besides "default".
+        assert_eq!((admitted, refused), (15, 49));
+        let start = h.start_replay(&watched, "1", EventId::local(2), None, false);
+        assert!(start.reset.is_none());
+        let mut cursor = start.cursor;
+        assert_eq!(all(&h, &watched, &mut cursor), vec![2]);
+    }
+
+    #[test]
+    fn a_stream_beyond_the_topic_budget_is_refused_whole_and_carried_topics_are_free() {
+        let cost = record_cost("a");
+        let mut h = History::new(16, 1 << 20, 3 * cost);
+        let now = Instant::now();
+        names(&mut h, &["a", "b"]);
+        // "p" keeps a frame and has no subscriber: its record is the history's.
+        h.record("p", EventId::local(1), &frame(1, 30), now);
+        let before = (h.bytes(), h.topic_bytes(), h.topics());
+        // "c" would fit, "c" and "d" do not: nothing of the stream is taken.
+        let c_and_d = ["c".to_owned(), "d".to_owned()];
+        assert_eq!(h.subscribe(&c_and_d, now), Err(TopicsFull));
+        assert_eq!((h.bytes(), h.topic_bytes(), h.topics()), before);
+        // A name asked for twice needs its record once.
+        let twice = ["c".to_owned(), "c".to_owned()];
+        assert!(h.subscribe(&twice, now).is_ok());
+        h.unsubscribe(["c"], now);
+        assert_eq!((h.topic_bytes(), h.subscribers("c")), (3 * cost, 1));
+        // Full: topics streams carry are free to join; a new one, or one only published to,
+        // is not.
+        assert!(h.subscribe(&["a".to_owned(), "c".to_owned()], now).is_ok());
+        assert_eq!(h.subscribe(&["e".to_owned()], now), Err(TopicsFull));
+        assert_eq!(h.subscribe(&["p".to_owned()], now), Err(TopicsFull));
+        assert_charges(&h);
+        // Room again once the streams on "b" left.
+        h.unsubscribe(["b"], now);
+        assert!(h.subscribe(&["p".to_owned()], now).is_ok());
+        assert_eq!(h.bytes(), 30 + FRAME_COST, "p's record left the history");
+        assert_charges(&h);
+    }
+
+    #[test]
+    fn a_topic_record_moves_between_the_charges_with_its_subscribers() {
+        let now = Instant::now();
+        let (record, kept) = (record_cost("t"), 30 + FRAME_COST);
+        let mut h = History::new(16, 1 << 20, 1 << 20);
+        h.record("t", EventId::local(1), &frame(1, 30), now);
+        assert_eq!((h.bytes(), h.topic_bytes()), (record + kept, 0));
+        names(&mut h, &["t"]);
+        names(&mut h, &["t"]);
+        assert_eq!((h.bytes(), h.topic_bytes()), (kept, record));
+        h.unsubscribe(["t"], now);
+        assert_eq!(
+            (h.bytes(), h.topic_bytes()),
+            (kept, record),
+            "one stream is left"
+        );
+        h.unsubscribe(["t"], now);
+        assert_eq!((h.bytes(), h.topic_bytes()), (record + kept, 0));
+        assert_charges(&h);
+
+        // Back in the history's budget, the record is evictable with the frames: here the
+        // move itself passes the budget, and t's frame, the oldest, goes and t with it.
+        let budget = record_cost("u") + 2 * kept;
+        let mut h = History::new(16, budget, 1 << 20);
+        let t = names(&mut h, &["t"]);
+        h.record("t", EventId::local(1), &frame(1, 30), now);
+        h.record("u", EventId::local(2), &frame(2, 30), now);
+        assert_eq!(h.bytes(), budget);
+        h.unsubscribe(["t"], now);
+        assert_eq!((h.topics(), h.bytes()), (1, record_cost("u") + kept));
+        assert_charges(&h);
+        let start = h.start_replay(&t, "0", EventId::local(2), None, false);
+        assert!(text(&start.reset).contains("expired"));
+    }
+
+    #[test]
+    fn an_import_keeps_the_handed_over_streams_topics_ready_within_the_topic_budget() {
+        let now = Instant::now();
+        let mut old = History::new(4, 1 << 20, 1 << 20);
+        let streams = ["held".to_owned(), "quiet".to_owned()];
+        old.subscribe(&streams, now).unwrap();
+        old.record("held", EventId::local(1), &frame(1, 30), now);
+        old.record("loose", EventId::local(2), &frame(2, 30), now);
+        // This process's topic budget has room for one of the two records.
+        let mut new = History::new(4, 1 << 20, 64 << 10);
+        new.topic_budget = record_cost("held");
+        new.import(old.image(), &HashSet::from(["held", "quiet"]), now);
+        // "held" waits in the topic budget; "loose" is the history's, with its frame; "quiet"
+        // has neither room nor a frame: forgotten.
+        assert_eq!(
+            (new.topics(), new.topic_bytes(), new.bytes()),
+            (
+                2,
+                record_cost("held"),
+                record_cost("loose") + 2 * (30 + FRAME_COST)
+            )
+        );
+        assert!(new.subscribe(&["held".to_owned()], now).is_ok());
+        assert_eq!(new.subscribe(&["quiet".to_owned()], now), Err(TopicsFull));
+        assert_charges(&new);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 6] = ["a", "bb", "ccc", "dddddddd", "e-e-e-e-e-e-e-e", "f"];
+        const PER_TOPIC: usize = 3;
+        const BUDGET: usize = 3000;
+        /// About four records.
+        const TOPIC_BUDGET: usize = 1600;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Subscribe(Vec<usize>),
+            Unsubscribe(usize),
+            Record(usize, usize),
+            ForgetIdle,
+            Restart,
+            HandOver,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => proptest::collection::vec(0..NAMES.len(), 1..4).prop_map(Op::Subscribe),
+                2 => any::<usize>().prop_map(Op::Unsubscribe),
+                4 => (0..NAMES.len(), 0..900usize).prop_map(|(t, len)| Op::Record(t, len)),
+                1 => Just(Op::ForgetIdle),
+                1 => Just(Op::Restart),
+                1 => Just(Op::HandOver),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn both_charges_stay_true_and_within_their_budgets(
+                ops in proptest::collection::vec(op(), 1..100)
+            ) {
+                let now = Instant::now();
+                let later = now + Duration::from_secs(10);
+                let mut h = History::new(PER_TOPIC, BUDGET, TOPIC_BUDGET);
+                let mut streams: Vec<Vec<String>> = Vec::new();
+                let mut last = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Subscribe(picks) => {
+                            let list: Vec<String> =
+                                picks.iter().map(|&i| NAMES[i].to_owned()).collect();
+                            let before = (h.bytes, h.topic_bytes, h.topics.len());
+                            match h.subscribe(&list, now) {
+                                Ok(_) => streams.push(list),
+                                Err(TopicsFull) => prop_assert_eq!(
+                                    before,
+                                    (h.bytes, h.topic_bytes, h.topics.len())
+                                ),
+                            }
+                        }
+                        Op::Unsubscribe(pick) if !streams.is_empty() => {
+                            let list = streams.swap_remove(pick % streams.len());
+                            h.unsubscribe(list.iter().map(String::as_str), now);
+                        }
+                        Op::Unsubscribe(_) => {}
+                        Op::Record(topic, len) => {
+                            last += 1;
+                            h.record(NAMES[topic], EventId::local(last), &frame(last, len), now);
+                        }
+                        Op::ForgetIdle => {
+                            h.forget_idle(later, Duration::from_secs(1));
+                        }
+                        Op::Restart => h.restart(),
+                        Op::HandOver => {
+                            // The successor takes the image, then every stream subscribes
+                            // again: the same budgets have room for all of them.
+                            let held: HashSet<&str> =
+                                streams.iter().flatten().map(String::as_str).collect();
+                            let mut next = History::new(PER_TOPIC, BUDGET, TOPIC_BUDGET);
+                            next.import(h.image(), &held, now);
+                            for list in &streams {
+                                prop_assert!(next.subscribe(list, now).is_ok());
+                            }
+                            h = next;
+                        }
+                    }
+                    assert_charges(&h);
+                    for name in NAMES {
+                        let carried: usize = streams
+                            .iter()
+                            .map(|list| list.iter().filter(|n| *n == name).count())
+                            .sum();
+                        prop_assert_eq!(h.subscribers(name), carried);
+                    }
+                }
+                // Once every stream left, nothing is charged to the topic budget, and
+                // forgetting the idle rest leaves nothing at all.
+                for list in streams.drain(..) {
+                    h.unsubscribe(list.iter().map(String::as_str), now);
+                }
+                assert_charges(&h);
+                prop_assert_eq!(h.topic_bytes(), 0);
+                h.forget_idle(later, Duration::from_secs(1));
+                prop_assert_eq!((h.bytes(), h.topics(), h.frames), (0, 0, 0));
+            }
+        }
     }
 }
 
@@ -827,22 +1267,22 @@ mod cluster_tests {
 
     #[test]
     fn a_restart_forgets_frames_and_marks_but_keeps_subscribed_topics() {
-        let mut h = History::new(4, 1 << 20);
-        let names = h.subscribe(&["a".to_owned()], Instant::now());
+        let mut h = History::new(4, 1 << 20, 1 << 20);
+        let names = h.subscribe(&["a".to_owned()], Instant::now()).unwrap();
         for id in 1..=6 {
             h.record("a", EventId::entry(id, 0), &frame(id), Instant::now());
             h.record("b", EventId::entry(id, 1), &frame(id), Instant::now());
         }
         h.restart();
         assert_eq!(h.topics(), 1, "a has a subscriber, b is gone");
-        assert_eq!(h.bytes(), 1 + TOPIC_COST);
+        assert_eq!((h.bytes(), h.topic_bytes()), (0, 1 + TOPIC_COST));
         let start = h.start_replay(&names, "0-0", EventId::ZERO, Some("e"), true);
         assert!(start.reset.is_some(), "an id without the epoch is unknown");
     }
 
     #[test]
     fn an_id_ahead_of_this_node_waits_instead_of_being_unknown() {
-        let h = History::new(4, 1 << 20);
+        let h = History::new(4, 1 << 20, 1 << 20);
         let names: Vec<Arc<str>> = vec![Arc::from("t")];
         let start = h.start_replay(&names, "e-9-0", EventId::entry(5, 0), Some("e"), true);
         assert!(start.reset.is_none());

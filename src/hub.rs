@@ -17,6 +17,7 @@
 //!
 //! The lock is taken once per event, never per client; with one shard it is uncontended.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -28,7 +29,7 @@ use mio::Waker;
 use crate::event_id::EventId;
 use crate::handover::wire::State;
 use crate::handover::Step;
-use crate::history::{Batch, Cursor, History, ReplayStart};
+use crate::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
 use crate::sse;
 
 /// One encoded event on its way to the shards.
@@ -198,11 +199,13 @@ pub struct Subscription {
 
 impl Hub {
     /// A hub for shards whose wakers are given in shard order, keeping `history` frames per
-    /// topic within `history_bytes`; returns each shard's inbox.
+    /// topic within `history_bytes`, and the records of subscribed topics within
+    /// `topic_bytes`; returns each shard's inbox.
     pub fn new(
         wakers: Vec<Arc<Waker>>,
         history: usize,
         history_bytes: usize,
+        topic_bytes: usize,
     ) -> (Arc<Hub>, Vec<Receiver<Inbox>>) {
         let shards = wakers.len();
         let mut mailboxes = Vec::with_capacity(wakers.len());
@@ -221,7 +224,7 @@ impl Hub {
                 last_id: EventId::ZERO,
                 epoch: None,
                 encoded: 0,
-                history: History::new(history, history_bytes),
+                history: History::new(history, history_bytes, topic_bytes),
                 waiting: Vec::new(),
                 generation: 0,
                 missed: vec![Vec::new(); shards],
@@ -327,11 +330,16 @@ impl Hub {
     /// Starts a stream on `topics`, resuming after `last_event_id` when given.
     ///
     /// A resume gets a cursor for [`Hub::replay`]; see [`History::start_replay`] for when it
-    /// also gets a `reset` notice.
-    pub fn subscribe(&self, topics: &[String], last_event_id: Option<&str>) -> Subscription {
+    /// also gets a `reset` notice. Refused when the topic budget has no room for the topics
+    /// no stream carries yet (see [`History::subscribe`]): the caller sheds the stream.
+    pub fn subscribe(
+        &self,
+        topics: &[String],
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, TopicsFull> {
         let mut guard = self.lock();
         let ledger = &mut *guard;
-        let names = ledger.history.subscribe(topics, Instant::now());
+        let names = ledger.history.subscribe(topics, Instant::now())?;
         let (reset, replay) = match last_event_id {
             Some(requested) => {
                 let start = Self::start_replay(ledger, &names, requested);
@@ -339,11 +347,11 @@ impl Hub {
             }
             None => (None, None),
         };
-        Subscription {
+        Ok(Subscription {
             names,
             reset,
             replay,
-        }
+        })
     }
 
     /// Where a resume from the id `requested` starts, on this node as it stands.
@@ -514,13 +522,14 @@ impl Hub {
     }
 
     /// In the successor, before any shard runs: the embedded broker's ids go on after the
-    /// old process's last one, and its history is this one's. (A cluster node reads both
-    /// from Redis.)
-    pub fn take_over(&self, state: State) {
+    /// old process's last one, and its history is this one's, with the topics `held` by the
+    /// streams handed over kept ready for them (see [`History::import`]). (A cluster node
+    /// reads both from Redis.)
+    pub fn take_over(&self, state: State, held: &HashSet<&str>) {
         let mut ledger = self.lock();
         if let Some(history) = state.history {
             ledger.last_id = ledger.last_id.max(state.last_id);
-            ledger.history.import(history, Instant::now());
+            ledger.history.import(history, held, Instant::now());
         }
     }
 
@@ -528,26 +537,32 @@ impl Hub {
     /// everything up to `cursor` (from `epoch`). It goes live at once when that is the last
     /// id here; otherwise it replays from there (in cluster mode, perhaps waiting for this
     /// node to read that far). An id of another epoch gets `reset`, as a resume would.
-    pub fn resume(&self, topics: &[String], cursor: Cursor, epoch: Option<&str>) -> Subscription {
+    /// Refused, as [`Hub::subscribe`] is, when the topic budget has no room for it.
+    pub fn resume(
+        &self,
+        topics: &[String],
+        cursor: Cursor,
+        epoch: Option<&str>,
+    ) -> Result<Subscription, TopicsFull> {
         let mut guard = self.lock();
         let ledger = &mut *guard;
-        let names = ledger.history.subscribe(topics, Instant::now());
+        let names = ledger.history.subscribe(topics, Instant::now())?;
         if ledger.epoch.as_deref() != epoch {
             // As a resume with that id would be: `reset`, since it is of another epoch.
             let requested = cursor.after().wire(epoch).to_string();
             let start = Self::start_replay(ledger, &names, &requested);
-            return Subscription {
+            return Ok(Subscription {
                 names,
                 reset: start.reset,
                 replay: Some(start.cursor),
-            };
+            });
         }
         let live = cursor.after() == ledger.last_id && ledger.history.covers(&names, &cursor);
-        Subscription {
+        Ok(Subscription {
             names,
             reset: None,
             replay: (!live).then_some(cursor),
-        }
+        })
     }
 
     /// Puts a hand-over step into every shard's inbox, made by `step` for each.
@@ -613,10 +628,14 @@ impl Hub {
         self.lock().history.forget_idle(Instant::now(), idle)
     }
 
-    /// Bytes the history is charged, and topics it knows.
-    pub fn history_size(&self) -> (usize, usize) {
+    /// Bytes the history is charged, topics it knows, and bytes the topic budget is charged.
+    pub fn history_size(&self) -> (usize, usize, usize) {
         let ledger = self.lock();
-        (ledger.history.bytes(), ledger.history.topics())
+        (
+            ledger.history.bytes(),
+            ledger.history.topics(),
+            ledger.history.topic_bytes(),
+        )
     }
 
     /// Puts an event into shard `to`'s inbox, unless it is full: then the event is noted as
@@ -711,7 +730,7 @@ mod tests {
             .iter()
             .map(|p| Arc::new(Waker::new(p.registry(), Token(0)).unwrap()))
             .collect();
-        let (hub, inboxes) = Hub::new(wakers, 4, 1 << 20);
+        let (hub, inboxes) = Hub::new(wakers, 4, 1 << 20, 1 << 20);
         (hub, inboxes, polls)
     }
 
@@ -745,7 +764,7 @@ mod tests {
     #[test]
     fn ids_increase_across_topics_and_frames_are_encoded_once() {
         let (hub, inboxes, _polls) = hub(3);
-        hub.subscribe(&topics(&["a", "b"]), None);
+        hub.subscribe(&topics(&["a", "b"]), None).unwrap();
         hub.publish_local(0, Some(TICKET), "a", None, "x");
         hub.publish_local(2, None, "b", Some("e"), "y");
         assert_eq!(hub.frames_encoded(), 2);
@@ -758,7 +777,7 @@ mod tests {
     #[test]
     fn a_frozen_hub_refuses_local_publishes_and_its_successor_goes_on_from_its_last_id() {
         let (old, inboxes, _polls) = hub(1);
-        old.subscribe(&topics(&["t"]), None);
+        old.subscribe(&topics(&["t"]), None).unwrap();
         old.publish_local(0, None, "t", None, "one");
         old.publish_local(0, None, "t", None, "two");
         let state = old.freeze(true);
@@ -770,19 +789,23 @@ mod tests {
             "{refused:?}"
         );
         let (new, new_inboxes, _new_polls) = hub(1);
-        new.take_over(state);
+        new.take_over(state, &HashSet::from(["t"]));
         // A live stream at the last id takes what comes next; one behind replays.
-        let live = new.resume(
-            &topics(&["t"]),
-            Cursor::resume(EventId::local(2), EventId::local(2)),
-            None,
-        );
+        let live = new
+            .resume(
+                &topics(&["t"]),
+                Cursor::resume(EventId::local(2), EventId::local(2)),
+                None,
+            )
+            .unwrap();
         assert!(live.replay.is_none() && live.reset.is_none());
-        let behind = new.resume(
-            &topics(&["t"]),
-            Cursor::resume(EventId::local(1), EventId::local(1)),
-            None,
-        );
+        let behind = new
+            .resume(
+                &topics(&["t"]),
+                Cursor::resume(EventId::local(1), EventId::local(1)),
+                None,
+            )
+            .unwrap();
         let cursor = behind.replay.expect("a replay from 1");
         new.replay(0, TICKET, &behind.names, cursor, 1 << 20);
         new.publish_local(0, Some(TICKET), "t", None, "three");
@@ -792,7 +815,7 @@ mod tests {
     #[test]
     fn a_frozen_hub_holds_the_cluster_reader_until_thawed() {
         let (hub, inboxes, _polls) = hub(1);
-        hub.subscribe(&topics(&["t"]), None);
+        hub.subscribe(&topics(&["t"]), None).unwrap();
         hub.append_entry(EventId::entry(5, 0), "ep", "t", None, "before");
         let state = hub.freeze(false);
         assert!(state.history.is_none());
@@ -818,7 +841,7 @@ mod tests {
     #[test]
     fn every_shard_gets_the_same_frame_not_a_copy() {
         let (hub, inboxes, _polls) = hub(2);
-        hub.subscribe(&topics(&["t"]), None);
+        hub.subscribe(&topics(&["t"]), None).unwrap();
         hub.publish_local(0, None, "t", None, "x");
         let frames: Vec<Bytes> = inboxes
             .iter()
@@ -842,11 +865,11 @@ mod tests {
     #[test]
     fn a_replay_step_sits_in_the_inbox_between_the_events_it_covers_and_the_rest() {
         let (hub, inboxes, _polls) = hub(1);
-        hub.subscribe(&topics(&["t"]), None);
+        hub.subscribe(&topics(&["t"]), None).unwrap();
         for i in 0..3 {
             hub.publish_local(0, None, "t", None, &format!("{i}"));
         }
-        let s = hub.subscribe(&topics(&["t"]), Some("1"));
+        let s = hub.subscribe(&topics(&["t"]), Some("1")).unwrap();
         assert!(s.reset.is_none());
         let cursor = s.replay.unwrap();
         hub.replay(0, TICKET, &s.names, cursor, 1 << 20);
@@ -862,7 +885,7 @@ mod tests {
         for i in 0..3 {
             hub.publish_local(0, None, "t", None, &format!("{i}"));
         }
-        let s = hub.subscribe(&topics(&["t"]), Some("0"));
+        let s = hub.subscribe(&topics(&["t"]), Some("0")).unwrap();
         let cursor = s.replay.unwrap();
         hub.replay(0, TICKET, &s.names, cursor, 1);
         let Inbox::Replay { cursor, step, .. } = inboxes[0].try_recv().unwrap() else {
@@ -876,8 +899,8 @@ mod tests {
     #[test]
     fn subscriber_counts_follow_subscribe_and_unsubscribe() {
         let (hub, inboxes, _polls) = hub(1);
-        hub.subscribe(&topics(&["t"]), None);
-        hub.subscribe(&topics(&["t", "u"]), None);
+        hub.subscribe(&topics(&["t"]), None).unwrap();
+        hub.subscribe(&topics(&["t", "u"]), None).unwrap();
         hub.publish_local(0, Some(TICKET), "t", None, "x");
         hub.unsubscribe(["t"]);
         hub.publish_local(0, Some(TICKET), "t", None, "x");
@@ -888,9 +911,25 @@ mod tests {
     }
 
     #[test]
+    fn streams_the_topic_budget_has_no_room_for_are_refused_fresh_or_handed_over() {
+        let polls = [Poll::new().unwrap()];
+        let wakers = vec![Arc::new(Waker::new(polls[0].registry(), Token(0)).unwrap())];
+        // Room for one record of a one-letter name.
+        let (hub, _inboxes) = Hub::new(wakers, 4, 1 << 20, 1 + crate::history::TOPIC_COST);
+        hub.subscribe(&topics(&["a"]), None).unwrap();
+        assert!(hub.subscribe(&topics(&["b"]), Some("0")).is_err());
+        let cursor = Cursor::resume(EventId::ZERO, EventId::ZERO);
+        assert!(hub.resume(&topics(&["b"]), cursor.clone(), None).is_err());
+        // Refused, they took nothing; a topic already carried is free to join.
+        assert_eq!(hub.history_size(), (0, 1, 1 + crate::history::TOPIC_COST));
+        assert!(hub.resume(&topics(&["a"]), cursor, None).is_ok());
+        assert_eq!(hub.subscribers("a"), 2);
+    }
+
+    #[test]
     fn a_shard_whose_inbox_is_full_is_told_what_it_missed_before_its_next_event() {
         let (hub, inboxes, _polls) = hub(1);
-        hub.subscribe(&topics(&["t"]), None);
+        hub.subscribe(&topics(&["t"]), None).unwrap();
         for i in 0..INBOX_EVENTS + 2 {
             hub.publish_local(0, None, "t", None, &format!("{i}"));
         }

@@ -37,7 +37,8 @@ stats! {
     SlowDisconnects => "sse_edge_slow_disconnects_total", "counter", "Streams disconnected for losing frames longer than --slow-client-timeout.";
     Replayed => "sse_edge_replayed_events_total", "counter", "Events replayed to streams resuming from a Last-Event-ID.";
     ResetNotices => "sse_edge_reset_notices_total", "counter", "event: reset notices (Last-Event-ID expired or unknown).";
-    Shed => "sse_edge_shed_total", "counter", "Streams shed at capacity (max clients or out of descriptors).";
+    Shed => "sse_edge_shed_total", "counter", "Streams shed (max clients, out of descriptors, per-address limit, topic budget full, or draining).";
+    TopicBudgetShed => "sse_edge_topic_budget_shed_total", "counter", "Streams shed because the topic budget (--topic-bytes) had no room for their new topics (also in sse_edge_shed_total).";
     StreamsExpired => "sse_edge_streams_expired_total", "counter", "Streams ended because their token expired (event: expired, then closed).";
     ExpiredTokens => "sse_edge_expired_tokens_total", "counter", "Stream requests with a correctly signed but expired token (answered event: expired).";
     KeepalivesSent => "sse_edge_keepalives_total", "counter", "Keep-alive comments queued to idle streams.";
@@ -133,6 +134,8 @@ pub struct NodeFigures {
     pub history_bytes: u64,
     /// Topics the history knows.
     pub history_topics: u64,
+    /// Bytes the topic budget is charged (records of subscribed topics).
+    pub topic_bytes: u64,
     /// Events not sent to a shard because its inbox was full.
     pub inbox_overruns: u64,
     /// The cluster broker's figures, in cluster mode.
@@ -154,7 +157,7 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
         (
             "sse_edge_history_bytes",
             "gauge",
-            "Bytes charged to the replay history (frames and bookkeeping; bound: --history-bytes).",
+            "Bytes charged to the replay history (frames, their bookkeeping, records of unsubscribed topics; bound: --history-bytes).",
             node.history_bytes,
         ),
         (
@@ -162,6 +165,12 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
             "gauge",
             "Topics the node knows (subscribed to, or with kept events).",
             node.history_topics,
+        ),
+        (
+            "sse_edge_topic_bytes",
+            "gauge",
+            "Bytes charged to the topic budget (records of subscribed topics; bound: --topic-bytes).",
+            node.topic_bytes,
         ),
         (
             "sse_edge_inbox_overruns_total",
@@ -303,6 +312,7 @@ mod tests {
                 events_encoded: 9,
                 history_bytes: 5,
                 history_topics: 1,
+                topic_bytes: 7,
                 inbox_overruns: 0,
                 broker: None,
                 tls: None,
@@ -310,6 +320,7 @@ mod tests {
         );
         assert!(text.contains("sse_edge_events_encoded_total 9\n"));
         assert!(text.contains("sse_edge_history_bytes 5\n"));
+        assert!(text.contains("sse_edge_topic_bytes 7\n"));
         assert!(text.contains("sse_edge_clients{shard=\"0\"} 3\n"));
         assert!(text.contains("sse_edge_clients{shard=\"1\"} 2\n"));
         assert!(text.contains("sse_edge_frames_dropped_total{shard=\"0\"} 7\n"));

@@ -220,7 +220,12 @@ impl Server {
             ));
             polls.push(poll);
         }
-        let (hub, inboxes) = Hub::new(wakers, config.history, config.history_bytes);
+        let (hub, inboxes) = Hub::new(
+            wakers,
+            config.history,
+            config.history_bytes,
+            config.topic_bytes,
+        );
         let stats: Arc<[ShardStats]> = (0..listeners.len())
             .map(|_| ShardStats::default())
             .collect();
@@ -316,7 +321,20 @@ impl Server {
     /// are installed when the shards start.
     pub fn take_over(&mut self, taken: Taken) {
         let epoch = taken.state.epoch.clone();
-        self.control.hub.take_over(taken.state);
+        {
+            // The handed-over streams' topics: their records wait in the topic budget for them.
+            let held: std::collections::HashSet<&str> = taken
+                .connections
+                .iter()
+                .filter_map(|(record, _)| match &record.kind {
+                    handover::wire::Kind::Stream(stream) => Some(&stream.topics),
+                    handover::wire::Kind::Requests { .. } => None,
+                })
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            self.control.hub.take_over(taken.state, &held);
+        }
         let shards = self.shards.len().max(1);
         for (record, fd) in taken.connections {
             let i = usize::from(record.shard) % shards;

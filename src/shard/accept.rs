@@ -178,9 +178,12 @@ impl Shard {
     /// already), `: shed`, a long jittered `retry:`, then close.
     pub(super) fn shed(&mut self, key: usize, head: Option<Bytes>, refusal: Refusal) {
         self.counters.add(Stat::Shed, 1);
+        if refusal == Refusal::TopicsFull {
+            self.counters.add(Stat::TopicBudgetShed, 1);
+        }
         let factor = match refusal {
             Refusal::Draining => 1,
-            Refusal::NodeFull | Refusal::AddressFull => SHED_RETRY_FACTOR,
+            Refusal::NodeFull | Refusal::AddressFull | Refusal::TopicsFull => SHED_RETRY_FACTOR,
         };
         let retry = self.jitter(self.config.retry_ms * factor);
         if let Some(head) = head {

@@ -341,12 +341,7 @@ impl Shard {
                     Some(Err(refusal)) => refusal,
                     _ => Refusal::NodeFull,
                 };
-                // Its head went out long ago; it is a stream on its way out, not a request.
-                self.clients[key].phase = Phase::Linger {
-                    deadline: self.now + LINGER,
-                };
-                self.set_deadline(key, self.now + LINGER);
-                self.shed(key, None, refusal);
+                self.shed_adopted(key, refusal);
                 return Some(true);
             }
         };
@@ -355,7 +350,14 @@ impl Shard {
         // As a request's topics are: each once (a membership per topic and stream).
         let mut seen = std::collections::HashSet::new();
         topics.retain(|t| seen.insert(t.clone()));
-        let subscription = self.hub.resume(&topics, cursor, epoch);
+        let subscription = match self.hub.resume(&topics, cursor, epoch) {
+            Ok(subscription) => subscription,
+            Err(crate::history::TopicsFull) => {
+                self.node.quota.release(admitted);
+                self.shed_adopted(key, Refusal::TopicsFull);
+                return Some(true);
+            }
+        };
         let subs: Vec<_> = subscription
             .names
             .into_iter()
@@ -376,6 +378,17 @@ impl Shard {
         self.stream_begins(key, stream, admitted.address, subscription.reset);
         self.counters.add(Stat::StreamsAdopted, 1);
         Some(true)
+    }
+
+    /// Sheds an adopted stream this process has no room for (after its queued bytes): it
+    /// comes back to a node with room.
+    fn shed_adopted(&mut self, key: usize, refusal: Refusal) {
+        // Its head went out long ago; it is a stream on its way out, not a request.
+        self.clients[key].phase = Phase::Linger {
+            deadline: self.now + LINGER,
+        };
+        self.set_deadline(key, self.now + LINGER);
+        self.shed(key, None, refusal);
     }
 }
 

@@ -51,9 +51,17 @@ impl Shard {
                 debug!(shard = self.id, key, error = %e, "cannot size the send buffer");
             }
         }
-        let subscription = self
+        let subscription = match self
             .hub
-            .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref());
+            .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref())
+        {
+            Ok(subscription) => subscription,
+            Err(crate::history::TopicsFull) => {
+                // At capacity for new topics: come back later, as at --max-clients.
+                self.node.quota.release(admitted);
+                return self.shed(key, Some(head), crate::admission::Refusal::TopicsFull);
+            }
+        };
         let mut subs = Vec::with_capacity(subscription.names.len());
         for name in subscription.names {
             subs.push(self.topics.join(name, key));
