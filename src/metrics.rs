@@ -135,6 +135,9 @@ pub struct NodeFigures {
     pub history_topics: u64,
     /// Events not sent to a shard because its inbox was full.
     pub inbox_overruns: u64,
+    /// Cluster mode: resumes waiting for this node to read up to their id, and those refused
+    /// since start because `hub::WAITING_MAX` were waiting.
+    pub replay_waiting: (u64, u64),
     /// The cluster broker's figures, in cluster mode.
     pub broker: Option<crate::broker::cluster::Figures>,
     /// With `--tls-cert`: the certificate's expiry (unix seconds) and successful reloads.
@@ -168,6 +171,18 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
             "counter",
             "Events not sent to a shard whose inbox was full (its streams got gap notices).",
             node.inbox_overruns,
+        ),
+        (
+            "sse_edge_replay_waiting",
+            "gauge",
+            "Resumes waiting for this node to read up to an id another node handed out (cluster mode).",
+            node.replay_waiting.0,
+        ),
+        (
+            "sse_edge_replay_waiting_refused_total",
+            "counter",
+            "Resumes told reset (unknown) at once because the most that may wait were waiting.",
+            node.replay_waiting.1,
         ),
     ] {
         let _ = writeln!(
@@ -304,6 +319,7 @@ mod tests {
                 history_bytes: 5,
                 history_topics: 1,
                 inbox_overruns: 0,
+                replay_waiting: (0, 0),
                 broker: None,
                 tls: None,
             },
