@@ -47,7 +47,7 @@ pub struct Delivery {
 
 /// Which request an answer belongs to: a slab key and the connection's serial there (a key
 /// is reused once its connection is gone; an answer for the old one is dropped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket {
     /// The connection's slab key in its shard.
     pub key: usize,

@@ -257,6 +257,36 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
                 "Entries in the Redis stream that were not sse-edge events (skipped).",
                 b.skipped as f64,
             ),
+            (
+                "sse_edge_replay_cache_bytes",
+                "gauge",
+                "Bytes of Redis ranges the replayer holds for resumes in progress (bound: --replay-cache-bytes).",
+                b.replay.cache_bytes as f64,
+            ),
+            (
+                "sse_edge_replay_cache_peak_bytes",
+                "gauge",
+                "The most bytes the replay cache has held since start.",
+                b.replay.cache_peak_bytes as f64,
+            ),
+            (
+                "sse_edge_replay_cache_evictions_total",
+                "counter",
+                "Cached Redis ranges dropped to stay within --replay-cache-bytes while a resume still needed them.",
+                b.replay.cache_evictions as f64,
+            ),
+            (
+                "sse_edge_replay_scan_limited_total",
+                "counter",
+                "Resumes that walked --replay-scan entries in Redis without reaching the node's history (told reset, expired).",
+                b.replay.scan_limited as f64,
+            ),
+            (
+                "sse_edge_replay_refused_total",
+                "counter",
+                "Replay steps the replayer's queue had no room for (answered from the node's history, with its reset).",
+                b.replay.refused as f64,
+            ),
         ] {
             let _ = writeln!(
                 out,

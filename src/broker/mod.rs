@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod redis;
+pub mod replay;
 
 use std::sync::Arc;
 
