@@ -59,6 +59,15 @@ impl Broker {
         }
     }
 
+    /// A stream of shard `from` that was replaying is gone (the replayer gives back what it
+    /// kept for it).
+    pub fn replay_over(&self, from: usize, ticket: Ticket) {
+        match self {
+            Broker::Local => {}
+            Broker::Redis(cluster) => cluster.replay_over(from, ticket),
+        }
+    }
+
     /// Whether publishing works now (`/healthz` answers 503 while it does not).
     pub fn healthy(&self) -> bool {
         match self {

@@ -687,6 +687,30 @@ mod tests {
         assert_eq!((cache.ranges.len(), cache.bytes()), (0, 0));
     }
 
+    #[test]
+    fn a_stream_gone_ends_its_claim_and_its_waiting_step_is_not_served() {
+        let (steps, queue) = std::sync::mpsc::sync_channel(8);
+        let (gone, overs) = std::sync::mpsc::sync_channel(8);
+        let mut cache = RangeCache::new(1 << 20);
+        let mut round = VecDeque::new();
+        for key in [1, 2] {
+            let job = ReplayJob {
+                from: 0,
+                ticket: who(key).1,
+                names: Vec::new(),
+                cursor: Cursor::resume(id(5), id(5)),
+                room: 1,
+            };
+            steps.send(job).unwrap();
+        }
+        gone.send(who(1)).unwrap();
+        take_waiting(&mut cache, &mut round, &queue, &overs);
+        let left: Vec<usize> = round.iter().map(|j| j.ticket.key).collect();
+        assert_eq!(left, vec![2]);
+        assert_eq!(cache.claims.len(), 1);
+        assert!(cache.claims.contains_key(&who(2)));
+    }
+
     proptest! {
         /// Whatever resumes claim and release and whatever sizes the entries have, a cache
         /// filled by reads no larger than the room it gives (as the script cuts them) stays
