@@ -316,9 +316,10 @@ pub struct Config {
     pub redis_maxlen: u64,
 
     /// Cluster mode: entries of the Redis stream one resume may walk (over all its steps) to
-    /// find its topics' events from before what this node kept. Spent before reaching the
-    /// node's history, the stream gets `event: reset` (expired) from where the walk stopped
-    /// and goes on from the node's history. 0 = never read Redis for a resume.
+    /// find its topics' events from before what this node kept; an entry over 1 KiB counts
+    /// once per KiB started, so this also bounds the bytes read to about N KiB. Spent before
+    /// reaching the node's history, the stream gets `event: reset` (expired) from where the
+    /// walk stopped and goes on from the node's history. 0 = never read Redis for a resume.
     #[arg(
         long,
         env = "SSE_EDGE_REPLAY_SCAN",

@@ -209,3 +209,20 @@ fn resumes_from_one_id_read_each_range_once() {
     drop(streams);
     s.cache_given_back();
 }
+
+#[test]
+fn big_entries_take_their_size_from_the_scan_budget() {
+    // 10 KB entries count ten units each: a budget of 1000 is spent after 100 of them, so a
+    // resume reads about 1 MB, not 1000 entries' 10 MB.
+    let s = Setup::new(&["--replay-scan", "1000"], 300, "big", 10_000);
+    let mut stream = s.resume("fresh0");
+    let reset = stream.event_within_patience("the reset");
+    assert_eq!(reset.event.as_deref(), Some("reset"), "{}", reset.data);
+    assert!(
+        reset
+            .data
+            .contains(&format!("\"requested\":\"{}\"", s.wire(99))),
+        "{}",
+        reset.data
+    );
+}

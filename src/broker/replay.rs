@@ -7,8 +7,9 @@
 //! resume cost the same whatever the stream holds:
 //!
 //! - **A scan budget** (`--replay-scan`): one resume walks at most that many entries, over
-//!   all its steps. The count travels in its [`Cursor`], so no stream keeps anything more for
-//!   it once the replay is over. Spent before the node's history is reached, the history takes
+//!   all its steps, an entry counting once per [`SCAN_UNIT`] of its size started (so also
+//!   about that many KiB). The count travels in its [`Cursor`], so no stream keeps anything
+//!   more for it once the replay is over. Spent before the node's history is reached, the history takes
 //!   over from where the walk stopped, and its first step says `reset` (`expired`, with that
 //!   id as `requested` and the oldest event kept after it as `oldest`): the same notice as when
 //!   Redis itself no longer holds what follows a cursor. Counted in
@@ -46,6 +47,11 @@ pub const RANGE_COUNT: usize = 512;
 /// headers, rounded up. [`RANGE_SCRIPT`](super::redis::RANGE_SCRIPT) counts the same per entry, plus the id's and field
 /// names' lengths, so what it lets through fits the budget it was given.
 pub const ENTRY_COST: usize = 128;
+
+/// An entry's share of a resume's scan budget is one per this many bytes of its strings (at
+/// least one): `--replay-scan N` bounds the entries a resume walks and, for big entries, the
+/// bytes it reads to about N KiB.
+pub const SCAN_UNIT: usize = 1024;
 
 /// What a cached range costs besides its entries: its map node and record.
 const RANGE_COST: usize = 128;
@@ -189,13 +195,23 @@ impl CachedRange {
     }
 }
 
-/// What a cached entry is charged.
-fn entry_cost(e: &Entry) -> usize {
-    ENTRY_COST
-        .saturating_add(e.epoch.len())
+/// The bytes of an entry's strings.
+fn payload(e: &Entry) -> usize {
+    e.epoch
+        .len()
         .saturating_add(e.topic.len())
         .saturating_add(e.event.as_ref().map_or(0, String::len))
         .saturating_add(e.data.len())
+}
+
+/// What a cached entry is charged.
+fn entry_cost(e: &Entry) -> usize {
+    ENTRY_COST.saturating_add(payload(e))
+}
+
+/// What walking an entry takes from a resume's scan budget: one per [`SCAN_UNIT`] started.
+fn scan_units(e: &Entry) -> usize {
+    payload(e).div_ceil(SCAN_UNIT).max(1)
 }
 
 /// The ranges read for resumes, shared by all of them, and the claims that keep them. Pure:
@@ -326,14 +342,26 @@ impl RangeCache {
     /// returns the free bytes, what the next read may take.
     fn make_room(&mut self) -> usize {
         let want = (self.limit / 4).max(1);
-        while self.limit.saturating_sub(self.bytes) < want {
+        while self.room() < want {
             let Some((_, range)) = self.ranges.pop_last() else {
                 break;
             };
             self.bytes -= range.bytes;
             self.evictions += 1;
         }
+        self.room()
+    }
+
+    /// The bytes free now.
+    fn room(&self) -> usize {
         self.limit.saturating_sub(self.bytes)
+    }
+
+    /// Makes room for a read from `at` ([`RangeCache::make_room`]) and returns where it
+    /// stops: the start of the first cached range after `at`, if any is left.
+    fn next_start_after_room(&mut self, at: EventId) -> Option<EventId> {
+        self.make_room();
+        self.next_start(at)
     }
 
     fn insert(&mut self, start: EventId, range: CachedRange) {
@@ -482,11 +510,13 @@ fn serve(
             // What this step walked past is given back first, unless another resume needs it.
             cache.claim((job.from, job.ticket), at, Instant::now());
             cache.trim();
-            let room = cache.make_room();
-            let until = cache.next_start(at);
-            let want = usize::try_from(limits.scan - scanned)
-                .unwrap_or(usize::MAX)
-                .min(RANGE_COUNT);
+            let until = cache.next_start_after_room(at);
+            let left = usize::try_from(limits.scan - scanned).unwrap_or(usize::MAX);
+            // No more entries than the budget has left, nor more bytes than it allows for
+            // entries of a full scan unit each (big entries count several units).
+            let want = left.min(RANGE_COUNT);
+            let bytes = left.saturating_mul(SCAN_UNIT + ENTRY_COST);
+            let room = cache.room().min(bytes);
             let range = match link.range_within(at, until, want, room, ENTRY_COST) {
                 Ok(range) => range,
                 Err(e) => {
@@ -532,7 +562,7 @@ fn serve(
                 batch.frames.push(frame);
             }
             job.cursor.advance(entry.id);
-            job.cursor.count_scanned(1);
+            job.cursor.count_scanned(scan_units(entry));
         }
         if whole {
             job.cursor.advance(range.last);
