@@ -9,19 +9,21 @@
 //! - **A scan budget** (`--replay-scan`): one resume walks at most that many entries, over
 //!   all its steps, an entry counting once per [`SCAN_UNIT`] of its size started (so also
 //!   about that many KiB). The count travels in its [`Cursor`], so no stream keeps anything
-//!   more for it once the replay is over. Spent before the node's history is reached, the history takes
-//!   over from where the walk stopped, and its first step says `reset` (`expired`, with that
-//!   id as `requested` and the oldest event kept after it as `oldest`): the same notice as when
-//!   Redis itself no longer holds what follows a cursor. Counted in
+//!   more for it once the replay is over. Spent before the node's history is reached, the
+//!   history takes over from where the walk stopped, and its first step says `reset`
+//!   (`expired`, with that id as `requested` and the oldest event kept after it as `oldest`):
+//!   the same notice as when Redis itself no longer holds what follows a cursor. Counted in
 //!   `sse_edge_replay_scan_limited_total`.
 //! - **One cache** (`--replay-cache-bytes`) of the ranges read, for every resume. Ranges never
 //!   overlap (a read ends where the next cached range starts), so resumes from nearby ids read
 //!   each entry once. A resume *claims* its cursor from when its step is taken until it goes
 //!   over to the history, its stream closes, or it has not asked for [`CLAIM_IDLE`]; a range
 //!   is kept while some claim has not passed it, and given back as soon as none needs it.
-//!   Reads are cut to the cache's free bytes in Redis ([`RANGE_SCRIPT`](super::redis::RANGE_SCRIPT)), so the cache stays
+//!   Reads are cut to the cache's free bytes in Redis ([`RANGE_SCRIPT`]), so the cache stays
 //!   within its bound whatever the entries' sizes; when less than a quarter is free, the
 //!   ranges furthest ahead go first (`sse_edge_replay_cache_evictions_total`).
+//!
+//! [`RANGE_SCRIPT`]: super::redis::RANGE_SCRIPT
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -44,8 +46,9 @@ pub const RANGE_COUNT: usize = 512;
 
 /// What a cached entry costs besides its strings' bytes: the `Entry` itself (an id and four
 /// `String`s, 112 B), its slot's share of the range's `Vec` and the strings' allocation
-/// headers, rounded up. [`RANGE_SCRIPT`](super::redis::RANGE_SCRIPT) counts the same per entry, plus the id's and field
-/// names' lengths, so what it lets through fits the budget it was given.
+/// headers, rounded up. [`RANGE_SCRIPT`](super::redis::RANGE_SCRIPT) counts the same per
+/// entry, plus the id's and field names' lengths, so what it lets through fits the budget it
+/// was given.
 pub const ENTRY_COST: usize = 128;
 
 /// An entry's share of a resume's scan budget is one per this many bytes of its strings (at
