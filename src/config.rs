@@ -334,6 +334,30 @@ pub struct Config {
     )]
     pub redis_maxlen: u64,
 
+    /// Cluster mode: entries of the Redis stream one resume may walk (over all its steps) to
+    /// find its topics' events from before what this node kept; an entry over 1 KiB counts
+    /// once per KiB started, so this also bounds the bytes read to about N KiB. Spent before
+    /// reaching the node's history, the stream gets `event: reset` (expired) from where the
+    /// walk stopped and goes on from the node's history. 0 = never read Redis for a resume.
+    #[arg(
+        long,
+        env = "SSE_EDGE_REPLAY_SCAN",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub replay_scan: u32,
+
+    /// Cluster mode: the one cache of ranges read from Redis that resumes from nearby ids share.
+    /// A range is given back as soon as no resume in progress still needs it, and reads are cut
+    /// to fit, whatever the entries' sizes (an entry larger than the cache is read alone).
+    #[arg(
+        long,
+        env = "SSE_EDGE_REPLAY_CACHE_BYTES",
+        default_value_t = 8 << 20,
+        value_name = "BYTES"
+    )]
+    pub replay_cache_bytes: usize,
+
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a RUST_LOG-style filter such as
     /// `sse_edge=debug`.
     #[arg(
@@ -438,6 +462,12 @@ impl Config {
         }
         if !(1..=1_000_000_000).contains(&self.redis_maxlen) {
             return Err("--redis-maxlen must be between 1 and 1000000000".into());
+        }
+        if self.replay_scan > 100_000_000 {
+            return Err("--replay-scan must be at most 100000000".into());
+        }
+        if !(64 << 10..=1 << 30).contains(&self.replay_cache_bytes) {
+            return Err("--replay-cache-bytes must be between 64 KiB and 1 GiB".into());
         }
         if self.send_buffer != 0 && !(4096..=1 << 30).contains(&self.send_buffer) {
             return Err(
@@ -597,6 +627,7 @@ mod tests {
         assert_eq!((c.history_bytes, c.topic_idle), (64 << 20, 3600));
         assert_eq!(c.topic_bytes, 64 << 20);
         assert_eq!(c.send_buffer, 65536);
+        assert_eq!((c.replay_scan, c.replay_cache_bytes), (10_000, 8 << 20));
         assert_eq!(
             (c.max_streams_per_ip, c.max_request_connections),
             (None, 1024)
@@ -629,6 +660,9 @@ mod tests {
             &["--redis", "nonsense"],
             &["--redis", "rediss://127.0.0.1:6379"],
             &["--redis-maxlen", "0"],
+            &["--replay-scan", "100000001"],
+            &["--replay-cache-bytes", "1000"],
+            &["--replay-cache-bytes", "18446744073709551615"],
             &["--max-request-connections", "0"],
             &["--max-clients", "18446744073709551615"],
         ] {

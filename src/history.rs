@@ -128,6 +128,9 @@ pub struct Cursor {
     after: EventId,
     /// Evictions up to this id were already announced with a `reset`.
     announced: EventId,
+    /// Entries of the cluster's stream this replay has walked in Redis so far, over all its
+    /// steps: a resume may walk at most `--replay-scan` (see [`crate::broker::replay`]).
+    scanned: u32,
 }
 
 /// The start of a resume.
@@ -154,7 +157,11 @@ impl Cursor {
     /// A cursor handed over by the node's previous process: after `after`, with evictions
     /// up to `announced` already told.
     pub fn resume(after: EventId, announced: EventId) -> Cursor {
-        Cursor { after, announced }
+        Cursor {
+            after,
+            announced,
+            scanned: 0,
+        }
     }
 
     /// Evictions up to this id were already announced.
@@ -170,6 +177,17 @@ impl Cursor {
     /// Moves past `id`, replayed from elsewhere (Redis) or not this stream's.
     pub fn advance(&mut self, id: EventId) {
         self.after = self.after.max(id);
+    }
+
+    /// Entries walked in Redis so far (see [`Cursor::count_scanned`]).
+    pub fn scanned(&self) -> u32 {
+        self.scanned
+    }
+
+    /// Counts `n` more entries walked in Redis.
+    pub fn count_scanned(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.scanned = self.scanned.saturating_add(n);
     }
 }
 
@@ -579,6 +597,7 @@ impl History {
                     cursor: Cursor {
                         after,
                         announced: after,
+                        scanned: 0,
                     },
                 }
             }
@@ -591,6 +610,7 @@ impl History {
             cursor: Cursor {
                 after,
                 announced: evicted,
+                scanned: 0,
             },
         }
     }

@@ -17,7 +17,7 @@
 //!
 //! The lock is taken once per event, never per client; with one shard it is uncontended.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -47,7 +47,7 @@ pub struct Delivery {
 
 /// Which request an answer belongs to: a slab key and the connection's serial there (a key
 /// is reused once its connection is gone; an answer for the old one is dropped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket {
     /// The connection's slab key in its shard.
     pub key: usize,
@@ -159,7 +159,7 @@ struct Ledger {
     history: History,
     /// Cluster mode: replays waiting for this node to catch up with an id another node
     /// handed out.
-    waiting: Vec<Waiting>,
+    waiting: Waiters,
     /// Epochs started since start (the reader re-reads the stream after a change it did not
     /// see itself).
     generation: u64,
@@ -182,6 +182,69 @@ struct Waiting {
     /// When to stop waiting and call the id unknown.
     until: Instant,
 }
+
+/// The replays waiting for this node to catch up, in two orders, so that an appended entry
+/// costs one look at the first waiter whatever their number: by the id each waits for (an
+/// append takes only those it reached), and by arrival, which is deadline order since every
+/// waiter waits the same [`CATCH_UP`].
+#[derive(Debug, Default)]
+struct Waiters {
+    /// By (the id waited for, arrival number).
+    by_id: BTreeMap<(EventId, u64), Waiting>,
+    /// Arrival number → the id waited for.
+    by_arrival: BTreeMap<u64, EventId>,
+    /// The next arrival number.
+    arrivals: u64,
+    /// Resumes answered at once (`reset`, unknown) because [`WAITING_MAX`] were waiting.
+    refused: u64,
+    /// Waiters looked at by [`Hub::answer_waiting`] since start (what the tests count).
+    examined: u64,
+}
+
+impl Waiters {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn park(&mut self, w: Waiting) {
+        let arrival = self.arrivals;
+        self.arrivals += 1;
+        self.by_arrival.insert(arrival, w.cursor.after());
+        self.by_id.insert((w.cursor.after(), arrival), w);
+    }
+
+    /// The first waiter whose id is `last_id` or older: this node has read that far.
+    fn pop_reached(&mut self, last_id: EventId) -> Option<Waiting> {
+        let (&(id, arrival), _) = self.by_id.first_key_value()?;
+        self.examined += 1;
+        if id > last_id {
+            return None;
+        }
+        self.by_arrival.remove(&arrival);
+        self.by_id.remove(&(id, arrival))
+    }
+
+    /// The first waiter whose time is over at `now`.
+    fn pop_expired(&mut self, now: Instant) -> Option<Waiting> {
+        let (&arrival, &id) = self.by_arrival.first_key_value()?;
+        self.examined += 1;
+        if self
+            .by_id
+            .get(&(id, arrival))
+            .is_some_and(|w| w.until > now)
+        {
+            return None;
+        }
+        self.by_arrival.remove(&arrival);
+        self.by_id.remove(&(id, arrival))
+    }
+}
+
+/// The most replays that may wait for this node to catch up (beyond it a resume is told
+/// `reset`, unknown, at once, as one that waited in vain): as many as a shard's inbox holds
+/// events ([`INBOX_EVENTS`]), since the append that reaches them answers each with one message
+/// into an inbox.
+pub const WAITING_MAX: usize = INBOX_EVENTS;
 
 /// How long a replay waits for this node to read up to an id another node handed out.
 pub const CATCH_UP: Duration = Duration::from_secs(2);
@@ -225,7 +288,7 @@ impl Hub {
                 epoch: None,
                 encoded: 0,
                 history: History::new(history, history_bytes, topic_bytes),
-                waiting: Vec::new(),
+                waiting: Waiters::default(),
                 generation: 0,
                 missed: vec![Vec::new(); shards],
                 overruns: 0,
@@ -382,7 +445,16 @@ impl Hub {
         if cursor.after() > ledger.last_id {
             // Another node handed this id out and this one has not read it yet: answer once
             // the reader gets there (or call it unknown after CATCH_UP).
-            ledger.waiting.push(Waiting {
+            if ledger.waiting.len() >= WAITING_MAX {
+                ledger.waiting.refused += 1;
+                let mut cursor = cursor;
+                let reset = ledger
+                    .history
+                    .give_up(names, &mut cursor, ledger.epoch.as_deref());
+                self.send_replay_step(&ledger, from, ticket, names, cursor, room, Some(reset));
+                return;
+            }
+            ledger.waiting.park(Waiting {
                 from,
                 ticket,
                 names: names.to_vec(),
@@ -430,27 +502,25 @@ impl Hub {
     }
 
     /// Answers the waiting replays this node has now caught up with, and gives up on those
-    /// that waited past their time (`reset`, unknown, then everything kept).
+    /// that waited past their time (`reset`, unknown, then everything kept). Looks at one
+    /// waiter more than it answers in each order: nothing per waiter not yet due.
     fn answer_waiting(&self, ledger: &mut Ledger, now: Instant) {
-        if ledger.waiting.is_empty() {
-            return;
+        while let Some(w) = ledger.waiting.pop_reached(ledger.last_id) {
+            self.send_replay_step(ledger, w.from, w.ticket, &w.names, w.cursor, w.room, None);
         }
-        let waiting = std::mem::take(&mut ledger.waiting);
-        for mut w in waiting {
-            let reset = if w.cursor.after() <= ledger.last_id {
-                None
-            } else if now >= w.until {
-                let epoch = ledger.epoch.clone();
-                Some(
-                    ledger
-                        .history
-                        .give_up(&w.names, &mut w.cursor, epoch.as_deref()),
-                )
-            } else {
-                ledger.waiting.push(w);
-                continue;
-            };
-            self.send_replay_step(ledger, w.from, w.ticket, &w.names, w.cursor, w.room, reset);
+        while let Some(mut w) = ledger.waiting.pop_expired(now) {
+            let reset = ledger
+                .history
+                .give_up(&w.names, &mut w.cursor, ledger.epoch.as_deref());
+            self.send_replay_step(
+                ledger,
+                w.from,
+                w.ticket,
+                &w.names,
+                w.cursor,
+                w.room,
+                Some(reset),
+            );
         }
     }
 
@@ -710,6 +780,24 @@ impl Hub {
         self.lock().encoded
     }
 
+    /// Replays waiting for this node to catch up now, and those refused since start because
+    /// [`WAITING_MAX`] were waiting.
+    pub fn waiting(&self) -> (usize, u64) {
+        let ledger = self.lock();
+        (ledger.waiting.len(), ledger.waiting.refused)
+    }
+
+    #[cfg(test)]
+    fn waiters_examined(&self) -> u64 {
+        self.lock().waiting.examined
+    }
+
+    #[cfg(test)]
+    fn expire_at(&self, now: Instant) {
+        let mut guard = self.lock();
+        self.answer_waiting(&mut guard, now);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         // The ledger stays consistent across a panic in another shard (every update is a
         // few plain assignments), so a poisoned lock is still safe to use.
@@ -951,5 +1039,97 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(drain(&inboxes[0]), vec![format!("E{}", first + 2)]);
+    }
+
+    /// The replay steps in an inbox, as (the stream's key, its `reset` notice if any), events
+    /// left out.
+    fn replay_steps(inbox: &Receiver<Inbox>) -> Vec<(usize, Option<String>)> {
+        inbox
+            .try_iter()
+            .filter_map(|m| match m {
+                Inbox::Replay { ticket, step, .. } => {
+                    let (ReplayStep::More(b) | ReplayStep::Live(b)) = step;
+                    let reset = b.reset.map(|r| String::from_utf8_lossy(&r).into_owned());
+                    Some((ticket.key, reset))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A hub, its inboxes and polls, and one stream's topic names.
+    type ClusterHub = (Arc<Hub>, Vec<Receiver<Inbox>>, Vec<Poll>, Vec<Arc<str>>);
+
+    /// A cluster hub at entry `1-0` of epoch `ep`, and its stream's names.
+    fn cluster_hub() -> ClusterHub {
+        let (hub, inboxes, polls) = hub(1);
+        let names = hub.subscribe(&topics(&["t"]), None).unwrap().names;
+        hub.append_entry(EventId::entry(1, 0), "ep", "t", None, "first");
+        drain(&inboxes[0]);
+        (hub, inboxes, polls, names)
+    }
+
+    /// Parks a resume of `names` from entry `ms-0`, which this hub has not read yet.
+    fn park(hub: &Hub, key: usize, names: &[Arc<str>], ms: u64) {
+        let id = EventId::entry(ms, 0);
+        let ticket = Ticket { key, serial: 1 };
+        hub.replay(0, ticket, names, Cursor::resume(id, id), 1 << 20);
+    }
+
+    #[test]
+    fn appends_look_only_at_waiters_now_due_and_the_rest_wait_for_their_id_or_deadline() {
+        let (hub, inboxes, _polls, names) = cluster_hub();
+        // Resumes from ids another node handed out, far ahead of this one.
+        let parked = 1000;
+        for key in 0..parked {
+            park(&hub, key, &names, 1_000 + key as u64);
+        }
+        let before = hub.waiters_examined();
+        let appends = 100;
+        for ms in 2..2 + appends {
+            hub.append_entry(EventId::entry(ms, 0), "ep", "t", None, "x");
+        }
+        let examined = hub.waiters_examined() - before;
+        // One look at the first waiter in each of the two orders per append, whatever their
+        // number.
+        assert!(
+            examined <= 2 * appends,
+            "{appends} appends looked at {examined} waiters; none was due"
+        );
+        assert!(replay_steps(&inboxes[0]).is_empty());
+        // The first one's id arrives: that one is answered, from its id on (no reset).
+        hub.append_entry(EventId::entry(1_000, 0), "ep", "t", None, "due");
+        assert_eq!(replay_steps(&inboxes[0]), vec![(0, None)]);
+        // The others are told `reset` (unknown) once their time is over, not before.
+        hub.expire_at(Instant::now());
+        assert!(replay_steps(&inboxes[0]).is_empty());
+        hub.expire_at(Instant::now() + CATCH_UP);
+        let expired = replay_steps(&inboxes[0]);
+        assert_eq!(expired.len(), parked - 1);
+        for (key, reset) in expired {
+            let reset = reset.unwrap_or_else(|| panic!("waiter {key} got no reset"));
+            assert!(reset.contains("\"reason\":\"unknown\""), "{reset}");
+        }
+    }
+
+    #[test]
+    fn at_most_waiting_max_resumes_wait_and_the_next_is_told_unknown_at_once() {
+        let (hub, inboxes, _polls, names) = cluster_hub();
+        for key in 0..WAITING_MAX {
+            park(&hub, key, &names, 1_000);
+        }
+        assert!(replay_steps(&inboxes[0]).is_empty());
+        park(&hub, WAITING_MAX, &names, 1_000);
+        let refused = replay_steps(&inboxes[0]);
+        assert_eq!(refused.len(), 1, "the one over the cap is answered at once");
+        let (key, reset) = &refused[0];
+        assert_eq!(*key, WAITING_MAX);
+        assert!(
+            reset
+                .as_deref()
+                .is_some_and(|r| r.contains("\"reason\":\"unknown\"")),
+            "{reset:?}"
+        );
+        assert_eq!(hub.waiting(), (WAITING_MAX, 1));
     }
 }

@@ -138,6 +138,9 @@ pub struct NodeFigures {
     pub topic_bytes: u64,
     /// Events not sent to a shard because its inbox was full.
     pub inbox_overruns: u64,
+    /// Cluster mode: resumes waiting for this node to read up to their id, and those refused
+    /// since start because `hub::WAITING_MAX` were waiting.
+    pub replay_waiting: (u64, u64),
     /// The cluster broker's figures, in cluster mode.
     pub broker: Option<crate::broker::cluster::Figures>,
     /// With `--tls-cert`: the certificate's expiry (unix seconds) and successful reloads.
@@ -177,6 +180,18 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
             "counter",
             "Events not sent to a shard whose inbox was full (its streams got gap notices).",
             node.inbox_overruns,
+        ),
+        (
+            "sse_edge_replay_waiting",
+            "gauge",
+            "Resumes waiting for this node to read up to an id another node handed out (cluster mode).",
+            node.replay_waiting.0,
+        ),
+        (
+            "sse_edge_replay_waiting_refused_total",
+            "counter",
+            "Resumes told reset (unknown) at once because the most that may wait were waiting.",
+            node.replay_waiting.1,
         ),
     ] {
         let _ = writeln!(
@@ -251,6 +266,36 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
                 "Entries in the Redis stream that were not sse-edge events (skipped).",
                 b.skipped as f64,
             ),
+            (
+                "sse_edge_replay_cache_bytes",
+                "gauge",
+                "Bytes of Redis ranges the replayer holds for resumes in progress (bound: --replay-cache-bytes).",
+                b.replay.cache_bytes as f64,
+            ),
+            (
+                "sse_edge_replay_cache_peak_bytes",
+                "gauge",
+                "The most bytes the replay cache has held since start.",
+                b.replay.cache_peak_bytes as f64,
+            ),
+            (
+                "sse_edge_replay_cache_evictions_total",
+                "counter",
+                "Cached Redis ranges dropped to stay within --replay-cache-bytes while a resume still needed them.",
+                b.replay.cache_evictions as f64,
+            ),
+            (
+                "sse_edge_replay_scan_limited_total",
+                "counter",
+                "Resumes that walked --replay-scan entries in Redis without reaching the node's history (told reset, expired).",
+                b.replay.scan_limited as f64,
+            ),
+            (
+                "sse_edge_replay_refused_total",
+                "counter",
+                "Replay steps the replayer's queue had no room for (answered from the node's history, with its reset).",
+                b.replay.refused as f64,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -314,6 +359,7 @@ mod tests {
                 history_topics: 1,
                 topic_bytes: 7,
                 inbox_overruns: 0,
+                replay_waiting: (0, 0),
                 broker: None,
                 tls: None,
             },

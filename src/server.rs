@@ -278,6 +278,10 @@ impl Server {
                     info,
                     config.redis_stream.clone(),
                     config.redis_maxlen,
+                    crate::broker::replay::Limits {
+                        scan: config.replay_scan,
+                        cache_bytes: config.replay_cache_bytes,
+                    },
                     ticker,
                 )
                 .map_err(StartError::Thread)?;

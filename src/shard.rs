@@ -607,7 +607,7 @@ impl Shard {
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
             if let Phase::Stream(stream) = client.phase {
-                self.stream_ended(key, stream);
+                self.stream_ended(key, client.serial, stream);
             } else {
                 debug!(shard = self.id, key, "connection closed");
             }
@@ -615,8 +615,11 @@ impl Shard {
     }
 
     /// A stream is over (its connection closes, or it is told its token expired): it leaves
-    /// its topics and gives back its place in the quotas.
-    fn stream_ended(&mut self, key: usize, stream: Stream) {
+    /// its topics and gives back its place in the quotas, and what a replay kept for it.
+    fn stream_ended(&mut self, key: usize, serial: u32, stream: Stream) {
+        if stream.replay().is_some() {
+            self.broker.replay_over(self.id, Ticket { key, serial });
+        }
         let mut left: Vec<Arc<str>> = Vec::new();
         for membership in stream.subs.iter() {
             let gone = self.topics.leave(membership, key);

@@ -393,3 +393,55 @@ fn entries_written_by_something_else_are_skipped_and_counted() {
     assert_eq!((read.entries.len(), read.skipped), (1, 2));
     assert_eq!(read.last, Some(good));
 }
+
+#[test]
+fn a_replay_range_is_cut_to_its_byte_budget_and_proves_nothing_after_the_cursor_was_trimmed() {
+    let redis = RedisServer::start();
+    let mut link = link(&redis);
+    let ids: Vec<EventId> = publish_n(&mut link, 20, 20, MAXLEN)
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    // "event N": 7 or 8 bytes of data, plus the id, the field names, the epoch and topic.
+    let one = |cost: usize| cost + 60;
+    let range = link
+        .range_within(ids[2], None, 100, 3 * one(100), 100)
+        .expect("range");
+    let got: Vec<EventId> = range.read.entries.iter().map(|e| e.id).collect();
+    assert_eq!(got, ids[3..6], "what fits three entries' budget");
+    assert!(range.cut);
+    assert_eq!(range.oldest, Some(ids[2]), "the cursor is still there");
+    // An entry larger than the budget still comes, alone: a replay never stalls.
+    let range = link.range_within(ids[2], None, 100, 1, 100).expect("range");
+    assert_eq!(range.read.entries.len(), 1);
+    // Bounded by a count and an end (inclusive), not cut.
+    let range = link
+        .range_within(ids[2], Some(ids[9]), 4, 1 << 20, 100)
+        .expect("range");
+    let got: Vec<EventId> = range.read.entries.iter().map(|e| e.id).collect();
+    assert_eq!((got.as_slice(), range.cut), (&ids[3..7], false));
+    let range = link
+        .range_within(ids[2], Some(ids[5]), 100, 1 << 20, 100)
+        .expect("range");
+    assert_eq!(range.read.last, Some(ids[5]));
+    // A cursor that is no entry: the stream's first id tells whether anything was trimmed.
+    let range = link
+        .range_within(EventId::ZERO, None, 2, 1 << 20, 100)
+        .expect("range");
+    assert_eq!(range.oldest, Some(ids[0]));
+    assert_eq!(range.read.entries.len(), 2);
+    // Trimmed past the cursor: the oldest entry is newer than it.
+    assert_eq!(
+        redis.command(&["XTRIM", STREAM, "MAXLEN", "10"]).as_deref(),
+        Some(":10")
+    );
+    let range = link
+        .range_within(ids[2], None, 5, 1 << 20, 100)
+        .expect("range");
+    assert_eq!(range.oldest, Some(ids[10]));
+    // Past the end: nothing, and the cursor proven.
+    let range = link
+        .range_within(ids[19], None, 5, 1 << 20, 100)
+        .expect("range");
+    assert_eq!((range.read.last, range.oldest), (None, Some(ids[19])));
+}

@@ -7,14 +7,14 @@
 //!   which encodes it once for this node and puts it in every shard's inbox.
 //!
 //! - the **replayer** serves a resume from before what this node kept, from Redis
-//!   (`XRANGE`), until the stream reaches the node's own history, which finishes it.
+//!   (`XRANGE`), until the stream reaches the node's own history, which finishes it; bounded
+//!   per resume and shared between resumes (see [`super::replay`]).
 //!
 //! None ever blocks a shard. Both reconnect with backoff (one log line per try) and the
 //! node stays up meanwhile: streams stay open, publishes and `/healthz` answer `503`. The
 //! reader resumes after the last id it recorded, or from the start of the stream when
 //! Redis's epoch changed (it lost its data; new ids may even be lower than old ones).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use redis::ConnectionInfo;
 use tracing::{debug, info, warn};
 
-use super::redis::{fresh_epoch, Link, LinkError, Publish, Read, Timeouts};
+use super::redis::{fresh_epoch, Link, LinkError, Publish, Timeouts};
+use super::replay::{self, Limits, ReplayJob};
 use crate::event_id::EventId;
-use crate::history::{Batch, Cursor};
-use crate::hub::{Accepted, Hub, Inbox, ReplayStep, Ticket, Unavailable};
+use crate::history::Cursor;
+use crate::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
 use crate::params::DEFAULT_TOPIC;
-use crate::sse;
 
 /// Publishes waiting for the publisher thread, at most; beyond it a publish gets `503` at
 /// once rather than a queue that grows while Redis is slow.
@@ -48,10 +48,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 const WARM_UP: Duration = Duration::from_secs(10);
 
 /// Replays from Redis waiting for the replayer, at most; beyond it a replay goes on from
-/// the node's own history (and its `reset`).
-const REPLAY_QUEUE: usize = 1024;
-/// Entries one `XRANGE` of a replay reads.
-const RANGE_COUNT: usize = 512;
+/// the node's own history (and its `reset`), counted in `sse_edge_replay_refused_total`.
+pub const REPLAY_QUEUE: usize = 1024;
 
 /// The demo heartbeat in cluster mode: one node of the cluster sends it (see
 /// [`super::redis::TICK_SCRIPT`]).
@@ -62,16 +60,6 @@ pub struct Ticker {
     /// This node's name for the lease: the same for the process that takes over its
     /// listeners in an upgrade, so the heartbeat goes on without waiting for the lease.
     pub holder: String,
-}
-
-/// One replay step asked of Redis.
-#[derive(Debug)]
-struct ReplayJob {
-    from: usize,
-    ticket: Ticket,
-    names: Vec<Arc<str>>,
-    cursor: Cursor,
-    room: usize,
 }
 
 /// One publish on its way to Redis.
@@ -111,6 +99,8 @@ pub struct Figures {
     pub lag_ms: u64,
     /// Entries in the stream that were not sse-edge's (skipped).
     pub skipped: u64,
+    /// The replayer's figures.
+    pub replay: replay::Figures,
 }
 
 /// The running cluster broker.
@@ -118,12 +108,15 @@ pub struct Figures {
 pub struct Cluster {
     jobs: SyncSender<Job>,
     replays: SyncSender<ReplayJob>,
+    /// Replaying streams that went away, for the replayer.
+    overs: SyncSender<replay::Over>,
     state: Arc<State>,
+    replay_stats: Arc<replay::Stats>,
 }
 
 impl Cluster {
-    /// Starts the publisher and reader threads on the stream `key`, and waits (up to
-    /// ten seconds) until the reader has read what Redis holds, so a whole-cluster restart
+    /// Starts the publisher, reader and replayer threads on the stream `key`, and waits (up
+    /// to ten seconds) until the reader has read what Redis holds, so a whole-cluster restart
     /// replays from each node's memory rather than one Redis read per stream. An unreachable
     /// Redis does not hold start-up: the node starts degraded and keeps trying.
     pub fn start(
@@ -131,6 +124,7 @@ impl Cluster {
         info: ConnectionInfo,
         key: String,
         maxlen: u64,
+        limits: Limits,
         ticker: Option<Ticker>,
     ) -> std::io::Result<Cluster> {
         let state = Arc::new(State::default());
@@ -143,11 +137,17 @@ impl Cluster {
                 .spawn(move || publish_loop(&hub, &info, &key, maxlen, &queue, &state))?;
         }
         let (replays, replay_queue) = mpsc::sync_channel(REPLAY_QUEUE);
+        let (overs, over_queue) = mpsc::sync_channel(REPLAY_QUEUE);
+        let replay_stats = Arc::new(replay::Stats::default());
         {
             let (hub, info, key) = (hub.clone(), info.clone(), key.clone());
+            let stats = replay_stats.clone();
             thread::Builder::new()
                 .name("redis-replayer".into())
-                .spawn(move || replay_loop(&hub, &info, &key, &replay_queue))?;
+                .spawn(move || {
+                    let queues = (&replay_queue, &over_queue);
+                    replay::replay_loop(&hub, &info, &key, queues, limits, &stats)
+                })?;
         }
         if let Some(ticker) = ticker {
             let (hub, info, key) = (hub.clone(), info.clone(), key.clone());
@@ -170,7 +170,9 @@ impl Cluster {
         Ok(Cluster {
             jobs,
             replays,
+            overs,
             state,
+            replay_stats,
         })
     }
 
@@ -198,10 +200,21 @@ impl Cluster {
         if let Err(e) = self.replays.try_send(job) {
             // Busy or gone: the node's own history answers (with its `reset`).
             let job = match e {
-                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
+                TrySendError::Full(job) => {
+                    self.replay_stats.refused();
+                    job
+                }
+                TrySendError::Disconnected(job) => job,
             };
             hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
         }
+    }
+
+    /// A stream that was replaying is gone: the replayer drops its claim on cached ranges
+    /// (and a step of it still queued). Not told when that queue is full: the claim then
+    /// lapses by itself.
+    pub fn replay_over(&self, from: usize, ticket: Ticket) {
+        let _ = self.overs.try_send((from, ticket));
     }
 
     /// Queues a publish for the publisher thread; answers `503` at once when Redis is
@@ -261,6 +274,7 @@ impl Cluster {
             round_trip_ns: s.round_trip_ns.load(Ordering::Relaxed),
             lag_ms: s.lag_ms.load(Ordering::Relaxed),
             skipped: s.skipped.load(Ordering::Relaxed),
+            replay: self.replay_stats.figures(),
         }
     }
 }
@@ -569,165 +583,4 @@ fn read_loop(hub: &Hub, info: &ConnectionInfo, key: &str, state: &State, warm: m
             }
         }
     }
-}
-
-/// The replayer thread: serves replay steps from Redis. The jobs waiting together are served
-/// in one round that reads each range once: a thousand tabs resuming from the same id after a
-/// deploy cost one `XRANGE` per step, not a thousand.
-fn replay_loop(hub: &Hub, info: &ConnectionInfo, key: &str, queue: &Receiver<ReplayJob>) {
-    let mut link: Option<Link> = None;
-    while let Ok(job) = queue.recv() {
-        let mut round = vec![job];
-        while let Ok(job) = queue.try_recv() {
-            round.push(job);
-        }
-        if link.is_none() {
-            match Link::connect(info.clone(), key, Timeouts::default()) {
-                Ok(conn) => link = Some(conn),
-                Err(e) => warn!("replaying from Redis: cannot reach it ({e})"),
-            }
-        }
-        let Some(conn) = link.as_mut() else {
-            // Without Redis the node's own history answers, with its `reset`.
-            for job in round {
-                hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
-            }
-            continue;
-        };
-        let mut ranges = Ranges {
-            conn,
-            read: HashMap::new(),
-            oldest: None,
-        };
-        let mut lost = false;
-        for job in round {
-            if lost {
-                hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
-                continue;
-            }
-            if let Err(e) = replay_from_redis(hub, &mut ranges, job) {
-                warn!("replaying from Redis failed: {e}");
-                lost = e.is_connection_lost();
-            }
-        }
-        if lost {
-            link = None;
-        }
-    }
-}
-
-/// The ranges read in one round of the replayer, each read once.
-struct Ranges<'a> {
-    conn: &'a mut Link,
-    read: HashMap<EventId, Arc<Read>>,
-    /// The stream's oldest entry, once asked.
-    oldest: Option<Option<EventId>>,
-}
-
-impl Ranges<'_> {
-    /// The entries after `after` (up to [`RANGE_COUNT`]).
-    fn after(&mut self, after: EventId) -> Result<Arc<Read>, LinkError> {
-        if let Some(read) = self.read.get(&after) {
-            return Ok(read.clone());
-        }
-        let read = Arc::new(self.conn.range(after, RANGE_COUNT)?);
-        self.read.insert(after, read.clone());
-        Ok(read)
-    }
-
-    /// The id of the oldest entry Redis holds.
-    fn oldest(&mut self) -> Result<Option<EventId>, LinkError> {
-        if let Some(oldest) = self.oldest {
-            return Ok(oldest);
-        }
-        let oldest = self.conn.range(EventId::ZERO, 1)?.last;
-        self.oldest = Some(oldest);
-        Ok(oldest)
-    }
-}
-
-/// One replay step from Redis: the stream's entries after its cursor, up to its room. When
-/// the cursor reaches what the node kept, the node's history takes over (its last step is
-/// ordered with live events under the hub's lock). When Redis no longer has what follows
-/// the cursor either, the history answers too, and its first step says `reset` (expired).
-fn replay_from_redis(
-    hub: &Hub,
-    ranges: &mut Ranges<'_>,
-    mut job: ReplayJob,
-) -> Result<(), LinkError> {
-    let (_, epoch) = hub.last_id();
-    let handover =
-        |job: ReplayJob| hub.replay(job.from, job.ticket, &job.names, job.cursor, job.room);
-    // Redis trimmed past the cursor too: nothing here fills the gap.
-    // Its oldest entry must be the cursor itself or older to prove nothing between is gone.
-    let oldest = match ranges.oldest() {
-        Ok(oldest) => oldest,
-        Err(e) => {
-            handover(job);
-            return Err(e);
-        }
-    };
-    if oldest.is_none_or(|oldest| oldest > job.cursor.after()) {
-        handover(job);
-        return Ok(());
-    }
-    let mut batch = Batch::default();
-    let mut used = 0usize;
-    loop {
-        let read = match ranges.after(job.cursor.after()) {
-            Ok(read) => read,
-            Err(e) => {
-                handover(job);
-                return Err(e);
-            }
-        };
-        if read.last.is_none() {
-            break; // Redis has nothing newer: the history finishes the replay
-        }
-        for entry in &read.entries {
-            if epoch.as_deref() != Some(entry.epoch.as_str()) {
-                handover(job); // a new epoch meanwhile: the history knows what to say
-                return Ok(());
-            }
-            if job.names.iter().any(|n| **n == *entry.topic) {
-                let frame = sse::encode_event(
-                    entry.id,
-                    epoch.as_deref(),
-                    entry.event.as_deref(),
-                    &entry.data,
-                );
-                if used.saturating_add(frame.len()) > job.room && !batch.frames.is_empty() {
-                    return send_more(hub, job, batch);
-                }
-                used = used.saturating_add(frame.len());
-                batch.frames.push(frame);
-            }
-            job.cursor.advance(entry.id);
-        }
-        if let Some(last) = read.last {
-            job.cursor.advance(last);
-        }
-        if hub.history_covers(&job.names, &job.cursor) {
-            break;
-        }
-    }
-    if batch.frames.is_empty() {
-        handover(job);
-        Ok(())
-    } else {
-        send_more(hub, job, batch)
-    }
-}
-
-/// Sends a replay step read from Redis; the stream asks again as it drains.
-fn send_more(hub: &Hub, job: ReplayJob, batch: Batch) -> Result<(), LinkError> {
-    hub.answer(
-        job.from,
-        Inbox::Replay {
-            ticket: job.ticket,
-            cursor: job.cursor,
-            step: ReplayStep::More(batch),
-        },
-    );
-    Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod redis;
+pub mod replay;
 
 use std::sync::Arc;
 
@@ -55,6 +56,15 @@ impl Broker {
             // From the node's history when it reaches back (an id ahead of it waits for the
             // reader), else from Redis.
             Broker::Redis(cluster) => cluster.replay(hub, from, ticket, names, cursor, room),
+        }
+    }
+
+    /// A stream of shard `from` that was replaying is gone (the replayer gives back what it
+    /// kept for it).
+    pub fn replay_over(&self, from: usize, ticket: Ticket) {
+        match self {
+            Broker::Local => {}
+            Broker::Redis(cluster) => cluster.replay_over(from, ticket),
         }
     }
 

@@ -45,6 +45,51 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
 return {epoch, id}
 "#;
 
+/// Reads the next range of a replay within a count and a byte budget. `KEYS[1]` the stream;
+/// `ARGV` = the cursor (an entry id, inclusive), the end (`+` or an id, inclusive), the count
+/// of entries wanted after the cursor, the byte budget, the cost of one entry besides its id,
+/// field names and values. Returns `{oldest, cut, entries}`:
+///
+/// - `oldest`: the cursor itself when the stream still holds it (trimming takes the oldest
+///   first, so nothing after it is gone), else the stream's first id (nil when empty): the
+///   caller compares it with the cursor;
+/// - `entries`: what follows the cursor, at most the count: at least one entry, then as many
+///   as fit the budget;
+/// - `cut`: 1 when the budget left entries out (more follows within the end).
+///
+/// Cutting in Redis keeps a node's memory for one read within the budget whatever the entries'
+/// sizes (512 entries of 10 KB are 5 MB), rather than after they crossed the network.
+pub const RANGE_SCRIPT: &str = r#"
+local want = tonumber(ARGV[3])
+local r = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', want + 1)
+local oldest = false
+local from = 1
+if #r > 0 and r[1][1] == ARGV[1] then
+  oldest = ARGV[1]
+  from = 2
+else
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #first > 0 then oldest = first[1][1] end
+end
+local budget = tonumber(ARGV[4])
+local cost = tonumber(ARGV[5])
+local used = 0
+local cut = 0
+local out = {}
+for i = from, math.min(#r, from + want - 1) do
+  local e = r[i]
+  local size = cost + #e[1]
+  for _, v in ipairs(e[2]) do size = size + #v end
+  if #out > 0 and used + size > budget then
+    cut = 1
+    break
+  end
+  used = used + size
+  out[#out + 1] = e
+end
+return {oldest, cut, out}
+"#;
+
 /// The suffix that names the epoch key beside the stream: `<stream>:epoch`.
 pub const EPOCH_SUFFIX: &str = ":epoch";
 
@@ -199,12 +244,26 @@ pub struct Read {
     pub last: Option<EventId>,
 }
 
+/// What one [`Link::range_within`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Range {
+    /// The entries after the cursor.
+    pub read: Read,
+    /// The cursor itself when the stream still holds it, else the stream's oldest entry (None:
+    /// the stream is empty). Older than or equal to the cursor: nothing after it was trimmed.
+    pub oldest: Option<EventId>,
+    /// The byte budget left entries out: more follows `read.last` before the end asked for.
+    pub cut: bool,
+}
+
 /// One connection to Redis, for one thread.
 pub struct Link {
     con: redis::Connection,
     stream: String,
     epoch_key: String,
     script: redis::Script,
+    /// [`RANGE_SCRIPT`], loaded the first time it is run.
+    range_script: redis::Script,
     timeouts: Timeouts,
     /// The read timeout now set on the socket, to skip redundant `setsockopt` calls.
     read_timeout: Duration,
@@ -324,6 +383,7 @@ impl Link {
             stream: stream.to_owned(),
             epoch_key: format!("{stream}{EPOCH_SUFFIX}"),
             script,
+            range_script: redis::Script::new(RANGE_SCRIPT),
             timeouts: Timeouts { io, ..timeouts },
             read_timeout: io,
         })
@@ -502,6 +562,34 @@ impl Link {
         parse_entries(WHAT, value)
     }
 
+    /// Up to `count` entries after `from` and up to `until` (inclusive; None: the stream's
+    /// end), cut after those that fit `bytes` (at least one), each entry counted as
+    /// `entry_cost` plus its id's, field names' and values' lengths; with proof of whether
+    /// Redis trimmed past `from` ([`Range::oldest`]). One round trip ([`RANGE_SCRIPT`]).
+    pub fn range_within(
+        &mut self,
+        from: EventId,
+        until: Option<EventId>,
+        count: usize,
+        bytes: usize,
+        entry_cost: usize,
+    ) -> Result<Range, LinkError> {
+        const WHAT: &str = "EVALSHA (XRANGE)";
+        self.set_read_timeout(self.timeouts.io)?;
+        let until = until.map_or_else(|| "+".to_owned(), |u| u.to_string());
+        let value: Value = self
+            .range_script
+            .key(&self.stream)
+            .arg(from.to_string())
+            .arg(until)
+            .arg(count.clamp(1, 1 << 20))
+            .arg(bytes)
+            .arg(entry_cost)
+            .invoke(&mut self.con)
+            .map_err(|source| self.failed(WHAT, source))?;
+        parse_range(value)
+    }
+
     /// The epoch Redis holds now, or None when it has none (no publish since it lost its data).
     pub fn epoch(&mut self) -> Result<Option<String>, LinkError> {
         const WHAT: &str = "GET (epoch)";
@@ -635,6 +723,36 @@ fn parse_appended(value: Value) -> Result<Appended, LinkError> {
         WHAT,
         format!("expected {{epoch, id}}: {}", brief(&value)),
     ))
+}
+
+/// [`RANGE_SCRIPT`]'s `{oldest, cut, entries}`.
+fn parse_range(value: Value) -> Result<Range, LinkError> {
+    const WHAT: &str = "EVALSHA (XRANGE)";
+    let Value::Array(items) = value else {
+        return Err(reply(
+            WHAT,
+            format!("expected {{oldest, cut, entries}}: {}", brief(&value)),
+        ));
+    };
+    let Ok([oldest, cut, entries]) = <[Value; 3]>::try_from(items) else {
+        return Err(reply(WHAT, "expected three items".into()));
+    };
+    let oldest = match &oldest {
+        Value::Nil => None,
+        other => match text(other).and_then(EventId::parse_entry) {
+            Some(id) => Some(id),
+            None => return Err(reply(WHAT, format!("not an entry id: {}", brief(other)))),
+        },
+    };
+    let cut = match cut {
+        Value::Int(n) => n != 0,
+        other => return Err(reply(WHAT, format!("expected 0 or 1: {}", brief(&other)))),
+    };
+    Ok(Range {
+        read: parse_entries(WHAT, entries)?,
+        oldest,
+        cut,
+    })
 }
 
 /// `XREAD`'s reply: nil on timeout, else one `[key, entries]` per stream (a map in RESP3).

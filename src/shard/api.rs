@@ -209,12 +209,14 @@ impl Shard {
                 // Include this turn's counts of the shard that answers.
                 self.stats[self.id].store(&self.counters);
                 let (history_bytes, history_topics, topic_bytes) = self.hub.history_size();
+                let (waiting, refused) = self.hub.waiting();
                 let figures = metrics::NodeFigures {
                     events_encoded: self.hub.frames_encoded(),
                     history_bytes: history_bytes as u64,
                     history_topics: history_topics as u64,
                     topic_bytes: topic_bytes as u64,
                     inbox_overruns: self.hub.overruns(),
+                    replay_waiting: (waiting as u64, refused),
                     broker: self.broker.figures(),
                     tls: self.node.tls.as_ref().map(|c| (c.not_after(), c.reloads())),
                 };

@@ -191,7 +191,7 @@ impl Shard {
             match client.phase {
                 Phase::Stream(stream) => {
                     self.counters.add(Stat::StreamsHandedOver, 1);
-                    self.stream_ended(key, stream);
+                    self.stream_ended(key, client.serial, stream);
                 }
                 _ => self.left_request_phase(),
             }

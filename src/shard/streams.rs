@@ -229,7 +229,7 @@ impl Shard {
         client.close_after_flush = true;
         self.set_deadline(key, deadline);
         if let Phase::Stream(stream) = phase {
-            self.stream_ended(key, stream);
+            self.stream_ended(key, serial, stream);
         }
         let retry = self.expired_retry();
         self.queue(key, sse::encode_expired(u64::from(exp.get()), retry));

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -197,6 +197,39 @@ impl RedisServer {
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).ok()?;
         Some(line.trim_end().to_owned()).filter(|l| !l.is_empty())
+    }
+}
+
+impl RedisServer {
+    /// `INFO section`'s text (a bulk reply, read whole).
+    pub fn info(&self, section: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Redis");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        s.write_all(req.as_bytes()).expect("send INFO");
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("INFO reply");
+        let len: usize = line
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("INFO answered {line:?}"));
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).expect("INFO body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// How many times Redis ran `command` since start (`INFO commandstats`), counting the
+    /// calls scripts made.
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self.info("commandstats");
+        let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a call count"))
     }
 }
 
