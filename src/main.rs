@@ -243,9 +243,11 @@ fn help() -> ExitCode {
         },
         Some("token") => help_text("sse-edge token", MintArgs::parse_args),
         Some("upgrade") => help_text("sse-edge upgrade", UpgradeArgs::parse_args),
-        Some(other) => return fail(&format!(
-            "no help on {other:?}: try sse-edge help, sse-edge help token or sse-edge help upgrade"
-        )),
+        Some(other) => {
+            let line =
+                format!("no help on {other:?}: try sse-edge help, help token or help upgrade");
+            return fail(&line);
+        }
     };
     print_out(&text);
     ExitCode::SUCCESS

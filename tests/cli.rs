@@ -89,7 +89,7 @@ fn help_is_a_subcommand_too_and_the_usage_names_every_subcommand() {
         assert_eq!(by_word.status.code(), Some(0), "{by_word:?}");
         assert_eq!(by_word.stdout, run(&[sub, "--help"], &[]).stdout);
     }
-    assert_one_line_exit_2(&run(&["help", "nope"], &[]), "sse-edge help token");
+    assert_one_line_exit_2(&run(&["help", "nope"], &[]), "help token");
     // --publish-allow is ignored with either kind of publish token, and says so.
     let allow = help
         .split("--publish-allow <CIDRS>")
