@@ -16,7 +16,7 @@ pub const CPU_SHARE: f64 = 0.7;
 /// streams connected. A server reused from an earlier run with as many streams shows exactly
 /// that (its allocator kept the memory those streams had), so the run measured nothing.
 pub const NO_GROWTH: &str = "RSS did not grow while the streams connected: a server reused \
-    from an earlier run keeps that run's memory (start a fresh one to measure memory per stream)";
+    from an earlier run keeps that run's memory; start a fresh one to measure memory per stream";
 
 /// Whether a measured memory per stream is no measurement: it rounds to 0 B ([`NO_GROWTH`]).
 pub fn grew_nothing(bytes_per_conn: Option<f64>) -> bool {
@@ -120,9 +120,11 @@ pub fn size(m: &Measured, target: Option<(u64, f64)>) -> Sizing {
             ));
         }
         if grew_nothing(m.bytes_per_conn) {
-            assumptions.push(format!(
-                "memory per stream was not measured ({NO_GROWTH}): that limit is left out"
-            ));
+            assumptions.push(
+                "memory per stream was not measured (RSS did not grow while the streams \
+                 connected, as on a server reused from an earlier run): that limit is left out"
+                    .to_owned(),
+            );
         }
         if m.bytes_per_conn.is_none() || m.deliveries_per_cpu_sec.is_none() {
             assumptions.push(
