@@ -25,10 +25,13 @@ say "build (every binary: the tests run the real server and tools)"
 cargo build --workspace --bins
 
 # Debian's redis-server for the cluster-mode tests (tests/util/redis.rs runs it), and for the
-# browser test below Debian's chromium (a downloaded browser is not an option) and npm: one
-# apt-get update for whatever is missing.
+# browser test below Debian's chromium (a downloaded browser is not an option) and npm; for
+# the README's examples (scripts/readme-check.sh) nginx (its reverse-proxy recipe) and
+# openssl: one apt-get update for whatever is missing.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)  # tests/tls.rs: curl --cacert
@@ -41,6 +44,9 @@ fi
 
 say "unit and integration tests"
 cargo test --workspace
+
+say "the README's examples, run from README.md top to bottom (scripts/readme-check.sh)"
+bash scripts/readme-check.sh
 
 say "benches build (running them is 'cargo bench'; figures in BENCHMARKS.md)"
 # The dev profile: this proves they compile and link, which is all CI needs; the optimised

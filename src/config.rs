@@ -20,6 +20,12 @@ use crate::jwt::KeySource;
     version,
     about = "A Server-Sent Events fan-out edge: holds many idle browser streams and pushes each \
              published event to all of them.",
+    // The subcommands are dispatched in main.rs by the first argument, before clap sees it:
+    // the usage line names them so that `--help` tells they exist.
+    override_usage = "sse-edge [OPTIONS]\n       \
+                      sse-edge token [OPTIONS] --key <KEY>    print a signed token (JWT)\n       \
+                      sse-edge upgrade --pid <PID>            upgrade a running node in place\n       \
+                      sse-edge help [token|upgrade]           this text, or a subcommand's",
     long_about = "A Server-Sent Events fan-out edge: holds many idle browser streams and pushes \
                   each published event to all of them.\n\n\
                   Subscribe with GET /stream, publish with POST /broadcast, open / in a browser. \
@@ -127,7 +133,9 @@ pub struct Config {
     pub publish_token: Option<String>,
 
     /// Networks that may publish without a token (comma-separated addresses or ADDR/PREFIX).
-    /// Ignored when --publish-token is set.
+    /// Ignored when --publish-token or --publish-jwt is set. A publish that a proxy relayed
+    /// (`X-Forwarded-For`, `Forwarded`, `Via`, ...) is refused anyway: behind a proxy, use a
+    /// token.
     #[arg(
         long,
         env = "SSE_EDGE_PUBLISH_ALLOW",

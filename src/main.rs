@@ -18,11 +18,15 @@ use tracing_subscriber::EnvFilter;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+    let first = std::env::args_os().nth(1);
+    if first.as_ref().is_some_and(|a| a == "token") {
         return token();
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "upgrade") {
+    if first.as_ref().is_some_and(|a| a == "upgrade") {
         return upgrade();
+    }
+    if first.as_ref().is_some_and(|a| a == "help") {
+        return help();
     }
     let config = match Config::parse_from_env() {
         Ok(config) => config,
@@ -236,6 +240,37 @@ fn subcommand<T>(
             ExitCode::SUCCESS
         }
     })
+}
+
+/// `sse-edge help [token|upgrade]`: what `--help` prints, for the server or a subcommand.
+fn help() -> ExitCode {
+    let topic = std::env::args_os().nth(2);
+    let text = match topic.as_ref().and_then(|t| t.to_str()) {
+        None => match Config::parse_args(["sse-edge", "--help"]) {
+            Err(ConfigError::Info(text)) => text,
+            Ok(_) | Err(ConfigError::Invalid(_)) => return fail("cannot render --help"),
+        },
+        Some("token") => help_text("sse-edge token", MintArgs::parse_args),
+        Some("upgrade") => help_text("sse-edge upgrade", UpgradeArgs::parse_args),
+        Some(other) => {
+            let line =
+                format!("no help on {other:?}: try sse-edge help, help token or help upgrade");
+            return fail(&line);
+        }
+    };
+    print_out(&text);
+    ExitCode::SUCCESS
+}
+
+/// A subcommand's `--help` text.
+fn help_text<T>(
+    name: &str,
+    parse: fn(Vec<std::ffi::OsString>) -> Result<T, clap::Error>,
+) -> String {
+    match parse(vec![name.into(), "--help".into()]) {
+        Ok(_) => String::new(),
+        Err(e) => e.render().to_string(),
+    }
 }
 
 /// `sse-edge token ...`: prints a signed token.

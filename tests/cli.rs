@@ -66,6 +66,43 @@ fn help_documents_every_flag() {
 }
 
 #[test]
+fn help_is_a_subcommand_too_and_the_usage_names_every_subcommand() {
+    let flag = run(&["--help"], &[]);
+    let word = run(&["help"], &[]);
+    assert_eq!(word.status.code(), Some(0), "{word:?}");
+    assert_eq!(
+        word.stdout, flag.stdout,
+        "`sse-edge help` prints what --help does"
+    );
+    let help = String::from_utf8_lossy(&flag.stdout);
+    let usage: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Usage:"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    for sub in ["sse-edge token", "sse-edge upgrade", "sse-edge help"] {
+        assert!(usage.iter().any(|l| l.contains(sub)), "{sub} in {usage:?}");
+    }
+    // A subcommand's help, by either spelling.
+    for sub in ["token", "upgrade"] {
+        let by_word = run(&["help", sub], &[]);
+        assert_eq!(by_word.status.code(), Some(0), "{by_word:?}");
+        assert_eq!(by_word.stdout, run(&[sub, "--help"], &[]).stdout);
+    }
+    assert_one_line_exit_2(&run(&["help", "nope"], &[]), "help token");
+    // --publish-allow is ignored with either kind of publish token, and says so.
+    let allow = help
+        .split("--publish-allow <CIDRS>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_default();
+    assert!(
+        allow.contains("--publish-token") && allow.contains("--publish-jwt"),
+        "{allow}"
+    );
+}
+
+#[test]
 fn environment_sets_flags_and_the_demo_ticker_runs() {
     // No flags at all: the address and the ticker come from the environment only.
     let server = Server::start_env(&[("SSE_EDGE_LISTEN", "127.0.0.1:0"), ("SSE_EDGE_TICK", "1")]);

@@ -3,7 +3,11 @@
 # loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
 #
 #   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth tls upgrade
-#                                                 (default: all)
+#                                                         memory live200k
+#                                                 (default: all but memory and live200k)
+#
+# Servers listen on 127.0.0.1, each on a free port (found by probing, below the ephemeral
+# range that the loadtest's own connections use), never on every interface.
 #
 # edge      sse-edge at 1k/10k/19k streams, stamped publishes at 10/s for 15 s, 3 runs each
 # compare   sse-edge, the floor (benches/floor.rs) and the Go demo at 1k/10k/19k streams,
@@ -35,14 +39,22 @@ series=("$@"); [ ${#series[@]} -gt 0 ] || series=(edge compare shards hold50k au
 mkdir -p "$out"
 cargo build --release --workspace --bins --examples -q
 edge=target/release/sse-edge; floor=target/release/examples/floor; lt=target/release/loadtest
-port=18500
+free_port() { # a loopback port nobody listens on, in 20000-31999 (below the ephemeral range)
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 12000))
+    (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "$p"; return; }
+  done
+  echo "run.sh: no free loopback port found" >&2; exit 1
+}
+port=$(free_port)
 
 start() { # start NAME CMD... → sets pid; waits until the port answers
   "${@:2}" >"$out/$1.server.log" 2>&1 & pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.05; done
   echo "server $1 did not start" >&2; exit 1
 }
-stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; port=$((port + 1)); }
+stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; port=$(free_port); }
 running() { [ -e /proc/$1 ] && ! grep -q ') Z ' /proc/$1/stat 2>/dev/null; }  # a zombie has exited
 gone_within() { # gone_within PID SECS → 0 once PID has exited, 1 if it still runs after SECS
   for _ in $(seq $(($2 * 10))); do running "$1" || return 0; sleep 0.1; done; return 1
@@ -55,7 +67,7 @@ metric() { # metric NAME → its value summed over shards (empty when the node d
 for s in "${series[@]}"; do case $s in
 edge)
   for n in 1000 10000 19000; do for r in 1 2 3; do
-    start "edge-$n-$r" $edge --listen 0.0.0.0:$port --tick 0 --log warn
+    start "edge-$n-$r" $edge --listen 127.0.0.1:$port --tick 0 --log warn
     $lt --url http://127.0.0.1:$port/stream --connections $n --publish-url http://127.0.0.1:$port/broadcast \
         --rate 10 --duration 15 --server-pid $pid --no-progress --json "$out/edge-$n-$r.json" > "$out/edge-$n-$r.txt"
     stop
@@ -63,8 +75,8 @@ edge)
 compare)
   for n in 1000 10000 19000; do for r in 1 2 3; do for server in ${COMPARE_SERVERS:-edge floor go}; do
     case $server in
-      edge)  start "cmp-$server-$n-$r" $edge --listen 0.0.0.0:$port --tick 0 --log warn ;;
-      floor) start "cmp-$server-$n-$r" $floor 0.0.0.0:$port ;;
+      edge)  start "cmp-$server-$n-$r" $edge --listen 127.0.0.1:$port --tick 0 --log warn ;;
+      floor) start "cmp-$server-$n-$r" $floor 127.0.0.1:$port ;;
       go)    benches/compare/go-demo.sh target/go-demo $port >/dev/null
              start "cmp-$server-$n-$r" target/go-demo/go-sse-demo ;;
     esac
@@ -76,7 +88,7 @@ compare)
 shards)
   for shards in 1 2; do for rate in 10 20; do for r in 1 2 3; do
     name="shards$shards-$rate-$r"
-    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn --shards $shards
+    start "$name" $edge --listen 127.0.0.1:$port --tick 0 --log warn --shards $shards
     $lt --url http://127.0.0.1:$port/stream --connections 10000 --publish-url http://127.0.0.1:$port/broadcast \
         --rate $rate --duration 15 --server-pid $pid --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
     stop
@@ -94,7 +106,7 @@ auth)
       eddsa) flags=(--subscribe-jwt "file:$keydir/ed.pem")
              header=(--header "Cookie: sse_edge_token=$(SSE_EDGE_TOKEN_KEY=file:$keydir/ed.key $edge token --subscribe '*')") ;;
     esac
-    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn "${flags[@]}"
+    start "$name" $edge --listen 127.0.0.1:$port --tick 0 --log warn "${flags[@]}"
     $lt --url http://127.0.0.1:$port/stream --connections 10000 --publish-url http://127.0.0.1:$port/broadcast \
         --rate 10 --duration 15 --server-pid $pid --no-progress "${header[@]}" --json "$out/$name.json" > "$out/$name.txt"
     stop
@@ -113,14 +125,14 @@ tls)
   for mode in plain tls; do for r in 1 2 3; do
     name="tls-$mode-$r"; flags=(); scheme=http; trust=()
     if [ $mode = tls ]; then flags=(--tls-cert $certs/ec/leaf.pem --tls-key $certs/ec/leaf.key); scheme=https; trust=(--cacert $certs/ec/ca.pem); fi
-    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn "${flags[@]}"
+    start "$name" $edge --listen 127.0.0.1:$port --tick 0 --log warn "${flags[@]}"
     $lt --url $scheme://127.0.0.1:$port/stream --connections 10000 --publish-url $scheme://127.0.0.1:$port/broadcast \
         --rate 10 --duration 15 --server-pid $pid --no-progress "${trust[@]}" --json "$out/$name.json" > "$out/$name.txt"
     stop
   done; done
   for budget in 32 1048576; do for r in 1 2 3; do
     name="tls-storm-$budget-$r"
-    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn --tls-handshakes-per-turn $budget \
+    start "$name" $edge --listen 127.0.0.1:$port --tick 0 --log warn --tls-handshakes-per-turn $budget \
         --tls-cert $certs/rsa/leaf.pem --tls-key $certs/rsa/leaf.key
     $lt --url https://127.0.0.1:$port/stream --connections 5000 --publish-url https://127.0.0.1:$port/broadcast \
         --rate 10 --duration 20 --server-pid $pid --no-progress --cacert $certs/rsa/ca.pem \
@@ -136,16 +148,16 @@ tls)
 hold50k)
   pids=()
   for i in 1 2 3; do
-    $edge --listen 0.0.0.0:$port --reuse-port --tick 0 --log warn >"$out/hold50k-$i.server.log" 2>&1 & pids+=($!)
+    $edge --listen 127.0.0.1:$port --reuse-port --tick 0 --log warn >"$out/hold50k-$i.server.log" 2>&1 & pids+=($!)
     sleep 0.3
   done
   $lt --url http://127.0.0.1:$port/stream --connections 50000 --duration 10 \
       --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/hold50k.json" > "$out/hold50k.txt" || true
-  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; port=$((port + 1)) ;;
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; port=$(free_port) ;;
 memory)
   # Bytes per idle stream after one broadcast: 1k/10k/19k streams plain (one shard, embedded
   # broker, auth off), and at 10k in cluster mode, with an HS256 token, and on 3 topics each.
-  rport=$((port + 1000))
+  rport=$(free_port)
   redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no >"$out/memory.redis.log" 2>&1 & redis=$!
   secret=bench-secret-bench-secret-bench-secret
   token=$(SSE_EDGE_TOKEN_KEY=$secret $edge token --subscribe '*')
@@ -157,7 +169,7 @@ memory)
       topics3-*) url="$url?topic=a&topic=b&topic=default" ;;
     esac
     name="memory-$shape-$r"
-    start "$name" $edge --listen 0.0.0.0:$port --tick 0 --log warn "${flags[@]}"
+    start "$name" $edge --listen 127.0.0.1:$port --tick 0 --log warn "${flags[@]}"
     $lt --url "$url" --connections $n --publish-url http://127.0.0.1:$port/broadcast --messages 1 \
         --duration 10 --server-pid $pid --no-progress "${extra[@]}" --json "$out/$name.json" > "$out/$name.txt" || true
     stop
@@ -168,7 +180,7 @@ live200k)
   # tied together by Redis; the loadtest spreads the streams over worker processes and source
   # addresses and publishes on 12 connections. Kernel memory is sampled every 2 s.
   command -v redis-server >/dev/null || { echo "live200k needs redis-server" >&2; exit 2; }
-  rport=$((port + 1000))
+  rport=$(free_port)
   redis-server --port $rport --bind 127.0.0.1 --save '' --appendonly no >"$out/live200k.redis.log" 2>&1 & redis=$!
   sleep 0.5
   kernel() { echo "at $(date +%s.%N)"; cat /proc/net/sockstat; grep -E '^(Slab|SUnreclaim|SReclaimable):' /proc/meminfo
@@ -177,7 +189,7 @@ live200k)
   kernel > "$out/live200k.kernel.before"
   pids=()
   for i in $(seq 12); do
-    $edge --listen 0.0.0.0:$port --reuse-port --redis redis://127.0.0.1:$rport --tick 0 --log warn \
+    $edge --listen 127.0.0.1:$port --reuse-port --redis redis://127.0.0.1:$rport --tick 0 --log warn \
       >"$out/live200k-$i.server.log" 2>&1 & pids+=($!)
     sleep 0.2
   done
@@ -186,14 +198,14 @@ live200k)
       --publish-url http://127.0.0.1:$port/broadcast --publishers 12 --rate 1 --duration 60 \
       --server-pid "$(IFS=,; echo "${pids[*]}")" --no-progress --json "$out/live200k.json" > "$out/live200k.txt" || true
   kill $sampler; kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
-  kill $redis; wait $redis 2>/dev/null || true; port=$((port + 1)) ;;
+  kill $redis; wait $redis 2>/dev/null || true; port=$(free_port) ;;
 upgrade)
   bindir=$(mktemp -d)
   cp $edge "$bindir/sse-edge"  # SIGUSR2 starts whatever is at the path the node was started from
   for n in 1000 10000 19000; do for r in 1 2 3; do for mode in upgrade still; do
     rate=$((n == 1000 ? 100 : 10))  # ~100k-190k deliveries/s: what one shard keeps up with here
     name="$mode-$n-$r"; log=$out/$name.server.log
-    start "$name" "$bindir/sse-edge" --listen 0.0.0.0:$port --tick 0 --log info
+    start "$name" "$bindir/sse-edge" --listen 127.0.0.1:$port --tick 0 --log info
     old=$pid
     timeout -s INT 150 $lt --url http://127.0.0.1:$port/stream --connections $n \
         --publish-url http://127.0.0.1:$port/broadcast --rate $rate --duration 20 --server-pid $old \
@@ -221,7 +233,7 @@ upgrade)
         while read -r l; do field streams "$l"; done | awk '{s += $1} END {print s + 0}')"
       echo "new_serving_at_end=$serving"; echo "new_adopted=$adopted"; echo "new_after_sigterm=$new_exit"
     } > "$out/$name.upgrade"
-    port=$((port + 1))
+    port=$(free_port)
   done; done; done
   rm -rf "$bindir" ;;
 *) echo "unknown series $s" >&2; exit 2 ;;

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::sizing::Sizing;
+use crate::sizing::{self, Sizing};
 use crate::stats::{Latency, SIGFIG};
 
 /// Latency percentiles, µs.
@@ -286,6 +286,9 @@ impl Summary {
                 let _ = write!(line, ", {per:.0} B/stream");
             }
             row(&mut t, "server mem", line);
+            if sizing::grew_nothing(self.server_bytes_per_conn) {
+                row(&mut t, "", sizing::NO_GROWTH.to_owned());
+            }
         }
         if let Some(cpu) = self.server_cpu_seconds {
             let per = self
@@ -581,6 +584,25 @@ mod tests {
         assert_eq!(json["server_exited"], true);
         let bare = serde_json::to_value(Summary::default()).unwrap();
         assert!(bare.get("server_exited").is_none());
+    }
+
+    #[test]
+    fn a_server_whose_memory_did_not_grow_is_explained_in_the_table() {
+        let reused = Summary {
+            server_rss_before_bytes: Some(20 << 20),
+            server_rss_connected_bytes: Some(20 << 20),
+            server_rss_bytes: Some(20 << 20),
+            server_bytes_per_conn: Some(0.0),
+            ..Summary::default()
+        };
+        let table = reused.table();
+        assert!(table.contains(", 0 B/stream\n"), "{table}");
+        assert!(table.contains("reused from an earlier run"), "{table}");
+        let fresh = Summary {
+            server_bytes_per_conn: Some(117.0),
+            ..reused
+        };
+        assert!(!fresh.table().contains("reused"), "{}", fresh.table());
     }
 
     #[test]

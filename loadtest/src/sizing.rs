@@ -12,6 +12,17 @@ pub const MEMORY_SHARE: f64 = 0.5;
 /// Share of a node's CPU planned for deliveries, leaving headroom for reconnect storms.
 pub const CPU_SHARE: f64 = 0.7;
 
+/// Why memory per stream reads 0 B and the sizing's memory `-`: RSS did not grow while the
+/// streams connected. A server reused from an earlier run with as many streams shows exactly
+/// that (its allocator kept the memory those streams had), so the run measured nothing.
+pub const NO_GROWTH: &str = "RSS did not grow while the streams connected: a server reused \
+    from an earlier run keeps that run's memory; start a fresh one to measure memory per stream";
+
+/// Whether a measured memory per stream is no measurement: it rounds to 0 B ([`NO_GROWTH`]).
+pub fn grew_nothing(bytes_per_conn: Option<f64>) -> bool {
+    bytes_per_conn.is_some_and(|b| b < 0.5)
+}
+
 /// What the run measured about one node.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Measured {
@@ -69,13 +80,11 @@ pub struct NodePlan {
 /// Builds the sizing report.
 pub fn size(m: &Measured, target: Option<(u64, f64)>) -> Sizing {
     let gib = (1u64 << 30) as f64;
-    let streams_per_gib = m.bytes_per_conn.filter(|b| *b > 0.0).map(|b| gib / b);
+    let bytes_per_conn = m.bytes_per_conn.filter(|_| !grew_nothing(m.bytes_per_conn));
+    let streams_per_gib = bytes_per_conn.map(|b| gib / b);
     let plan = target.map(|(streams, msgs_per_sec)| {
         let deliveries_per_sec = streams as f64 * msgs_per_sec;
-        let by_memory = m
-            .bytes_per_conn
-            .filter(|b| *b > 0.0)
-            .map(|b| (m.node_memory_bytes as f64 * MEMORY_SHARE / b) as u64);
+        let by_memory = bytes_per_conn.map(|b| (m.node_memory_bytes as f64 * MEMORY_SHARE / b) as u64);
         let by_cpu = m
             .deliveries_per_cpu_sec
             .map(|d| d * m.node_cores as f64 * CPU_SHARE);
@@ -109,6 +118,13 @@ pub fn size(m: &Measured, target: Option<(u64, f64)>) -> Sizing {
             assumptions.push(format!(
                 "each server process holds at most its open-files limit of streams: {fds} per node with the processes measured"
             ));
+        }
+        if grew_nothing(m.bytes_per_conn) {
+            assumptions.push(
+                "memory per stream was not measured (RSS did not grow while the streams \
+                 connected, as on a server reused from an earlier run): that limit is left out"
+                    .to_owned(),
+            );
         }
         if m.bytes_per_conn.is_none() || m.deliveries_per_cpu_sec.is_none() {
             assumptions.push(
@@ -174,5 +190,28 @@ mod tests {
         assert_eq!(s.streams_per_gib, None);
         assert_eq!(s.plan.unwrap().nodes, None);
         assert!(size(&m, None).plan.is_none());
+    }
+
+    #[test]
+    fn a_server_whose_memory_did_not_grow_says_why_memory_is_left_out() {
+        let m = Measured {
+            bytes_per_conn: Some(0.0),
+            deliveries_per_cpu_sec: Some(1_000_000.0),
+            node_memory_bytes: 1 << 30,
+            node_cores: 1,
+            ..Measured::default()
+        };
+        let s = size(&m, Some((10_000, 1.0)));
+        assert_eq!(s.streams_per_gib, None);
+        let p = s.plan.unwrap();
+        assert_eq!(p.nodes_for_memory, None);
+        assert_eq!(p.nodes, Some(1), "CPU still decides");
+        assert!(
+            p.assumptions
+                .iter()
+                .any(|a| a.contains("reused from an earlier run")),
+            "{:?}",
+            p.assumptions
+        );
     }
 }
