@@ -70,14 +70,17 @@ fn table_flags(section: &str) -> BTreeSet<String> {
     section
         .lines()
         .filter_map(|l| l.strip_prefix("| `--"))
-        .map(|rest| {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            format!("--{name}")
-        })
+        .map(flag_name)
         .collect()
+}
+
+/// `--NAME` from what follows a flag's `--` (`listen ADDR` …).
+fn flag_name(rest: &str) -> String {
+    let name: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    format!("--{name}")
 }
 
 /// The long flags `sse-edge --help` documents (each option's first line).
@@ -97,13 +100,7 @@ fn help_flags() -> BTreeSet<String> {
                 .map_or(l, |(_, r)| r);
             l.strip_prefix("--")
         })
-        .map(|rest| {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            format!("--{name}")
-        })
+        .map(flag_name)
         .collect()
 }
 
