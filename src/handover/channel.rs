@@ -290,20 +290,14 @@ impl Channel {
 mod tests {
     use super::*;
     use crate::event_id::EventId;
-    use crate::handover::wire::{HistoryImage, State};
+    use crate::handover::wire::HistoryPart;
     use bytes::Bytes;
     use std::io::{Read, Write};
 
     fn big(bytes: usize) -> Message {
-        Message::State(State {
-            last_id: EventId::local(9),
-            epoch: None,
-            history: Some(HistoryImage {
-                forgotten_through: EventId::ZERO,
-                topics: vec![("t".into(), EventId::ZERO)],
-                frames: vec![(EventId::local(9), 0, Bytes::from(vec![b'x'; bytes]))],
-            }),
-            connections: 0,
+        Message::History(HistoryPart {
+            topics: vec![("t".into(), EventId::ZERO)],
+            frames: vec![(EventId::local(9), 0, Bytes::from(vec![b'x'; bytes]))],
         })
     }
 
