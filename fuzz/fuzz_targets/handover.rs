@@ -43,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
                 let Ok(image) = taking.history(part) else {
                     continue;
                 };
-                let plan = plan_history(&image, len.max(4096)).expect("a part fits its own size");
+                let plan =
+                    plan_history(&image, 4096, len.max(4096)).expect("a part fits its own size");
                 let frames: usize = (0..plan.parts())
                     .map(|i| plan.part(&image, i).frames.len())
                     .sum();

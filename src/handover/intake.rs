@@ -383,7 +383,7 @@ mod tests {
                 history.record(&topic, id, &sse::encode_event(id, None, None, ""), now);
             }
             let image = history.image();
-            let plan = plan_history(&image, 4096).unwrap();
+            let plan = plan_history(&image, 4096, 4096).unwrap();
             assert!(
                 plan.bytes() <= limits.image_bytes(),
                 "{topics} topics: {} > {}",

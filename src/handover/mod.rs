@@ -219,8 +219,7 @@ fn prepare(
     let history = match &snapshot.history {
         None => None,
         Some(image) => {
-            let plan =
-                plan_history(image, max_message.min(HISTORY_PART)).map_err(|e| e.to_string())?;
+            let plan = plan_history(image, HISTORY_PART, max_message).map_err(|e| e.to_string())?;
             let parts = u32::try_from(plan.parts())
                 .map_err(|_| "the history has more parts than a hand-over counts".to_owned())?;
             Some((image, plan, parts))
@@ -669,6 +668,31 @@ mod tests {
         assert!(parts >= 25, "{parts} parts");
         assert_eq!(kept(&imported), sent, "every frame and mark, intact");
         assert!(node.committed.get() && !node.aborted.get());
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_part_travels_alone() {
+        let budget = 8 << 20;
+        let mut history = History::new(1024, budget);
+        let id = EventId::local(1);
+        let big = sse::encode_event(id, None, None, &"z".repeat(HISTORY_PART * 2));
+        history.record("big", id, &big, std::time::Instant::now());
+        let node = Node {
+            history,
+            budget,
+            aborted: Cell::new(false),
+            committed: Cell::new(false),
+        };
+        let sent = kept(&node.history);
+        let limits = Limits {
+            history_bytes: budget,
+            max_streams: 10,
+            max_connections: 100,
+        };
+        let (taken, imported, parts, _) = hand_over(node, limits, channel::MAX_MESSAGE);
+        assert!(matches!(taken, Ok(Outcome::Taken(_))), "{taken:?}");
+        assert_eq!(parts, 1);
+        assert_eq!(kept(&imported), sent);
     }
 
     #[test]

@@ -409,10 +409,16 @@ pub struct Oversized {
     pub limit: usize,
 }
 
-/// Plans the parts of `image`, each at most `limit` encoded bytes. Only sizes are worked
-/// out here; [`HistoryPlan::part`] builds each part when it is sent, so no second copy of
-/// the names is held.
-pub fn plan_history(image: &HistoryImage, limit: usize) -> Result<HistoryPlan, Oversized> {
+/// Plans the parts of `image`: each about `target` encoded bytes at most, except that a part
+/// always takes one frame, so a larger frame travels alone, in a part of at most `limit`
+/// (the receiver's message limit). Only sizes are worked out here; [`HistoryPlan::part`]
+/// builds each part when it is sent, so no second copy of the names is held.
+pub fn plan_history(
+    image: &HistoryImage,
+    target: usize,
+    limit: usize,
+) -> Result<HistoryPlan, Oversized> {
+    let target = target.min(limit);
     let name_len = |t: u32| image.topics.get(t as usize).map_or(0, |(n, _)| n.len());
     let mut named = vec![false; image.topics.len()];
     for (_, t, _) in &image.frames {
@@ -428,7 +434,7 @@ pub fn plan_history(image: &HistoryImage, limit: usize) -> Result<HistoryPlan, O
     let mut first = 0;
     for (i, &t) in frameless.iter().enumerate() {
         let add = TOPIC_ENTRY + name_len(t);
-        if len + add > limit && i > first {
+        if len + add > target && i > first {
             parts.push((first..i, 0..0, len));
             first = i;
             len = PART_BASE;
@@ -444,7 +450,7 @@ pub fn plan_history(image: &HistoryImage, limit: usize) -> Result<HistoryPlan, O
             TOPIC_ENTRY + name_len(*t)
         };
         let mut add = FRAME_ENTRY + frame.len() + topic;
-        if len + add > limit && (i > frames_from || first < frameless.len()) {
+        if len + add > target && (i > frames_from || first < frameless.len()) {
             parts.push((first..frameless.len(), frames_from..i, len));
             first = frameless.len();
             frames_from = i;
@@ -971,7 +977,7 @@ mod tests {
     fn a_history_is_cut_into_parts_within_the_limit_that_add_up_to_it() {
         let limit = 4096;
         let whole = image(300, 300, 5, 40);
-        let plan = plan_history(&whole, limit).unwrap();
+        let plan = plan_history(&whole, limit, limit).unwrap();
         assert!(plan.parts() > 20, "{} parts", plan.parts());
         let parts: Vec<HistoryPart> = (0..plan.parts()).map(|i| plan.part(&whole, i)).collect();
         let mut total = 0;
@@ -996,20 +1002,28 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_history_is_no_part_and_a_frame_larger_than_a_message_is_refused() {
-        let plan = plan_history(&HistoryImage::default(), 4096).unwrap();
+    fn a_frame_larger_than_a_part_travels_alone_and_one_larger_than_a_message_is_refused() {
+        let plan = plan_history(&HistoryImage::default(), 4096, 4096).unwrap();
         assert_eq!((plan.parts(), plan.bytes()), (0, 0));
         let whole = image(3, 5000, 1, 0);
         assert_eq!(
-            plan_history(&whole, 4096),
+            plan_history(&whole, 4096, 4096),
             Err(Oversized {
                 frame: 5000,
                 limit: 4096
             })
         );
-        // Frames that do not fit together travel one per part.
-        let plan = plan_history(&whole, 8192).unwrap();
+        // Parts of about 1 KiB, messages up to 8 KiB: each 5 KB frame alone, whole.
+        let plan = plan_history(&whole, 1024, 8192).unwrap();
         assert_eq!(plan.parts(), 3);
+        for i in 0..3 {
+            let part = plan.part(&whole, i);
+            assert_eq!(part.frames.len(), 1);
+            assert!(part.encoded_len() <= 8192);
+        }
+        // Frames that fit together share a part.
+        let plan = plan_history(&whole, 16384, 16384).unwrap();
+        assert_eq!(plan.parts(), 1);
     }
 
     proptest! {
