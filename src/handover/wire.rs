@@ -232,7 +232,11 @@ pub struct Malformed(pub &'static str);
 impl Message {
     /// The message's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(64));
+        // Sized first (counting copies nothing): a part with a frame of tens of megabytes
+        // is copied once, not again at every doubling, while the node waits.
+        let mut size = Writer(Count(0));
+        size.message(self);
+        let mut w = Writer(Vec::with_capacity(size.0 .0));
         w.message(self);
         w.0
     }
