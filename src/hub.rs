@@ -27,8 +27,8 @@ use bytes::Bytes;
 use mio::Waker;
 
 use crate::event_id::EventId;
-use crate::handover::wire::State;
-use crate::handover::Step;
+use crate::handover::wire::{HistoryImage, State};
+use crate::handover::{Snapshot, Step};
 use crate::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
 use crate::sse;
 
@@ -561,7 +561,7 @@ impl Hub {
     /// Stops recording events for a hand-over and returns where the node stands (with the
     /// kept events when `with_history`: the embedded broker's successor has no other source).
     /// Events recorded before this are all in the inboxes already, ahead of any later step.
-    pub fn freeze(&self, with_history: bool) -> State {
+    pub fn freeze(&self, with_history: bool) -> Snapshot {
         let mut guard = self.lock();
         let ledger = &mut *guard;
         ledger.frozen = true;
@@ -572,11 +572,10 @@ impl Hub {
                 self.send(to, Inbox::Missed(std::mem::take(missed)));
             }
         }
-        State {
+        Snapshot {
             last_id: ledger.last_id,
             epoch: ledger.epoch.as_deref().map(str::to_owned),
             history: with_history.then(|| ledger.history.image()),
-            connections: 0,
         }
     }
 
@@ -592,15 +591,27 @@ impl Hub {
     }
 
     /// In the successor, before any shard runs: the embedded broker's ids go on after the
-    /// old process's last one, and its history is this one's, with the topics `held` by the
-    /// streams handed over kept ready for them (see [`History::import`]). (A cluster node
-    /// reads both from Redis.)
-    pub fn take_over(&self, state: State, held: &HashSet<&str>) {
+    /// old process's last one (its history came before, [`Hub::import_history`]). A cluster
+    /// node reads both from Redis.
+    pub fn take_over(&self, state: &State) {
         let mut ledger = self.lock();
-        if let Some(history) = state.history {
+        if state.history.is_some() {
             ledger.last_id = ledger.last_id.max(state.last_id);
-            ledger.history.import(history, held, Instant::now());
         }
+    }
+
+    /// In the successor, before any shard runs: one part of the old process's history, kept
+    /// under this process's own caps (the oldest frames go first past `--history-bytes`, so
+    /// what is taken in never costs more than the budget).
+    ///
+    /// Parts come before the streams, so no topic is known yet to be held by one: topics with
+    /// frames go to the history's budget and frameless ones are forgotten with their marks
+    /// kept node-wide (a resume from before such a mark is told `reset`, never silence); each
+    /// adopted stream's subscription charges its topics to the topic budget again.
+    pub fn import_history(&self, part: HistoryImage) {
+        self.lock()
+            .history
+            .import(part, &HashSet::new(), Instant::now());
     }
 
     /// A stream handed over by the node's previous process: subscribed to `topics`, it has
@@ -877,7 +888,18 @@ mod tests {
             "{refused:?}"
         );
         let (new, new_inboxes, _new_polls) = hub(1);
-        new.take_over(state, &HashSet::from(["t"]));
+        let history = state.history.expect("the embedded broker's history");
+        new.import_history(history.clone());
+        new.take_over(&State {
+            last_id: state.last_id,
+            epoch: None,
+            history: Some(crate::handover::wire::HistoryHead {
+                forgotten_through: history.forgotten_through,
+                parts: 1,
+                bytes: 0,
+            }),
+            connections: 0,
+        });
         // A live stream at the last id takes what comes next; one behind replays.
         let live = new
             .resume(

@@ -75,7 +75,9 @@ fn main() -> ExitCode {
     let handover = match sse_edge::upgrade::handover_channel() {
         None => None,
         Some(Err(e)) => return fail(&format!("upgrade: {e}")),
-        Some(Ok(channel)) => match handover::take(&channel) {
+        Some(Ok(channel)) => match handover::take(&channel, &server.handover_limits(), |part| {
+            server.import_history(part)
+        }) {
             Ok(Outcome::Taken(taken)) => {
                 let streams = taken
                     .connections

@@ -15,6 +15,9 @@ pub const DEFAULT_TOPIC: &str = "default";
 /// Most topics one stream may carry.
 pub const MAX_TOPICS_PER_STREAM: usize = 32;
 
+/// The longest topic name.
+pub const MAX_TOPIC_LEN: usize = 128;
+
 /// A validated `POST /broadcast`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -42,9 +45,9 @@ const fn bad(reason: &'static str) -> Rejection {
     }
 }
 
-/// Whether `s` is a valid topic name: 1–128 of `[A-Za-z0-9_.:/-]`.
+/// Whether `s` is a valid topic name: 1–128 ([`MAX_TOPIC_LEN`]) of `[A-Za-z0-9_.:/-]`.
 pub fn is_topic(s: &str) -> bool {
-    (1..=128).contains(&s.len())
+    (1..=MAX_TOPIC_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b))
 }
@@ -117,10 +120,10 @@ fn publish_target(query: &str) -> Result<(String, Option<String>), Rejection> {
         let (key, value) = pair?;
         match key.as_str() {
             "topic" if topic.is_some() => return Err(bad("publish to one topic at a time")),
-            "topic" if !is_topic(&value) => {
-                return Err(bad("topic must be 1-128 characters of [A-Za-z0-9_.:/-]"))
+            "topic" => {
+                check_topic(&value)?;
+                topic = Some(value);
             }
-            "topic" => topic = Some(value),
             "event" if !is_event_name(&value) => {
                 return Err(bad("event name must be 1-64 characters of [A-Za-z0-9_.:-]"))
             }
@@ -142,14 +145,7 @@ fn subscribe_from(query: &str, header_last_id: Option<&str>) -> Result<Subscribe
     for pair in query_pairs(query) {
         let (key, value) = pair?;
         match key.as_str() {
-            "topic" if !is_topic(&value) => {
-                return Err(bad("topic must be 1-128 characters of [A-Za-z0-9_.:/-]"))
-            }
-            "topic" if topics.contains(&value) => {}
-            "topic" if topics.len() == MAX_TOPICS_PER_STREAM => {
-                return Err(bad("at most 32 topics per stream"))
-            }
-            "topic" => topics.push(value),
+            "topic" => add_topic(&mut topics, value)?,
             "lastEventId" => query_last_id = Some(value),
             _ => {}
         }
@@ -162,6 +158,30 @@ fn subscribe_from(query: &str, header_last_id: Option<&str>) -> Result<Subscribe
         // A reconnecting browser keeps its first URL and sends a newer header.
         last_event_id: header_last_id.map(str::to_owned).or(query_last_id),
     })
+}
+
+/// Adds `name` to a stream's `topics` as a request's `topic=` does: a valid name
+/// ([`is_topic`]), kept once, at most [`MAX_TOPICS_PER_STREAM`] of them. The one check of a
+/// stream's topics, also applied to the streams a previous process hands over.
+pub fn add_topic(topics: &mut Vec<String>, name: String) -> Result<(), Rejection> {
+    check_topic(&name)?;
+    if topics.contains(&name) {
+        return Ok(());
+    }
+    if topics.len() >= MAX_TOPICS_PER_STREAM {
+        return Err(bad("at most 32 topics per stream"));
+    }
+    topics.push(name);
+    Ok(())
+}
+
+/// Checks one topic name ([`is_topic`]), with the reason a request is refused for it.
+pub fn check_topic(name: &str) -> Result<(), Rejection> {
+    if is_topic(name) {
+        Ok(())
+    } else {
+        Err(bad("topic must be 1-128 characters of [A-Za-z0-9_.:/-]"))
+    }
 }
 
 /// Formats a time as RFC 3339 in UTC with whole seconds, e.g. `2026-11-25T01:24:19Z`.

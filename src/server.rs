@@ -18,8 +18,8 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::fdlimit;
 use crate::guard;
-use crate::handover::wire::{Hello, State};
-use crate::handover::{self, Channel, Given, Giver, Outgoing, Step, Taken};
+use crate::handover::wire::{Hello, HistoryImage};
+use crate::handover::{self, Channel, Given, Giver, Limits, Outgoing, Snapshot, Step, Taken};
 use crate::hub::Hub;
 use crate::jwt::{Expect, KeySource, Trust};
 use crate::listener::{self, ListenError};
@@ -77,6 +77,8 @@ pub struct Control {
     stats: Arc<[ShardStats]>,
     /// The embedded broker (its history travels in a hand-over; a cluster's is in Redis).
     embedded: bool,
+    /// `--history-bytes`.
+    history_bytes: usize,
 }
 
 impl Control {
@@ -137,6 +139,14 @@ impl Control {
 
 /// The old process's steps of a hand-over, each told to every shard through its inbox.
 impl Giver for Control {
+    fn history_bytes(&self) -> u64 {
+        if self.embedded {
+            self.history_bytes as u64
+        } else {
+            0
+        }
+    }
+
     fn settle(&self) -> Result<(), String> {
         let (settled, replies) = mpsc::channel();
         self.hub.tell_shards(|_| Step::Settle(settled.clone()));
@@ -148,7 +158,7 @@ impl Giver for Control {
         Ok(())
     }
 
-    fn freeze(&self) -> State {
+    fn freeze(&self) -> Snapshot {
         self.hub.freeze(self.embedded)
     }
 
@@ -316,6 +326,7 @@ impl Server {
                 hub,
                 stats,
                 embedded: config.redis.is_none(),
+                history_bytes: config.history_bytes,
             },
         })
     }
@@ -325,20 +336,7 @@ impl Server {
     /// are installed when the shards start.
     pub fn take_over(&mut self, taken: Taken) {
         let epoch = taken.state.epoch.clone();
-        {
-            // The handed-over streams' topics: their records wait in the topic budget for them.
-            let held: std::collections::HashSet<&str> = taken
-                .connections
-                .iter()
-                .filter_map(|(record, _)| match &record.kind {
-                    handover::wire::Kind::Stream(stream) => Some(&stream.topics),
-                    handover::wire::Kind::Requests { .. } => None,
-                })
-                .flatten()
-                .map(String::as_str)
-                .collect();
-            self.control.hub.take_over(taken.state, &held);
-        }
+        self.control.hub.take_over(&taken.state);
         let shards = self.shards.len().max(1);
         for (record, fd) in taken.connections {
             let i = usize::from(record.shard) % shards;
@@ -346,6 +344,29 @@ impl Server {
                 shard.adopt_later(epoch.clone(), record, fd);
             }
         }
+    }
+
+    /// What this process can take from a previous one in a hand-over: its own flags'
+    /// bounds.
+    pub fn handover_limits(&self) -> Limits {
+        let control = &self.control;
+        Limits {
+            history_bytes: if control.embedded {
+                control.history_bytes
+            } else {
+                0
+            },
+            max_streams: control.node.quota.max_streams(),
+            // Unreadable, the limit is taken as the kernel's default ceiling (nr_open).
+            max_connections: fdlimit::soft_limit()
+                .map_or(1 << 20, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Keeps one part of a previous process's history (before the shards run), under this
+    /// process's own budget.
+    pub fn import_history(&self, part: HistoryImage) {
+        self.control.hub.import_history(part);
     }
 
     /// The listening sockets, for an upgrade to inherit (they stay open while the shards run).

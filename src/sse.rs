@@ -39,6 +39,65 @@ pub fn encode_event(id: EventId, epoch: Option<&str>, event: Option<&str>, data:
     out.freeze()
 }
 
+/// Whether `frame` is what [`encode_event`] makes of some event `id` (with `epoch`): the
+/// `id:` line, an optional `event:` line with a valid name
+/// ([`is_event_name`](crate::params::is_event_name)), one or more `data:` lines with no
+/// line break of their own, and the blank line that ends the event; UTF-8 throughout. A
+/// frame that comes from outside this process (a previous process's history) is checked
+/// with it, so it cannot carry another field or a second event into a stream.
+pub fn is_event_frame(frame: &[u8], id: EventId, epoch: Option<&str>) -> bool {
+    let Ok(text) = std::str::from_utf8(frame) else {
+        return false;
+    };
+    let Some(fields) = text.strip_suffix("\n\n") else {
+        return false;
+    };
+    let mut lines = fields.split('\n');
+    let id_line = lines.next().and_then(|l| l.strip_prefix("id: "));
+    if !id_line.is_some_and(|wire| is_wire_id(wire.as_bytes(), id, epoch)) {
+        return false;
+    }
+    let (mut data, mut named) = (0usize, false);
+    for line in lines {
+        if let Some(value) = line.strip_prefix("data: ") {
+            if value.contains('\r') {
+                return false;
+            }
+            data += 1;
+        } else if data == 0
+            && !named
+            && line
+                .strip_prefix("event: ")
+                .is_some_and(crate::params::is_event_name)
+        {
+            // The event's name comes once, before any data.
+            named = true;
+        } else {
+            return false;
+        }
+    }
+    data > 0
+}
+
+/// Whether `s` is `id`'s wire form, without allocating.
+fn is_wire_id(s: &[u8], id: EventId, epoch: Option<&str>) -> bool {
+    let mut rest = s;
+    if let Some(epoch) = epoch {
+        for part in [
+            epoch.as_bytes(),
+            b"-",
+            itoa(id.ms(), &mut [0; 20]),
+            b"-".as_slice(),
+        ] {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+    }
+    rest == itoa(id.seq(), &mut [0; 20])
+}
+
 /// Encodes the start of every stream body: the `: connected` comment and the `retry:` hint.
 pub fn encode_preamble(retry_ms: u64) -> Bytes {
     let mut out = BytesMut::with_capacity(40);
@@ -378,6 +437,57 @@ mod tests {
         assert_eq!(text(&frame), "id: 9f3c2a71-1764633600000-2\ndata: x\n\n");
         let gap = encode_gap(id, id, 1, Some("9f3c2a71"));
         assert!(text(&gap).contains("\"from\":\"9f3c2a71-1764633600000-2\""));
+    }
+
+    #[test]
+    fn an_event_frame_is_what_the_encoder_makes_and_nothing_else() {
+        let id = EventId::local(7);
+        for (event, data) in [(None, "x"), (Some("tick.1"), "a\nb\r\nc"), (None, "")] {
+            assert!(is_event_frame(
+                &encode_event(id, None, event, data),
+                id,
+                None
+            ));
+        }
+        let cluster = EventId::entry(1_764_633_600_000, 2);
+        let frame = encode_event(cluster, Some("9f3c2a71"), None, "x");
+        assert!(is_event_frame(&frame, cluster, Some("9f3c2a71")));
+        assert!(!is_event_frame(&frame, cluster, Some("9f3c2a72")));
+        for bad in [
+            "id: 8\ndata: x\n\n",                     // another id
+            "id: 7\ndata: x\n",                       // not ended
+            "id: 7\n\n",                              // no data
+            "id: 7\nretry: 0\ndata: x\n\n",           // another field
+            "id: 7\ndata: x\nevent: e\n\n",           // a name after the data
+            "id: 7\nevent: e\nevent: f\ndata: x\n\n", // two names
+            "id: 7\nevent: a b\ndata: x\n\n",         // not a name
+            "id: 7\ndata: x\n\nid: 8\ndata: y\n\n",   // a second event
+            "id: 7\ndata: x\ry\n\n",                  // a line break of its own
+            "data: x\n\n",                            // no id
+        ] {
+            assert!(!is_event_frame(bad.as_bytes(), id, None), "{bad:?}");
+        }
+        assert!(!is_event_frame(b"id: 7\ndata: \xff\n\n", id, None));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_encoded_event_is_an_event_frame(
+            seq in proptest::prelude::any::<u64>(),
+            ms in proptest::prelude::any::<u64>(),
+            data in "\\PC*|[a\n\r]*",
+            named in proptest::prelude::any::<bool>(),
+            cluster in proptest::prelude::any::<bool>(),
+        ) {
+            let (id, epoch) = if cluster {
+                (EventId::entry(ms, seq), Some("9f3c2a71"))
+            } else {
+                (EventId::local(seq), None)
+            };
+            let event = named.then_some("price.update");
+            let frame = encode_event(id, epoch, event, &data);
+            proptest::prop_assert!(is_event_frame(&frame, id, epoch));
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::handover::wire::{Hello, Message};
-use crate::handover::{Channel, PATIENCE};
+use crate::handover::{Channel, ANSWER_MESSAGE, PATIENCE};
 
 /// Names the inherited listening sockets (`3,4`) in the new process's environment.
 pub const LISTENERS_ENV: &str = "SSE_EDGE_INHERITED_LISTENERS";
@@ -107,6 +107,7 @@ pub fn start(origin: &Origin, listeners: &[RawFd]) -> Result<Successor, String> 
     drop(ready_write);
     let (channel, theirs) =
         Channel::pair().map_err(|e| format!("cannot make the hand-over socket: {e}"))?;
+    let channel = channel.with_max_message(ANSWER_MESSAGE);
     let handover_child =
         dup(theirs.as_raw_fd()).map_err(|e| format!("cannot share the hand-over socket: {e}"))?;
     drop(theirs);

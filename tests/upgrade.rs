@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use util::{published_id, HttpConn, Server, SseClient, Successor, PATIENCE};
+use util::{published_id, send_raw, HttpConn, Server, SseClient, Successor, PATIENCE};
 
 /// A copy of the server binary in a directory of its own, so the test can replace it.
 fn binary_copy(name: &str) -> PathBuf {
@@ -254,6 +254,55 @@ fn a_stream_mid_replay_and_a_half_read_stream_go_on_where_they_were() {
 }
 
 #[test]
+fn a_try_that_fails_does_not_pause_the_node_while_the_new_process_decides() {
+    let exe = binary_copy("stall");
+    let release = exe.with_file_name("release");
+    // The debug build's fault: once the old process accepted its version, the new one waits
+    // until `release` exists, then exits. So the try is under way, and cannot end (the
+    // failure cannot be logged) before this test says so.
+    let mut old = Server::start_exe_env(
+        &exe,
+        &[],
+        &[("SSE_EDGE_TEST_HANDOVER_STALL", release.to_str().unwrap())],
+    );
+    let mut stream = old.stream("/stream");
+    let mut kept = HttpConn::open(old.addr);
+    assert_eq!(published_id(&kept.publish("", b"before")), 1);
+    old.signal(libc::SIGUSR2);
+    old.wait_for_log("hand-over: the running process accepted");
+    // A publish on the kept-alive connection, and one on a connection accepted now: both
+    // answered while the try is on.
+    kept.send(b"POST /broadcast HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nduring");
+    let during = kept.try_read_response();
+    let fresh = send_raw(
+        old.addr,
+        b"POST /broadcast HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nfresh",
+    );
+    let log = old.log();
+    assert!(
+        !log.contains("upgrade failed"),
+        "the try ended before the publishes were answered:\n{log}"
+    );
+    assert_eq!(during.map(|r| (r.status, published_id(&r))), Some((200, 2)));
+    assert_eq!(fresh.map(|r| (r.status, published_id(&r))), Some((200, 3)));
+    std::fs::write(&release, b"").unwrap();
+    let log = old.wait_for_log("upgrade failed, this process keeps serving");
+    assert!(log.contains("the other process stopped answering"), "{log}");
+    let got: Vec<String> = (0..3)
+        .map(|_| {
+            stream
+                .event_within_patience("a publish around the try")
+                .data
+        })
+        .collect();
+    assert_eq!(got, ["before", "during", "fresh"]);
+    assert_eq!(published_id(&kept.publish("", b"after")), 4);
+    assert_eq!(stream.event_within_patience("after the try").data, "after");
+    assert_goes_on(&mut old);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
 fn a_new_binary_of_another_hand_over_version_is_refused_and_the_old_one_keeps_everything() {
     let exe = binary_copy("version");
     // The debug build's pretence: the new process speaks only hand-over version 99.
@@ -262,7 +311,7 @@ fn a_new_binary_of_another_hand_over_version_is_refused_and_the_old_one_keeps_ev
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade failed, this process keeps serving");
     assert!(
-        log.contains("this binary speaks hand-over version 1, the new one 99..=99"),
+        log.contains("this binary speaks hand-over version 2, the new one 99..=99"),
         "{log}"
     );
     // The new process said why too, in one line, and exited.

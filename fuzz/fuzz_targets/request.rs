@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use sse_edge::access::PublishAccess;
+use sse_edge::access::{Access, PublishAccess, StreamAccess};
 use sse_edge::http::{self, Head, Rejection, Request, RequestParser, Route, Step};
 use sse_edge::params::{self, Publish, Subscribe};
 
@@ -25,7 +25,7 @@ enum Outcome {
     Refused(Rejection),
 }
 
-fn run(input: &[u8], cuts: &[usize], access: &PublishAccess, peer: IpAddr) -> Vec<Outcome> {
+fn run(input: &[u8], cuts: &[usize], access: &Access, peer: IpAddr) -> Vec<Outcome> {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     cuts.push(input.len());
     cuts.sort_unstable();
@@ -46,7 +46,8 @@ fn run(input: &[u8], cuts: &[usize], access: &PublishAccess, peer: IpAddr) -> Ve
                             status: 404,
                             reason: "refused by route",
                         }),
-                        _ => params::check_head(route, &head, access, Some(peer)),
+                        _ => params::check_head(route, &head, access, Some(peer), 0, false)
+                            .map(|_| ()),
                     };
                     if verdict.is_ok() {
                         parser.accept_head();
@@ -91,7 +92,10 @@ fuzz_target!(|data: &[u8]| {
         .chunks(2)
         .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])))
         .collect();
-    let access = PublishAccess::new(None, vec!["127.0.0.0/8".parse().unwrap()]);
+    let access = Access {
+        publish: PublishAccess::new(None, None, vec!["127.0.0.0/8".parse().unwrap()]),
+        streams: StreamAccess::new(None, false),
+    };
     let peer = IpAddr::from([127, 0, 0, 1]);
     let whole = run(input, &[], &access, peer);
     let split = run(input, &cuts, &access, peer);

@@ -6,6 +6,10 @@
 //! Both ends block, with a timeout: the hand-over runs on a thread of its own in the old
 //! process and before the shards start in the new one, and a peer that stops answering is a
 //! failed hand-over, not a hang.
+//!
+//! What a message may hold is bounded on receipt ([`Channel::max_message`]): nothing larger
+//! is gathered, whatever the peer sends. The embedded broker's history, which can be larger
+//! than any one message, travels in parts (see `handover/mod.rs`).
 
 use std::io;
 use std::mem;
@@ -17,8 +21,11 @@ use super::wire::{Malformed, Message, BATCH};
 /// Payload bytes per packet: under the default socket buffer (about 208 KiB), so a packet
 /// never waits for a larger buffer than the system gives.
 const FRAGMENT: usize = 60 * 1024;
-/// The largest message accepted (the history's budget bounds what a sender has).
-const MAX_MESSAGE: usize = 1 << 30;
+/// The largest message a channel accepts unless told otherwise: one connection whose queued
+/// bytes are as large as they can be (`--client-buffer` allows 1 GiB, and a notice may queue
+/// past it), with its record around them. The history never needs this much: it travels in
+/// parts of about a mebibyte.
+pub const MAX_MESSAGE: usize = (1 << 30) + (64 << 20);
 /// A fragment's first byte: more fragments of this message follow.
 const MORE: u8 = 1;
 
@@ -26,6 +33,8 @@ const MORE: u8 = 1;
 #[derive(Debug)]
 pub struct Channel {
     socket: OwnedFd,
+    /// The largest message [`Channel::recv`] gathers.
+    max_message: usize,
 }
 
 impl Channel {
@@ -47,7 +56,7 @@ impl Channel {
         }
         // SAFETY: socketpair succeeded: both are new descriptors owned by nobody else.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok((Channel { socket: a }, Channel { socket: b }))
+        Ok((Channel::new(a), Channel::new(b)))
     }
 
     /// Adopts an inherited descriptor, which must be a `SOCK_SEQPACKET` Unix socket.
@@ -57,9 +66,46 @@ impl Channel {
             return Err(io::Error::other("not a hand-over socket"));
         }
         socket.set_cloexec(true)?;
-        Ok(Channel {
-            socket: socket.into(),
-        })
+        Ok(Channel::new(socket.into()))
+    }
+
+    fn new(socket: OwnedFd) -> Channel {
+        Channel {
+            socket,
+            max_message: MAX_MESSAGE,
+        }
+    }
+
+    /// Bounds the messages this end gathers to `bytes`: a longer one is refused without
+    /// being gathered.
+    pub fn with_max_message(mut self, bytes: usize) -> Channel {
+        self.max_message = bytes;
+        self
+    }
+
+    /// The largest message this end gathers.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Whether a message (or the peer's end of file) is waiting, without waiting for one.
+    pub fn has_input(&self) -> io::Result<bool> {
+        let mut poll = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd; a zero timeout only looks.
+            let n = unsafe { libc::poll(&mut poll, 1, 0) };
+            if n >= 0 {
+                return Ok(n > 0 && poll.revents != 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// The descriptor, for passing to a child.
@@ -76,10 +122,15 @@ impl Channel {
 
     /// Sends `message`, with `fds` (at most [`BATCH`]) on its first fragment.
     pub fn send(&self, message: &Message, fds: &[RawFd]) -> io::Result<()> {
+        self.send_bytes(&message.encode(), fds)
+    }
+
+    /// Sends a message already encoded (or bytes that claim to be one: tests play a broken
+    /// peer with it), with `fds` (at most [`BATCH`]) on its first fragment.
+    pub fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
         if fds.len() > BATCH {
             return Err(io::Error::other("too many descriptors for one message"));
         }
-        let bytes = message.encode();
         let mut chunks = bytes.chunks(FRAGMENT).peekable();
         let mut first = true;
         while let Some(chunk) = chunks.next() {
@@ -91,15 +142,28 @@ impl Channel {
         Ok(())
     }
 
-    /// Receives one message and the descriptors that came with it.
+    /// Receives one message and the descriptors that came with it. A message longer than
+    /// [`Channel::max_message`] is refused as soon as it is.
     pub fn recv(&self) -> io::Result<(Message, Vec<OwnedFd>)> {
         let mut bytes = Vec::new();
         let mut fds = Vec::new();
         let mut packet = vec![0u8; FRAGMENT + 1];
         loop {
             let (n, more) = self.recv_packet(&mut packet, &mut fds)?;
-            if bytes.len().saturating_add(n) > MAX_MESSAGE {
-                return Err(io::Error::other("hand-over message too large"));
+            let len = bytes.len().saturating_add(n);
+            if len > self.max_message {
+                return Err(io::Error::other(format!(
+                    "hand-over message larger than {} bytes",
+                    self.max_message
+                )));
+            }
+            if len > bytes.capacity() {
+                // Doubling, but never past the bound: a message at the limit costs the limit.
+                let want = bytes
+                    .capacity()
+                    .saturating_mul(2)
+                    .clamp(len, self.max_message);
+                bytes.reserve_exact(want - bytes.len());
             }
             bytes.extend_from_slice(packet.get(1..n + 1).unwrap_or_default());
             if !more {
@@ -226,28 +290,36 @@ impl Channel {
 mod tests {
     use super::*;
     use crate::event_id::EventId;
-    use crate::handover::wire::{HistoryImage, State};
+    use crate::handover::wire::HistoryPart;
     use bytes::Bytes;
     use std::io::{Read, Write};
+
+    fn big(bytes: usize) -> Message {
+        Message::History(HistoryPart {
+            topics: vec![("t".into(), EventId::ZERO)],
+            frames: vec![(EventId::local(9), 0, Bytes::from(vec![b'x'; bytes]))],
+        })
+    }
 
     #[test]
     fn a_message_larger_than_a_packet_arrives_whole() {
         let (a, b) = Channel::pair().unwrap();
-        let big = Bytes::from(vec![b'x'; 3 * FRAGMENT + 17]);
-        let sent = Message::State(State {
-            last_id: EventId::local(9),
-            epoch: None,
-            history: Some(HistoryImage {
-                forgotten_through: EventId::ZERO,
-                topics: vec![("t".into(), EventId::ZERO)],
-                frames: vec![(EventId::local(9), 0, big)],
-            }),
-            connections: 0,
-        });
+        let sent = big(3 * FRAGMENT + 17);
         let writer = std::thread::spawn(move || a.send(&sent.clone(), &[]).map(|()| sent));
         let (got, fds) = b.recv().unwrap();
         assert_eq!(Some(got), writer.join().unwrap().ok());
         assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_and_not_gathered() {
+        let (a, b) = Channel::pair().unwrap();
+        let b = b.with_max_message(2 * FRAGMENT);
+        let writer = std::thread::spawn(move || a.send(&big(3 * FRAGMENT), &[]));
+        let err = b.recv().unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        drop(b);
+        let _ = writer.join();
     }
 
     #[test]

@@ -2,21 +2,43 @@
 //!
 //! Every message is one logical datagram (the channel fragments and reassembles it): a tag
 //! byte, then little-endian fields. Lengths and counts come from another process, possibly
-//! another version of this binary: every read is checked, nothing is indexed, and a message
-//! that does not decode whole is refused with one line saying what was wrong.
+//! another version of this binary: every read is checked, nothing is indexed, a count is
+//! refused before anything is reserved for it when the bytes left could not hold that many,
+//! and a message that does not decode whole is refused with one line saying what was wrong.
+//! What the fields mean is judged apart, against the new process's own limits (see
+//! `intake.rs`).
 //!
 //! [`Hello`] is the one message whose layout never changes: every version starts with it, so
 //! any two binaries can at least agree on a version or tell each other why not.
+//!
+//! The embedded broker's history can be larger than any message: it travels as
+//! [`Message::History`] parts of at most [`HISTORY_PART`] bytes (or the new process's
+//! [`Message::Ready`] limit, if smaller), each naming the topics of its own frames, so each
+//! part stands alone ([`plan_history`]).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use bytes::Bytes;
 
 use crate::event_id::EventId;
 
-/// The hand-over version this binary speaks.
-pub const VERSION: u16 = 1;
+/// The hand-over version this binary speaks. Version 2 sends the history in parts, after
+/// the new process said it can take what the old one keeps (version 1 sent it whole, under
+/// one message's limit).
+pub const VERSION: u16 = 2;
 
 /// Streams whose descriptors travel in one message: `SCM_RIGHTS` carries at most 253.
 pub const BATCH: usize = 253;
+
+/// What one history part holds at most (a part always takes one frame, so a larger frame
+/// travels alone): small enough that no part costs either process more than a moment of
+/// copying, large enough that the per-message cost is lost in it.
+pub const HISTORY_PART: usize = 1 << 20;
+
+/// The smallest message limit a new process may ask for: a part must hold at least a
+/// frame's fields and a topic's name.
+pub const MIN_MESSAGE: usize = 4096;
 
 /// Opens every `Hello`, so a stray peer is not mistaken for a successor.
 const MAGIC: &[u8; 17] = b"SSE-EDGE-HANDOVER";
@@ -31,6 +53,16 @@ const END: u8 = 7;
 const PREPARED: u8 = 8;
 const COMMIT: u8 = 9;
 const SERVING: u8 = 10;
+const OFFER: u8 = 11;
+const READY: u8 = 12;
+const HISTORY: u8 = 13;
+
+/// A history part's fixed bytes: the tag and its two counts.
+pub(crate) const PART_BASE: usize = 1 + 4 + 4;
+/// A topic entry's bytes besides its name: the name's length and the evicted id.
+pub(crate) const TOPIC_ENTRY: usize = 4 + 16;
+/// A frame entry's bytes besides the frame: its id, topic index and length.
+const FRAME_ENTRY: usize = 16 + 4 + 4;
 
 /// One step of the hand-over, either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +75,23 @@ pub enum Message {
         version: u16,
     },
     /// Either way: no hand-over, and why (one line). The new process then serves without
-    /// the streams; the old one keeps them.
+    /// the streams (or exits); the old one keeps them.
     Refuse {
         /// Why.
         reason: String,
     },
-    /// Old → new: where the node's ids stand, and the embedded broker's history.
+    /// Old → new, while nothing is paused yet: what the old process keeps, so the new one
+    /// can refuse before accepting and delivery pause.
+    Offer(Offer),
+    /// New → old: it can take what was offered.
+    Ready {
+        /// The largest message it gathers; the old process cuts what it sends to fit.
+        max_message: u32,
+    },
+    /// Old → new, once paused: where the node's ids stand, and what follows.
     State(State),
+    /// Old → new, after the state: one part of the embedded broker's history.
+    History(HistoryPart),
     /// Old → new: up to [`BATCH`] connections, their descriptors alongside in the same order.
     Connections(Vec<Record>),
     /// New → old: a batch was taken (the old side sends the next only then, so at most one
@@ -82,6 +124,14 @@ pub struct Hello {
     pub pid: u32,
 }
 
+/// What the old process offers before anything pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// The budget its history is kept in (its `--history-bytes`); 0 when it sends none (a
+    /// cluster node's history is in Redis).
+    pub history_bytes: u64,
+}
+
 /// Where the node's ids stand when the old process stopped taking events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -90,10 +140,22 @@ pub struct State {
     pub last_id: EventId,
     /// The cluster's epoch (None with the embedded broker).
     pub epoch: Option<String>,
-    /// The embedded broker's kept events; cluster nodes read theirs from Redis.
-    pub history: Option<HistoryImage>,
+    /// The embedded broker's kept events follow in parts; cluster nodes read theirs from
+    /// Redis.
+    pub history: Option<HistoryHead>,
     /// How many connections will follow.
     pub connections: u32,
+}
+
+/// What the history parts after a [`State`] add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryHead {
+    /// The newest id of any topic forgotten.
+    pub forgotten_through: EventId,
+    /// How many [`Message::History`] parts follow.
+    pub parts: u32,
+    /// Their encoded bytes, all together.
+    pub bytes: u64,
 }
 
 /// The embedded broker's history, as the new process rebuilds it.
@@ -104,6 +166,16 @@ pub struct HistoryImage {
     /// Each topic known: its name and the newest id it evicted.
     pub topics: Vec<(String, EventId)>,
     /// Kept frames in id order: id, index into `topics`, the encoded frame.
+    pub frames: Vec<(EventId, u32, Bytes)>,
+}
+
+/// One part of a history on its way: frames in id order, and the topics they (and topics
+/// with no frame at all) name. Frames index this part's `topics`, not the whole image's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryPart {
+    /// Topics: name and the newest id it evicted.
+    pub topics: Vec<(String, EventId)>,
+    /// Frames: id, index into `topics`, the encoded frame.
     pub frames: Vec<(EventId, u32, Bytes)>,
 }
 
@@ -160,94 +232,12 @@ pub struct Malformed(pub &'static str);
 impl Message {
     /// The message's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(64));
-        match self {
-            Message::Hello(h) => {
-                w.u8(HELLO);
-                w.0.extend_from_slice(MAGIC);
-                w.u16(h.min);
-                w.u16(h.max);
-                w.u32(h.pid);
-            }
-            Message::Accept { version } => {
-                w.u8(ACCEPT);
-                w.u16(*version);
-            }
-            Message::Refuse { reason } => {
-                w.u8(REFUSE);
-                w.str(reason);
-            }
-            Message::State(s) => {
-                w.u8(STATE);
-                w.id(s.last_id);
-                w.opt_str(s.epoch.as_deref());
-                match &s.history {
-                    None => w.u8(0),
-                    Some(h) => {
-                        w.u8(1);
-                        w.id(h.forgotten_through);
-                        w.u32(h.topics.len() as u32);
-                        for (name, evicted) in &h.topics {
-                            w.str(name);
-                            w.id(*evicted);
-                        }
-                        w.u32(h.frames.len() as u32);
-                        for (id, topic, frame) in &h.frames {
-                            w.id(*id);
-                            w.u32(*topic);
-                            w.bytes(frame);
-                        }
-                    }
-                }
-                w.u32(s.connections);
-            }
-            Message::Connections(records) => {
-                w.u8(CONNECTIONS);
-                w.u32(records.len() as u32);
-                for r in records {
-                    w.u16(r.shard);
-                    w.bytes(&r.tail);
-                    match &r.kind {
-                        Kind::Requests { answered } => {
-                            w.u8(0);
-                            w.u8(u8::from(*answered));
-                        }
-                        Kind::Stream(s) => {
-                            w.u8(1);
-                            w.u16(s.topics.len() as u16);
-                            for t in &s.topics {
-                                w.str(t);
-                            }
-                            w.id(s.after);
-                            w.id(s.announced);
-                            w.u8(u8::from(s.replaying));
-                            match s.gap {
-                                None => w.u8(0),
-                                Some((from, to, dropped)) => {
-                                    w.u8(1);
-                                    w.id(from);
-                                    w.id(to);
-                                    w.u64(dropped);
-                                }
-                            }
-                            w.opt_u32(s.losing_ms);
-                            w.opt_u32(s.expires);
-                        }
-                    }
-                }
-            }
-            Message::Ack { taken } => {
-                w.u8(ACK);
-                w.u32(*taken);
-            }
-            Message::End => w.u8(END),
-            Message::Prepared { connections } => {
-                w.u8(PREPARED);
-                w.u32(*connections);
-            }
-            Message::Commit => w.u8(COMMIT),
-            Message::Serving => w.u8(SERVING),
-        }
+        // Sized first (counting copies nothing): a part with a frame of tens of megabytes
+        // is copied once, not again at every doubling, while the node waits.
+        let mut size = Writer(Count(0));
+        size.message(self);
+        let mut w = Writer(Vec::with_capacity(size.0 .0));
+        w.message(self);
         w.0
     }
 
@@ -268,35 +258,23 @@ impl Message {
             }
             ACCEPT => Message::Accept { version: r.u16()? },
             REFUSE => Message::Refuse { reason: r.str()? },
+            OFFER => Message::Offer(Offer {
+                history_bytes: r.u64()?,
+            }),
+            READY => Message::Ready {
+                max_message: r.u32()?,
+            },
             STATE => {
                 let last_id = r.id()?;
                 let epoch = r.opt_str()?;
-                let history = match r.u8()? {
-                    0 => None,
-                    1 => {
-                        let forgotten_through = r.id()?;
-                        let n = r.count(4 + 16)?;
-                        let mut topics = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            topics.push((r.str()?, r.id()?));
-                        }
-                        let n = r.count(16 + 4 + 4)?;
-                        let mut frames = Vec::with_capacity(n);
-                        for _ in 0..n {
-                            let id = r.id()?;
-                            let topic = r.u32()?;
-                            if topic as usize >= topics.len() {
-                                return Err(Malformed("a kept frame names no topic"));
-                            }
-                            frames.push((id, topic, Bytes::copy_from_slice(r.bytes()?)));
-                        }
-                        Some(HistoryImage {
-                            forgotten_through,
-                            topics,
-                            frames,
-                        })
-                    }
-                    _ => return Err(Malformed("bad history flag")),
+                let history = if r.flag()? {
+                    Some(HistoryHead {
+                        forgotten_through: r.id()?,
+                        parts: r.u32()?,
+                        bytes: r.u64()?,
+                    })
+                } else {
+                    None
                 };
                 Message::State(State {
                     last_id,
@@ -304,6 +282,24 @@ impl Message {
                     history,
                     connections: r.u32()?,
                 })
+            }
+            HISTORY => {
+                let n = r.count(TOPIC_ENTRY)?;
+                let mut topics = Vec::with_capacity(n);
+                for _ in 0..n {
+                    topics.push((r.str()?, r.id()?));
+                }
+                let n = r.count(FRAME_ENTRY)?;
+                let mut frames = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.id()?;
+                    let topic = r.u32()?;
+                    if topic as usize >= topics.len() {
+                        return Err(Malformed("a kept frame names no topic"));
+                    }
+                    frames.push((id, topic, Bytes::copy_from_slice(r.bytes()?)));
+                }
+                Message::History(HistoryPart { topics, frames })
             }
             CONNECTIONS => {
                 let n = r.count(2 + 4 + 1 + 1)?;
@@ -346,7 +342,10 @@ impl Message {
             Message::Hello(_) => "Hello",
             Message::Accept { .. } => "Accept",
             Message::Refuse { .. } => "Refuse",
+            Message::Offer(_) => "Offer",
+            Message::Ready { .. } => "Ready",
             Message::State(_) => "State",
+            Message::History(_) => "History",
             Message::Connections(_) => "Connections",
             Message::Ack { .. } => "Ack",
             Message::End => "End",
@@ -357,6 +356,35 @@ impl Message {
     }
 }
 
+impl HistoryPart {
+    /// Its bytes as a [`Message::History`], without encoding it.
+    pub fn encoded_len(&self) -> usize {
+        let topics: usize = self
+            .topics
+            .iter()
+            .map(|(name, _)| TOPIC_ENTRY + name.len())
+            .sum();
+        let frames: usize = self
+            .frames
+            .iter()
+            .map(|(_, _, f)| FRAME_ENTRY + f.len())
+            .sum();
+        PART_BASE + topics + frames
+    }
+}
+
+/// A record's bytes inside a [`Message::Connections`], without encoding it.
+pub fn record_len(record: &Record) -> usize {
+    let mut w = Writer(Count(0));
+    w.record(record);
+    w.0 .0
+}
+
+/// The bytes of a [`Message::Connections`] with records of `records` bytes together.
+pub fn connections_len(records: usize) -> usize {
+    1 + 4 + records
+}
+
 /// The version two binaries speak: the newest both know, if any.
 pub fn agree(ours: (u16, u16), theirs: &Hello) -> Option<u16> {
     let low = ours.0.max(theirs.min);
@@ -364,20 +392,266 @@ pub fn agree(ours: (u16, u16), theirs: &Hello) -> Option<u16> {
     (low <= high).then_some(high)
 }
 
-struct Writer(Vec<u8>);
+/// How a history image is cut into parts: which of its frames (a range, in id order) and
+/// which of its frameless topics each part carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPlan {
+    /// Topics no frame names (indexes into the image's topics): they still carry an
+    /// eviction mark.
+    frameless: Vec<u32>,
+    /// Per part: its slice of `frameless`, its frames, its encoded bytes.
+    parts: Vec<(Range<usize>, Range<usize>, usize)>,
+}
 
-impl Writer {
+/// A frame too large for any part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a kept frame of {frame} bytes does not fit in a hand-over message of {limit} bytes")]
+pub struct Oversized {
+    /// The frame's length.
+    pub frame: usize,
+    /// The message limit.
+    pub limit: usize,
+}
+
+/// Plans the parts of `image`: each about `target` encoded bytes at most, except that a part
+/// always takes one frame, so a larger frame travels alone, in a part of at most `limit`
+/// (the receiver's message limit). Only sizes are worked out here; [`HistoryPlan::part`]
+/// builds each part when it is sent, so no second copy of the names is held.
+pub fn plan_history(
+    image: &HistoryImage,
+    target: usize,
+    limit: usize,
+) -> Result<HistoryPlan, Oversized> {
+    let target = target.min(limit);
+    let name_len = |t: u32| image.topics.get(t as usize).map_or(0, |(n, _)| n.len());
+    let mut named = vec![false; image.topics.len()];
+    for (_, t, _) in &image.frames {
+        if let Some(seen) = named.get_mut(*t as usize) {
+            *seen = true;
+        }
+    }
+    let frameless: Vec<u32> = (0..image.topics.len() as u32)
+        .filter(|&t| !named.get(t as usize).copied().unwrap_or(true))
+        .collect();
+    let mut parts = Vec::new();
+    let mut len = PART_BASE;
+    let mut first = 0;
+    for (i, &t) in frameless.iter().enumerate() {
+        let add = TOPIC_ENTRY + name_len(t);
+        if len + add > target && i > first {
+            parts.push((first..i, 0..0, len));
+            first = i;
+            len = PART_BASE;
+        }
+        len += add;
+    }
+    let mut topics_here: HashSet<u32> = HashSet::new();
+    let mut frames_from = 0;
+    for (i, (_, t, frame)) in image.frames.iter().enumerate() {
+        let topic = if topics_here.contains(t) {
+            0
+        } else {
+            TOPIC_ENTRY + name_len(*t)
+        };
+        let mut add = FRAME_ENTRY + frame.len() + topic;
+        if len + add > target && (i > frames_from || first < frameless.len()) {
+            parts.push((first..frameless.len(), frames_from..i, len));
+            first = frameless.len();
+            frames_from = i;
+            len = PART_BASE;
+            topics_here.clear();
+            add = FRAME_ENTRY + frame.len() + TOPIC_ENTRY + name_len(*t);
+        }
+        if PART_BASE + add > limit {
+            return Err(Oversized {
+                frame: frame.len(),
+                limit,
+            });
+        }
+        topics_here.insert(*t);
+        len += add;
+    }
+    if first < frameless.len() || frames_from < image.frames.len() {
+        parts.push((first..frameless.len(), frames_from..image.frames.len(), len));
+    }
+    Ok(HistoryPlan { frameless, parts })
+}
+
+impl HistoryPlan {
+    /// How many parts.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Their bytes, all together.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|(_, _, len)| *len as u64).sum()
+    }
+
+    /// Part `i` of `image` (the image this plan was made for).
+    pub fn part(&self, image: &HistoryImage, i: usize) -> HistoryPart {
+        let mut part = HistoryPart::default();
+        let Some((frameless, frames, _)) = self.parts.get(i) else {
+            return part;
+        };
+        let mut local: HashMap<u32, u32> = HashMap::new();
+        let mut name = |t: u32, part: &mut HistoryPart| -> u32 {
+            *local.entry(t).or_insert_with(|| {
+                let (n, evicted) = image.topics.get(t as usize).cloned().unwrap_or_default();
+                part.topics.push((n, evicted));
+                part.topics.len() as u32 - 1
+            })
+        };
+        for &t in self.frameless.get(frameless.clone()).unwrap_or_default() {
+            name(t, &mut part);
+        }
+        for (id, t, frame) in image.frames.get(frames.clone()).unwrap_or_default() {
+            let at = name(*t, &mut part);
+            part.frames.push((*id, at, frame.clone()));
+        }
+        part
+    }
+}
+
+/// Where bytes go: a message's buffer, or a count of them.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts what would be written.
+struct Count(usize);
+
+impl Sink for Count {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+struct Writer<S>(S);
+
+impl<S: Sink> Writer<S> {
+    fn message(&mut self, message: &Message) {
+        match message {
+            Message::Hello(h) => {
+                self.u8(HELLO);
+                self.0.put(MAGIC);
+                self.u16(h.min);
+                self.u16(h.max);
+                self.u32(h.pid);
+            }
+            Message::Accept { version } => {
+                self.u8(ACCEPT);
+                self.u16(*version);
+            }
+            Message::Refuse { reason } => {
+                self.u8(REFUSE);
+                self.str(reason);
+            }
+            Message::Offer(offer) => {
+                self.u8(OFFER);
+                self.u64(offer.history_bytes);
+            }
+            Message::Ready { max_message } => {
+                self.u8(READY);
+                self.u32(*max_message);
+            }
+            Message::State(s) => {
+                self.u8(STATE);
+                self.id(s.last_id);
+                self.opt_str(s.epoch.as_deref());
+                match &s.history {
+                    None => self.u8(0),
+                    Some(h) => {
+                        self.u8(1);
+                        self.id(h.forgotten_through);
+                        self.u32(h.parts);
+                        self.u64(h.bytes);
+                    }
+                }
+                self.u32(s.connections);
+            }
+            Message::History(part) => {
+                self.u8(HISTORY);
+                self.u32(part.topics.len() as u32);
+                for (name, evicted) in &part.topics {
+                    self.str(name);
+                    self.id(*evicted);
+                }
+                self.u32(part.frames.len() as u32);
+                for (id, topic, frame) in &part.frames {
+                    self.id(*id);
+                    self.u32(*topic);
+                    self.bytes(frame);
+                }
+            }
+            Message::Connections(records) => {
+                self.u8(CONNECTIONS);
+                self.u32(records.len() as u32);
+                for r in records {
+                    self.record(r);
+                }
+            }
+            Message::Ack { taken } => {
+                self.u8(ACK);
+                self.u32(*taken);
+            }
+            Message::End => self.u8(END),
+            Message::Prepared { connections } => {
+                self.u8(PREPARED);
+                self.u32(*connections);
+            }
+            Message::Commit => self.u8(COMMIT),
+            Message::Serving => self.u8(SERVING),
+        }
+    }
+    fn record(&mut self, r: &Record) {
+        self.u16(r.shard);
+        self.bytes(&r.tail);
+        match &r.kind {
+            Kind::Requests { answered } => {
+                self.u8(0);
+                self.u8(u8::from(*answered));
+            }
+            Kind::Stream(s) => {
+                self.u8(1);
+                self.u16(s.topics.len() as u16);
+                for t in &s.topics {
+                    self.str(t);
+                }
+                self.id(s.after);
+                self.id(s.announced);
+                self.u8(u8::from(s.replaying));
+                match s.gap {
+                    None => self.u8(0),
+                    Some((from, to, dropped)) => {
+                        self.u8(1);
+                        self.id(from);
+                        self.id(to);
+                        self.u64(dropped);
+                    }
+                }
+                self.opt_u32(s.losing_ms);
+                self.opt_u32(s.expires);
+            }
+        }
+    }
     fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.0.put(&[v]);
     }
     fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put(&v.to_le_bytes());
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put(&v.to_le_bytes());
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put(&v.to_le_bytes());
     }
     fn id(&mut self, id: EventId) {
         self.u64(id.ms());
@@ -385,7 +659,7 @@ impl Writer {
     }
     fn bytes(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
-        self.0.extend_from_slice(b);
+        self.0.put(b);
     }
     fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
@@ -454,6 +728,9 @@ impl<'a> Reader<'a> {
     /// cannot be true, so it is refused before anything is reserved for it.
     fn count(&mut self, each: usize) -> Result<usize, Malformed> {
         let n = self.u32()? as usize;
+        self.fits(n, each)
+    }
+    fn fits(&self, n: usize, each: usize) -> Result<usize, Malformed> {
         if n.saturating_mul(each.max(1)) > self.0.len() {
             return Err(Malformed("a count larger than the message"));
         }
@@ -483,9 +760,13 @@ impl<'a> Reader<'a> {
         })
     }
     fn stream(&mut self) -> Result<StreamState, Malformed> {
-        let topics = (0..self.u16()?)
-            .map(|_| self.str())
-            .collect::<Result<_, _>>()?;
+        // Each name takes at least its 4-byte length.
+        let n = self.u16()?;
+        let n = self.fits(usize::from(n), 4)?;
+        let mut topics = Vec::with_capacity(n);
+        for _ in 0..n {
+            topics.push(self.str()?);
+        }
         let after = self.id()?;
         let announced = self.id()?;
         let replaying = self.flag()?;
@@ -538,6 +819,12 @@ mod tests {
             Message::Refuse {
                 reason: "no".into(),
             },
+            Message::Offer(Offer {
+                history_bytes: 64 << 20,
+            }),
+            Message::Ready {
+                max_message: 1 << 30,
+            },
             Message::State(State {
                 last_id: EventId::entry(1_764_633_600_000, 5),
                 epoch: Some("9f3c2a71".into()),
@@ -547,12 +834,16 @@ mod tests {
             Message::State(State {
                 last_id: EventId::local(41),
                 epoch: None,
-                history: Some(HistoryImage {
+                history: Some(HistoryHead {
                     forgotten_through: EventId::local(2),
-                    topics: vec![("news".into(), EventId::local(3))],
-                    frames: vec![(EventId::local(40), 0, Bytes::from_static(b"id: 40\n\n"))],
+                    parts: 3,
+                    bytes: 3 << 20,
                 }),
                 connections: 2,
+            }),
+            Message::History(HistoryPart {
+                topics: vec![("news".into(), EventId::local(3))],
+                frames: vec![(EventId::local(40), 0, Bytes::from_static(b"id: 40\n\n"))],
             }),
             Message::Connections(vec![
                 record(b"ta: 1\n\n"),
@@ -629,6 +920,116 @@ mod tests {
         );
     }
 
+    #[test]
+    fn sizes_worked_out_are_the_sizes_encoded() {
+        for m in every_kind() {
+            match &m {
+                Message::History(part) => assert_eq!(part.encoded_len(), m.encode().len()),
+                Message::Connections(records) => {
+                    let sum = records.iter().map(record_len).sum();
+                    assert_eq!(connections_len(sum), m.encode().len());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An image of `frames` frames of `size` bytes over `topics` topics, with `frameless`
+    /// more topics that kept no frame.
+    fn image(frames: u64, size: usize, topics: u32, frameless: u32) -> HistoryImage {
+        HistoryImage {
+            forgotten_through: EventId::local(1),
+            topics: (0..topics + frameless)
+                .map(|t| (format!("topic-{t}"), EventId::local(u64::from(t))))
+                .collect(),
+            frames: (0..frames)
+                .map(|i| {
+                    let frame = Bytes::from(vec![b'x'; size + (i as usize % 7)]);
+                    (
+                        EventId::local(100 + i),
+                        (i % u64::from(topics)) as u32,
+                        frame,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts the parts back together as one image (what importing them one by one amounts to).
+    fn join(parts: &[HistoryPart], forgotten_through: EventId) -> HistoryImage {
+        let mut whole = HistoryImage {
+            forgotten_through,
+            ..HistoryImage::default()
+        };
+        let mut index: HashMap<String, u32> = HashMap::new();
+        for part in parts {
+            for (name, evicted) in &part.topics {
+                if !index.contains_key(name) {
+                    index.insert(name.clone(), whole.topics.len() as u32);
+                    whole.topics.push((name.clone(), *evicted));
+                }
+            }
+            for (id, t, frame) in &part.frames {
+                let name = &part.topics[*t as usize].0;
+                whole.frames.push((*id, index[name], frame.clone()));
+            }
+        }
+        whole
+    }
+
+    #[test]
+    fn a_history_is_cut_into_parts_within_the_limit_that_add_up_to_it() {
+        let limit = 4096;
+        let whole = image(300, 300, 5, 40);
+        let plan = plan_history(&whole, limit, limit).unwrap();
+        assert!(plan.parts() > 20, "{} parts", plan.parts());
+        let parts: Vec<HistoryPart> = (0..plan.parts()).map(|i| plan.part(&whole, i)).collect();
+        let mut total = 0;
+        for part in &parts {
+            let bytes = Message::History(part.clone()).encode();
+            assert!(bytes.len() <= limit, "{} bytes", bytes.len());
+            assert_eq!(bytes.len(), part.encoded_len());
+            total += bytes.len() as u64;
+        }
+        assert_eq!(total, plan.bytes());
+        // The same frames in the same order, each under its topic; every topic named.
+        let mut joined = join(&parts, whole.forgotten_through);
+        assert_eq!(joined.frames.len(), whole.frames.len());
+        for ((id, t, frame), (wid, wt, wframe)) in joined.frames.iter().zip(&whole.frames) {
+            assert_eq!((id, frame), (wid, wframe));
+            assert_eq!(joined.topics[*t as usize], whole.topics[*wt as usize]);
+        }
+        joined.topics.sort();
+        let mut topics = whole.topics.clone();
+        topics.sort();
+        assert_eq!(joined.topics, topics);
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_part_travels_alone_and_one_larger_than_a_message_is_refused() {
+        let plan = plan_history(&HistoryImage::default(), 4096, 4096).unwrap();
+        assert_eq!((plan.parts(), plan.bytes()), (0, 0));
+        let whole = image(3, 5000, 1, 0);
+        assert_eq!(
+            plan_history(&whole, 4096, 4096),
+            Err(Oversized {
+                frame: 5000,
+                limit: 4096
+            })
+        );
+        // Parts of about 1 KiB, messages up to 8 KiB: each 5 KB frame alone, whole.
+        let plan = plan_history(&whole, 1024, 8192).unwrap();
+        assert_eq!(plan.parts(), 3);
+        for i in 0..3 {
+            let part = plan.part(&whole, i);
+            assert_eq!(part.frames.len(), 1);
+            assert!(part.encoded_len() <= 8192);
+        }
+        // Frames that fit together share a part.
+        let plan = plan_history(&whole, 16384, 16384).unwrap();
+        assert_eq!(plan.parts(), 1);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -637,7 +1038,7 @@ mod tests {
 
         #[test]
         fn flipped_bytes_of_a_real_message_never_panic(
-            which in 0usize..11usize,
+            which in 0usize..14usize,
             at in any::<prop::sample::Index>(),
             to in any::<u8>(),
         ) {
