@@ -169,6 +169,8 @@ struct Ledger {
     overruns: u64,
     /// Handing over: no event is recorded (the successor records them from here on).
     frozen: bool,
+    /// The demo ticker's last heartbeat number.
+    heartbeats: u64,
 }
 
 /// A replay step asked for after an id this node has not read yet.
@@ -293,6 +295,7 @@ impl Hub {
                 missed: vec![Vec::new(); shards],
                 overruns: 0,
                 frozen: false,
+                heartbeats: 0,
             }),
             thawed: Condvar::new(),
             mailboxes,
@@ -576,6 +579,7 @@ impl Hub {
             last_id: ledger.last_id,
             epoch: ledger.epoch.as_deref().map(str::to_owned),
             history: with_history.then(|| ledger.history.image()),
+            heartbeats: ledger.heartbeats,
         }
     }
 
@@ -598,6 +602,15 @@ impl Hub {
         if state.history.is_some() {
             ledger.last_id = ledger.last_id.max(state.last_id);
         }
+        ledger.heartbeats = ledger.heartbeats.max(state.heartbeats);
+    }
+
+    /// The demo ticker's next heartbeat number, counted per node (not per shard) so that it
+    /// goes on across an upgrade ([`Hub::freeze`] hands it over).
+    pub fn next_heartbeat(&self) -> u64 {
+        let mut ledger = self.lock();
+        ledger.heartbeats = ledger.heartbeats.saturating_add(1);
+        ledger.heartbeats
     }
 
     /// In the successor, before any shard runs: one part of the old process's history, kept
@@ -898,6 +911,7 @@ mod tests {
                 parts: 1,
                 bytes: 0,
             }),
+            heartbeats: 0,
             connections: 0,
         });
         // A live stream at the last id takes what comes next; one behind replays.

@@ -214,7 +214,6 @@ pub(crate) struct Shard {
     #[cfg(debug_assertions)]
     panic_topic: Option<String>,
     next_tick: Option<Instant>,
-    ticks: u64,
     next_keepalive: Option<Instant>,
     accept_paused_until: Option<Instant>,
     /// Accepting has been failing since the last success (log the failure once, not per try).
@@ -296,7 +295,6 @@ impl Shard {
             #[cfg(debug_assertions)]
             panic_topic: std::env::var("SSE_EDGE_TEST_PANIC_TOPIC").ok(),
             next_tick,
-            ticks: 0,
             next_keepalive,
             accept_paused_until: None,
             accept_failing: false,

@@ -145,6 +145,7 @@ fn state(connections: u32, history: Option<HistoryHead>) -> Message {
         last_id: EventId::local(10),
         epoch: None,
         history,
+        heartbeats: 0,
         connections,
     })
 }

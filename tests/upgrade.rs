@@ -491,3 +491,22 @@ fn sse_edge_upgrade_pid_says_so_when_the_node_keeps_running() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
+
+#[test]
+fn the_heartbeat_counts_on_across_an_upgrade() {
+    let exe = binary_copy("heartbeat");
+    let old = Server::start_exe(&exe, &["--tick", "1"]);
+    let mut stream = old.stream("/stream");
+    let before = util::heartbeat_number(&stream.event_within_patience("a heartbeat"));
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    // The same stream, now served by the new process: the count goes on, never from #1.
+    let mut last = before;
+    for _ in 0..3 {
+        let n = util::heartbeat_number(&stream.event_within_patience("a heartbeat"));
+        assert_eq!(n, last + 1, "after #{last} came #{n}");
+        last = n;
+    }
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}

@@ -235,6 +235,7 @@ mod tests {
             last_id: EventId::local(10),
             epoch: None,
             history,
+            heartbeats: 0,
             connections,
         }
     }

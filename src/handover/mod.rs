@@ -98,6 +98,8 @@ pub struct Snapshot {
     pub epoch: Option<String>,
     /// The embedded broker's kept events; cluster nodes read theirs from Redis.
     pub history: Option<HistoryImage>,
+    /// The demo ticker's last heartbeat number.
+    pub heartbeats: u64,
 }
 
 /// What the old process's side needs of its node: its shards and hub, step by step
@@ -234,6 +236,7 @@ fn prepare(
             parts: *parts,
             bytes: plan.bytes(),
         }),
+        heartbeats: snapshot.heartbeats,
         connections: u32::try_from(outgoing.len())
             .map_err(|_| "more connections than a hand-over counts".to_owned())?,
     };
@@ -561,6 +564,7 @@ mod tests {
                 last_id: EventId::local(10_000),
                 epoch: None,
                 history: Some(self.history.image()),
+                heartbeats: 0,
             }
         }
         fn detach(&self) -> Result<Vec<Outgoing>, String> {

@@ -143,6 +143,9 @@ pub struct State {
     /// The embedded broker's kept events follow in parts; cluster nodes read theirs from
     /// Redis.
     pub history: Option<HistoryHead>,
+    /// The demo ticker's last heartbeat number (the embedded broker's: a cluster counts its
+    /// beats in Redis), so the next process's `Auto heartbeat #n` goes on from it.
+    pub heartbeats: u64,
     /// How many connections will follow.
     pub connections: u32,
 }
@@ -280,6 +283,7 @@ impl Message {
                     last_id,
                     epoch,
                     history,
+                    heartbeats: r.u64()?,
                     connections: r.u32()?,
                 })
             }
@@ -574,6 +578,7 @@ impl<S: Sink> Writer<S> {
                         self.u64(h.bytes);
                     }
                 }
+                self.u64(s.heartbeats);
                 self.u32(s.connections);
             }
             Message::History(part) => {
@@ -829,6 +834,7 @@ mod tests {
                 last_id: EventId::entry(1_764_633_600_000, 5),
                 epoch: Some("9f3c2a71".into()),
                 history: None,
+                heartbeats: 0,
                 connections: 19_000,
             }),
             Message::State(State {
@@ -839,6 +845,7 @@ mod tests {
                     parts: 3,
                     bytes: 3 << 20,
                 }),
+                heartbeats: 7,
                 connections: 2,
             }),
             Message::History(HistoryPart {

@@ -39,8 +39,7 @@ impl Shard {
             if at <= now {
                 // Handing over, the successor ticks on (one ticker per node).
                 if self.handing.is_none() {
-                    self.ticks += 1;
-                    let text = format!("Auto heartbeat #{}", self.ticks);
+                    let text = format!("Auto heartbeat #{}", self.hub.next_heartbeat());
                     self.publish_tick(&text);
                 }
                 self.next_tick = Some(next_after(at, period, now));
