@@ -11,14 +11,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Statuses counted in `sse_edge_rejected_requests_total`.
 pub const REJECTED_STATUSES: [u16; 10] = [400, 401, 403, 404, 405, 408, 413, 431, 503, 500];
 
+/// One stat's rendering: its metric name, the label beside `shard` (empty for none; stats
+/// that share a name differ by it, and their help is given once), kind and help.
+struct Info {
+    metric: &'static str,
+    label: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
 macro_rules! stats {
-    ($($name:ident => $metric:literal, $kind:literal, $help:literal;)*) => {
+    ($($name:ident => $metric:literal $([$label:literal])?, $kind:literal, $help:literal;)*) => {
         /// One counter or gauge kept per shard.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[allow(missing_docs)]
         pub enum Stat { $($name,)* }
 
-        const INFO: &[(&str, &str, &str)] = &[$(($metric, $kind, $help),)*];
+        const INFO: &[Info] = &[$(Info {
+            metric: $metric,
+            label: concat!("" $(, $label)?),
+            kind: $kind,
+            help: $help,
+        },)*];
     };
 }
 
@@ -77,6 +91,12 @@ impl Counters {
     #[inline]
     pub fn sub(&mut self, stat: Stat, n: u64) {
         self.0[stat as usize] -= n;
+    }
+
+    /// Sets a gauge to `n`.
+    #[inline]
+    pub fn set(&mut self, stat: Stat, n: u64) {
+        self.0[stat as usize] = n;
     }
 
     /// Raises a gauge to `n` if it is lower.
@@ -199,11 +219,21 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
             "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
         );
     }
-    for (i, (metric, kind, help)) in INFO.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+    for (i, info) in INFO.iter().enumerate() {
+        let Info {
+            metric,
+            label,
+            kind,
+            help,
+        } = info;
+        // Stats that share a name (told apart by a label) share one help.
+        if i.checked_sub(1).and_then(|j| INFO.get(j)).map(|p| p.metric) != Some(*metric) {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        }
+        let comma = if label.is_empty() { "" } else { "," };
         for (shard, stats) in shards.iter().enumerate() {
             let v = stats.0[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{metric}{{shard=\"{shard}\"}} {v}");
+            let _ = writeln!(out, "{metric}{{shard=\"{shard}\"{comma}{label}}} {v}");
         }
     }
     if let Some((not_after, reloads)) = node.tls {
@@ -381,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn gauges_move_both_ways_and_peaks_only_rise() {
+    fn gauges_move_both_ways_and_peaks_only_rise_unless_set() {
         let mut c = Counters::default();
         c.add(Stat::QueuedBytes, 10);
         c.sub(Stat::QueuedBytes, 4);
@@ -389,6 +419,8 @@ mod tests {
         c.raise(Stat::QueuePeakBytes, 5);
         c.raise(Stat::QueuePeakBytes, 3);
         assert_eq!(c.get(Stat::QueuePeakBytes), 5);
+        c.set(Stat::QueuePeakBytes, 2);
+        assert_eq!(c.get(Stat::QueuePeakBytes), 2);
     }
 
     #[test]
