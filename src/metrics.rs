@@ -61,7 +61,11 @@ stats! {
     QueuePeakBytes => "sse_edge_queue_peak_bytes", "gauge", "Largest number of bytes one stream has had queued after an event.";
     AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
     HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
-    RequestEvictions => "sse_edge_request_evictions_total", "counter", "Request-phase connections closed to make room at --max-request-connections.";
+    RequestEvictionsSilent => "sse_edge_request_evictions_total" ["reason=\"silent\""], "counter", "Request-phase connections closed over --max-request-connections, by what they were doing: silent (no byte of a request for the grace period), stalled (part of a request, or answers left unread, and nothing more).";
+    RequestEvictionsStalled => "sse_edge_request_evictions_total" ["reason=\"stalled\""], "counter", "";
+    RequestConnections => "sse_edge_request_connections", "gauge", "Connections in the request phase (not yet a stream, or kept alive between requests).";
+    RequestConnectionsPeak => "sse_edge_request_connections_peak", "gauge", "The most connections the request phase has held since start.";
+    AcceptedPerTurnMax => "sse_edge_accepted_per_turn_max", "gauge", "The most connections one loop turn has accepted since start; at the per-turn bound, more were waiting.";
     TlsHandshakes => "sse_edge_tls_handshakes_total", "counter", "TLS handshakes completed.";
     TlsHandshakeFailures => "sse_edge_tls_handshake_failures_total", "counter", "TLS connections that ended before their handshake completed (not TLS, bad TLS, gone, or too slow).";
     ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
@@ -411,6 +415,36 @@ mod tests {
     }
 
     #[test]
+    fn stats_sharing_a_name_are_one_family_told_apart_by_a_label() {
+        let shards = [ShardStats::default(), ShardStats::default()];
+        let mut a = Counters::default();
+        a.add(Stat::RequestEvictionsSilent, 3);
+        a.add(Stat::RequestEvictionsStalled, 1);
+        shards[0].store(&a);
+        let text = render(&shards, NodeFigures::default());
+        let family = "sse_edge_request_evictions_total";
+        assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
+        assert_eq!(
+            text.matches(&format!("# TYPE {family} counter\n")).count(),
+            1
+        );
+        for line in [
+            "{shard=\"0\",reason=\"silent\"} 3\n",
+            "{shard=\"0\",reason=\"stalled\"} 1\n",
+            "{shard=\"1\",reason=\"silent\"} 0\n",
+            "{shard=\"1\",reason=\"stalled\"} 0\n",
+        ] {
+            assert!(text.contains(&format!("{family}{line}")), "{line}: {text}");
+        }
+        // Every stat that shares a name with the one before carries a label of its own.
+        for pair in INFO.windows(2) {
+            if pair[0].metric == pair[1].metric {
+                assert!(!pair[0].label.is_empty() && pair[0].label != pair[1].label);
+            }
+        }
+    }
+
+    #[test]
     fn gauges_move_both_ways_and_peaks_only_rise_unless_set() {
         let mut c = Counters::default();
         c.add(Stat::QueuedBytes, 10);
@@ -419,8 +453,9 @@ mod tests {
         c.raise(Stat::QueuePeakBytes, 5);
         c.raise(Stat::QueuePeakBytes, 3);
         assert_eq!(c.get(Stat::QueuePeakBytes), 5);
-        c.set(Stat::QueuePeakBytes, 2);
-        assert_eq!(c.get(Stat::QueuePeakBytes), 2);
+        c.set(Stat::RequestConnections, 7);
+        c.set(Stat::RequestConnections, 2);
+        assert_eq!(c.get(Stat::RequestConnections), 2);
     }
 
     #[test]
