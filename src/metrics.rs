@@ -65,7 +65,8 @@ stats! {
     RequestEvictionsStalled => "sse_edge_request_evictions_total" ["reason=\"stalled\""], "counter", "";
     RequestConnections => "sse_edge_request_connections", "gauge", "Connections in the request phase (not yet a stream, or kept alive between requests).";
     RequestConnectionsPeak => "sse_edge_request_connections_peak", "gauge", "The most connections the request phase has held since start.";
-    AcceptedPerTurnMax => "sse_edge_accepted_per_turn_max", "gauge", "The most connections one loop turn has accepted since start; at the per-turn bound, more were waiting.";
+    AcceptedPerTurnMax => "sse_edge_accepted_per_turn_max", "gauge", "The most connections one loop turn has accepted since start; at the per-turn bound, more were waiting (a reconnect storm).";
+    Storms => "sse_edge_storms_total", "counter", "Reconnect storms: turns that found more connections waiting than one turn accepts (each is logged once, when served).";
     TlsHandshakes => "sse_edge_tls_handshakes_total", "counter", "TLS handshakes completed.";
     TlsHandshakeFailures => "sse_edge_tls_handshake_failures_total", "counter", "TLS connections that ended before their handshake completed (not TLS, bad TLS, gone, or too slow).";
     ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";

@@ -12,7 +12,7 @@
 //! # One turn of the loop
 //!
 //! 1. `poll` with a timeout that is the nearest timer (ticker, keep-alive, request deadline,
-//!    token expiry, accept back-off, the request cap's next look), or zero
+//!    token expiry, accept back-off, the request cap's next look, a storm's end), or zero
 //!    while clients are pending a flush or the listener may hold connections.
 //! 2. Handle events: read and answer requests (`shard/api.rs`); notice closed streams. A
 //!    wake-up means the inbox has something (or shutdown was asked). Then accept, at most
@@ -221,6 +221,8 @@ pub(crate) struct Shard {
     listener_ready: bool,
     /// Connections this turn may still accept ([`accept::ACCEPTS_PER_TURN`] a turn).
     accepts_left: usize,
+    /// The reconnect storm in course, if any.
+    storm: Option<accept::Storm>,
     /// Serial of the last connection accepted (tells a reused slab key from its old owner).
     serial: u32,
     /// The address key each stream was counted under, with --max-streams-per-ip only.
@@ -311,6 +313,7 @@ impl Shard {
             next_cap_check: None,
             listener_ready: false,
             accepts_left: 0, // set at the start of every turn
+            storm: None,
             addresses: HashMap::new(),
             serial: 0,
             next_forget,
@@ -437,6 +440,7 @@ impl Shard {
             self.next_keepalive,
             self.accept_paused_until,
             self.next_cap_check,
+            self.storm_end(),
             self.drain_deadline,
             match &self.handing {
                 Some(Handing::Settling { until, .. }) => Some(*until),

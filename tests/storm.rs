@@ -298,6 +298,38 @@ fn read_heads(conns: &mut [Conn]) -> Tally {
     tally
 }
 
+/// One `/metrics` answer, read raw (its labels kept).
+struct Scrape(String);
+
+impl Scrape {
+    fn of(server: &Server) -> Scrape {
+        let r = server.request(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200);
+        Scrape(r.text())
+    }
+
+    /// The value of the series `series` (name and labels, as written), 0 when absent.
+    fn series(&self, series: &str) -> f64 {
+        let prefix = format!("{series} ");
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    /// A per-shard metric of the one shard.
+    fn value(&self, name: &str) -> f64 {
+        self.series(&format!("{name}{{shard=\"0\"}}"))
+    }
+
+    /// Request-phase evictions for `reason`.
+    fn evictions(&self, reason: &str) -> f64 {
+        self.series(&format!(
+            "sse_edge_request_evictions_total{{shard=\"0\",reason=\"{reason}\"}}"
+        ))
+    }
+}
+
 fn stream_request(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: storm\r\nAccept: text/event-stream\r\n{extra}\r\n")
         .into_bytes()
@@ -441,4 +473,98 @@ fn a_burst_of_2000_resumes_each_gets_the_ids_after_its_own_then_live() {
         want.push((Some(live.to_string()), "live".to_owned()));
         assert_eq!(got, want, "stream {i}, resumed after event {from}");
     }
+}
+
+#[test]
+fn a_storm_is_counted_and_logged_once() {
+    let _serial = serial();
+    // A small cap, so that a few hundred connections are a storm's worth of silent ones; a
+    // header timeout beyond the test, so that only the cap closes them.
+    let server = Server::start(&[
+        "--max-request-connections",
+        "100",
+        "--header-timeout",
+        "120",
+    ]);
+    // Fewer at once than a turn accepts (256), so none of this is a storm yet: 50 that
+    // sent part of a request (stalled), then 150 that sent nothing (silent).
+    let mut stalled: Vec<Conn> = (0..50)
+        .map(|_| {
+            let mut c = Conn::connect(server.addr, b"GET /stream HTTP/1.1\r\nHo".to_vec());
+            c.sock.set_nonblocking(false).unwrap();
+            c.sock.write_all(&c.request).unwrap();
+            c
+        })
+        .collect();
+    let mut silent: Vec<Conn> = (0..150)
+        .map(|_| {
+            let c = Conn::connect(server.addr, Vec::new());
+            c.sock.set_nonblocking(false).unwrap();
+            c
+        })
+        .collect();
+    // After their grace period the oldest 100 give way, whatever they were: all 50 stalled
+    // ones and the 50 oldest silent ones. (Each scrape is a new connection too, and may push
+    // one more silent one out: the counts are read from the scrape after which they are
+    // compared.)
+    server.wait_metrics("200 taken in and 100 evicted", |m| {
+        metric(m, "sse_edge_request_evictions_total") >= 100.0
+    });
+    let m = Scrape::of(&server);
+    assert_eq!(m.evictions("stalled"), 50.0, "{}", m.0);
+    assert!(m.evictions("silent") >= 50.0, "{}", m.0);
+    assert!(m.value("sse_edge_request_connections") <= 100.0, "{}", m.0);
+    let peak = m.value("sse_edge_request_connections_peak");
+    assert!((101.0..=201.0).contains(&peak), "{}", m.0);
+    assert_eq!(
+        closed_count(&mut stalled, 50),
+        50,
+        "every stalled one closed"
+    );
+    let evicted = m.evictions("silent") as usize;
+    assert_eq!(closed_count(&mut silent, evicted), evicted);
+    assert!(!server.log().contains("reconnect storm"));
+
+    // The storm: 1000 complete requests waiting at once. The first turn after the node
+    // wakes takes its whole budget of 256; none is evicted, every one is served.
+    let mut b = burst(
+        &server,
+        (0..1000).map(|_| stream_request("/stream?topic=storm", "")),
+    );
+    assert_eq!(b.written_stopped, 1000, "all waiting in the accept queue");
+    let tally = read_heads(&mut b.conns);
+    assert_eq!(
+        tally,
+        Tally {
+            served: 1000,
+            ..Tally::default()
+        }
+    );
+    let log = server.wait_for_log("reconnect storm");
+    let m = Scrape::of(&server);
+    assert_eq!(m.value("sse_edge_accepted_per_turn_max"), 256.0, "{}", m.0);
+    assert_eq!(m.value("sse_edge_storms_total"), 1.0, "{}", m.0);
+    assert_eq!(m.evictions("stalled"), 50.0, "{}", m.0);
+    let evicted = m.evictions("silent") as usize;
+    assert_eq!(
+        closed_count(&mut silent, evicted),
+        evicted,
+        "only silent ones gave way"
+    );
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reconnect storm"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    eprintln!("{}", lines[0]);
+    assert!(lines[0].contains("connections=1000"), "{}", lines[0]);
+    // Still one, with the streams served and an event delivered to each.
+    let r = server.publish("?topic=storm", b"after");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + PATIENCE;
+    for c in b.conns.iter_mut() {
+        assert!(c.read_until(b"data: after\n\n", deadline));
+    }
+    let log = server.log();
+    assert_eq!(log.matches("reconnect storm").count(), 1, "{log}");
 }

@@ -1,6 +1,6 @@
 //! Taking connections in: accepting a bounded number per turn, reading each at once,
 //! admitting or shedding, the cap on connections still in the request phase (and who gives
-//! way at it), and the jittered `retry:` of a shed stream.
+//! way at it), reconnect storms, and the jittered `retry:` of a shed stream.
 //!
 //! # In a storm
 //!
@@ -18,13 +18,17 @@
 //!   send its request and has nothing unread in its socket gives way ([`Eviction`]). When
 //!   every connection over the cap has data or is too young to judge, that is load, not an
 //!   attack, and all are served.
+//!
+//! A turn that finds more waiting than it may accept begins a [`Storm`]: counted at once,
+//! logged once when the shard has caught up.
 
 use super::*;
 
 /// Connections one turn accepts at most. Each costs an accept, a registration and a read
 /// (with its answer, a few microseconds; a TLS handshake is bounded apart): 256 keep a turn
 /// within a few milliseconds, so a storm of 10 000 never holds up deliveries, flushes and
-/// timers for longer, while the queue still empties at the pace of whole turns.
+/// timers for longer, while the queue still empties at the pace of whole turns. A turn that
+/// finds more waiting than this begins a [`Storm`].
 pub(super) const ACCEPTS_PER_TURN: usize = 256;
 /// A request-phase connection younger than this never gives way at the cap: its request may
 /// still be on the network (one lost segment costs a retransmission, 200 ms at least; a
@@ -34,6 +38,11 @@ pub(super) const REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// Request-phase connections the cap looks at per turn beyond those it must close: bounds a
 /// turn's work (one `recv(MSG_PEEK)` each) when most of them have data waiting.
 const EVICTION_SLACK: usize = 64;
+/// A storm is over once the shard has caught up and stayed so this long: browsers shed or
+/// refused in a storm come back within seconds (and the kernel retries dropped SYNs after
+/// 1 s and 3 s), and those waves are the same storm.
+const STORM_QUIET: Duration = Duration::from_secs(2);
+
 /// What a request-phase connection closed at the cap was doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Eviction {
@@ -41,6 +50,29 @@ pub(super) enum Eviction {
     Silent,
     /// Part of a request, or answers it does not read, and nothing more in its socket.
     Stalled,
+}
+
+/// A reconnect storm on one shard: from the turn that found more connections waiting than it
+/// may accept, until the shard has caught up (accept queue empty, the request phase within
+/// its cap, no TLS handshake waiting) and stayed so for [`STORM_QUIET`].
+#[derive(Debug)]
+pub(super) struct Storm {
+    /// The start of the turn it began in.
+    began: Instant,
+    /// Connections accepted since it began.
+    accepted: u64,
+    /// Connections accepted up to the moment the shard last caught up: its size.
+    size: u64,
+    /// The shard was behind at the end of the last turn.
+    behind: bool,
+    /// When the shard last caught up.
+    caught_up: Instant,
+    /// The most connections the request phase held during it.
+    peak: usize,
+    /// Request-phase evictions counted before it (the line says what it added).
+    evicted_before: u64,
+    /// Sheds counted before it.
+    shed_before: u64,
 }
 
 impl Shard {
@@ -60,6 +92,8 @@ impl Shard {
         if !self.may_accept() || !self.listener_ready {
             return;
         }
+        let evicted_before = self.evictions();
+        let shed_before = self.counters.get(Stat::Shed);
         while self.listener_ready && self.accepts_left > 0 {
             let Some(listener) = &self.listener else {
                 return;
@@ -89,6 +123,23 @@ impl Shard {
                     break;
                 }
             }
+        }
+        if self.accepts_left == 0 && self.listener_ready && self.storm.is_none() {
+            self.counters.add(Stat::Storms, 1);
+            debug!(
+                shard = self.id,
+                "storm begins: more connections waiting than a turn accepts"
+            );
+            self.storm = Some(Storm {
+                began: self.now,
+                accepted: 0, // this turn's are added at its end
+                size: 0,
+                behind: true,
+                caught_up: self.now,
+                peak: 0,
+                evicted_before,
+                shed_before,
+            });
         }
         self.enforce_request_cap();
     }
@@ -297,7 +348,15 @@ impl Shard {
         })
     }
 
-    /// At the end of a turn: the accept and request-phase gauges.
+    /// Request-phase evictions so far, whatever the reason.
+    fn evictions(&self) -> u64 {
+        self.counters.get(Stat::RequestEvictionsSilent)
+            + self.counters.get(Stat::RequestEvictionsStalled)
+    }
+
+    /// At the end of a turn: the accept and request-phase gauges, and the course of a storm
+    /// (behind while connections wait in the accept queue, the request phase is over its
+    /// cap, or TLS handshakes wait; over once caught up for [`STORM_QUIET`]).
     pub(super) fn end_turn_accepting(&mut self) {
         let accepted = ACCEPTS_PER_TURN.saturating_sub(self.accepts_left);
         self.counters
@@ -306,6 +365,47 @@ impl Shard {
             .set(Stat::RequestConnections, self.requesting_now as u64);
         self.counters
             .raise(Stat::RequestConnectionsPeak, self.turn_peak as u64);
+        let behind = (self.listener_ready && self.may_accept())
+            || self.requesting_now > self.config.max_request_connections
+            || !self.deferred_handshakes.is_empty();
+        let evictions = self.evictions();
+        let sheds = self.counters.get(Stat::Shed);
+        let Some(storm) = &mut self.storm else {
+            return;
+        };
+        storm.accepted += accepted as u64;
+        storm.peak = storm.peak.max(self.turn_peak);
+        if behind {
+            storm.behind = true;
+        } else if storm.behind {
+            storm.behind = false;
+            storm.caught_up = Instant::now();
+            storm.size = storm.accepted;
+        } else if self.now >= storm.caught_up + STORM_QUIET {
+            let evicted = evictions - storm.evicted_before;
+            let shed = sheds - storm.shed_before;
+            info!(
+                shard = self.id,
+                connections = storm.size,
+                took_ms = storm
+                    .caught_up
+                    .saturating_duration_since(storm.began)
+                    .as_millis() as u64,
+                request_phase_peak = storm.peak,
+                evicted,
+                shed,
+                "reconnect storm served: every waiting connection taken in and read"
+            );
+            self.storm = None;
+        }
+    }
+
+    /// When the storm in course is over if the shard stays caught up (a poll timeout).
+    pub(super) fn storm_end(&self) -> Option<Instant> {
+        self.storm
+            .as_ref()
+            .filter(|s| !s.behind)
+            .map(|s| s.caught_up + STORM_QUIET)
     }
 
     /// Bookkeeping for a connection leaving the request phase (it became a stream, it is
