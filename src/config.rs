@@ -301,8 +301,10 @@ pub struct Config {
     #[arg(long, env = "SSE_EDGE_MAX_STREAMS_PER_IP", value_name = "N")]
     pub max_streams_per_ip: Option<usize>,
 
-    /// Connections still sending a request (not yet a stream), per shard. At the cap the
-    /// oldest idle one is closed to make room, so silent connections cannot lock clients out.
+    /// Connections still sending a request (not yet a stream), per shard. Over it, the oldest
+    /// that has had a second to send its request and has nothing unread in its socket is
+    /// closed, so silent connections cannot hold the node; one whose request has arrived is
+    /// always served, so a reconnect storm may pass it.
     #[arg(
         long,
         env = "SSE_EDGE_MAX_REQUEST_CONNECTIONS",

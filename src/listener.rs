@@ -13,8 +13,18 @@ use std::net::SocketAddr;
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Requested accept backlog; the kernel caps it at `net.core.somaxconn`.
-const BACKLOG: i32 = 65_535;
+/// Requested accept backlog; the kernel caps it at `net.core.somaxconn`. A reconnect storm
+/// waits in this queue (complete connections the node has not accepted yet): beyond it, the
+/// kernel drops new SYNs and their clients retry after 1 s, 3 s, 7 s, ...
+pub const BACKLOG: i32 = 65_535;
+
+/// How many connections one listener's accept queue holds: [`BACKLOG`], or less where the
+/// kernel's `net.core.somaxconn` is lower (None when it cannot be read).
+pub fn accept_queue() -> Option<u32> {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?;
+    let somaxconn: u32 = somaxconn.trim().parse().ok()?;
+    Some(somaxconn.min(BACKLOG as u32))
+}
 
 /// Why listening failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +123,12 @@ mod tests {
 
     fn any_port() -> SocketAddr {
         "127.0.0.1:0".parse().unwrap()
+    }
+
+    #[test]
+    fn the_accept_queue_is_what_the_kernel_allows_of_what_is_asked() {
+        let queue = accept_queue().expect("/proc/sys/net/core/somaxconn");
+        assert!((1..=BACKLOG as u32).contains(&queue));
     }
 
     #[test]

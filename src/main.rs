@@ -71,6 +71,13 @@ fn main() -> ExitCode {
         Ok((before, now)) => info!("open files limit: {now} (was {before})"),
         Err(e) => warn!("cannot raise the open files limit: {e}"),
     }
+    if let Some(queue) = sse_edge::listener::accept_queue() {
+        // A storm larger than this per listener waits for the kernel's SYN retries.
+        info!(
+            "accept queue: {queue} connections per listener (asked {}, capped by net.core.somaxconn)",
+            sse_edge::listener::BACKLOG
+        );
+    }
     // An upgrade by a binary that hands over its connections: take them before serving.
     let handover = match sse_edge::upgrade::handover_channel() {
         None => None,

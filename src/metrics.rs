@@ -11,14 +11,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Statuses counted in `sse_edge_rejected_requests_total`.
 pub const REJECTED_STATUSES: [u16; 10] = [400, 401, 403, 404, 405, 408, 413, 431, 503, 500];
 
+/// One stat's rendering: its metric name, the label beside `shard` (empty for none; stats
+/// that share a name differ by it, and their help is given once), kind and help.
+struct Info {
+    metric: &'static str,
+    label: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
 macro_rules! stats {
-    ($($name:ident => $metric:literal, $kind:literal, $help:literal;)*) => {
+    ($($name:ident => $metric:literal $([$label:literal])?, $kind:literal, $help:literal;)*) => {
         /// One counter or gauge kept per shard.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[allow(missing_docs)]
         pub enum Stat { $($name,)* }
 
-        const INFO: &[(&str, &str, &str)] = &[$(($metric, $kind, $help),)*];
+        const INFO: &[Info] = &[$(Info {
+            metric: $metric,
+            label: concat!("" $(, $label)?),
+            kind: $kind,
+            help: $help,
+        },)*];
     };
 }
 
@@ -47,7 +61,12 @@ stats! {
     QueuePeakBytes => "sse_edge_queue_peak_bytes", "gauge", "Largest number of bytes one stream has had queued after an event.";
     AcceptErrors => "sse_edge_accept_errors_total", "counter", "Failed accept calls (for example out of file descriptors).";
     HeaderTimeouts => "sse_edge_header_timeouts_total", "counter", "Connections closed because a request was not complete in time.";
-    RequestEvictions => "sse_edge_request_evictions_total", "counter", "Request-phase connections closed to make room at --max-request-connections.";
+    RequestEvictionsSilent => "sse_edge_request_evictions_total" ["reason=\"silent\""], "counter", "Request-phase connections closed over --max-request-connections, by what they were doing: silent (no byte of a request for the grace period), stalled (part of a request, or answers left unread, and nothing more).";
+    RequestEvictionsStalled => "sse_edge_request_evictions_total" ["reason=\"stalled\""], "counter", "";
+    RequestConnections => "sse_edge_request_connections", "gauge", "Connections in the request phase (not yet a stream, or kept alive between requests).";
+    RequestConnectionsPeak => "sse_edge_request_connections_peak", "gauge", "The most connections the request phase has held since start.";
+    AcceptedPerTurnMax => "sse_edge_accepted_per_turn_max", "gauge", "The most connections one loop turn has accepted since start; at the per-turn bound, more were waiting (a reconnect storm).";
+    Storms => "sse_edge_storms_total", "counter", "Reconnect storms: turns that found more connections waiting than one turn accepts (each is logged once, when served).";
     TlsHandshakes => "sse_edge_tls_handshakes_total", "counter", "TLS handshakes completed.";
     TlsHandshakeFailures => "sse_edge_tls_handshake_failures_total", "counter", "TLS connections that ended before their handshake completed (not TLS, bad TLS, gone, or too slow).";
     ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
@@ -77,6 +96,12 @@ impl Counters {
     #[inline]
     pub fn sub(&mut self, stat: Stat, n: u64) {
         self.0[stat as usize] -= n;
+    }
+
+    /// Sets a gauge to `n`.
+    #[inline]
+    pub fn set(&mut self, stat: Stat, n: u64) {
+        self.0[stat as usize] = n;
     }
 
     /// Raises a gauge to `n` if it is lower.
@@ -199,11 +224,21 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
             "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
         );
     }
-    for (i, (metric, kind, help)) in INFO.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+    for (i, info) in INFO.iter().enumerate() {
+        let Info {
+            metric,
+            label,
+            kind,
+            help,
+        } = info;
+        // Stats that share a name (told apart by a label) share one help.
+        if i.checked_sub(1).and_then(|j| INFO.get(j)).map(|p| p.metric) != Some(*metric) {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        }
+        let comma = if label.is_empty() { "" } else { "," };
         for (shard, stats) in shards.iter().enumerate() {
             let v = stats.0[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{metric}{{shard=\"{shard}\"}} {v}");
+            let _ = writeln!(out, "{metric}{{shard=\"{shard}\"{comma}{label}}} {v}");
         }
     }
     if let Some((not_after, reloads)) = node.tls {
@@ -381,7 +416,37 @@ mod tests {
     }
 
     #[test]
-    fn gauges_move_both_ways_and_peaks_only_rise() {
+    fn stats_sharing_a_name_are_one_family_told_apart_by_a_label() {
+        let shards = [ShardStats::default(), ShardStats::default()];
+        let mut a = Counters::default();
+        a.add(Stat::RequestEvictionsSilent, 3);
+        a.add(Stat::RequestEvictionsStalled, 1);
+        shards[0].store(&a);
+        let text = render(&shards, NodeFigures::default());
+        let family = "sse_edge_request_evictions_total";
+        assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
+        assert_eq!(
+            text.matches(&format!("# TYPE {family} counter\n")).count(),
+            1
+        );
+        for line in [
+            "{shard=\"0\",reason=\"silent\"} 3\n",
+            "{shard=\"0\",reason=\"stalled\"} 1\n",
+            "{shard=\"1\",reason=\"silent\"} 0\n",
+            "{shard=\"1\",reason=\"stalled\"} 0\n",
+        ] {
+            assert!(text.contains(&format!("{family}{line}")), "{line}: {text}");
+        }
+        // Every stat that shares a name with the one before carries a label of its own.
+        for pair in INFO.windows(2) {
+            if pair[0].metric == pair[1].metric {
+                assert!(!pair[0].label.is_empty() && pair[0].label != pair[1].label);
+            }
+        }
+    }
+
+    #[test]
+    fn gauges_move_both_ways_and_peaks_only_rise_unless_set() {
         let mut c = Counters::default();
         c.add(Stat::QueuedBytes, 10);
         c.sub(Stat::QueuedBytes, 4);
@@ -389,6 +454,9 @@ mod tests {
         c.raise(Stat::QueuePeakBytes, 5);
         c.raise(Stat::QueuePeakBytes, 3);
         assert_eq!(c.get(Stat::QueuePeakBytes), 5);
+        c.set(Stat::RequestConnections, 7);
+        c.set(Stat::RequestConnections, 2);
+        assert_eq!(c.get(Stat::RequestConnections), 2);
     }
 
     #[test]

@@ -12,10 +12,12 @@
 //! # One turn of the loop
 //!
 //! 1. `poll` with a timeout that is the nearest timer (ticker, keep-alive, request deadline,
-//!    token expiry, accept back-off), or zero while clients are pending a flush.
-//! 2. Handle events: accept until `WouldBlock` (`shard/accept.rs`); read and answer requests
-//!    (`shard/api.rs`); notice closed streams. A wake-up means the inbox has something (or
-//!    shutdown was asked).
+//!    token expiry, accept back-off, the request cap's next look, a storm's end), or zero
+//!    while clients are pending a flush or the listener may hold connections.
+//! 2. Handle events: read and answer requests (`shard/api.rs`); notice closed streams. A
+//!    wake-up means the inbox has something (or shutdown was asked). Then accept, at most
+//!    256 a turn, reading each at once, and keep the request phase within its cap
+//!    (`shard/accept.rs`).
 //! 3. Fire due timers (`shard/timers.rs`).
 //! 4. Drain the inbox, in order: events to fan out, answers to publishes, replay steps
 //!    (`shard/fanout.rs`, `shard/streams.rs`). Always, so what this turn's own requests asked of the broker is
@@ -29,6 +31,10 @@
 //! beside it in `shard/` are `impl Shard` blocks for one idea each.
 //!
 //! # At capacity
+//!
+//! A connection that has sent a complete request is always answered: over
+//! `--max-request-connections`, only one that has had a grace period and has nothing unread
+//! in its socket is closed (`shard/accept.rs`, "In a storm").
 //!
 //! A new stream beyond `--max-clients` is *shed*: it gets `200`, the stream head, `: shed`
 //! and a long jittered `retry:`, and is closed. A browser treats any other status as final
@@ -199,11 +205,24 @@ pub(crate) struct Shard {
     /// TLS connections with handshake input waiting for the next turn's budget, as
     /// (key, serial).
     deferred_handshakes: Vec<(usize, u32)>,
-    /// Connections in the request phase, oldest first, as (key, serial); entries of
-    /// connections that left the phase are skipped when met and compacted in bulk.
-    requesting: VecDeque<(u32, u32)>,
+    /// Connections in the request phase, oldest first, as (key, serial, accepted at in
+    /// [`TICK`]s since `started`, rounded up); entries of connections that left the phase are
+    /// skipped when met and compacted in bulk.
+    requesting: VecDeque<(u32, u32, u32)>,
     /// How many connections are in the request phase now (the live entries of `requesting`).
     requesting_now: usize,
+    /// The most connections the request phase held during this turn.
+    turn_peak: usize,
+    /// When the request phase over its cap is looked at again (a young connection comes of
+    /// age, or the last look's share was spent).
+    next_cap_check: Option<Instant>,
+    /// The listener's last accept did not hit `WouldBlock`: connections may be waiting, and
+    /// no new edge will say so.
+    listener_ready: bool,
+    /// Connections this turn may still accept ([`accept::ACCEPTS_PER_TURN`] a turn).
+    accepts_left: usize,
+    /// The reconnect storm in course, if any.
+    storm: Option<accept::Storm>,
     /// Serial of the last connection accepted (tells a reused slab key from its old owner).
     serial: u32,
     /// The address key each stream was counted under, with --max-streams-per-ip only.
@@ -289,6 +308,11 @@ impl Shard {
             deferred_handshakes: Vec::new(),
             requesting: VecDeque::new(),
             requesting_now: 0,
+            turn_peak: 0,
+            next_cap_check: None,
+            listener_ready: false,
+            accepts_left: 0, // set at the start of every turn
+            storm: None,
             addresses: HashMap::new(),
             serial: 0,
             next_forget,
@@ -322,15 +346,19 @@ impl Shard {
             }
             self.now = Instant::now();
             self.handshakes_left = self.config.tls_handshakes_per_turn;
+            self.accepts_left = accept::ACCEPTS_PER_TURN;
+            self.turn_peak = self.requesting_now;
             self.resume_handshakes();
             let mut woken = false;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => self.listener_ready = true,
                     WAKER => woken = true,
                     Token(key) => self.on_client_event(key, event),
                 }
             }
+            // After the reads of connections accepted earlier, never thousands before them.
+            self.accept_some();
             if woken && self.drain_deadline.is_none() && self.node.stop.load(Ordering::Acquire) {
                 self.begin_drain();
             }
@@ -348,6 +376,7 @@ impl Shard {
                 self.close_drained();
             }
             self.sweep_closing();
+            self.end_turn_accepting();
             self.stats[self.id].store(&self.counters);
             if self.drain_deadline.is_some() && self.clients.is_empty() {
                 info!(shard = self.id, "shard stopped");
@@ -396,13 +425,20 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.pending.is_empty() || !self.deferred_handshakes.is_empty() {
+        // Work left for the next turn: come back at once (each of these shrinks as it is
+        // done, so this is no spin).
+        if !self.pending.is_empty()
+            || !self.deferred_handshakes.is_empty()
+            || (self.listener_ready && self.may_accept())
+        {
             return Some(Duration::ZERO);
         }
         [
             self.next_tick,
             self.next_keepalive,
             self.accept_paused_until,
+            self.next_cap_check,
+            self.storm_end(),
             self.drain_deadline,
             match &self.handing {
                 Some(Handing::Settling { until, .. }) => Some(*until),

@@ -1,6 +1,7 @@
 //! Connections that never become useful requests cannot lock anyone out: slow or silent
-//! request heads are closed, the request phase is capped with the oldest idle connection
+//! request heads are closed, the request phase is capped with the oldest silent connection
 //! giving way, half-closed peers are handled, and one address cannot hold every stream.
+//! (Bursts of real requests over the cap: `tests/storm.rs`.)
 //!
 //! Every test keeps a control stream that must receive every event published during and
 //! after the attack.

@@ -1,26 +1,110 @@
-//! Taking connections in: accepting until `WouldBlock`, admitting or shedding, the cap on
-//! connections still in the request phase, and the jittered `retry:` of a shed stream.
+//! Taking connections in: accepting a bounded number per turn, reading each at once,
+//! admitting or shedding, the cap on connections still in the request phase (and who gives
+//! way at it), reconnect storms, and the jittered `retry:` of a shed stream.
+//!
+//! # In a storm
+//!
+//! When a node's browsers all come back at once, thousands of connections wait in the
+//! listener's accept queue, each with its complete request already in its socket. Nothing
+//! may tell such a connection from a silent one but its bytes, so:
+//!
+//! - a turn accepts at most [`ACCEPTS_PER_TURN`], then serves what it has (reads, flushes,
+//!   timers, deliveries) and comes back for more at once (the poll timeout is zero while the
+//!   listener may hold more: mio is edge-triggered, and no new edge comes for connections
+//!   already waiting);
+//! - each connection is read as soon as it is accepted: a complete request is answered and
+//!   leaves the request phase before the cap is looked at;
+//! - over `--max-request-connections`, only a connection that has had [`REQUEST_GRACE`] to
+//!   send its request and has nothing unread in its socket gives way ([`Eviction`]). When
+//!   every connection over the cap has data or is too young to judge, that is load, not an
+//!   attack, and all are served.
+//!
+//! A turn that finds more waiting than it may accept begins a [`Storm`]: counted at once,
+//! logged once when the shard has caught up.
 
 use super::*;
 
+/// Connections one turn accepts at most. Each costs an accept, a registration and a read
+/// (with its answer, a few microseconds; a TLS handshake is bounded apart): 256 keep a turn
+/// within a few milliseconds, so a storm of 10 000 never holds up deliveries, flushes and
+/// timers for longer, while the queue still empties at the pace of whole turns. A turn that
+/// finds more waiting than this begins a [`Storm`].
+pub(super) const ACCEPTS_PER_TURN: usize = 256;
+/// A request-phase connection younger than this never gives way at the cap: its request may
+/// still be on the network (one lost segment costs a retransmission, 200 ms at least; a
+/// TLS handshake costs round trips). Silent connections may thus pass the cap by what
+/// arrives within this time; the cap holds again once it has passed.
+pub(super) const REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// Request-phase connections the cap looks at per turn beyond those it must close: bounds a
+/// turn's work (one `recv(MSG_PEEK)` each) when most of them have data waiting.
+const EVICTION_SLACK: usize = 64;
+/// A storm is over once the shard has caught up and stayed so this long: browsers shed or
+/// refused in a storm come back within seconds (and the kernel retries dropped SYNs after
+/// 1 s and 3 s), and those waves are the same storm.
+const STORM_QUIET: Duration = Duration::from_secs(2);
+
+/// What a request-phase connection closed at the cap was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Eviction {
+    /// No byte of a request (and nothing to send): never spoke, or kept alive and idle.
+    Silent,
+    /// Part of a request, or answers it does not read, and nothing more in its socket.
+    Stalled,
+}
+
+/// A reconnect storm on one shard: from the turn that found more connections waiting than it
+/// may accept, until the shard has caught up (accept queue empty, the request phase within
+/// its cap, no TLS handshake waiting) and stayed so for [`STORM_QUIET`].
+#[derive(Debug)]
+pub(super) struct Storm {
+    /// The start of the turn it began in.
+    began: Instant,
+    /// Connections accepted since it began.
+    accepted: u64,
+    /// Connections accepted up to the moment the shard last caught up: its size.
+    size: u64,
+    /// The shard was behind at the end of the last turn.
+    behind: bool,
+    /// When the shard last caught up.
+    caught_up: Instant,
+    /// The most connections the request phase held during it.
+    peak: usize,
+    /// Request-phase evictions counted before it (the line says what it added).
+    evicted_before: u64,
+    /// Sheds counted before it.
+    shed_before: u64,
+}
+
 impl Shard {
-    /// Accepts until `WouldBlock`, unless paused after running out of descriptors.
-    pub(super) fn accept_all(&mut self) {
-        // Handing over, the listeners are the successor's to accept on (or ours again if
-        // the hand-over is called off).
-        if self.accept_paused_until.is_some() || self.handing.is_some() {
+    /// Whether this shard takes new connections now: not paused after running out of
+    /// descriptors, not handing over (the listeners are the successor's to accept on, or ours
+    /// again if the hand-over is called off), not draining.
+    pub(super) fn may_accept(&self) -> bool {
+        self.listener.is_some() && self.accept_paused_until.is_none() && self.handing.is_none()
+    }
+
+    /// Accepts while the listener may hold connections (until `WouldBlock`) and this turn's
+    /// budget lasts, reading each as it comes; then keeps the request phase within its cap.
+    ///
+    /// Called when the listener reported readiness, and again every turn while it may hold
+    /// more ([`Shard::listener_ready`] stays set until `WouldBlock`).
+    pub(super) fn accept_some(&mut self) {
+        if !self.may_accept() || !self.listener_ready {
             return;
         }
-        loop {
+        let evicted_before = self.evictions();
+        let shed_before = self.counters.get(Stat::Shed);
+        while self.listener_ready && self.accepts_left > 0 {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
                 Ok((socket, peer)) => {
+                    self.accepts_left -= 1;
                     self.accept_failing = false;
                     self.admit(socket, peer)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listener_ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The peer gave up between SYN and accept: nothing to do.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -30,15 +114,34 @@ impl Shard {
                         warn!(shard = self.id, error = %e, "accept failed; shedding or pausing until it works again (counted in sse_edge_accept_errors_total)");
                     }
                     if out_of_descriptors(&e) && self.shed_with_reserve() {
+                        self.accepts_left -= 1;
                         continue;
                     }
                     // Accepting again at once would fail again at once, and spin. Pause; the
                     // timer resumes (no new edge would come for connections already waiting).
                     self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
-                    return;
+                    break;
                 }
             }
         }
+        if self.accepts_left == 0 && self.listener_ready && self.storm.is_none() {
+            self.counters.add(Stat::Storms, 1);
+            debug!(
+                shard = self.id,
+                "storm begins: more connections waiting than a turn accepts"
+            );
+            self.storm = Some(Storm {
+                began: self.now,
+                accepted: 0, // this turn's are added at its end
+                size: 0,
+                behind: true,
+                caught_up: self.now,
+                peak: 0,
+                evicted_before,
+                shed_before,
+            });
+        }
+        self.enforce_request_cap();
     }
 
     /// Out of descriptors: gives up the reserve to accept one waiting connection and shed it.
@@ -88,6 +191,8 @@ impl Shard {
         let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 
+    /// Takes a new connection in: registers it, lists it in the request phase, and reads it
+    /// at once.
     pub(super) fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
         // Each frame is a complete message; do not let Nagle hold it back.
         let _ = socket.set_nodelay(true);
@@ -117,20 +222,31 @@ impl Shard {
         entry.insert(Client::new(socket, deadline, self.serial, tls));
         self.set_deadline(key, deadline);
         self.counters.add(Stat::Connections, 1);
-        if self.requesting_now >= self.config.max_request_connections {
-            self.evict_a_request_connection();
-        }
-        self.requesting.push_back((key as u32, self.serial));
+        self.entered_request_phase(key);
+        debug!(shard = self.id, %peer, key, "connection accepted");
+        // Read it now: in a storm its request is already waiting, and answering it takes it out
+        // of the request phase before the cap is looked at. (Without data, one read finds
+        // nothing; its readable event comes later as for any connection.)
+        self.clients[key].readable = true;
+        self.serve_requests(key);
+    }
+
+    /// Lists the connection just inserted at `key` (the shard's latest serial) in the
+    /// request phase, accepted now.
+    pub(super) fn entered_request_phase(&mut self, key: usize) {
+        // Rounded up: its grace is never cut short.
+        let since = timers::tick_ceil(self.now.saturating_duration_since(self.started));
+        self.requesting.push_back((key as u32, self.serial, since));
         self.requesting_now += 1;
+        self.turn_peak = self.turn_peak.max(self.requesting_now);
         // Drop entries of connections that moved on, once they outnumber the live ones.
         if self.requesting.len() > 2 * self.requesting_now + 64 {
             let requesting = std::mem::take(&mut self.requesting);
             self.requesting = requesting
                 .into_iter()
-                .filter(|&(key, serial)| self.is_requesting(key as usize, serial))
+                .filter(|&(key, serial, _)| self.is_requesting(key as usize, serial))
                 .collect();
         }
-        debug!(shard = self.id, %peer, key, "connection accepted");
     }
 
     /// Whether `key` with `serial` is still a connection in the request phase.
@@ -140,32 +256,156 @@ impl Shard {
         })
     }
 
-    /// At the cap of request-phase connections: closes the oldest idle one (nothing
-    /// buffered, nothing to send), else the oldest, so silent connections cannot lock new
-    /// clients out. Each has had the longest to finish its request.
-    pub(super) fn evict_a_request_connection(&mut self) {
-        let mut oldest = None;
-        let mut victim = None;
-        for &(key, serial) in &self.requesting {
+    /// Keeps the request phase within `--max-request-connections`: while over it, closes the
+    /// oldest connection that has had [`REQUEST_GRACE`] and has nothing unread in its socket
+    /// ([`Shard::eviction`]), so silent connections cannot hold the node's descriptors.
+    ///
+    /// Never closed: a connection whose socket holds data (it is served as soon as it is
+    /// read), a publish waiting for the broker, a connection younger than the grace. If only
+    /// such are over the cap, the phase stays over it: that is load, not an attack. Looks
+    /// again when the oldest young one comes of age.
+    pub(super) fn enforce_request_cap(&mut self) {
+        self.next_cap_check = None;
+        let cap = self.config.max_request_connections;
+        let grace = timers::tick_ceil(REQUEST_GRACE);
+        let now = self.ticks_at(self.now);
+        // Connections found with data (kept) cost a look each and free nothing: a turn spends
+        // a bounded number on them.
+        let mut kept = 0;
+        // Each entry is met once at most: a kept one goes to the back.
+        let mut entries = self.requesting.len();
+        while self.requesting_now > cap && entries > 0 {
+            entries -= 1;
+            let Some(entry) = self.requesting.pop_front() else {
+                break;
+            };
+            let (key, serial, since) = entry;
             let key = key as usize;
             if !self.is_requesting(key, serial) {
-                continue;
+                continue; // moved on: the entry goes
             }
-            oldest.get_or_insert(key);
-            let client = &self.clients[key];
-            if client.outbox.is_empty() && client.is_idle_request() {
-                victim = Some(key);
-                break;
+            let of_age = since.saturating_add(grace);
+            if of_age > now || kept == EVICTION_SLACK {
+                // Everyone behind a young one came later (but for kept ones sent back: older,
+                // and just found with data).
+                self.requesting.push_front(entry);
+                let at = self.started + TICK * of_age;
+                self.next_cap_check = Some(if of_age > now { at } else { self.now + TICK });
+                return;
+            }
+            match self.eviction(key) {
+                Some(reason) => {
+                    self.counters.add(
+                        match reason {
+                            Eviction::Silent => Stat::RequestEvictionsSilent,
+                            Eviction::Stalled => Stat::RequestEvictionsStalled,
+                        },
+                        1,
+                    );
+                    debug!(
+                        shard = self.id,
+                        key,
+                        ?reason,
+                        "request connections over the cap; closing the oldest with nothing unread"
+                    );
+                    self.close(key);
+                }
+                None => {
+                    kept += 1;
+                    self.requesting.push_back(entry);
+                }
             }
         }
-        if let Some(key) = victim.or(oldest) {
-            self.counters.add(Stat::RequestEvictions, 1);
-            debug!(
+        if self.requesting_now > cap {
+            // Every connection over the cap had data: look again in a while, in case one of
+            // them stalls and no new connection comes to make us look.
+            self.next_cap_check = Some(self.now + REQUEST_GRACE);
+        }
+    }
+
+    /// Whether the request-phase connection `key` may give way at the cap, and as what: not
+    /// while its socket holds bytes not yet read (one `recv(MSG_PEEK)`), nor while a publish
+    /// it made waits for the broker (closing it would lose an answer, and the publish would
+    /// be made again), nor while it is handed over.
+    fn eviction(&self, key: usize) -> Option<Eviction> {
+        let client = self.clients.get(key)?;
+        let Phase::Request(state) = &client.phase else {
+            return None;
+        };
+        if client.handed || state.awaiting.is_some() {
+            return None;
+        }
+        match client.socket.peek(&mut [0u8; 1]) {
+            Ok(n) if n > 0 => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            // Nothing waiting; or the peer left (EOF, reset): it has nothing more to send.
+            _ => {}
+        }
+        Some(if client.is_idle_request() && !client.wants_flush() {
+            Eviction::Silent
+        } else {
+            Eviction::Stalled
+        })
+    }
+
+    /// Request-phase evictions so far, whatever the reason.
+    fn evictions(&self) -> u64 {
+        self.counters.get(Stat::RequestEvictionsSilent)
+            + self.counters.get(Stat::RequestEvictionsStalled)
+    }
+
+    /// At the end of a turn: the accept and request-phase gauges, and the course of a storm
+    /// (behind while connections wait in the accept queue, the request phase is over its
+    /// cap, or TLS handshakes wait; over once caught up for [`STORM_QUIET`]).
+    pub(super) fn end_turn_accepting(&mut self) {
+        let accepted = ACCEPTS_PER_TURN.saturating_sub(self.accepts_left);
+        self.counters
+            .raise(Stat::AcceptedPerTurnMax, accepted as u64);
+        self.counters
+            .set(Stat::RequestConnections, self.requesting_now as u64);
+        self.counters
+            .raise(Stat::RequestConnectionsPeak, self.turn_peak as u64);
+        let behind = (self.listener_ready && self.may_accept())
+            || self.requesting_now > self.config.max_request_connections
+            || !self.deferred_handshakes.is_empty();
+        let evictions = self.evictions();
+        let sheds = self.counters.get(Stat::Shed);
+        let Some(storm) = &mut self.storm else {
+            return;
+        };
+        storm.accepted += accepted as u64;
+        storm.peak = storm.peak.max(self.turn_peak);
+        if behind {
+            storm.behind = true;
+        } else if storm.behind {
+            storm.behind = false;
+            storm.caught_up = Instant::now();
+            storm.size = storm.accepted;
+        } else if self.now >= storm.caught_up + STORM_QUIET {
+            let evicted = evictions - storm.evicted_before;
+            let shed = sheds - storm.shed_before;
+            info!(
                 shard = self.id,
-                key, "request connections at the cap; closing the oldest idle one"
+                connections = storm.size,
+                took_ms = storm
+                    .caught_up
+                    .saturating_duration_since(storm.began)
+                    .as_millis() as u64,
+                request_phase_peak = storm.peak,
+                evicted,
+                shed,
+                "reconnect storm served: every waiting connection taken in and read"
             );
-            self.close(key);
+            self.storm = None;
         }
+    }
+
+    /// When the storm in course is over if the shard stays caught up (a poll timeout).
+    pub(super) fn storm_end(&self) -> Option<Instant> {
+        self.storm
+            .as_ref()
+            .filter(|s| !s.behind)
+            .map(|s| s.caught_up + STORM_QUIET)
     }
 
     /// Bookkeeping for a connection leaving the request phase (it became a stream, it is

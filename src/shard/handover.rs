@@ -264,7 +264,8 @@ impl Shard {
             self.serve_requests(key);
         }
         // Accept what waited in the backlog meanwhile (its edge may be spent).
-        self.accept_all();
+        self.listener_ready = true;
+        self.accept_some();
     }
 
     /// Keeps a connection handed over by the previous process for [`Shard::adopt_all`].
@@ -326,8 +327,7 @@ impl Shard {
                     state.answered = answered;
                 }
                 self.set_deadline(key, deadline);
-                self.requesting.push_back((key as u32, self.serial));
-                self.requesting_now += 1;
+                self.entered_request_phase(key);
                 return Some(false);
             }
             Kind::Stream(state) => state,

@@ -7,7 +7,12 @@ impl Shard {
     pub(super) fn fire_timers(&mut self, now: Instant) {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
-            self.accept_all();
+            // Connections may have waited meanwhile; no new edge would say so.
+            self.listener_ready = true;
+            self.accept_some();
+        }
+        if self.next_cap_check.is_some_and(|t| t <= now) {
+            self.enforce_request_cap();
         }
         let now_ticks = self.ticks_at(now);
         while let Some(&Reverse((due, key))) = self.deadlines.peek() {
@@ -117,7 +122,7 @@ impl Shard {
 impl Shard {
     /// `at` in [`TICK`]s since the shard started, rounded down (so a stream is closed
     /// early rather than late, and a due entry is one whose tick has begun).
-    fn ticks_at(&self, at: Instant) -> u32 {
+    pub(super) fn ticks_at(&self, at: Instant) -> u32 {
         tick_floor(at.saturating_duration_since(self.started))
     }
 
@@ -139,7 +144,7 @@ fn tick_floor(elapsed: Duration) -> u32 {
 /// `elapsed` in [`TICK`]s, rounded up to the whole nanosecond: a deadline 0.5 ms into a tick
 /// lands on the next one, so one later than `now` is never due in `now`'s tick (else it
 /// would be due at once, again and again, in the same turn).
-fn tick_ceil(elapsed: Duration) -> u32 {
+pub(super) fn tick_ceil(elapsed: Duration) -> u32 {
     u32::try_from(elapsed.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u32::MAX)
 }
 
