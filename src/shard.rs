@@ -127,6 +127,12 @@ const TICK: Duration = Duration::from_millis(100);
 const EXPIRIES_PER_TURN: usize = 512;
 /// A shed stream's `retry:` is this many times `--retry-ms` (jittered): come back later.
 const SHED_RETRY_FACTOR: u64 = 10;
+/// How often the outboxes holding a queue behind their front frame are asked whether they
+/// still need it ([`crate::outbox::Outbox::release_unused`]): one unused for a whole period is
+/// freed, so what a burst or a replay needed is back within two periods after it drained
+/// (half a second), and a stream that needs its queue at least four times a second keeps it
+/// rather than allocating it again for each burst.
+const RELEASE_PERIOD: Duration = Duration::from_millis(250);
 /// How often shard 0 looks for idle topics to forget, at most and at least.
 const FORGET_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
@@ -183,6 +189,12 @@ pub(crate) struct Shard {
     pending: Vec<u32>,
     /// Clients to free at the end of the turn.
     closing: Vec<usize>,
+    /// Clients whose outbox holds a queue behind its front frame, as (key, serial): asked
+    /// every [`RELEASE_PERIOD`] to give it back once unused. Without storage of its own when
+    /// no stream had a burst lately.
+    queues: Vec<(u32, u32)>,
+    /// When `queues` is next gone through (None while it is empty).
+    next_release: Option<Instant>,
     /// Request and linger deadlines as (when, key), earliest first, "when" in [`TICK`]s
     /// since `started` rounded up; stale entries are skipped when due. 8 bytes a connection.
     deadlines: BinaryHeap<Reverse<(u32, u32)>>,
@@ -282,6 +294,8 @@ impl Shard {
             topics: Topics::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
+            queues: Vec::new(),
+            next_release: None,
             deadlines: BinaryHeap::with_capacity(BIG / std::mem::size_of::<Reverse<(u32, u32)>>()),
             expiries: BinaryHeap::new(),
             started: now,
@@ -411,6 +425,7 @@ impl Shard {
                 _ => None,
             },
             self.next_forget,
+            self.next_release,
             self.deadlines
                 .peek()
                 .map(|&Reverse((ticks, _))| self.started + TICK * ticks),
@@ -539,6 +554,12 @@ impl Shard {
                 self.counters.sub(Stat::QueuedBytes, written.bytes as u64);
             }
             let client = &mut self.clients[key];
+            if client.outbox.holds_queue() && !client.queue_listed && !client.closing {
+                // A burst allocated a queue behind the front: it goes back once unused.
+                client.queue_listed = true;
+                self.queues.push((key as u32, client.serial));
+                self.next_release.get_or_insert(self.now + RELEASE_PERIOD);
+            }
             if let Phase::Stream(stream) = &mut client.phase {
                 if client.outbox.is_empty() {
                     stream.on_drained(self.now);
@@ -577,6 +598,32 @@ impl Shard {
         }
         for key in replays {
             self.continue_replay(key);
+        }
+    }
+
+    /// Gives back the queues behind front frames that no frame used since the last time
+    /// ([`RELEASE_PERIOD`]), and forgets clients that are gone. The list's own storage goes
+    /// once it is empty: a storm filled it once, and it stays empty until the next burst.
+    fn release_unused_queues(&mut self) {
+        let Shard {
+            queues, clients, ..
+        } = self;
+        queues.retain(|&(key, serial)| {
+            let Some(client) = clients.get_mut(key as usize).filter(|c| c.serial == serial) else {
+                return false; // closed: its queue went with it
+            };
+            let held = client.outbox.release_unused();
+            client.queue_listed = held;
+            held
+        });
+        if queues.is_empty() {
+            *queues = Vec::new();
+            self.next_release = None;
+        } else {
+            if queues.len() < queues.capacity() / 4 {
+                queues.shrink_to(queues.len() * 2);
+            }
+            self.next_release = Some(self.now + RELEASE_PERIOD);
         }
     }
 

@@ -46,6 +46,9 @@ impl Shard {
                 self.next_tick = Some(next_after(at, period, now));
             }
         }
+        if self.next_release.is_some_and(|at| at <= now) {
+            self.release_unused_queues();
+        }
         if self.next_forget.is_some_and(|at| at <= now) {
             let forgotten = self.hub.forget_idle(self.config.topic_idle_period());
             if forgotten > 0 {
