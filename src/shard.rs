@@ -627,6 +627,18 @@ impl Shard {
         }
     }
 
+    /// Makes room for one more client. The slab grows by an eighth (at least 128 KiB, the
+    /// size it starts at), not by doubling: after a storm it holds at most an eighth more
+    /// slots than it has ever had clients, where doubling would leave up to twice as many,
+    /// every one of them a whole `Client` of memory. The slab is above the allocator's
+    /// mapping threshold, so growing remaps it rather than copying it.
+    fn room_for_a_client(&mut self) {
+        if self.clients.len() == self.clients.capacity() {
+            let step = (self.clients.capacity() / 8).max(BIG / std::mem::size_of::<Client>());
+            self.clients.reserve_exact(step);
+        }
+    }
+
     // ----- closing -----------------------------------------------------------------------
 
     /// Marks `key` for removal at the end of the turn.

@@ -91,6 +91,7 @@ impl Shard {
     pub(super) fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
         // Each frame is a complete message; do not let Nagle hold it back.
         let _ = socket.set_nodelay(true);
+        self.room_for_a_client();
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
