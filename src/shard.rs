@@ -364,6 +364,7 @@ impl Shard {
                 self.close_drained();
             }
             self.sweep_closing();
+            self.compact_requesting();
             self.stats[self.id].store(&self.counters);
             if self.drain_deadline.is_some() && self.clients.is_empty() {
                 info!(shard = self.id, "shard stopped");

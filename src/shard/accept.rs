@@ -175,6 +175,20 @@ impl Shard {
         self.requesting_now = self.requesting_now.saturating_sub(1);
     }
 
+    /// At the end of a turn: drops the entries of connections that left the request phase
+    /// once they outnumber the live ones, and with them the storage a storm grew: after a
+    /// burst has become streams, the list is empty and holds no memory.
+    pub(super) fn compact_requesting(&mut self) {
+        if self.requesting.len() <= 2 * self.requesting_now + 64 {
+            return;
+        }
+        let requesting = std::mem::take(&mut self.requesting);
+        self.requesting = requesting
+            .into_iter()
+            .filter(|&(key, serial)| self.is_requesting(key as usize, serial))
+            .collect();
+    }
+
     /// Answers a stream request beyond capacity: its stream `head` (unless it was sent
     /// already), `: shed`, a long jittered `retry:`, then close.
     pub(super) fn shed(&mut self, key: usize, head: Option<Bytes>, refusal: Refusal) {
