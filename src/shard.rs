@@ -198,6 +198,10 @@ pub(crate) struct Shard {
     /// Request and linger deadlines as (when, key), earliest first, "when" in [`TICK`]s
     /// since `started` rounded up; stale entries are skipped when due. 8 bytes a connection.
     deadlines: BinaryHeap<Reverse<(u32, u32)>>,
+    /// Entries of `deadlines` its last compaction kept beyond one per request-phase
+    /// connection (lingering connections, deadlines moved later), lowered as the heap
+    /// shrinks: an estimate of the live entries that `requesting_now` does not count.
+    deadlines_other: usize,
     /// When streams are closed because their token expires, as (when, key, serial),
     /// earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry in this
     /// heap is all a token's expiry costs beyond the stream's own 4 bytes.
@@ -297,6 +301,7 @@ impl Shard {
             queues: Vec::new(),
             next_release: None,
             deadlines: BinaryHeap::with_capacity(BIG / std::mem::size_of::<Reverse<(u32, u32)>>()),
+            deadlines_other: 0,
             expiries: BinaryHeap::new(),
             started: now,
             tls_scratch: tls::Scratch::new(serves_tls),
