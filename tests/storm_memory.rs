@@ -24,6 +24,8 @@
 
 #[path = "util/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "util/redis.rs"]
+mod redis_util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -47,7 +49,7 @@ const PUBLISHED: u64 = 30;
 const RESUME_FROM: u64 = 5;
 /// The name of the thread the node runs on, which the gate parks.
 const NODE_THREAD: &str = "storm-node";
-/// Set for the client side of a storm: "ADDR STREAMS resume|plain".
+/// Set for the client side of a storm: "ADDR STREAMS LAST-EVENT-ID" (`-` for none).
 const CLIENT_ENV: &str = "SSE_EDGE_TEST_STORM_CLIENT";
 /// What the client side's protocol lines start with (libtest prints lines of its own).
 const SAYS: &str = "storm-client: ";
@@ -61,6 +63,7 @@ fn a_resume_storm_leaves_the_idle_figure_before_any_sweep() {
         streams: 10_000,
         resume: true,
         keepalive: "3600",
+        cluster: false,
         bound: 160,
     });
 }
@@ -71,6 +74,7 @@ fn a_resume_storm_leaves_the_idle_figure_without_keepalives() {
         streams: 10_000,
         resume: true,
         keepalive: "0",
+        cluster: false,
         bound: 160,
     });
 }
@@ -81,6 +85,7 @@ fn a_plain_storm_leaves_the_idle_figure_before_any_sweep() {
         streams: 10_000,
         resume: false,
         keepalive: "3600",
+        cluster: false,
         bound: 128,
     });
 }
@@ -91,6 +96,7 @@ fn a_plain_storm_leaves_the_idle_figure_without_keepalives() {
         streams: 10_000,
         resume: false,
         keepalive: "0",
+        cluster: false,
         bound: 128,
     });
 }
@@ -104,6 +110,22 @@ fn a_storm_past_the_deadline_heap_leaves_the_idle_figure() {
         streams: 19_000,
         resume: true,
         keepalive: "0",
+        cluster: false,
+        bound: 128,
+    });
+}
+
+#[test]
+fn a_resume_storm_served_from_redis_leaves_the_idle_figure() {
+    // Cluster mode, and a node that keeps one event per topic: each resume is replayed
+    // from Redis by the replayer (its claims and its round of steps), then from the history.
+    // The bound is the goal behind the 160: the replayer's storage for a storm's claims and
+    // steps would be 15 bytes a stream more.
+    storm(Storm {
+        streams: 10_000,
+        resume: true,
+        keepalive: "0",
+        cluster: true,
         bound: 128,
     });
 }
@@ -115,6 +137,9 @@ struct Storm {
     resume: bool,
     /// `--keepalive`: one far beyond the test (3600), so no sweep runs during it, or 0 (off).
     keepalive: &'static str,
+    /// Cluster mode on a `redis-server` of its own, with `--history 1`: resumes are replayed
+    /// from Redis.
+    cluster: bool,
     /// Live bytes per stream allowed once the node is idle.
     bound: usize,
 }
@@ -130,7 +155,9 @@ fn storm(storm: Storm) {
         "{n} streams need more descriptors than {limit}"
     );
 
-    let config = Config::parse_args([
+    let redis = storm.cluster.then(redis_util::RedisServer::start);
+    let url = redis.as_ref().map(|r| r.url());
+    let mut args = vec![
         "sse-edge",
         "--listen",
         "127.0.0.1:0",
@@ -147,8 +174,11 @@ fn storm(storm: Storm) {
         // Accepting and writing 19 000 connections in a debug build must not meet it.
         "--header-timeout",
         "300",
-    ])
-    .unwrap_or_else(|e| panic!("config: {e:?}"));
+    ];
+    if let Some(url) = &url {
+        args.extend(["--redis", url, "--history", "1"]);
+    }
+    let config = Config::parse_args(args).unwrap_or_else(|e| panic!("config: {e:?}"));
     let server = Server::bind(config).expect("bind");
     let addr = server.local_addr();
     let control = server.control();
@@ -158,11 +188,12 @@ fn storm(storm: Storm) {
         .unwrap();
     // One publisher, kept alive as a real one would be: it adds no connection to the storm.
     let mut publisher = Publisher::open(addr);
-    for i in 1..=PUBLISHED {
-        assert_eq!(publisher.publish(&format!("event {i}")), i);
-    }
-
-    let mut clients = Clients::start(addr, n, storm.resume);
+    let mut ids: Vec<String> = (1..=PUBLISHED)
+        .map(|i| publisher.publish(&format!("event {i}")))
+        .collect();
+    let last_seen = ids[RESUME_FROM as usize - 1].clone();
+    let resume_from = storm.resume.then_some(last_seen.as_str());
+    let mut clients = Clients::start(addr, n, resume_from);
     let (live_before, held_before) = (live_bytes(), held_bytes());
 
     // The burst: every connection accepted while silent, the shard held, every request
@@ -182,15 +213,20 @@ fn storm(storm: Storm) {
     let_node_go();
 
     // Each stream's head (and replay), then one live event to all.
-    clients.tell("read the head");
+    let replay_end = format!("read until {}", ids.last().unwrap());
+    clients.tell(if storm.resume {
+        &replay_end
+    } else {
+        "read until -"
+    });
     clients.expect("read");
     let served = released.elapsed();
     wait(
         || stat(&control, Stat::Streams) == n as u64,
         "streams counted",
     );
-    assert_eq!(publisher.publish("live"), PUBLISHED + 1);
-    clients.tell("read the live event");
+    ids.push(publisher.publish("live"));
+    clients.tell(&format!("read until {}", ids.last().unwrap()));
     clients.expect("read");
     wait(|| stat(&control, Stat::QueuedBytes) == 0, "queues flushed");
     let idle = Instant::now();
@@ -213,16 +249,21 @@ fn storm(storm: Storm) {
     eprintln!(
         "storm of {n} ({}; --keepalive {}): all served in {served:?}; live bytes per stream \
          {at_idle} when idle, {live} {settled_in:?} later (held by the allocator: {held})",
-        if storm.resume {
-            "resuming, 25 events replayed each"
-        } else {
-            "plain"
+        match (storm.resume, storm.cluster) {
+            (true, true) => "resuming, 25 events replayed each, 24 from Redis",
+            (true, false) => "resuming, 25 events replayed each",
+            (false, _) => "plain",
         },
         storm.keepalive,
     );
 
     // Every stream got its head, exactly the events after its Last-Event-ID, then live.
-    clients.tell("check");
+    let expected = if storm.resume {
+        &ids[RESUME_FROM as usize..]
+    } else {
+        &ids[PUBLISHED as usize..]
+    };
+    clients.tell(&format!("check {}", expected.join(" ")));
     clients.expect("checked");
     assert_eq!(stat(&control, Stat::StreamsOpened), n as u64);
     assert!(
@@ -237,6 +278,7 @@ fn storm(storm: Storm) {
     drop(publisher);
     control.shutdown();
     node.join().unwrap().expect("node ran");
+    drop(redis);
 }
 
 /// The client side of a storm: a process of its own, told what to do line by line.
@@ -248,11 +290,11 @@ struct Clients {
 }
 
 impl Clients {
-    fn start(addr: SocketAddr, n: usize, resume: bool) -> Clients {
-        let kind = if resume { "resume" } else { "plain" };
+    fn start(addr: SocketAddr, n: usize, resume_from: Option<&str>) -> Clients {
+        let last = resume_from.unwrap_or("-");
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "storm_client_side", "--nocapture"])
-            .env(CLIENT_ENV, format!("{addr} {n} {kind}"))
+            .env(CLIENT_ENV, format!("{addr} {n} {last}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -301,13 +343,11 @@ fn storm_client_side() {
     let mut words = spec.split(' ');
     let addr: SocketAddr = words.next().unwrap().parse().unwrap();
     let n: usize = words.next().unwrap().parse().unwrap();
-    let resume = words.next() == Some("resume");
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
-    let request = if resume {
-        format!("GET /stream HTTP/1.1\r\nHost: storm\r\nLast-Event-ID: {RESUME_FROM}\r\n\r\n")
-    } else {
-        "GET /stream HTTP/1.1\r\nHost: storm\r\n\r\n".to_owned()
+    let request = match words.next().unwrap() {
+        "-" => "GET /stream HTTP/1.1\r\nHost: storm\r\n\r\n".to_owned(),
+        last => format!("GET /stream HTTP/1.1\r\nHost: storm\r\nLast-Event-ID: {last}\r\n\r\n"),
     };
+    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
     let say = |what: &str| {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{SAYS}{what}").unwrap();
@@ -316,63 +356,53 @@ fn storm_client_side() {
     let mut clients: Vec<TcpStream> = Vec::with_capacity(n);
     let mut got: Vec<Vec<u8>> = vec![Vec::new(); n];
     for command in std::io::stdin().lock().lines() {
-        match command.unwrap().as_str() {
-            "connect" => {
+        let command = command.unwrap();
+        let (verb, arg) = command.split_once(' ').unwrap_or((&command, ""));
+        match (verb, arg) {
+            ("connect", "") => {
                 for _ in 0..n - 1 {
                     clients.push(TcpStream::connect(addr).expect("connect"));
                 }
                 say("connected");
             }
             // The node is about to be held: this connection's accept parks it.
-            "connect the last" => clients.push(TcpStream::connect(addr).expect("connect")),
-            "write" => {
+            ("connect", "the last") => clients.push(TcpStream::connect(addr).expect("connect")),
+            ("write", "") => {
                 for client in &mut clients {
                     client.write_all(request.as_bytes()).expect("write request");
                 }
                 say("written");
             }
-            "read the head" => {
-                let end = if resume {
-                    format!("id: {PUBLISHED}\n")
-                } else {
-                    "\n\n".to_owned() // the preamble's end (retry:)
+            ("read", until) => {
+                let needle = match until.strip_prefix("until ") {
+                    Some("-") => "\n\n".to_owned(), // the preamble's end (retry:)
+                    Some(id) => format!("id: {id}\n"),
+                    None => panic!("read what? {until}"),
                 };
                 for (client, got) in clients.iter_mut().zip(&mut got) {
-                    read_until(client, got, end.as_bytes());
+                    read_until(client, got, needle.as_bytes());
                 }
                 say("read");
             }
-            "read the live event" => {
-                let live = format!("id: {}\n", PUBLISHED + 1);
-                for (client, got) in clients.iter_mut().zip(&mut got) {
-                    read_until(client, got, live.as_bytes());
-                }
-                say("read");
-            }
-            "check" => {
-                let expected: Vec<u64> = if resume {
-                    (RESUME_FROM + 1..=PUBLISHED + 1).collect()
-                } else {
-                    vec![PUBLISHED + 1]
-                };
+            ("check", expected) => {
+                let expected: Vec<&str> = expected.split(' ').collect();
                 for (i, got) in got.iter().enumerate() {
                     let text = std::str::from_utf8(got).unwrap();
                     assert!(text.starts_with("HTTP/1.1 200 "), "stream {i}: {text}");
-                    let ids: Vec<u64> = text
+                    let ids: Vec<&str> = text
                         .lines()
                         .filter_map(|l| l.strip_prefix("id: "))
-                        .map(|id| id.parse().unwrap())
                         .collect();
-                    assert_eq!(ids, expected, "stream {i}");
+                    assert_eq!(ids, expected, "stream {i}: {text}");
                 }
                 say("checked");
             }
-            "close" => {
+            ("close", "") => {
                 clients.clear();
                 say("closed");
                 return;
             }
-            other => panic!("unknown command {other:?}"),
+            _ => panic!("unknown command {command:?}"),
         }
     }
 }
@@ -426,7 +456,7 @@ impl Publisher {
     }
 
     /// Publishes `body` to the default topic; returns its id.
-    fn publish(&mut self, body: &str) -> u64 {
+    fn publish(&mut self, body: &str) -> String {
         write!(
             self.conn,
             "POST /broadcast HTTP/1.1\r\nHost: storm\r\nContent-Length: {}\r\n\r\n{body}",
@@ -454,7 +484,7 @@ impl Publisher {
         }
         let answer = std::str::from_utf8(&self.got[head_end..]).unwrap();
         let at = answer.find("\"id\":\"").expect("an id") + 6;
-        answer[at..].split('"').next().unwrap().parse().unwrap()
+        answer[at..].split('"').next().unwrap().to_owned()
     }
 }
 
