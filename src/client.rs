@@ -35,6 +35,9 @@ pub struct Client {
     pub writable: bool,
     /// Listed in the shard's pending-flush list.
     pub pending: bool,
+    /// Listed in the shard's list of outboxes holding a queue behind their front frame,
+    /// which are asked periodically to give it back once unused.
+    pub queue_listed: bool,
     /// Listed for removal at the end of the turn; ignore further events.
     pub closing: bool,
     /// Once the outbox is empty, half-close and wait for the peer to leave.
@@ -136,6 +139,7 @@ impl Client {
             // A just-accepted socket has room; a WouldBlock corrects this if not.
             writable: true,
             pending: false,
+            queue_listed: false,
             closing: false,
             close_after_flush: false,
             handed: false,
@@ -290,7 +294,7 @@ mod tests {
         // bits, so it costs nothing more.
         assert_eq!(size_of::<Stream>(), 32);
         assert_eq!(size_of::<Phase>(), 32);
-        // The client: socket (4: a descriptor) + serial (4) + six flags (6, padded to 8) +
+        // The client: socket (4: a descriptor) + serial (4) + seven flags (7, padded to 8) +
         // the TLS session pointer (8, null for plain TCP) + outbox (40) + phase (32) = 96.
         // Debug builds of mio keep a selector id beside the descriptor (12 bytes more).
         let debug_extra = (size_of::<TcpStream>() - 4).next_multiple_of(8);

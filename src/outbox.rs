@@ -9,9 +9,13 @@
 //!
 //! Nothing on the heap. The front frame lives inline: a stream that keeps up has at most one
 //! frame queued at a time (an event, written in the same turn), so it never needs more.
-//! Frames behind the front go into a queue allocated the first time two wait at once and
-//! kept while the stream is busy (so a burst allocates once, not per frame); the keep-alive
-//! sweep releases it once the stream is idle and its queue empty ([`Outbox::release_idle`]).
+//! Frames behind the front go into a queue allocated the first time two wait at once (a
+//! burst, a replay, a stream head with a notice behind it) and kept while the stream keeps
+//! needing it, so a busy stream allocates once, not per frame or per turn. The shard asks
+//! every queue it knows of, a few times a second, whether a frame waited in it since it last
+//! asked ([`Outbox::release_unused`]); one that stayed empty all that while is freed. So the
+//! memory a burst or a replay needed is back within two of those periods after it drained,
+//! whatever the keep-alive period.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -38,6 +42,9 @@ pub struct Outbox {
 struct Rest {
     frames: VecDeque<Bytes>,
     bytes: usize,
+    /// A frame was queued here since the last [`Outbox::release_unused`]: the stream still
+    /// needs the queue.
+    used: bool,
 }
 
 /// What happened to a frame offered to a bounded queue.
@@ -97,20 +104,34 @@ impl Outbox {
         } else {
             let rest = self.rest.get_or_insert_default();
             rest.bytes += frame.len();
+            rest.used = true;
             rest.frames.push_back(frame);
         }
     }
 
-    /// Frees the storage behind the front frame when nothing waits there: the stream went
-    /// idle. Its next burst allocates it again.
-    pub fn release_idle(&mut self) {
-        if self
-            .rest
-            .as_ref()
-            .is_some_and(|rest| rest.frames.is_empty())
-        {
-            self.rest = None;
+    /// Whether it holds storage for frames behind the front (allocated by a burst and not
+    /// released yet).
+    pub fn holds_queue(&self) -> bool {
+        self.rest.is_some()
+    }
+
+    /// Frees the storage behind the front frame if no frame was queued there since the last
+    /// call (so it is empty, and was for that whole while); else only starts a new while.
+    /// Returns whether it still holds the storage.
+    ///
+    /// Called periodically, this is the hysteresis: a stream that needs its queue at least
+    /// once a period keeps it and never allocates per event, one that needed it once (a
+    /// replay, a burst) gives it back at most two periods after it drained. Its next burst
+    /// allocates it again.
+    pub fn release_unused(&mut self) -> bool {
+        let Some(rest) = &mut self.rest else {
+            return false;
+        };
+        if std::mem::take(&mut rest.used) || !rest.frames.is_empty() {
+            return true;
         }
+        self.rest = None;
+        false
     }
 
     /// How many frames are queued.
@@ -386,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_that_keeps_up_never_allocates_a_queue_and_an_idle_one_gives_it_back() {
+    fn a_stream_that_keeps_up_never_allocates_a_queue_and_a_drained_one_gives_it_back() {
         let mut q = Outbox::default();
         let mut sink = Vec::new();
         for i in 0..5 {
@@ -400,10 +421,25 @@ mod tests {
         q.push(frame("c"));
         assert_eq!(q.len(), 3);
         q.write_to(&mut sink).unwrap();
-        assert!(q.is_empty() && q.rest.is_some());
-        q.release_idle();
-        assert!(q.rest.is_none());
+        assert!(q.is_empty() && q.holds_queue());
+        assert!(q.release_unused(), "used in this period: kept");
+        assert!(!q.release_unused(), "empty for a whole period: freed");
+        assert!(!q.holds_queue());
         assert!(sink.ends_with(b"abc"));
+    }
+
+    #[test]
+    fn a_queue_needed_every_period_is_kept_and_not_allocated_again() {
+        let mut q = Outbox::default();
+        let mut sink = Vec::new();
+        for period in 0..10 {
+            // Two frames per period: the second waits behind the front.
+            q.push(frame("a"));
+            q.push(frame("b"));
+            q.write_to(&mut sink).unwrap();
+            assert!(q.release_unused(), "period {period}: kept, never freed");
+        }
+        assert!(!q.release_unused(), "a period without a burst: freed");
     }
 
     #[test]
@@ -411,9 +447,17 @@ mod tests {
         let mut q = Outbox::default();
         q.push(frame("a"));
         q.push(frame("b"));
-        q.release_idle();
+        assert!(q.release_unused());
+        assert!(q.release_unused(), "frames wait: kept however long");
         assert_eq!(q.len(), 2);
         assert_eq!(q.to_bytes(), frame("ab"));
+        let mut sink = Vec::new();
+        q.write_to(&mut sink).unwrap();
+        assert!(
+            !q.release_unused(),
+            "drained and unused since the last call: freed"
+        );
+        assert!(!q.release_unused(), "nothing held");
     }
 
     #[test]

@@ -133,6 +133,12 @@ const TICK: Duration = Duration::from_millis(100);
 const EXPIRIES_PER_TURN: usize = 512;
 /// A shed stream's `retry:` is this many times `--retry-ms` (jittered): come back later.
 const SHED_RETRY_FACTOR: u64 = 10;
+/// How often the outboxes holding a queue behind their front frame are asked whether they
+/// still need it ([`crate::outbox::Outbox::release_unused`]): one unused for a whole period is
+/// freed, so what a burst or a replay needed is back within two periods after it drained
+/// (half a second), and a stream that needs its queue at least four times a second keeps it
+/// rather than allocating it again for each burst.
+const RELEASE_PERIOD: Duration = Duration::from_millis(250);
 /// How often shard 0 looks for idle topics to forget, at most and at least.
 const FORGET_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
@@ -189,9 +195,19 @@ pub(crate) struct Shard {
     pending: Vec<u32>,
     /// Clients to free at the end of the turn.
     closing: Vec<usize>,
+    /// Clients whose outbox holds a queue behind its front frame, as (key, serial): asked
+    /// every [`RELEASE_PERIOD`] to give it back once unused. Without storage of its own when
+    /// no stream had a burst lately.
+    queues: Vec<(u32, u32)>,
+    /// When `queues` is next gone through (None while it is empty).
+    next_release: Option<Instant>,
     /// Request and linger deadlines as (when, key), earliest first, "when" in [`TICK`]s
     /// since `started` rounded up; stale entries are skipped when due. 8 bytes a connection.
     deadlines: BinaryHeap<Reverse<(u32, u32)>>,
+    /// Entries of `deadlines` its last compaction kept beyond one per request-phase
+    /// connection (lingering connections, deadlines moved later), lowered as the heap
+    /// shrinks: an estimate of the live entries that `requesting_now` does not count.
+    deadlines_other: usize,
     /// When streams are closed because their token expires, as (when, key, serial),
     /// earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry in this
     /// heap is all a token's expiry costs beyond the stream's own 4 bytes.
@@ -300,7 +316,10 @@ impl Shard {
             topics: Topics::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
+            queues: Vec::new(),
+            next_release: None,
             deadlines: BinaryHeap::with_capacity(BIG / std::mem::size_of::<Reverse<(u32, u32)>>()),
+            deadlines_other: 0,
             expiries: BinaryHeap::new(),
             started: now,
             tls_scratch: tls::Scratch::new(serves_tls),
@@ -377,6 +396,7 @@ impl Shard {
             }
             self.sweep_closing();
             self.end_turn_accepting();
+            self.compact_requesting();
             self.stats[self.id].store(&self.counters);
             if self.drain_deadline.is_some() && self.clients.is_empty() {
                 info!(shard = self.id, "shard stopped");
@@ -445,6 +465,7 @@ impl Shard {
                 _ => None,
             },
             self.next_forget,
+            self.next_release,
             self.deadlines
                 .peek()
                 .map(|&Reverse((ticks, _))| self.started + TICK * ticks),
@@ -573,6 +594,12 @@ impl Shard {
                 self.counters.sub(Stat::QueuedBytes, written.bytes as u64);
             }
             let client = &mut self.clients[key];
+            if client.outbox.holds_queue() && !client.queue_listed && !client.closing {
+                // A burst allocated a queue behind the front: it goes back once unused.
+                client.queue_listed = true;
+                self.queues.push((key as u32, client.serial));
+                self.next_release.get_or_insert(self.now + RELEASE_PERIOD);
+            }
             if let Phase::Stream(stream) = &mut client.phase {
                 if client.outbox.is_empty() {
                     stream.on_drained(self.now);
@@ -611,6 +638,44 @@ impl Shard {
         }
         for key in replays {
             self.continue_replay(key);
+        }
+    }
+
+    /// Gives back the queues behind front frames that no frame used since the last time
+    /// ([`RELEASE_PERIOD`]), and forgets clients that are gone. The list's own storage goes
+    /// once it is empty: a storm filled it once, and it stays empty until the next burst.
+    fn release_unused_queues(&mut self) {
+        let Shard {
+            queues, clients, ..
+        } = self;
+        queues.retain(|&(key, serial)| {
+            let Some(client) = clients.get_mut(key as usize).filter(|c| c.serial == serial) else {
+                return false; // closed: its queue went with it
+            };
+            let held = client.outbox.release_unused();
+            client.queue_listed = held;
+            held
+        });
+        if queues.is_empty() {
+            *queues = Vec::new();
+            self.next_release = None;
+        } else {
+            if queues.len() < queues.capacity() / 4 {
+                queues.shrink_to(queues.len() * 2);
+            }
+            self.next_release = Some(self.now + RELEASE_PERIOD);
+        }
+    }
+
+    /// Makes room for one more client. The slab grows by an eighth (at least 128 KiB, the
+    /// size it starts at), not by doubling: after a storm it holds at most an eighth more
+    /// slots than it has ever had clients, where doubling would leave up to twice as many,
+    /// every one of them a whole `Client` of memory. The slab is above the allocator's
+    /// mapping threshold, so growing remaps it rather than copying it.
+    fn room_for_a_client(&mut self) {
+        if self.clients.len() == self.clients.capacity() {
+            let step = (self.clients.capacity() / 8).max(BIG / std::mem::size_of::<Client>());
+            self.clients.reserve_exact(step);
         }
     }
 

@@ -69,6 +69,10 @@ pub const CLAIM_IDLE: Duration = Duration::from_secs(10);
 /// them first on most nodes.
 pub const CLAIMS: usize = 65_536;
 
+/// Below this many slots the claims and the round of steps keep their storage: what one
+/// resume at a time needs is not worth allocating again for each (a storm's is given back).
+const SMALL: usize = 64;
+
 /// How often lapsed claims are looked for (the look walks every claim).
 const EXPIRY_PERIOD: Duration = Duration::from_secs(1);
 
@@ -282,6 +286,11 @@ impl RangeCache {
         if let Some((at, _)) = self.claims.remove(&who) {
             self.unposition(at);
         }
+        // A storm of resumes grew the claims to its size; once it is over they give the
+        // memory back (a quarter full, to half: not again and again for each release).
+        if self.claims.capacity() > SMALL && self.claims.len() < self.claims.capacity() / 4 {
+            self.claims.shrink_to(self.claims.len() * 2);
+        }
     }
 
     fn unposition(&mut self, at: EventId) {
@@ -381,7 +390,7 @@ impl RangeCache {
 enum Served {
     /// A step went to the stream; the resume goes on from Redis after this id.
     More(EventId),
-    /// The node's history has the resume now.
+    /// The node's history has the resume now, or will from the next step.
     Handed,
 }
 
@@ -444,6 +453,10 @@ pub fn replay_loop(
             take_waiting(&mut cache, &mut round, queue, overs);
             cache.trim();
             stats.show(&cache);
+        }
+        if round.capacity() > SMALL {
+            // A storm of resumes grew the round to its size; it is over, and so is that.
+            round = VecDeque::new();
         }
         let now = Instant::now();
         if now >= next_expiry {
@@ -578,7 +591,12 @@ fn serve(
     if batch.frames.is_empty() {
         Ok(handover(job))
     } else {
-        Ok(send_more(hub, job, batch))
+        // The history takes over after this step (or Redis has nothing newer, which the
+        // history then has): its next step is the history's (`Cluster::replay` asks it
+        // first), so the claim goes now, not CLAIM_IDLE later. Should the history have moved
+        // on by then, the step comes back here and claims again.
+        send_more(hub, job, batch);
+        Ok(Served::Handed)
     }
 }
 
@@ -689,6 +707,25 @@ mod tests {
         cache.trim();
         assert_eq!((cache.ranges.len(), cache.bytes()), (0, 0));
         assert!(cache.idle());
+    }
+
+    #[test]
+    fn a_storm_of_claims_gives_its_storage_back_once_released() {
+        let mut cache = RangeCache::new(1 << 20);
+        let now = Instant::now();
+        for key in 0..10_000 {
+            cache.claim(who(key), id(1), now);
+        }
+        assert!(cache.claims.capacity() >= 10_000);
+        for key in 0..10_000 {
+            cache.release(who(key));
+        }
+        assert!(cache.idle());
+        assert!(
+            cache.claims.capacity() <= SMALL,
+            "{} slots kept",
+            cache.claims.capacity()
+        );
     }
 
     #[test]

@@ -196,6 +196,7 @@ impl Shard {
     pub(super) fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr) {
         // Each frame is a complete message; do not let Nagle hold it back.
         let _ = socket.set_nodelay(true);
+        self.room_for_a_client();
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -240,13 +241,7 @@ impl Shard {
         self.requesting_now += 1;
         self.turn_peak = self.turn_peak.max(self.requesting_now);
         // Drop entries of connections that moved on, once they outnumber the live ones.
-        if self.requesting.len() > 2 * self.requesting_now + 64 {
-            let requesting = std::mem::take(&mut self.requesting);
-            self.requesting = requesting
-                .into_iter()
-                .filter(|&(key, serial, _)| self.is_requesting(key as usize, serial))
-                .collect();
-        }
+        self.compact_requesting();
     }
 
     /// Whether `key` with `serial` is still a connection in the request phase.
@@ -412,6 +407,20 @@ impl Shard {
     /// lingering after its last answer, or it is closing).
     pub(super) fn left_request_phase(&mut self) {
         self.requesting_now = self.requesting_now.saturating_sub(1);
+    }
+
+    /// At the end of a turn: drops the entries of connections that left the request phase
+    /// once they outnumber the live ones, and with them the storage a storm grew: after a
+    /// burst has become streams, the list is empty and holds no memory.
+    pub(super) fn compact_requesting(&mut self) {
+        if self.requesting.len() <= 2 * self.requesting_now + 64 {
+            return;
+        }
+        let requesting = std::mem::take(&mut self.requesting);
+        self.requesting = requesting
+            .into_iter()
+            .filter(|&(key, serial, _)| self.is_requesting(key as usize, serial))
+            .collect();
     }
 
     /// Answers a stream request beyond capacity: its stream `head` (unless it was sent

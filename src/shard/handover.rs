@@ -302,6 +302,7 @@ impl Shard {
             return None;
         }
         let mut socket = TcpStream::from_std(std);
+        self.room_for_a_client();
         let key = self.clients.vacant_key();
         if let Err(e) = self.poll.registry().register(
             &mut socket,

@@ -254,8 +254,6 @@ impl Shard {
             if std::mem::replace(&mut stream.active, false) || client.closing || client.handed {
                 continue;
             }
-            // Idle since the last sweep: what a burst allocated behind the front goes back.
-            client.outbox.release_idle();
             if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {
                 sent += 1;
                 self.counters.add(Stat::QueuedBytes, frame.len() as u64);

@@ -26,6 +26,22 @@ impl Shard {
         // deadlines gives its memory back.
         // Never below the starting size: that one is mapped, and costs only what is touched.
         let floor = BIG / std::mem::size_of::<Reverse<(u32, u32)>>();
+        self.deadlines_other = self.deadlines_other.min(self.deadlines.len());
+        if moot_deadlines_due(
+            (self.deadlines.len(), self.deadlines.capacity()),
+            floor,
+            self.requesting_now + self.deadlines_other,
+        ) {
+            // Only the entries of connections that still have a deadline stay (requests and
+            // lingering ones): a stream's was moot once it started.
+            let clients = &self.clients;
+            self.deadlines.retain(|&Reverse((_, key))| {
+                clients
+                    .get(key as usize)
+                    .is_some_and(|c| c.deadline().is_some())
+            });
+            self.deadlines_other = self.deadlines.len().saturating_sub(self.requesting_now);
+        }
         if self.deadlines.capacity() > floor && self.deadlines.len() < self.deadlines.capacity() / 8
         {
             self.deadlines
@@ -49,6 +65,9 @@ impl Shard {
                 }
                 self.next_tick = Some(next_after(at, period, now));
             }
+        }
+        if self.next_release.is_some_and(|at| at <= now) {
+            self.release_unused_queues();
         }
         if self.next_forget.is_some_and(|at| at <= now) {
             let forgotten = self.hub.forget_idle(self.config.topic_idle_period());
@@ -136,6 +155,16 @@ impl Shard {
     }
 }
 
+/// Whether the deadline heap, holding `len` entries in room for `capacity`, should drop the
+/// entries of connections that no longer have a deadline, now rather than when each falls
+/// due (--header-timeout after it was set): once a storm grew the heap past the size it
+/// started at (`floor`, whose memory costs only what is touched), when more than half its
+/// entries must be moot, there being about `live` connections with a deadline. Each walk
+/// then removes at least as many entries as it keeps, so its cost is paid by their pushes.
+fn moot_deadlines_due((len, capacity): (usize, usize), floor: usize, live: usize) -> bool {
+    capacity > floor && len > live.saturating_mul(2)
+}
+
 /// `elapsed` in whole [`TICK`]s, rounded down.
 fn tick_floor(elapsed: Duration) -> u32 {
     u32::try_from(elapsed.as_nanos() / TICK.as_nanos()).unwrap_or(u32::MAX)
@@ -203,6 +232,19 @@ mod tests {
             prop_assert!(tick_ceil(deadline) > tick_floor(now));
             prop_assert!(tick_ceil(now) <= tick_floor(now) + 1);
         }
+    }
+
+    #[test]
+    fn a_storm_that_became_streams_drops_its_deadlines_and_nothing_else_does() {
+        let floor = 16_384;
+        // A storm still in the request phase: every entry is live.
+        assert!(!moot_deadlines_due((19_000, 32_768), floor, 19_000));
+        // Half of it became streams: not yet (a walk would keep as much as it drops).
+        assert!(!moot_deadlines_due((19_000, 32_768), floor, 9_500));
+        // Most of it did: their entries are moot.
+        assert!(moot_deadlines_due((19_000, 32_768), floor, 20));
+        // Within the starting size, nothing is walked: that memory is the heap's anyway.
+        assert!(!moot_deadlines_due((9_000, floor), floor, 0));
     }
 
     #[test]
