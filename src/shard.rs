@@ -12,8 +12,10 @@
 //! # One turn of the loop
 //!
 //! 1. `poll` with a timeout that is the nearest timer (ticker, keep-alive, request deadline,
-//!    token expiry, accept back-off), or zero while clients are pending a flush.
-//! 2. Handle events: accept until `WouldBlock` (`shard/accept.rs`); read and answer requests
+//!    token expiry, accept back-off), or zero while clients are pending a flush or TLS
+//!    handshakes wait for a turn.
+//! 2. Go on with queued TLS handshakes while the turn's budget lasts (`shard/handshakes.rs`).
+//!    Handle events: accept until `WouldBlock` (`shard/accept.rs`); read and answer requests
 //!    (`shard/api.rs`); notice closed streams. A wake-up means the inbox has something (or
 //!    shutdown was asked).
 //! 3. Fire due timers (`shard/timers.rs`).
@@ -95,6 +97,8 @@ mod fanout;
 mod handover;
 pub(crate) use handover::Adopting;
 use handover::Handing;
+mod handshakes;
+use handshakes::HandshakeQueue;
 mod streams;
 mod timers;
 
@@ -196,9 +200,8 @@ pub(crate) struct Shard {
     tls_scratch: tls::Scratch,
     /// TLS handshake steps this turn may still run (`--tls-handshakes-per-turn`).
     handshakes_left: usize,
-    /// TLS connections with handshake input waiting for the next turn's budget, as
-    /// (key, serial).
-    deferred_handshakes: Vec<(usize, u32)>,
+    /// TLS connections with handshake input waiting for a later turn's budget.
+    handshakes: HandshakeQueue,
     /// Connections in the request phase, oldest first, as (key, serial); entries of
     /// connections that left the phase are skipped when met and compacted in bulk.
     requesting: VecDeque<(u32, u32)>,
@@ -287,7 +290,7 @@ impl Shard {
             started: now,
             tls_scratch: tls::Scratch::new(serves_tls),
             handshakes_left: 0, // set at the start of every turn
-            deferred_handshakes: Vec::new(),
+            handshakes: HandshakeQueue::default(),
             requesting: VecDeque::new(),
             requesting_now: 0,
             addresses: HashMap::new(),
@@ -398,7 +401,7 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.pending.is_empty() || !self.deferred_handshakes.is_empty() {
+        if !self.pending.is_empty() || !self.handshakes.is_empty() {
             return Some(Duration::ZERO);
         }
         [
