@@ -324,3 +324,65 @@ fn a_tls_storm_past_the_header_timeout_is_served_begun_handshakes_first_and_sile
     assert!(m["sse_edge_tls_handshakes_total"] >= STORM as f64);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// At `--max-request-connections` the oldest *idle* request connection is closed to make
+/// room. A TLS connection whose handshake began (its ServerHello flight sent, its client's
+/// Finished on the way) is not idle, though no request byte can be buffered yet: in a storm
+/// every connection is in that state for a round trip, and the oldest of them would go.
+#[test]
+fn a_handshake_in_progress_is_not_evicted_as_an_idle_connection() {
+    let dir = util::tempdir("tls-storm-evict");
+    let cert = Cert::new(&dir, "a");
+    let mut args = cert.args();
+    args.extend(["--max-request-connections", "2", "--header-timeout", "3600"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    let config = cert.client();
+
+    // The oldest request connection: its ClientHello answered, its Finished not sent yet.
+    let mut sock = TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(config.clone(), name).unwrap();
+    while tls.wants_write() {
+        tls.write_tls(&mut sock).unwrap();
+    }
+    while tls.is_handshaking() {
+        assert!(
+            tls.read_tls(&mut sock).unwrap() > 0,
+            "closed during the handshake"
+        );
+        tls.process_new_packets().unwrap();
+    }
+
+    // Two silent connections: the second one is over the cap, and one must go.
+    let mut silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+
+    // The handshake in progress goes on to its stream.
+    tls.writer()
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut stream = rustls::StreamOwned::new(tls, sock);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "closed before its stream head ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // The oldest silent connection made room (the header timeout is far longer than the
+    // wait: only the eviction can have closed it).
+    assert!(closed_by_node(&mut silent[0], Instant::now() + PATIENCE));
+    std::fs::remove_dir_all(&dir).ok();
+}
