@@ -260,12 +260,18 @@ impl Client {
         self.tls.as_ref().is_some_and(|s| s.handshaking())
     }
 
-    /// Whether this is a request-phase connection with no partial request buffered.
+    /// Whether this is a request-phase connection with no partial request buffered. Over
+    /// TLS, one whose handshake began or waits for its turn is not idle: its request cannot
+    /// be buffered yet, and its client is answering (or about to be answered), not silent.
     pub fn is_idle_request(&self) -> bool {
         matches!(&self.phase, Phase::Request(state)
             if state.parser.buffered() == 0
                 && state.parser.head().is_none()
                 && state.awaiting.is_none())
+            && !self
+                .tls
+                .as_ref()
+                .is_some_and(|s| s.handshaking() && (s.began() || s.queued()))
     }
 
     /// The deadline this client must meet now, if any.

@@ -217,9 +217,10 @@ pub struct Config {
     )]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// TLS handshake steps a shard runs per loop turn at most; the rest wait for the next
-    /// turn, so a reconnect storm (an RSA signature costs about a millisecond) cannot hold
-    /// up delivery to open streams.
+    /// TLS handshake steps a shard runs per loop turn at most; the rest wait in a queue for
+    /// the next turns (which start at once), so a reconnect storm delays events to open
+    /// streams by at most N handshakes' CPU per turn. A waiting ClientHello's time in the
+    /// queue does not count against --header-timeout.
     #[arg(
         long,
         env = "SSE_EDGE_TLS_HANDSHAKES_PER_TURN",

@@ -13,8 +13,10 @@
 //!
 //! 1. `poll` with a timeout that is the nearest timer (ticker, keep-alive, request deadline,
 //!    token expiry, accept back-off, the request cap's next look, a storm's end), or zero
-//!    while clients are pending a flush or the listener may hold connections.
-//! 2. Handle events: read and answer requests (`shard/api.rs`); notice closed streams. A
+//!    while clients are pending a flush, TLS handshakes wait for a turn, or the listener may
+//!    hold connections.
+//! 2. Go on with queued TLS handshakes while the turn's budget lasts (`shard/handshakes.rs`).
+//!    Handle events: read and answer requests (`shard/api.rs`); notice closed streams. A
 //!    wake-up means the inbox has something (or shutdown was asked). Then accept, at most
 //!    256 a turn, reading each at once, and keep the request phase within its cap
 //!    (`shard/accept.rs`).
@@ -101,6 +103,8 @@ mod fanout;
 mod handover;
 pub(crate) use handover::Adopting;
 use handover::Handing;
+mod handshakes;
+use handshakes::HandshakeQueue;
 mod streams;
 mod timers;
 
@@ -218,9 +222,8 @@ pub(crate) struct Shard {
     tls_scratch: tls::Scratch,
     /// TLS handshake steps this turn may still run (`--tls-handshakes-per-turn`).
     handshakes_left: usize,
-    /// TLS connections with handshake input waiting for the next turn's budget, as
-    /// (key, serial).
-    deferred_handshakes: Vec<(usize, u32)>,
+    /// TLS connections with handshake input waiting for a later turn's budget.
+    handshakes: HandshakeQueue,
     /// Connections in the request phase, oldest first, as (key, serial, accepted at in
     /// [`TICK`]s since `started`, rounded up); entries of connections that left the phase are
     /// skipped when met and compacted in bulk.
@@ -324,7 +327,7 @@ impl Shard {
             started: now,
             tls_scratch: tls::Scratch::new(serves_tls),
             handshakes_left: 0, // set at the start of every turn
-            deferred_handshakes: Vec::new(),
+            handshakes: HandshakeQueue::default(),
             requesting: VecDeque::new(),
             requesting_now: 0,
             turn_peak: 0,
@@ -448,7 +451,7 @@ impl Shard {
         // Work left for the next turn: come back at once (each of these shrinks as it is
         // done, so this is no spin).
         if !self.pending.is_empty()
-            || !self.deferred_handshakes.is_empty()
+            || !self.handshakes.is_empty()
             || (self.listener_ready && self.may_accept())
         {
             return Some(Duration::ZERO);

@@ -132,6 +132,10 @@ pub struct Session {
     outgoing: Vec<u8>,
     sent: usize,
     handshaking: bool,
+    /// Ciphertext has been read: the handshake has had its first turn.
+    began: bool,
+    /// Waiting in the shard's handshake queue for a turn.
+    queued: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -140,6 +144,8 @@ impl std::fmt::Debug for Session {
             .field("incoming", &self.incoming.len())
             .field("outgoing", &(self.outgoing.len() - self.sent))
             .field("handshaking", &self.handshaking)
+            .field("began", &self.began)
+            .field("queued", &self.queued)
             .finish_non_exhaustive()
     }
 }
@@ -205,12 +211,31 @@ impl Session {
             outgoing: Vec::new(),
             sent: 0,
             handshaking: true,
+            began: false,
+            queued: false,
         })
     }
 
     /// Whether the handshake is still going on.
     pub fn handshaking(&self) -> bool {
         self.handshaking
+    }
+
+    /// Whether any ciphertext has been read: the handshake has had its first turn. Until
+    /// then a client's time waiting for that turn is the node's, not the client's.
+    pub fn began(&self) -> bool {
+        self.began
+    }
+
+    /// Whether the session waits in its shard's handshake queue.
+    pub fn queued(&self) -> bool {
+        self.queued
+    }
+
+    /// Marks the session as waiting in (or taken out of) its shard's handshake queue, so it is
+    /// listed once however many readable events come meanwhile.
+    pub fn set_queued(&mut self, queued: bool) {
+        self.queued = queued;
     }
 
     /// Whether ciphertext waits to be written (a handshake flight, or a record the socket
@@ -239,6 +264,7 @@ impl Session {
             let Some(read) = scratch.get(..n) else {
                 return TlsRead::Closed;
             };
+            self.began = true;
             if self.incoming.len().saturating_add(n) > MAX_INCOMING {
                 return TlsRead::Refused(rustls::Error::General(
                     "too much TLS input without a complete record".into(),

@@ -3,63 +3,18 @@
 //! port, a stalled handshake, unusable files, and close_notify on drain. Certificates are
 //! made here (rcgen).
 
+#[path = "util/tls.rs"]
+mod tls_util;
 mod util;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::ClientConfig;
+use tls_util::{Cert, Tls};
 use util::{Server, PATIENCE};
-
-/// A certificate for localhost and 127.0.0.1, written as cert.pem and key.pem under `dir`.
-struct Cert {
-    der: CertificateDer<'static>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Cert {
-    fn new(dir: &Path, name: &str) -> Cert {
-        let certified = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-        ])
-        .unwrap();
-        let cert = dir.join(format!("{name}.cert.pem"));
-        let key = dir.join(format!("{name}.key.pem"));
-        std::fs::write(&cert, certified.cert.pem()).unwrap();
-        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-        Cert {
-            der: certified.cert.der().clone(),
-            cert,
-            key,
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.cert.display().to_string(),
-            "--tls-key".into(),
-            self.key.display().to_string(),
-        ]
-    }
-
-    /// A client configuration that trusts only this certificate.
-    fn client(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
 
 fn start(cert: &Cert, extra: &[&str]) -> Server {
     let mut args: Vec<String> = cert.args();
@@ -68,19 +23,9 @@ fn start(cert: &Cert, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
 /// A TLS connection to `server`, handshake done.
 fn connect(server: &Server, config: Arc<ClientConfig>) -> io::Result<Tls> {
-    let sock = TcpStream::connect(server.addr)?;
-    sock.set_read_timeout(Some(PATIENCE))?;
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
-    let mut tls = StreamOwned::new(conn, sock);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    Ok(tls)
+    tls_util::connect(server.addr, config, PATIENCE)
 }
 
 /// An event stream over TLS: the head read and checked, then events one at a time.
@@ -151,16 +96,7 @@ fn publish(server: &Server, config: Arc<ClientConfig>, topic: &str, body: &str) 
 }
 
 fn metrics(server: &Server, cert: &Cert) -> std::collections::HashMap<String, f64> {
-    let mut tls = connect(server, cert.client()).unwrap();
-    write!(
-        tls,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    tls.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    util::parse_metrics(body)
+    tls_util::metrics(server.addr, cert.client(), PATIENCE).unwrap()
 }
 
 #[test]

@@ -3,8 +3,8 @@
 # loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
 #
 #   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth tls upgrade
-#                                                         memory live200k
-#                                                 (default: all but memory and live200k)
+#                                                         memory live200k tlsstorm
+#                                                 (default: all but memory, live200k and tlsstorm)
 #
 # Servers listen on 127.0.0.1, each on a free port (found by probing, below the ephemeral
 # range that the loadtest's own connections use), never on every interface.
@@ -25,6 +25,13 @@
 # tls       sse-edge at 10k streams plain and over TLS (P-256 certificate), 10/s for 15 s, 3 runs
 #           each; then 5k TLS streams at 10/s while a storm of 4k new TLS connections (RSA-2048)
 #           arrives, with the handshake budget (--tls-handshakes-per-turn 32) and without it
+# tlsstorm  TLS reconnect storms (issue 25, item 3), one shard, node on CPU 1 and loadtest on CPU 0
+#           (taskset), 3 runs each: 1k/5k/10k TLS clients at once (P-256 and RSA-2048
+#           certificates), served or closed, time to all served, node CPU per connection; 5k
+#           connections 8 in flight, full handshakes and with --tls-resume (tickets), node CPU per
+#           connection; and under callgrind, instructions per connection (200 vs 400 connections)
+#           plain, full and resumed, both certificates. TLSSTORM_BASELINE=/path/to/sse-edge runs
+#           the at-once storms with that binary too (the code before the fix).
 # upgrade   sse-edge at 1k/10k/19k streams, stamped publishes for 20 s (100/s at 1k, 10/s above);
 #           8 s into the publishing, SIGUSR2 hands every stream to a new process (the same
 #           binary, started from a copy in a temp dir so that argv[0] names it), 3 runs each,
@@ -144,6 +151,60 @@ tls)
     wait $base || true
     stop
   done; done
+  rm -rf "$certs" ;;
+tlsstorm)
+  certs=$(mktemp -d)
+  for alg in ec rsa; do  # one self-signed leaf for localhost/127.0.0.1 each (the loadtest runs --insecure)
+    if [ $alg = rsa ]; then kp=(-newkey rsa:2048); else kp=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1); fi
+    openssl req -x509 "${kp[@]}" -nodes -keyout $certs/$alg.key -out $certs/$alg.pem -days 2 -subj /CN=localhost \
+      -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+  done
+  cpu_ns() { cat /proc/$1/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }  # on-CPU ns, all threads
+  tls_metric() { curl -sk -m 5 https://127.0.0.1:$port/metrics | awk -v m="$1" '$1 ~ "^"m"({|$)" {s += $2} END {printf "%.0f\n", s}'; }
+  node_args() { # node_args ALG → the flags of a one-shard TLS node (plain: none)
+    # Every connection is kept whatever the request-phase cap: admission is item 1's; here
+    # only the handshakes and their clock are measured.
+    echo --listen 127.0.0.1:$port --tick 0 --log warn --shards 1 --max-request-connections 100000
+    [ $1 = plain ] || echo --tls-cert $certs/$1.pem --tls-key $certs/$1.key
+  }
+  storm() { # storm NAME BIN ALG N INFLIGHT [LOADTEST FLAGS...] → OUT/NAME.json and OUT/NAME.node
+    local name=$1 bin=$2 alg=$3 n=$4 inflight=$5 scheme=https before after; shift 5
+    [ $alg = plain ] && scheme=http
+    start "$name" taskset -c 1 $bin $(node_args $alg)
+    before=$(cpu_ns $pid)
+    taskset -c 0 $lt --url $scheme://127.0.0.1:$port/stream --connections $n --max-in-flight $inflight \
+        --connect-timeout 120 --duration 1 --procs 1 --no-progress $([ $alg = plain ] || echo --insecure) "$@" \
+        --json "$out/$name.json" > "$out/$name.txt" || true
+    after=$(cpu_ns $pid)
+    { echo "cpu_ns=$((after - before))"; echo "connections=$n"
+      if [ $alg != plain ]; then
+        echo "header_timeouts=$(tls_metric sse_edge_header_timeouts_total)"
+        echo "tls_handshakes=$(tls_metric sse_edge_tls_handshakes_total)"
+      fi; } > "$out/$name.node"
+    stop
+  }
+  for n in 1000 5000 10000; do for alg in ec rsa; do for r in 1 2 3; do
+    storm "tlsstorm-once-$alg-$n-$r" $edge $alg $n $n
+    if [ -n "${TLSSTORM_BASELINE:-}" ]; then storm "tlsstorm-base-$alg-$n-$r" "$TLSSTORM_BASELINE" $alg $n $n; fi
+  done; done; done
+  for mode in plain ec rsa ec-resume rsa-resume; do for r in 1 2 3; do
+    storm "tlsstorm-paced-$mode-$r" $edge ${mode%-resume} 5000 8 $([ $mode = ${mode%-resume} ] || echo --tls-resume)
+  done; done
+  # Instructions, not seconds: callgrind counts the node's user-space instructions whatever
+  # else the machine does. Per connection = (400 connections − 200 connections) / 200, which
+  # cancels start-up (aws-lc's entropy set-up alone is ~420 M) and shutdown.
+  for mode in plain ec rsa ec-resume rsa-resume; do for k in 200 400; do for r in 1 2 3; do
+    name="tlsstorm-cg-$mode-$k-$r"; alg=${mode%-resume}; scheme=https
+    [ $alg = plain ] && scheme=http
+    valgrind --tool=callgrind --callgrind-out-file="$out/$name.cg" $edge $(node_args $alg) >"$out/$name.server.log" 2>&1 & pid=$!
+    for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+    $lt --url $scheme://127.0.0.1:$port/stream --connections $k --max-in-flight 8 --connect-timeout 120 \
+        --duration 1 --procs 1 --no-progress $([ $alg = plain ] || echo --insecure) \
+        $([ $mode = $alg ] || echo --tls-resume) --json "$out/$name.json" > "$out/$name.txt" || true
+    stop
+    echo "instructions=$(awk '/^summary:/ {print $2}' "$out/$name.cg")" > "$out/$name.node"
+    rm -f "$out/$name.cg"
+  done; done; done
   rm -rf "$certs" ;;
 hold50k)
   pids=()

@@ -127,3 +127,60 @@ if glob.glob(os.path.join(out, "upgrade-*.upgrade")):
               f"| {sum(r['deliveries_lost'] for r in rs)} | {sum(r['duplicates'] for r in rs)} "
               f"| {sum(r['disconnects'] + r['connect_errors'] for r in rs)} | {posts} "
               f"| {exits}/{len(facts)} | {served}/{len(facts)} |")
+
+def node_facts(prefix):
+    """The `key=value` files run.sh writes beside each tlsstorm run (node CPU, metrics,
+    instructions), for runs -1, -2, -3 in order."""
+    facts = []
+    for f in sorted(glob.glob(os.path.join(out, prefix + "-[0-9].node"))):
+        with open(f) as fh:
+            facts.append({k: float(v) for k, v in (l.rstrip("\n").split("=", 1) for l in fh if "=" in l) if v})
+    return facts
+
+def median_of(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+def us_per_conn(facts):
+    return median_of(f["cpu_ns"] / f["connections"] / 1000 for f in facts if "cpu_ns" in f)
+
+if glob.glob(os.path.join(out, "tlsstorm-*.node")):
+    print("\n## TLS storms: N clients at once, one shard, defaults but --max-request-connections 100000 "
+          "(median of 3; closed: total of the 3)\n")
+    print("| clients | certificate | build | served | closed | header timeouts | time to all served "
+          "| node CPU per connection |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in (1000, 5000, 10000):
+        for alg, label in (("ec", "P-256"), ("rsa", "RSA-2048")):
+            for build, tag in (("base", "before"), ("once", "this branch")):
+                rs, facts = runs(f"tlsstorm-{build}-{alg}-{n}"), node_facts(f"tlsstorm-{build}-{alg}-{n}")
+                if not rs:
+                    continue
+                print(f"| {n:,} | {label} | {tag} | {fmt(med(rs, lambda r: r['connections_established']), ',.0f')} "
+                      f"| {sum(r['connect_errors'] for r in rs)} "
+                      f"| {fmt(median_of(f.get('header_timeouts') for f in facts), ',.0f')} "
+                      f"| {fmt(med(rs, lambda r: r['connect_secs']), '.2f')} s | {fmt(us_per_conn(facts), ',.0f')} µs |")
+
+    print("\n## 5,000 connections, 8 in flight: node CPU per connection (median of 3)\n")
+    print("| connection | resumed | node CPU per connection | time for 5,000 |")
+    print("|---|---|---|---|")
+    for mode, label in (("plain", "plain HTTP"), ("ec", "TLS, P-256, full handshake"),
+                        ("ec-resume", "TLS, P-256, --tls-resume"), ("rsa", "TLS, RSA-2048, full handshake"),
+                        ("rsa-resume", "TLS, RSA-2048, --tls-resume")):
+        rs, facts = runs(f"tlsstorm-paced-{mode}"), node_facts(f"tlsstorm-paced-{mode}")
+        if not rs:
+            continue
+        print(f"| {label} | {fmt(med(rs, lambda r: r.get('tls_resumed', 0)), ',.0f')} "
+              f"| {fmt(us_per_conn(facts), ',.1f')} µs | {fmt(med(rs, lambda r: r['connect_secs']), '.2f')} s |")
+
+    print("\n## Instructions per connection under callgrind: (400 connections − 200) / 200 (median of 3)\n")
+    print("| connection | instructions per connection | resumed (of 400) |")
+    print("|---|---|---|")
+    for mode, label in (("plain", "plain HTTP"), ("ec", "TLS, P-256, full handshake"),
+                        ("ec-resume", "TLS, P-256, resumed"), ("rsa", "TLS, RSA-2048, full handshake"),
+                        ("rsa-resume", "TLS, RSA-2048, resumed")):
+        small, large = node_facts(f"tlsstorm-cg-{mode}-200"), node_facts(f"tlsstorm-cg-{mode}-400")
+        if not small or not large:
+            continue
+        per = median_of((b["instructions"] - a["instructions"]) / 200 for a, b in zip(small, large))
+        print(f"| {label} | {fmt(per, ',.0f')} | {fmt(med(runs(f'tlsstorm-cg-{mode}-400'), lambda r: r.get('tls_resumed', 0)), '.0f')} |")

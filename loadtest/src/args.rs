@@ -119,6 +119,13 @@ pub struct Args {
     #[arg(long)]
     pub insecure: bool,
 
+    /// For an https:// --url: a worker's streams share one store of session tickets, so
+    /// once the first ones have theirs the rest resume (no certificate, no server
+    /// signature), as browsers coming back after a blip do. The summary counts the streams
+    /// that resumed. Default: every stream a full handshake.
+    #[arg(long)]
+    pub tls_resume: bool,
+
     /// Bytes per published body (padded); the stamp itself is ~40 bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub body_size: usize,
@@ -271,6 +278,9 @@ impl Args {
             .any(|url| Scheme::of(url) == Some(Scheme::Https));
         match (https, self.trust()) {
             (true, None) => Err("an https:// URL needs --cacert FILE or --insecure".to_owned()),
+            _ if self.tls_resume && Scheme::of(&self.url) != Some(Scheme::Https) => {
+                Err("--tls-resume is for an https:// --url".to_owned())
+            }
             (false, Some(trust)) => {
                 let flag = match trust {
                     Trust::CaFile(_) => "--cacert",

@@ -46,7 +46,7 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 use socket2::{Domain, Socket, Type};
 
 use crate::clock::now_us;
@@ -160,7 +160,7 @@ impl Worker {
                     io::Error::other("an https:// URL needs --cacert FILE or --insecure")
                 })?;
                 Some(TlsTarget {
-                    config: tls::client_config(trust).map_err(io::Error::other)?,
+                    config: tls::client_config(trust, plan.tls_resume).map_err(io::Error::other)?,
                     name: url.server_name().map_err(io::Error::other)?,
                 })
             }
@@ -658,6 +658,13 @@ fn ingest(
         };
         sub.phase = Phase::Streaming;
         meter.counters.established += 1;
+        if sub
+            .tls
+            .as_ref()
+            .is_some_and(|s| s.handshake_kind() == Some(HandshakeKind::Resumed))
+        {
+            meter.counters.tls_resumed += 1;
+        }
         if sub.acct.slow {
             meter.counters.slow_established += 1;
         }

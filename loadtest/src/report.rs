@@ -89,6 +89,9 @@ pub struct Summary {
     /// certificate: UnknownIssuer` (a `--cacert` that did not sign the server's certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_error: Option<String>,
+    /// Established streams whose TLS handshake resumed a session (`--tls-resume`); the rest
+    /// of an https:// run's streams made a full handshake.
+    pub tls_resumed: u64,
     /// Messages × fast streams established.
     pub deliveries_expected: u64,
     /// Messages received by fast streams.
@@ -233,6 +236,16 @@ impl Summary {
         }
         if let Some(why) = &self.tls_error {
             row(&mut t, "tls", format!("first failure: {why}"));
+        }
+        if self.tls_resumed > 0 {
+            row(
+                &mut t,
+                "tls",
+                format!(
+                    "{} of {} streams resumed a session",
+                    self.tls_resumed, self.connections_established
+                ),
+            );
         }
         let publish_errors: u64 = self.publish_errors.values().sum();
         if self.publish_mode == "none" {

@@ -156,7 +156,10 @@ impl<'a> Run<'a> {
         let publish_url = args.publish_url.as_deref().map(Url::parse).transpose()?;
         // Built once here, before any worker starts, so a bad --cacert file is one line and
         // exit 2; workers build their own from the same `Trust`, the publisher uses this one.
-        let tls_config = args.trust().as_ref().map(tls::client_config).transpose()?;
+        let tls_config = args
+            .trust()
+            .map(|trust| tls::client_config(&trust, false))
+            .transpose()?;
         let fd_limit = fdlimit::raise_to_hard_limit()
             .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
         let procs = args.procs(fd_limit).min(args.connections);
@@ -481,6 +484,7 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
                 deadline_us,
                 headers: args.header_lines(),
                 tls: args.trust(),
+                tls_resume: args.tls_resume,
             };
             first += n;
             plan
@@ -605,6 +609,7 @@ impl Results<'_> {
             messages_published: published,
             publish_errors: outcome.map(|o| o.errors.clone()).unwrap_or_default(),
             tls_error: tls_error.or_else(|| outcome.and_then(|o| o.tls_error.clone())),
+            tls_resumed: c.tls_resumed,
             deliveries_expected: published * c.fast_established(),
             deliveries_received: received_total,
             deliveries_lost: c.lost,

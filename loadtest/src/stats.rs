@@ -133,6 +133,9 @@ pub struct Counters {
     pub duplicates: u64,
     /// Events that were not ours (heartbeats, replays, notices such as `gap`).
     pub other_events: u64,
+    /// Established streams whose TLS handshake resumed a session (`--tls-resume`).
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 impl Counters {
@@ -158,6 +161,7 @@ impl Counters {
         self.slow_lost += other.slow_lost;
         self.duplicates += other.duplicates;
         self.other_events += other.other_events;
+        self.tls_resumed += other.tls_resumed;
     }
 
     /// Established streams that read at full speed.

@@ -6,9 +6,11 @@
 //! file before any worker starts); each worker builds its own from the [`Trust`] carried in
 //! its plan, since a config cannot cross a process boundary.
 //!
-//! Every stream does a full handshake: session resumption is off, so a run measures what
-//! first-time clients (or a reconnect storm after a restart, whose tickets no longer work)
-//! cost the server, the conservative figure for capacity. The buffered
+//! By default every stream does a full handshake: session resumption is off, so a run
+//! measures what first-time clients (or a reconnect storm after a restart, whose tickets no
+//! longer work) cost the server, the conservative figure for capacity. With `--tls-resume` a
+//! worker's streams share its configuration's ticket store, so all but the first ones resume,
+//! as browsers that come back after a blip do: the cheaper second storm. The buffered
 //! [`ClientConnection`] is used as it is: the load generator's own memory per stream is not
 //! what a run measures.
 
@@ -41,8 +43,9 @@ pub enum Trust {
 }
 
 /// Builds the client configuration for `trust`: TLS 1.2 and 1.3 with aws-lc-rs's safe
-/// defaults, ALPN `http/1.1`, no resumption (see the module docs).
-pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
+/// defaults, ALPN `http/1.1`; with `resume`, rustls's in-memory ticket store, shared by every
+/// connection made from this configuration, else no resumption (see the module docs).
+pub fn client_config(trust: &Trust, resume: bool) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -59,7 +62,11 @@ pub fn client_config(trust: &Trust) -> Result<Arc<ClientConfig>, String> {
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    config.resumption = Resumption::disabled();
+    config.resumption = if resume {
+        Resumption::default()
+    } else {
+        Resumption::disabled()
+    };
     Ok(Arc::new(config))
 }
 
@@ -365,7 +372,7 @@ mod tests {
     fn a_trusted_ca_and_insecure_both_get_the_plaintext() {
         let (ca, server) = ca_and_server("good CA", &["localhost", "127.0.0.1"]);
         let path = ca_file(&ca, "good-ca");
-        let trusted = client_config(&Trust::CaFile(path.clone())).unwrap();
+        let trusted = client_config(&Trust::CaFile(path.clone()), false).unwrap();
         let _ = std::fs::remove_file(&path);
         for name in ["localhost", "127.0.0.1"] {
             let got = exchange(trusted.clone(), name, server.clone(), ANSWER, ANSWER.len());
@@ -373,7 +380,7 @@ mod tests {
         }
         // --insecure: a certificate for another name, from a CA nobody trusts.
         let (_, elsewhere) = ca_and_server("unknown CA", &["elsewhere.example"]);
-        let insecure = client_config(&Trust::Insecure).unwrap();
+        let insecure = client_config(&Trust::Insecure, false).unwrap();
         let got = exchange(insecure, "127.0.0.1", elsewhere, ANSWER, ANSWER.len());
         assert_eq!(got.unwrap(), ANSWER);
     }
@@ -383,7 +390,7 @@ mod tests {
         let (_, server) = ca_and_server("server's CA", &["localhost"]);
         let (other_ca, _) = ca_and_server("another CA", &["localhost"]);
         let path = ca_file(&other_ca, "other-ca");
-        let wrong = client_config(&Trust::CaFile(path.clone())).unwrap();
+        let wrong = client_config(&Trust::CaFile(path.clone()), false).unwrap();
         let _ = std::fs::remove_file(&path);
         let e = exchange(wrong, "localhost", server, ANSWER, 1).unwrap_err();
         assert!(is_tls_error(&e), "{e}");
@@ -391,7 +398,7 @@ mod tests {
 
         let (ca, server) = ca_and_server("good CA", &["localhost"]);
         let path = ca_file(&ca, "name-ca");
-        let trusted = client_config(&Trust::CaFile(path.clone())).unwrap();
+        let trusted = client_config(&Trust::CaFile(path.clone()), false).unwrap();
         let _ = std::fs::remove_file(&path);
         let e = exchange(trusted, "127.0.0.1", server, ANSWER, 1).unwrap_err();
         assert!(is_tls_error(&e), "{e}");
@@ -401,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_server_that_hangs_up_mid_handshake_is_a_tls_error() {
-        let config = client_config(&Trust::Insecure).unwrap();
+        let config = client_config(&Trust::Insecure, false).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = ClientConnection::new(config, name).unwrap();
         let mut wire = Wire {
@@ -416,11 +423,11 @@ mod tests {
     #[test]
     fn a_bad_ca_file_is_one_clear_line() {
         let missing = Trust::CaFile("/nonexistent/ca.pem".into());
-        let e = client_config(&missing).unwrap_err();
+        let e = client_config(&missing, false).unwrap_err();
         assert!(e.starts_with("--cacert /nonexistent/ca.pem: "), "{e}");
 
         let empty = ca_file("not a certificate\n", "empty");
-        let e = client_config(&Trust::CaFile(empty.clone())).unwrap_err();
+        let e = client_config(&Trust::CaFile(empty.clone()), false).unwrap_err();
         assert!(e.ends_with("no PEM CERTIFICATE in it"), "{e}");
 
         std::fs::write(
@@ -428,7 +435,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let e = client_config(&Trust::CaFile(empty.clone())).unwrap_err();
+        let e = client_config(&Trust::CaFile(empty.clone()), false).unwrap_err();
         let _ = std::fs::remove_file(&empty);
         assert!(e.contains("certificate 1: "), "{e}");
     }

@@ -59,6 +59,9 @@ pub struct Plan {
     /// What to trust for an `https://` URL; the worker builds its TLS configuration from it.
     #[serde(default)]
     pub tls: Option<Trust>,
+    /// Whether the worker's streams share session tickets (`--tls-resume`).
+    #[serde(default)]
+    pub tls_resume: bool,
 }
 
 /// What the parent tells a running worker.

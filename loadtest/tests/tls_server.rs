@@ -236,6 +236,29 @@ fn with_cacert_every_tls_stream_gets_every_message() {
 }
 
 #[test]
+fn with_tls_resume_every_stream_after_the_first_resumes_a_session() {
+    let pki = pki("loadtest resume CA", &["localhost", "127.0.0.1"]);
+    // One stream at a time: each finds the tickets the one before it got with its head.
+    let run = |extra: &[&str]| {
+        // A server per run: it counts every stream it ever served.
+        let port = start(pki.server.clone());
+        let mut a = args(port, 20, 2, &["--cacert", &pki.ca_file.path()]);
+        a.extend(["--procs", "1", "--max-in-flight", "1"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        loadtest(&a)
+    };
+    let full = run(&[]);
+    assert_everything_arrived(&full, 20, 0, 2);
+    assert_eq!(full.json.as_ref().unwrap()["tls_resumed"], 0);
+    let resumed = run(&["--tls-resume"]);
+    assert_everything_arrived(&resumed, 20, 0, 2);
+    assert_eq!(resumed.json.as_ref().unwrap()["tls_resumed"], 19);
+    assert!(resumed
+        .stdout
+        .contains("19 of 20 streams resumed a session"));
+}
+
+#[test]
 fn with_insecure_a_certificate_nobody_trusts_is_accepted() {
     // Signed by a CA nobody was given, for a name that is not the URL's host.
     let pki = pki("a CA nobody trusts", &["elsewhere.example"]);
@@ -298,6 +321,19 @@ fn without_a_usable_trust_flag_the_run_does_not_start() {
     refused(
         &[&http[..], &["--insecure"]].concat(),
         "--insecure is for https:// URLs, and --url and --publish-url are not https://",
+    );
+    refused(
+        &[
+            &http[..],
+            &[
+                "--publish-url",
+                "https://127.0.0.1:1/p",
+                "--insecure",
+                "--tls-resume",
+            ],
+        ]
+        .concat(),
+        "--tls-resume is for an https:// --url",
     );
     refused(
         &[&https[..], &["--cacert", "/nonexistent/ca.pem"]].concat(),

@@ -330,6 +330,15 @@ impl Shard {
         if client.handed || state.awaiting.is_some() {
             return None;
         }
+        // A TLS handshake that began, or whose ClientHello waits in the handshake queue, has
+        // nothing in its socket because it was read: it is load, not silence.
+        if client
+            .tls
+            .as_ref()
+            .is_some_and(|s| s.handshaking() && (s.began() || s.queued()))
+        {
+            return None;
+        }
         match client.socket.peek(&mut [0u8; 1]) {
             Ok(n) if n > 0 => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
@@ -362,7 +371,7 @@ impl Shard {
             .raise(Stat::RequestConnectionsPeak, self.turn_peak as u64);
         let behind = (self.listener_ready && self.may_accept())
             || self.requesting_now > self.config.max_request_connections
-            || !self.deferred_handshakes.is_empty();
+            || !self.handshakes.is_empty();
         let evictions = self.evictions();
         let sheds = self.counters.get(Stat::Shed);
         let Some(storm) = &mut self.storm else {

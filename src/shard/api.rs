@@ -42,18 +42,23 @@ impl Shard {
                     }
                     let handshaking = client.handshaking();
                     if handshaking && self.handshakes_left == 0 {
-                        // This turn's handshake budget is spent: next turn, before polling.
-                        self.deferred_handshakes.push((key, client.serial));
-                        return;
+                        // This turn's handshake budget is spent: a later turn, in order.
+                        return self.defer_handshake(key);
                     }
+                    let began = client.tls.as_ref().is_some_and(|s| s.began());
                     let status = client.read_request_bytes(&mut self.scratch);
+                    let begins = !began && client.tls.as_ref().is_some_and(|s| s.began());
+                    let answer = client.tls.is_some() && client.wants_flush();
                     if handshaking {
                         self.handshakes_left = self.handshakes_left.saturating_sub(1);
                         if !client.handshaking() {
                             self.counters.add(Stat::TlsHandshakes, 1);
                         }
                     }
-                    if client.tls.is_some() && client.wants_flush() {
+                    if begins {
+                        self.began_handshake(key);
+                    }
+                    if answer {
                         // The handshake's answer waits in the session.
                         self.mark_pending(key);
                     }
@@ -78,19 +83,6 @@ impl Shard {
                     self.dispatch(key, request)
                 }
                 Err(rejection) => return self.reject(key, rejection),
-            }
-        }
-    }
-
-    /// Goes on with the TLS handshakes the last turn's budget deferred.
-    pub(super) fn resume_handshakes(&mut self) {
-        for (key, serial) in std::mem::take(&mut self.deferred_handshakes) {
-            if self
-                .clients
-                .get(key)
-                .is_some_and(|c| c.serial == serial && !c.closing)
-            {
-                self.serve_requests(key);
             }
         }
     }

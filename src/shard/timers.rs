@@ -106,6 +106,10 @@ impl Shard {
         }
         match client.deadline() {
             Some(deadline) if deadline <= now => {
+                if self.waiting_for_first_turn(key) {
+                    return; // its ClientHello came; the wait is the node's (shard/handshakes.rs)
+                }
+                let client = &self.clients[key];
                 if matches!(client.phase, Phase::Request(_)) {
                     self.counters.add(Stat::HeaderTimeouts, 1);
                     debug!(
