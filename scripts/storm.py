@@ -97,6 +97,17 @@ def main():
         help="resume from the K-th published event (1-based; needs --publish)",
     )
     ap.add_argument("--deadline", type=float, default=60.0, help="seconds for everything")
+    ap.add_argument(
+        "--path",
+        default=None,
+        help="the stream's path (default /stream?topic=TOPIC); for another server, e.g. nchan's",
+    )
+    ap.add_argument(
+        "--served-at-head",
+        action="store_true",
+        help="count a connection served at its 200 head (a server other than sse-edge, which "
+        "sends no ': connected'); replay is not counted then",
+    )
     args = ap.parse_args()
 
     if not ipaddress.ip_address(args.host).is_loopback:
@@ -115,7 +126,7 @@ def main():
         extra = f"Last-Event-ID: {ids[args.last_event_id - 1]}\r\n"
         owed = args.publish - args.last_event_id
     request = (
-        f"GET /stream?topic={args.topic} HTTP/1.1\r\nHost: storm\r\n"
+        f"GET {args.path or '/stream?topic=' + args.topic} HTTP/1.1\r\nHost: storm\r\n"
         f"Accept: text/event-stream\r\n{extra}\r\n"
     ).encode()
 
@@ -175,7 +186,11 @@ def main():
                 chunk = b""
             c.buf += chunk
             if c.state == "reading":
-                if CONNECTED in c.buf:
+                if args.served_at_head and HEAD_END in c.buf and c.buf.startswith(b"HTTP/1.1 200"):
+                    c.state = "served"
+                    c.served_at = time.monotonic()
+                    c.buf = b""
+                elif not args.served_at_head and CONNECTED in c.buf:
                     c.state = "served"
                     c.served_at = time.monotonic()
                     c.buf = c.buf.split(CONNECTED, 1)[1]

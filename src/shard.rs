@@ -143,6 +143,9 @@ const SHED_RETRY_FACTOR: u64 = 10;
 /// (half a second), and a stream that needs its queue at least four times a second keeps it
 /// rather than allocating it again for each burst.
 const RELEASE_PERIOD: Duration = Duration::from_millis(250);
+/// Queues given back in one look from which the memory a burst freed is returned to the
+/// kernel at once (a storm's replays): each queue is a kilobyte or more.
+const TRIM_AFTER: usize = 256;
 /// How often shard 0 looks for idle topics to forget, at most and at least.
 const FORGET_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
@@ -651,6 +654,7 @@ impl Shard {
         let Shard {
             queues, clients, ..
         } = self;
+        let listed = queues.len();
         queues.retain(|&(key, serial)| {
             let Some(client) = clients.get_mut(key as usize).filter(|c| c.serial == serial) else {
                 return false; // closed: its queue went with it
@@ -659,6 +663,9 @@ impl Shard {
             client.queue_listed = held;
             held
         });
+        if listed - queues.len() >= TRIM_AFTER {
+            give_back_freed_memory();
+        }
         if queues.is_empty() {
             *queues = Vec::new();
             self.next_release = None;
@@ -755,5 +762,16 @@ fn owed_an_answer(client: &Client) -> bool {
                 || state.awaiting.is_some()
         }
         Phase::Stream(_) | Phase::Linger { .. } => false,
+    }
+}
+
+/// Returns the allocator's free memory to the kernel. glibc keeps what a storm's replays freed
+/// in its arenas (it trims only the top of the main heap by itself), so the node's RSS would
+/// stay at the storm's peak while its live memory is back to what idle streams cost.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
