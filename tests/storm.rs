@@ -230,6 +230,11 @@ struct Burst {
     written_stopped: usize,
 }
 
+/// `n` plain stream requests on the storm's topic.
+fn plain_requests(n: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..n).map(|_| stream_request("/stream?topic=storm", ""))
+}
+
 fn burst(server: &Server, requests: impl IntoIterator<Item = Vec<u8>>) -> Burst {
     stop(server);
     let mut conns: Vec<Conn> = requests
@@ -246,6 +251,10 @@ fn burst(server: &Server, requests: impl IntoIterator<Item = Vec<u8>>) -> Burst 
         }
         written_stopped += done;
     }
+    eprintln!(
+        "{written_stopped} of {} written while the node was stopped",
+        conns.len()
+    );
     server.signal(libc::SIGCONT);
     let deadline = Instant::now() + PATIENCE;
     while conns.iter().any(|c| !c.sent()) {
@@ -339,14 +348,7 @@ fn stream_request(path: &str, extra: &str) -> Vec<u8> {
 fn a_burst_of_5000_stream_requests_is_all_served() {
     let _serial = serial();
     let server = Server::start(&[]);
-    let mut b = burst(
-        &server,
-        (0..5000).map(|_| stream_request("/stream?topic=storm", "")),
-    );
-    eprintln!(
-        "{} of 5000 written while the node was stopped",
-        b.written_stopped
-    );
+    let mut b = burst(&server, plain_requests(5000));
     assert!(
         b.written_stopped > 2 * DEFAULT_REQUEST_CAP,
         "a real burst: {} waiting",
@@ -392,14 +394,7 @@ fn silent_connections_may_give_way_but_a_burst_of_real_ones_never() {
         m["sse_edge_connections"] + metric(m, "sse_edge_request_evictions_total")
             >= baseline + 2000.0
     });
-    let mut b = burst(
-        &server,
-        (0..5000).map(|_| stream_request("/stream?topic=storm", "")),
-    );
-    eprintln!(
-        "{} of 5000 written while the node was stopped",
-        b.written_stopped
-    );
+    let mut b = burst(&server, plain_requests(5000));
     assert!(b.written_stopped > 2 * DEFAULT_REQUEST_CAP);
     let tally = read_heads(&mut b.conns);
     assert_eq!(
@@ -452,10 +447,6 @@ fn a_burst_of_2000_resumes_each_gets_the_ids_after_its_own_then_live() {
             let last = format!("Last-Event-ID: {}\r\n", ids[resume_from(i)]);
             stream_request("/stream?topic=storm", &last)
         }),
-    );
-    eprintln!(
-        "{} of 2000 written while the node was stopped",
-        b.written_stopped
     );
     assert!(b.written_stopped > DEFAULT_REQUEST_CAP);
     let tally = read_heads(&mut b.conns);
@@ -536,10 +527,7 @@ fn a_storm_is_counted_and_logged_once() {
 
     // The storm: 1000 complete requests waiting at once. The first turn after the node
     // wakes takes its whole budget of 256; none is evicted, every one is served.
-    let mut b = burst(
-        &server,
-        (0..1000).map(|_| stream_request("/stream?topic=storm", "")),
-    );
+    let mut b = burst(&server, plain_requests(1000));
     assert_eq!(b.written_stopped, 1000, "all waiting in the accept queue");
     let tally = read_heads(&mut b.conns);
     assert_eq!(
