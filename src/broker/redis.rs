@@ -28,22 +28,33 @@ use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, ServerErrorKi
 use crate::event_id::{EventId, MAX_EPOCH};
 use crate::params;
 
+/// The epoch of an entry about to be appended: the one Redis keeps at `KEYS[2]`, or `ARGV[2]`
+/// (a fresh one) written there first when Redis has none. One text for every script that
+/// appends, so an event and a heartbeat can never disagree on how an epoch starts.
+macro_rules! epoch_lua {
+    () => {
+        "local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+end
+"
+    };
+}
+
 /// Appends one event, creating the epoch first when it is missing (see the module
 /// documentation). `KEYS[1]` the stream, `KEYS[2]` the epoch key; `ARGV` = maxlen,
 /// fresh epoch, topic, event name (empty for none), data. Returns `{epoch, id}`.
 ///
 /// Both keys are declared, so the script stays correct under Redis Cluster hashing if the
 /// stream name carries a hash tag.
-pub const PUBLISH_SCRIPT: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[2], epoch)
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+pub const PUBLISH_SCRIPT: &str = concat!(
+    epoch_lua!(),
+    "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   'e', epoch, 't', ARGV[3], 'n', ARGV[4], 'd', ARGV[5])
 return {epoch, id}
-"#;
+"
+);
 
 /// Reads the next range of a replay within a count and a byte budget. `KEYS[1]` the stream;
 /// `ARGV` = the cursor (an entry id, inclusive), the end (`+` or an id, inclusive), the count
@@ -99,22 +110,20 @@ pub const EPOCH_SUFFIX: &str = ":epoch";
 /// an upgrade). `KEYS[1]` the stream, `KEYS[2]` the epoch key, `KEYS[3]` the lease, `KEYS[4]`
 /// the count; `ARGV` = maxlen, fresh epoch, this node's name, lease in ms, topic. Returns
 /// nil when another node holds the lease, else `{epoch, id, n}`.
-pub const TICK_SCRIPT: &str = r#"
-local holder = redis.call('GET', KEYS[3])
+pub const TICK_SCRIPT: &str = concat!(
+    "local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[3] then
   return false
 end
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
 local n = redis.call('INCR', KEYS[4])
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[2], epoch)
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+",
+    epoch_lua!(),
+    "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   'e', epoch, 't', ARGV[5], 'n', '', 'd', 'Auto heartbeat #' .. n)
 return {epoch, id, n}
-"#;
+"
+);
 
 /// The suffixes of the heartbeat's lease and count beside the stream.
 pub const TICK_SUFFIXES: (&str, &str) = (":ticker", ":ticks");

@@ -651,21 +651,31 @@ mod tests {
         (taken, imported, parts, node)
     }
 
-    #[test]
-    fn a_history_larger_than_any_message_arrives_whole_in_parts() {
-        let budget = 1 << 20;
-        let node = Node {
-            history: history(100 << 10, budget),
+    /// A node whose history is `history`, kept within `budget`.
+    fn node(history: History, budget: usize) -> Node {
+        Node {
+            history,
             budget,
             aborted: Cell::new(false),
             committed: Cell::new(false),
-        };
-        let sent = kept(&node.history);
-        let limits = Limits {
+        }
+    }
+
+    /// A new process's limits for a history of `budget`.
+    fn limits(budget: usize) -> Limits {
+        Limits {
             history_bytes: budget,
             max_streams: 10,
             max_connections: 100,
-        };
+        }
+    }
+
+    #[test]
+    fn a_history_larger_than_any_message_arrives_whole_in_parts() {
+        let budget = 1 << 20;
+        let node = node(history(100 << 10, budget), budget);
+        let sent = kept(&node.history);
+        let limits = limits(budget);
         // Every message at most 4 KiB: a message over it would fail the hand-over.
         let (taken, imported, parts, node) = hand_over(node, limits, 4096);
         assert!(matches!(taken, Ok(Outcome::Taken(_))), "{taken:?}");
@@ -681,18 +691,9 @@ mod tests {
         let id = EventId::local(1);
         let big = sse::encode_event(id, None, None, &"z".repeat(HISTORY_PART * 2));
         history.record("big", id, &big, std::time::Instant::now());
-        let node = Node {
-            history,
-            budget,
-            aborted: Cell::new(false),
-            committed: Cell::new(false),
-        };
+        let node = node(history, budget);
         let sent = kept(&node.history);
-        let limits = Limits {
-            history_bytes: budget,
-            max_streams: 10,
-            max_connections: 100,
-        };
+        let limits = limits(budget);
         let (taken, imported, parts, _) = hand_over(node, limits, channel::MAX_MESSAGE);
         assert!(matches!(taken, Ok(Outcome::Taken(_))), "{taken:?}");
         assert_eq!(parts, 1);
@@ -701,17 +702,8 @@ mod tests {
 
     #[test]
     fn a_successor_that_cannot_take_the_history_refuses_before_anything_pauses() {
-        let node = Node {
-            history: history(10 << 10, 1 << 20),
-            budget: 1 << 20,
-            aborted: Cell::new(false),
-            committed: Cell::new(false),
-        };
-        let limits = Limits {
-            history_bytes: 64 << 10,
-            max_streams: 10,
-            max_connections: 100,
-        };
+        let node = node(history(10 << 10, 1 << 20), 1 << 20);
+        let limits = limits(64 << 10);
         let (taken, _, parts, node) = hand_over(node, limits, 4096);
         let err = taken.unwrap_err();
         assert!(err.contains("--history-bytes"), "{err}");
