@@ -226,3 +226,38 @@ fn big_entries_take_their_size_from_the_scan_budget() {
         reset.data
     );
 }
+
+#[test]
+fn resumes_from_one_id_one_after_another_read_each_range_once() {
+    // The streams of a lost node come back over one `retry:` period, not at once, and each
+    // resume is over before the next arrives: what the first one read serves the others.
+    let count = 1500;
+    let s = Setup::new(&[], count, "busy", 16);
+    let replay = |i: usize| {
+        let mut stream = s.resume("busy");
+        for k in 0..count {
+            let e = stream.event_within_patience("a replayed event");
+            assert_eq!(e.id, Some(s.wire(k)), "resume {i}, event {k}");
+        }
+    };
+    let before = s.redis.calls("xrange");
+    replay(0);
+    let first = s.redis.calls("xrange") - before;
+    let n = 10;
+    for i in 1..n {
+        replay(i);
+    }
+    let rest = s.redis.calls("xrange") - before - first;
+    eprintln!(
+        "XRANGE calls: {first} for the first resume, {rest} for the {} after it",
+        n - 1
+    );
+    // Unshared, each later resume reads what the first read (and then some); shared, they read
+    // nothing (the ranges linger after the first one is over), or now and then a tail.
+    assert!(
+        first > 1 && rest < (n - 1) as u64,
+        "the first resume made {first} XRANGE calls, the {} after it {rest}: each alone reads \
+         the same {count} entries again",
+        n - 1
+    );
+}

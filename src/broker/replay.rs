@@ -18,7 +18,9 @@
 //!   overlap (a read ends where the next cached range starts), so resumes from nearby ids read
 //!   each entry once. A resume *claims* its cursor from when its step is taken until it goes
 //!   over to the history, its stream closes, or it has not asked for [`CLAIM_IDLE`]; a range
-//!   is kept while some claim has not passed it, and given back as soon as none needs it.
+//!   is kept while some claim has not passed it, and for [`LINGER`] after it last served a
+//!   resume: a storm's resumes come over one `retry:` period, each over in a moment, and the
+//!   later ones read only what was appended since. Then it is given back.
 //!   Reads are cut to the cache's free bytes in Redis ([`RANGE_SCRIPT`]), so the cache stays
 //!   within its bound whatever the entries' sizes; when less than a quarter is free, the
 //!   ranges furthest ahead go first (`sse_edge_replay_cache_evictions_total`).
@@ -58,6 +60,14 @@ pub const SCAN_UNIT: usize = 1024;
 
 /// What a cached range costs besides its entries: its map node and record.
 const RANGE_COST: usize = 128;
+
+/// A range no resume needs any more stays this long after it last served one (within the
+/// cache's bound; a read that needs the room takes it first). The resumes of a lost node or of
+/// a deploy do not come at once but over one `retry:` period (½–1½ × `--retry-ms`, 1–3 s by
+/// default; a browser's own default is 3 s), each done in a moment: without it every one of
+/// them would read the same range again. Renewed by each resume it serves, so a storm spread
+/// over a longer `--retry-ms` keeps it as long as resumes keep coming.
+pub const LINGER: Duration = Duration::from_secs(10);
 
 /// A claim not renewed for this long lapses: its stream stopped asking (it is gone, handed to
 /// the next process, or reads too slowly to be worth keeping ranges for; its next step then
@@ -171,12 +181,20 @@ struct CachedRange {
     last: EventId,
     /// What it is charged.
     bytes: usize,
+    /// When it was read or last served a resume ([`LINGER`]).
+    used: Instant,
 }
 
 impl CachedRange {
     /// The range one read after `start` covers, or None when the stream has nothing after
     /// `start` at all. `until` and `count` are what the read was bounded by.
-    fn new(range: Range, start: EventId, until: Option<EventId>, count: usize) -> Option<Self> {
+    fn new(
+        range: Range,
+        start: EventId,
+        until: Option<EventId>,
+        count: usize,
+        now: Instant,
+    ) -> Option<Self> {
         let Range { read, cut, .. } = range;
         let seen = read.entries.len().saturating_add(read.skipped);
         let last = match (read.last, until) {
@@ -198,6 +216,7 @@ impl CachedRange {
             skipped: read.skipped,
             last,
             bytes,
+            used: now,
         })
     }
 }
@@ -315,16 +334,20 @@ impl RangeCache {
         }
     }
 
-    /// Gives back every range no claim still needs: all of them without claims, else those
-    /// that end at or before the first claim's cursor.
-    fn trim(&mut self) {
+    /// Gives back every range no claim still needs and that has not served a resume for
+    /// [`LINGER`] by `now`. Walks every range: called once per [`EXPIRY_PERIOD`], not per step.
+    fn trim(&mut self, now: Instant) {
         let first = self.positions.first_key_value().map(|(at, _)| *at);
-        while let Some(range) = self.ranges.first_entry() {
-            if first.is_some_and(|first| range.get().last > first) {
-                break;
+        let mut freed = 0usize;
+        self.ranges.retain(|_, range| {
+            let needed = first.is_some_and(|first| range.last > first);
+            let keep = needed || now.saturating_duration_since(range.used) < LINGER;
+            if !keep {
+                freed += range.bytes;
             }
-            self.bytes -= range.remove().bytes;
-        }
+            keep
+        });
+        self.bytes -= freed;
     }
 
     /// Forgets every range when the cluster's epoch is not the one they were read in.
@@ -336,10 +359,20 @@ impl RangeCache {
         }
     }
 
-    /// The cached range holding what follows `at`, with the id it starts after.
+    /// The cached range holding what follows `at`.
     fn covering(&self, at: EventId) -> Option<&CachedRange> {
         let (_, range) = self.ranges.range(..=at).next_back()?;
         (range.last > at).then_some(range)
+    }
+
+    /// [`RangeCache::covering`], for a resume it serves `now`: it lingers from then on.
+    fn serving(&mut self, at: EventId, now: Instant) -> Option<&CachedRange> {
+        let (_, range) = self.ranges.range_mut(..=at).next_back()?;
+        if range.last <= at {
+            return None;
+        }
+        range.used = now;
+        Some(range)
     }
 
     /// Where the first cached range after `at` starts: a read from `at` stops there.
@@ -350,10 +383,22 @@ impl RangeCache {
             .map(|(start, _)| *start)
     }
 
-    /// Makes at least a quarter of the cache free, dropping the ranges furthest ahead first;
-    /// returns the free bytes, what the next read may take.
+    /// Makes at least a quarter of the cache free, dropping first the ranges no claim needs
+    /// (lingering, oldest first), then those furthest ahead; returns the free bytes, what the
+    /// next read may take.
     fn make_room(&mut self) -> usize {
         let want = (self.limit / 4).max(1);
+        let first = self.positions.first_key_value().map(|(at, _)| *at);
+        while self.room() < want {
+            // The passed ranges are the first ones: every claim is at or after their end.
+            let Some(range) = self.ranges.first_entry() else {
+                break;
+            };
+            if first.is_some_and(|first| range.get().last > first) {
+                break;
+            }
+            self.bytes -= range.remove().bytes;
+        }
         while self.room() < want {
             let Some((_, range)) = self.ranges.pop_last() else {
                 break;
@@ -410,7 +455,7 @@ pub fn replay_loop(
     let mut round: VecDeque<ReplayJob> = VecDeque::new();
     loop {
         // Idle, nothing is kept: sleep until a step comes. Else wake now and then to let
-        // claims lapse and give their ranges back.
+        // claims lapse and give their ranges back once they no longer linger.
         let job = if cache.idle() {
             queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
@@ -451,7 +496,6 @@ pub fn replay_loop(
                 }
             }
             take_waiting(&mut cache, &mut round, queue, overs);
-            cache.trim();
             stats.show(&cache);
         }
         if round.capacity() > SMALL {
@@ -461,9 +505,9 @@ pub fn replay_loop(
         let now = Instant::now();
         if now >= next_expiry {
             cache.expire(now);
+            cache.trim(now);
             next_expiry = now + EXPIRY_PERIOD;
         }
-        cache.trim();
         stats.show(&cache);
     }
 }
@@ -523,9 +567,8 @@ fn serve(
         }
         let at = job.cursor.after();
         if cache.covering(at).is_none() {
-            // What this step walked past is given back first, unless another resume needs it.
+            // What this step walked past may go first if the read needs the room.
             cache.claim((job.from, job.ticket), at, Instant::now());
-            cache.trim();
             let until = cache.next_start_after_room(at);
             let left = usize::try_from(limits.scan - scanned).unwrap_or(usize::MAX);
             // No more entries than the budget has left, nor more bytes than it allows for
@@ -545,13 +588,13 @@ fn serve(
             if range.oldest.is_none_or(|oldest| oldest > at) {
                 return Ok(handover(job));
             }
-            let Some(read) = CachedRange::new(range, at, until, want) else {
+            let Some(read) = CachedRange::new(range, at, until, want, Instant::now()) else {
                 break; // Redis has nothing newer: the history finishes the replay
             };
             cache.insert(at, read);
             stats.show(cache);
         }
-        let Some(range) = cache.covering(at) else {
+        let Some(range) = cache.serving(at, Instant::now()) else {
             break;
         };
         let first = range.entries.partition_point(|e| e.id <= at);
@@ -620,6 +663,12 @@ mod tests {
     use crate::broker::redis::Read;
     use proptest::prelude::*;
 
+    /// One instant for a whole test (the cache takes the time from its caller).
+    fn t0() -> Instant {
+        static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *NOW.get_or_init(Instant::now)
+    }
+
     fn id(n: u64) -> EventId {
         EventId::entry(n, 0)
     }
@@ -659,60 +708,114 @@ mod tests {
     #[test]
     fn a_read_reaches_its_end_only_when_it_came_whole() {
         // Fewer than asked and not cut: everything up to the end asked for came.
-        let r = CachedRange::new(read(11..=12, 1, false), id(10), Some(id(20)), 5).unwrap();
+        let r = CachedRange::new(read(11..=12, 1, false), id(10), Some(id(20)), 5, t0()).unwrap();
         assert_eq!(r.last, id(20));
         // Nothing between the cursor and a cached range: an empty range bridges them.
-        let r = CachedRange::new(read([], 1, false), id(10), Some(id(20)), 5).unwrap();
+        let r = CachedRange::new(read([], 1, false), id(10), Some(id(20)), 5, t0()).unwrap();
         assert_eq!((r.last, r.entries.len()), (id(20), 0));
         // As many as asked, or cut by bytes: only up to the last entry seen.
-        let r = CachedRange::new(read(11..=15, 1, false), id(10), Some(id(20)), 5).unwrap();
+        let r = CachedRange::new(read(11..=15, 1, false), id(10), Some(id(20)), 5, t0()).unwrap();
         assert_eq!(r.last, id(15));
-        let r = CachedRange::new(read(11..=12, 1, true), id(10), Some(id(20)), 5).unwrap();
+        let r = CachedRange::new(read(11..=12, 1, true), id(10), Some(id(20)), 5, t0()).unwrap();
         assert_eq!(r.last, id(12));
         // Open-ended: up to the last entry; nothing at all is the stream's end.
-        let r = CachedRange::new(read(11..=12, 1, false), id(10), None, 5).unwrap();
+        let r = CachedRange::new(read(11..=12, 1, false), id(10), None, 5, t0()).unwrap();
         assert_eq!(r.last, id(12));
-        assert!(CachedRange::new(read([], 1, false), id(10), None, 5).is_none());
+        assert!(CachedRange::new(read([], 1, false), id(10), None, 5, t0()).is_none());
         // Charged its entries' strings and bookkeeping.
-        let r = CachedRange::new(read(11..=12, 100, false), id(10), None, 5).unwrap();
+        let r = CachedRange::new(read(11..=12, 100, false), id(10), None, 5, t0()).unwrap();
         assert_eq!(r.bytes, RANGE_COST + 2 * (ENTRY_COST + 2 + 1 + 100));
     }
 
     #[test]
     fn ranges_stay_while_a_claim_has_not_passed_them_and_go_when_none_needs_them() {
-        let now = Instant::now();
+        let now = t0();
         let mut cache = RangeCache::new(1 << 20);
         for start in [0, 10, 20] {
-            let r = CachedRange::new(read(start + 1..=start + 10, 10, false), id(start), None, 10);
+            let r = CachedRange::new(
+                read(start + 1..=start + 10, 10, false),
+                id(start),
+                None,
+                10,
+                t0(),
+            );
             cache.insert(id(start), r.unwrap());
         }
         assert_eq!(cache.covering(id(0)).map(|r| r.last), Some(id(10)));
         assert_eq!(cache.covering(id(15)).map(|r| r.last), Some(id(20)));
         assert!(cache.covering(id(30)).is_none());
         assert_eq!(cache.next_start(id(5)), Some(id(10)));
-        // One resume at 15 still needs (10, 20] and (20, 30]; another behind it keeps
-        // (0, 10] too until it moves on.
-        cache.claim(who(1), id(15), now);
-        cache.claim(who(2), id(0), now);
-        cache.trim();
+        // Long after they were read (no lingering): one resume at 15 still needs (10, 20]
+        // and (20, 30]; another behind it keeps (0, 10] too until it moves on.
+        let later = now + LINGER;
+        cache.claim(who(1), id(15), later);
+        cache.claim(who(2), id(0), later);
+        cache.trim(later);
         assert_eq!(starts(&cache), vec![0, 10, 20]);
-        cache.claim(who(2), id(20), now);
-        cache.trim();
+        cache.claim(who(2), id(20), later);
+        cache.trim(later);
         assert_eq!(starts(&cache), vec![10, 20]);
         cache.release(who(1));
-        cache.trim();
+        cache.trim(later);
         assert_eq!(starts(&cache), vec![20]);
         // No resume in progress: nothing kept.
         cache.release(who(2));
-        cache.trim();
+        cache.trim(later);
         assert_eq!((cache.ranges.len(), cache.bytes()), (0, 0));
         assert!(cache.idle());
     }
 
     #[test]
+    fn a_range_no_resume_needs_lingers_for_the_next_resumes_unless_a_read_needs_its_room() {
+        let now = t0();
+        let mut cache = RangeCache::new(64 << 10);
+        for start in [0, 10] {
+            let r = CachedRange::new(
+                read(start + 1..=start + 10, 1000, false),
+                id(start),
+                None,
+                10,
+                now,
+            );
+            cache.insert(id(start), r.unwrap());
+        }
+        // A resume went through both and is over: they stay for the storm's next resumes,
+        // each of which renews the one it is served from.
+        cache.claim(who(1), id(20), now);
+        cache.release(who(1));
+        cache.trim(now + LINGER / 2);
+        assert_eq!(starts(&cache), vec![0, 10]);
+        assert!(!cache.idle(), "the replayer must wake to give them back");
+        assert!(cache.serving(id(12), now + LINGER / 2).is_some());
+        cache.trim(now + LINGER);
+        assert_eq!(starts(&cache), vec![10]);
+        cache.trim(now + LINGER / 2 + LINGER);
+        assert!(cache.idle() && cache.bytes() == 0);
+
+        // A read that needs the room takes the lingering ranges' first, oldest first, and
+        // that is no eviction (nobody needed them).
+        for start in [0, 10, 20, 30, 40, 50] {
+            let r = CachedRange::new(
+                read(start + 1..=start + 10, 1000, false),
+                id(start),
+                None,
+                10,
+                now,
+            );
+            cache.insert(id(start), r.unwrap());
+        }
+        cache.claim(who(2), id(25), now);
+        assert!(cache.room() < cache.limit / 4);
+        cache.make_room();
+        assert!(cache.room() >= cache.limit / 4);
+        assert_eq!(cache.evictions, 0);
+        assert_eq!(starts(&cache).first(), Some(&20), "{:?}", starts(&cache));
+    }
+
+    #[test]
     fn a_storm_of_claims_gives_its_storage_back_once_released() {
         let mut cache = RangeCache::new(1 << 20);
-        let now = Instant::now();
+        let now = t0();
         for key in 0..10_000 {
             cache.claim(who(key), id(1), now);
         }
@@ -730,7 +833,7 @@ mod tests {
 
     #[test]
     fn claims_lapse_when_not_renewed_and_are_capped() {
-        let now = Instant::now();
+        let now = t0();
         let mut cache = RangeCache::new(1 << 20);
         cache.claim(who(1), id(1), now);
         cache.claim(who(2), id(1), now + CLAIM_IDLE / 2);
@@ -749,7 +852,7 @@ mod tests {
     fn an_epoch_change_forgets_every_range() {
         let mut cache = RangeCache::new(1 << 20);
         cache.follow_epoch(Some("a"));
-        let r = CachedRange::new(read(1..=3, 10, false), id(0), None, 3).unwrap();
+        let r = CachedRange::new(read(1..=3, 10, false), id(0), None, 3, t0()).unwrap();
         cache.insert(id(0), r);
         cache.follow_epoch(Some("a"));
         assert_eq!(cache.ranges.len(), 1);
@@ -785,13 +888,13 @@ mod tests {
         /// Whatever resumes claim and release and whatever sizes the entries have, a cache
         /// filled by reads no larger than the room it gives (as the script cuts them) stays
         /// within its bound, its ranges never overlap, and what no claim needs is gone
-        /// after a trim.
+        /// after a trim once they no longer linger.
         #[test]
         fn the_cache_stays_within_its_bound_and_keeps_only_what_claims_need(
             ops in proptest::collection::vec((0u8..4, 0u64..200, 1usize..4000, 0usize..4), 1..200),
         ) {
             let limit = 64 << 10;
-            let now = Instant::now();
+            let now = t0();
             let mut cache = RangeCache::new(limit);
             for (op, at, size, key) in ops {
                 match op {
@@ -808,14 +911,17 @@ mod tests {
                         let end = until.map_or(u64::MAX, |u| u.ms());
                         let last = (at.ms() + fit).min(end);
                         let got = read(at.ms() + 1..=last, size, last < end);
-                        if let Some(range) = CachedRange::new(got, at, until, fit as usize) {
+                        if let Some(range) = CachedRange::new(got, at, until, fit as usize, t0()) {
                             cache.insert(at, range);
                         }
                     }
                     2 => cache.claim(who(key), id(at * 10), now),
                     _ => cache.release(who(key)),
                 }
-                cache.trim();
+                // Lingering ranges count against the bound too.
+                let single = cache.ranges.len() == 1;
+                prop_assert!(cache.bytes() <= limit || single, "{} > {limit}", cache.bytes());
+                cache.trim(now + LINGER);
                 let single = cache.ranges.len() == 1;
                 prop_assert!(cache.bytes() <= limit || single, "{} > {limit}", cache.bytes());
                 let sum: usize = cache.ranges.values().map(|r| r.bytes).sum();
