@@ -295,6 +295,13 @@ impl Args {
         positive("duration", self.duration)?;
         positive("connect-timeout", self.connect_timeout)?;
         positive("grace", self.grace)?;
+        if self.reconnects() && self.publish_mode == Mode::ClosedLoop {
+            return Err(
+                "--reconnect needs --publish-mode stamped (closed-loop pairs the n-th event with \
+                 the n-th POST, and a replay after a reconnect breaks the pairing)"
+                    .to_owned(),
+            );
+        }
         if let Some(after) = self.reconnect_after {
             positive("reconnect-after", after)?;
             if after >= self.duration {

@@ -532,6 +532,10 @@ impl Worker {
             match sub.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     let kind = ended(sub);
+                    if sub.phase != Phase::Streaming {
+                        // The server hung up before its head (`ended` calls it bad_response).
+                        self.meter.counters.closed_before_head += 1;
+                    }
                     return self.close(key, kind);
                 }
                 Ok(n) => {
@@ -571,6 +575,10 @@ impl Worker {
                 Ok(Got::WouldBlock) => return,
                 Ok(Got::Closed) => {
                     let kind = ended(sub);
+                    if sub.phase != Phase::Streaming {
+                        // The server hung up before its head (`ended` calls it bad_response).
+                        self.meter.counters.closed_before_head += 1;
+                    }
                     return self.close(key, kind);
                 }
                 Err(e) => return self.close_with(key, &e),
@@ -641,12 +649,8 @@ impl Worker {
         let counters = &mut self.meter.counters;
         if let Some(kind) = kind {
             counters.fail(kind);
-            if sub.phase != Phase::Streaming
-                && matches!(kind, Failure::Reset | Failure::BadResponse)
-            {
-                // EOF (`ended` says bad_response before a head) or a reset before the head.
-                counters.closed_before_head +=
-                    u64::from(sub.head.is_empty() || kind == Failure::Reset);
+            if sub.phase != Phase::Streaming && kind == Failure::Reset {
+                counters.closed_before_head += 1;
             }
         }
         let mut life = sub.life;

@@ -305,6 +305,39 @@ impl Summary {
                 ),
             );
         }
+        if let (Some(reconnects), Some(ms)) = (self.reconnects, self.reconnect_ms) {
+            row(
+                &mut t,
+                "reconnects",
+                format!(
+                    "{reconnects} streams served again ({} attempts), end to head p50 {:.0} ms, \
+                     p99 {:.0} ms, max {:.0} ms; {} duplicates, {} lost covered by gap/reset",
+                    self.reconnect_attempts.unwrap_or(0),
+                    ms.p50,
+                    ms.p99,
+                    ms.max,
+                    self.deliveries_duplicated.unwrap_or(0),
+                    self.deliveries_lost_covered.unwrap_or(0)
+                ),
+            );
+        }
+        if let Some(closed) = self.storm_closed {
+            let replayed = self.storm_replayed_per_stream.unwrap_or_default();
+            row(
+                &mut t,
+                "storm",
+                format!(
+                    "{} refused, {closed} closed before their head; all served in {}; \
+                     replayed per stream {}..{} ({} in all)",
+                    self.storm_refused.unwrap_or(0),
+                    self.storm_all_served_ms
+                        .map_or("-".to_owned(), |ms| format!("{ms:.0} ms")),
+                    replayed.min,
+                    replayed.max,
+                    replayed.total
+                ),
+            );
+        }
         let publish_errors: u64 = self.publish_errors.values().sum();
         if self.publish_mode == "none" {
             row(
