@@ -116,6 +116,69 @@ fn a_node_restarted_mid_run_loses_nothing_and_repeats_nothing() {
     assert!(node.metric("sse_edge_streams_opened_total") >= STREAMS as f64);
 }
 
+/// A client-side failover list: streams spread over two nodes of one cluster, one node
+/// killed for good. Its streams come back to the next URL of the list, the survivor, with
+/// `Last-Event-ID`, and lose nothing; the survivor's own streams never notice.
+#[test]
+fn a_killed_nodes_streams_fail_over_to_the_next_url_of_the_list() {
+    let redis = RedisServer::start();
+    let doomed = cluster_node(&redis, "127.0.0.1:0");
+    let survivor = cluster_node(&redis, "127.0.0.1:0");
+    const STREAMS: u64 = 200;
+    let json = temp_path("failover.json");
+    let mut args = strings(&[
+        "--connections",
+        "200",
+        "--procs",
+        "1",
+        "--rate",
+        "20",
+        "--duration",
+        "5",
+        "--reconnect",
+    ]);
+    args.extend([
+        "--url".into(),
+        format!(
+            "{},{}",
+            doomed.url("/stream?topic=failover"),
+            survivor.url("/stream?topic=failover")
+        ),
+        "--publish-url".into(),
+        survivor.url("/broadcast?topic=failover"),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let run = std::thread::spawn(move || common::run_loadtest(&args));
+    wait_until(
+        Duration::from_secs(30),
+        "streams held on both nodes",
+        || {
+            doomed.metric("sse_edge_clients") >= (STREAMS / 2) as f64
+                && survivor.metric("sse_edge_clients") >= (STREAMS / 2) as f64
+        },
+    );
+    wait_until(Duration::from_secs(30), "publishing under way", || {
+        survivor.metric("sse_edge_events_published_total") >= 10.0
+    });
+    doomed.kill();
+    let out = run.join().expect("loadtest thread");
+    let j = read_json(&json, &out);
+    assert!(out.status.success(), "{}\n{j:#}", describe(&out));
+    let published = j["messages_published"].as_u64().unwrap();
+    assert_eq!(j["connections_established"], STREAMS, "{j:#}");
+    assert_eq!(j["deliveries_received"], published * STREAMS, "{j:#}");
+    assert_eq!(j["deliveries_lost"], 0, "{j:#}");
+    assert_eq!(j["deliveries_lost_covered"], 0, "{j:#}");
+    assert_eq!(j["deliveries_duplicated"], 0, "{j:#}");
+    // Half the streams started on the killed node; each came back once, to the survivor.
+    assert_eq!(j["reconnects"], STREAMS / 2, "{j:#}");
+    assert_eq!(
+        survivor.metric("sse_edge_streams_opened_total"),
+        STREAMS as f64
+    );
+}
+
 /// A storm resuming from a point in the node's history: every stream opened at once with
 /// `--last-event-id`, each replayed exactly the events after it, and the summary's storm
 /// fields agree with what the node counted.
