@@ -38,7 +38,8 @@
 #     `cargo build --release ...` does nothing; `cargo run --release [-- ARGS]` (the reader's
 #     other terminal) starts target/debug/sse-edge in the background, disowned, on 8080's port.
 #   - `redis-server ...` gets `--dir WORK --bind 127.0.0.1` (its files go to the work dir).
-#   - `--connections N` is at most 200 and `--duration N` at most 3 seconds.
+#   - `--connections N` is at most 200, `--duration N` at most 3 seconds and
+#     `--reconnect-after N` at most 1 (so the blip still falls inside the shortened run).
 #   - `curl` is a shell function around the real one: a stream (`-N`) ends after
 #     $README_CHECK_STREAM_SECS seconds (2; one started in the background, which a reader keeps
 #     open meanwhile, after five times that) and that timeout counts as success (a reader stops
@@ -110,6 +111,7 @@ if ($mode eq 'build') {
 
 my $max_connections = 200;
 my $max_duration = 3;
+my $max_reconnect_after = 1;
 
 # Blocks: fence info string, first line number, lines, skip reason.
 open my $fh, '<', $readme or die "$readme: $!";
@@ -165,6 +167,7 @@ sub substitute {
     $l =~ s{(?<![\w/.-])(?:\./)?target/release/}{$repo/target/debug/}g;
     $l =~ s{(--connections[ =])(\d+)}{$1 . ($2 > $max_connections ? $max_connections : $2)}ge;
     $l =~ s{(--duration[ =])(\d+)}{$1 . ($2 > $max_duration ? $max_duration : $2)}ge;
+    $l =~ s{(--reconnect-after[ =])(\d+)}{$1 . ($2 > $max_reconnect_after ? $max_reconnect_after : $2)}ge;
     $l =~ s{^(\s*(?:\w+=\S*\s+)*)redis-server\b}{${1}redis-server --dir $work --bind 127.0.0.1}g;
     return map_ports($l);
 }
@@ -435,7 +438,7 @@ echo 'printf "\n== every block ran\n"' >> "$work/readme.sh"
 echo "readme-check: $readme, blocks run in $work"
 echo "readme-check: substitutions: ports (README → here):" $(tr ' ' '>' < "$work/ports" | tr '\n' ' ')
 echo "readme-check:   target/release → target/debug; cargo run --release → a background node;"
-echo "readme-check:   --connections ≤ 200, --duration ≤ 3; curl -N streams end after ${stream_secs}s"
+echo "readme-check:   --connections ≤ 200, --duration ≤ 3, --reconnect-after ≤ 1; curl -N streams end after ${stream_secs}s"
 
 # Its own process group (timeout makes one), so that everything the blocks start can be
 # stopped together, whatever they leave running.

@@ -55,8 +55,11 @@ Exit status: 0 when every stream connected and no fast reader lost a message, 1 
 #[command(name = "loadtest", version, after_long_help = EXAMPLES, after_help = "See --help for examples.")]
 pub struct Args {
     /// SSE stream URL, http:// or https:// (then give --cacert or --insecure), e.g.
-    /// http://127.0.0.1:8080/stream?topic=load.
-    #[arg(long, value_name = "URL")]
+    /// http://127.0.0.1:8080/stream?topic=load; or a comma-separated list of them, e.g. one
+    /// per node: stream i starts on URL i mod the list's length, and with --reconnect a
+    /// stream that ends comes back to the next URL of the list (a client-side failover list,
+    /// wrapping around).
+    #[arg(long, value_name = "URL[,URL..]")]
     pub url: String,
 
     /// Streams to open and hold.
@@ -193,6 +196,46 @@ pub struct Args {
     /// Exit 0 even when streams failed or fast readers lost messages.
     #[arg(long)]
     pub allow_loss: bool,
+
+    /// Come back like a browser's EventSource when a stream ends (EOF, reset, `: shed`, a
+    /// failed connect, a non-200 answer): after the last `retry:` the server sent (3 s when
+    /// none; no jitter of its own, as Chromium and Firefox add none), with `Last-Event-ID`,
+    /// to the next URL of the --url list. Loss and duplicates stay exact per stream across
+    /// connections; numbers a `gap` or `reset` notice announced count as lost covered. The
+    /// summary adds reconnects and reconnect_ms (from a stream's end to its next head).
+    #[arg(long)]
+    pub reconnect: bool,
+
+    /// Open every stream at once (no ramp; as many connections in flight as the open-files
+    /// limit allows, spread over --procs and --source), then hold or publish as usual; the
+    /// summary adds the storm: refused, closed before their head, time until every stream had
+    /// its head and its replay, replayed events per stream, and with --server-pid the RSS per
+    /// stream once the storm has settled (at the end of --duration). Run the node with
+    /// --tick 0: every event of the node's that is not this run's message is a replay.
+    #[arg(long, conflicts_with = "ramp")]
+    pub storm: bool,
+
+    /// Every stream sends this `Last-Event-ID` on its first request (resuming a storm from a
+    /// point in the node's history, as browsers coming back after a deploy do).
+    #[arg(long, value_name = "ID", value_parser = last_event_id)]
+    pub last_event_id: Option<String>,
+
+    /// SECS after publishing (or holding) began, close every stream at once and bring each
+    /// back with its last id, as a network blip does (implies --reconnect).
+    #[arg(long, value_name = "SECS")]
+    pub reconnect_after: Option<f64>,
+}
+
+/// An id to send as `Last-Event-ID`: one header value, not empty.
+fn last_event_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > crate::client::MAX_LAST_EVENT_ID || s.contains(['\r', '\n', '\0'])
+    {
+        return Err(format!(
+            "{s:?} is not an event id (1 to {} bytes, no line breaks)",
+            crate::client::MAX_LAST_EVENT_ID
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -227,6 +270,16 @@ impl Args {
             .collect()
     }
 
+    /// Whether streams come back after they end (`--reconnect`, or `--reconnect-after`).
+    pub fn reconnects(&self) -> bool {
+        self.reconnect || self.reconnect_after.is_some()
+    }
+
+    /// The `--url` list.
+    pub fn urls(&self) -> Vec<&str> {
+        crate::url::split_list(&self.url)
+    }
+
     /// Checks what clap cannot: positive rates and times.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |name: &str, v: f64| {
@@ -242,6 +295,19 @@ impl Args {
         positive("duration", self.duration)?;
         positive("connect-timeout", self.connect_timeout)?;
         positive("grace", self.grace)?;
+        if self.reconnects() && self.publish_mode == Mode::ClosedLoop {
+            return Err(
+                "--reconnect needs --publish-mode stamped (closed-loop pairs the n-th event with \
+                 the n-th POST, and a replay after a reconnect breaks the pairing)"
+                    .to_owned(),
+            );
+        }
+        if let Some(after) = self.reconnect_after {
+            positive("reconnect-after", after)?;
+            if after >= self.duration {
+                return Err("--reconnect-after must come before the end of --duration".to_owned());
+            }
+        }
         if !(self.ramp >= 0.0 && self.ramp.is_finite()) {
             return Err("--ramp must be 0 or more".to_owned());
         }
@@ -273,12 +339,18 @@ impl Args {
     /// An https:// URL needs `--cacert` or `--insecure` (no system roots are relied on);
     /// either flag without an https:// URL is a mistake worth saying.
     fn check_tls(&self) -> Result<(), String> {
-        let https = std::iter::once(&self.url)
-            .chain(&self.publish_url)
+        let https = self
+            .urls()
+            .into_iter()
+            .chain(self.publish_url.as_deref())
             .any(|url| Scheme::of(url) == Some(Scheme::Https));
+        let stream_https = self
+            .urls()
+            .iter()
+            .all(|url| Scheme::of(url) == Some(Scheme::Https));
         match (https, self.trust()) {
             (true, None) => Err("an https:// URL needs --cacert FILE or --insecure".to_owned()),
-            _ if self.tls_resume && Scheme::of(&self.url) != Some(Scheme::Https) => {
+            _ if self.tls_resume && !stream_https => {
                 Err("--tls-resume is for an https:// --url".to_owned())
             }
             (false, Some(trust)) => {
@@ -459,5 +531,29 @@ mod tests {
         assert!(header_line("Bad Name: x").is_err());
         assert!(header_line("X: a\r\nInjected: b").is_err());
         assert_eq!(header_line("Cookie: a=b; c=d").unwrap(), "Cookie: a=b; c=d");
+    }
+
+    #[test]
+    fn storm_and_reconnect_flags_parse_and_are_checked() {
+        let base = "loadtest --url http://127.0.0.1:1/s,http://127.0.0.2:1/s --connections 10";
+        let a = args(&format!(
+            "{base} --storm --last-event-id 41 --reconnect --reconnect-after 2"
+        ))
+        .unwrap();
+        a.validate().unwrap();
+        assert!(a.storm && a.reconnect && a.reconnects());
+        assert_eq!(a.last_event_id.as_deref(), Some("41"));
+        assert_eq!(a.urls(), ["http://127.0.0.1:1/s", "http://127.0.0.2:1/s"]);
+        // --reconnect-after alone reconnects, and must fall inside the run.
+        assert!(args(&format!("{base} --reconnect-after 1"))
+            .unwrap()
+            .reconnects());
+        let late = args(&format!("{base} --reconnect-after 30")).unwrap();
+        assert!(late.validate().unwrap_err().contains("--reconnect-after"));
+        assert!(!args(base).unwrap().reconnects());
+        // A storm has no ramp.
+        assert!(args(&format!("{base} --storm --ramp 10")).is_err());
+        assert!(last_event_id("a\r\nX: y").is_err());
+        assert!(last_event_id("").is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! and whether it went away. Pure: the run feeds it the messages it reads.
 
 use crate::stats::{self, new_latency, Counters, Latency};
-use crate::wire::Report;
+use crate::wire::{Report, StormTally};
 use crate::worker::Message;
 
 /// A worker's final report.
@@ -50,7 +50,7 @@ impl Board {
                     // A bad progress histogram only blurs the live p99; the final one is checked.
                     let _ = stats::merge_encoded(&mut self.recent, &histogram);
                 }
-                self.latest[w] = Some(report);
+                self.latest[w] = Some(*report);
             }
             Message::Gone(w, error) => self.gone[w] = Some(error),
         }
@@ -111,6 +111,34 @@ impl Board {
         Ok(latency)
     }
 
+    /// The final reports that arrived.
+    fn final_reports(&self) -> impl Iterator<Item = &Report> {
+        self.latest
+            .iter()
+            .zip(&self.finals)
+            .filter(|(_, f)| f.is_some())
+            .filter_map(|(r, _)| r.as_ref())
+    }
+
+    /// From each stream's end to its next head (`--reconnect`), merged over the workers, µs.
+    pub fn reconnect_us(&self) -> Result<Latency, String> {
+        let mut merged = new_latency();
+        for r in self.final_reports() {
+            stats::merge_encoded(&mut merged, &r.reconnect_us)
+                .map_err(|e| format!("a worker sent a bad histogram: {e}"))?;
+        }
+        Ok(merged)
+    }
+
+    /// The storm (`--storm`), merged over the workers; `None` when no worker reported one.
+    pub fn storm(&self) -> Option<StormTally> {
+        let mut merged: Option<StormTally> = None;
+        for storm in self.final_reports().filter_map(|r| r.storm.as_ref()) {
+            merged.get_or_insert_with(StormTally::default).merge(storm);
+        }
+        merged
+    }
+
     /// Per message, the latency until its slowest fast stream of any worker had it.
     pub fn completion(&self) -> Latency {
         let mut worst: Vec<u64> = Vec::new();
@@ -145,9 +173,9 @@ mod tests {
                 ..Counters::default()
             },
             completion_us: completion,
-            tls_error: None,
+            ..Report::default()
         };
-        Message::Frame(w, report, stats::encode(&latency))
+        Message::Frame(w, Box::new(report), stats::encode(&latency))
     }
 
     #[test]

@@ -32,9 +32,27 @@
 //! 2. Read the parent's commands, then handle stream events. An event may still be read
 //!    before the command the parent sent ahead of its POST (a later socket in the same turn
 //!    can hold newer bytes than the pipe did); the meter then reads the pipe again first.
-//! 3. Expire connect deadlines, start new connections, report progress when due.
+//! 3. Expire connect deadlines, start new connections (and, with `--reconnect`, those whose
+//!    backoff is over), report progress when due.
+//!
+//! # `--reconnect`: one stream as an `EventSource`
+//!
+//! A stream is what a browser's `EventSource` is: it outlives its connections. Its `Life`
+//! (the parser's last event ID, the loss accounting, the last `retry:`) moves from the
+//! connection that ended to a sleeping slot, and a timer in this loop's timeout (a binary
+//! heap of due times: no thread per stream, no busy loop) brings it back: a new connection to
+//! the next URL of the list, with `Last-Event-ID`. How long it sleeps is what browsers do:
+//! Chromium (`EventSource::ScheduleReconnect`, blink) waits exactly the last `retry:` the
+//! stream got, 3000 ms when none, and Firefox (`EventSource::SetReconnectionTimeout`) a
+//! one-shot timer of its reconnection time the same way (its default 5000 ms, a `retry:`
+//! clamped to at least 500 ms); neither adds jitter of its own: the spread of a storm comes
+//! from the server's `retry:` alone (sse-edge jitters it per stream), so the loadtest adds
+//! none either, and takes Chromium's default. Unlike a browser it also comes back after a
+//! non-200 answer (a browser gives up for good there): a 503 from a proxy is then counted and
+//! retried, not a client lost.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -55,10 +73,10 @@ use crate::meter::{Acct, Meter};
 use crate::response::{parse_head, Dechunker, HeadParse};
 use crate::slots::Slots;
 use crate::sse::{Item, Parser};
-use crate::stats::{self, Counters, Failure};
+use crate::stats::{self, new_latency, Counters, Failure, Latency};
 use crate::tls::{self, Got};
-use crate::url::{Scheme, Url};
-use crate::wire::{self, Command, Plan, Report};
+use crate::url::{self as urls, Scheme, Url};
+use crate::wire::{self, Command, Plan, Report, StormTally};
 
 /// The parent's command pipe; stream tokens are slab keys, far below it.
 const STDIN: Token = Token(usize::MAX - 1);
@@ -68,6 +86,13 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_WAIT_US: u64 = 100_000;
 /// Readiness events handled per `poll`.
 const EVENTS: usize = 1024;
+/// The wait before a reconnection when the server sent no `retry:`: Chromium's
+/// `kDefaultReconnectDelay`.
+pub const DEFAULT_RETRY_MS: u64 = 3_000;
+/// Longest `Last-Event-ID` sent back: the server's id, not ours, and a request head must stay
+/// well under a server's head limit (sse-edge: 8 KiB); a longer one is left out (the stream
+/// then resumes from nothing, and its accounting shows what it missed).
+pub const MAX_LAST_EVENT_ID: usize = 1024;
 
 /// Where a stream is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +115,26 @@ enum Body {
     Chunked(Dechunker),
 }
 
-/// One stream.
+/// What a stream keeps across its connections, as an `EventSource` does.
+struct Life {
+    /// Global index of the stream.
+    index: u64,
+    /// The URL (in the `--url` list) of the current connection, or of the next one.
+    target: usize,
+    /// Holds the last event ID across connections.
+    parser: Parser,
+    acct: Acct,
+    /// Some connection of it had a 200 head.
+    established: bool,
+    /// Its first connection has neither had its head nor failed yet.
+    first_open: bool,
+    /// When it last ended, while it has had no head since (µs; 0: it has not ended).
+    ended_us: u64,
+    /// When its first head arrived (µs).
+    head_us: u64,
+}
+
+/// One stream with a connection.
 struct Sub {
     stream: TcpStream,
     /// The TLS session of an `https://` stream (boxed: a plain stream pays one pointer).
@@ -101,8 +145,9 @@ struct Sub {
     /// Response head bytes until it is complete.
     head: Vec<u8>,
     body: Body,
-    parser: Parser,
-    acct: Acct,
+    /// This connection's own request (one carrying `Last-Event-ID`); `None`: its URL's.
+    request: Option<Box<[u8]>>,
+    life: Life,
 }
 
 /// Whether the stream with global index `i` is a slow reader: spreads `fraction` evenly.
@@ -116,17 +161,52 @@ struct TlsTarget {
     name: ServerName<'static>,
 }
 
-/// One worker process's event loop.
-pub struct Worker {
-    plan: Plan,
+/// One URL of the `--url` list, ready to connect to.
+struct Target {
     url: Url,
     /// `Some` for an `https://` URL.
     tls: Option<TlsTarget>,
+    /// The request head without its closing blank line, so a `Last-Event-ID` can follow.
+    head: String,
+    /// The whole request without `Last-Event-ID`.
+    request: Vec<u8>,
+}
+
+impl Target {
+    /// The request for a connection whose stream last saw `last_id`; `None`: the plain one.
+    fn request_after(&self, last_id: &str) -> Option<Box<[u8]>> {
+        if last_id.is_empty() || last_id.len() > MAX_LAST_EVENT_ID {
+            return None;
+        }
+        // The parser splits lines at CR and LF and drops ids with NUL, so `last_id` cannot
+        // end the header line early.
+        Some(
+            format!("{}Last-Event-ID: {last_id}\r\n\r\n", self.head)
+                .into_bytes()
+                .into(),
+        )
+    }
+}
+
+/// One worker process's event loop.
+pub struct Worker {
+    plan: Plan,
+    /// The `--url` list; a stream starts on one (spread in turn) and reconnects to the next.
+    targets: Vec<Target>,
     /// Why the first stream that failed in TLS failed, for the report.
     tls_error: Option<String>,
-    request: Vec<u8>,
     poll: Poll,
     subs: Slots<Sub>,
+    /// Streams between two connections (`--reconnect`).
+    sleeping: Slots<Life>,
+    /// When each sleeping stream reconnects: `(at_us, key in sleeping)`, soonest first.
+    wakeups: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Streams whose first connection has neither had its head nor failed.
+    first_open: usize,
+    /// From a stream's end to its next head, µs (`--reconnect`).
+    reconnect_us: Latency,
+    /// How the streams were served (`--storm`).
+    storm: StormTally,
     scratch: Box<[u8]>,
     meter: Meter,
     /// The parent's commands: the pipe, and what was read from it for the loop.
@@ -152,31 +232,59 @@ pub struct Worker {
 impl Worker {
     /// Sets up the loop for `plan`.
     pub fn new(plan: Plan) -> io::Result<Worker> {
-        let url = Url::parse(&plan.url).map_err(io::Error::other)?;
-        let tls = match url.scheme {
-            Scheme::Http => None,
-            Scheme::Https => {
-                let trust = plan.tls.as_ref().ok_or_else(|| {
-                    io::Error::other("an https:// URL needs --cacert FILE or --insecure")
-                })?;
-                Some(TlsTarget {
-                    config: tls::client_config(trust, plan.tls_resume).map_err(io::Error::other)?,
-                    name: url.server_name().map_err(io::Error::other)?,
-                })
-            }
-        };
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-edge-loadtest\r\n{}\r\n",
-            url.target, url.host_header, plan.headers
-        )
-        .into_bytes();
+        let mut tls_config = None;
+        let mut targets = Vec::new();
+        for text in urls::split_list(&plan.url) {
+            let url = Url::parse(text).map_err(io::Error::other)?;
+            let tls = match url.scheme {
+                Scheme::Http => None,
+                Scheme::Https => {
+                    let trust = plan.tls.as_ref().ok_or_else(|| {
+                        io::Error::other("an https:// URL needs --cacert FILE or --insecure")
+                    })?;
+                    // One configuration (and so one ticket store) for every URL of the list.
+                    let config = match &tls_config {
+                        Some(config) => Arc::clone(config),
+                        None => {
+                            let config = tls::client_config(trust, plan.tls_resume)
+                                .map_err(io::Error::other)?;
+                            tls_config = Some(Arc::clone(&config));
+                            config
+                        }
+                    };
+                    Some(TlsTarget {
+                        config,
+                        name: url.server_name().map_err(io::Error::other)?,
+                    })
+                }
+            };
+            let head = format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\nUser-Agent: sse-edge-loadtest\r\n{}",
+                url.target, url.host_header, plan.headers
+            );
+            let request = format!("{head}\r\n").into_bytes();
+            targets.push(Target {
+                url,
+                tls,
+                head,
+                request,
+            });
+        }
+        if targets.is_empty() {
+            return Err(io::Error::other("no --url given"));
+        }
         let now = now_us();
         let counters = Counters {
             requested: plan.connections,
             ..Counters::default()
         };
+        let meter = Meter::new(plan.mode, counters);
         Ok(Worker {
-            meter: Meter::new(plan.mode, counters),
+            meter: if plan.reconnect {
+                meter.covering_notices()
+            } else {
+                meter
+            },
             commands: Commands {
                 inbox: Inbox::new(io::stdin().as_raw_fd()),
                 deferred: Vec::new(),
@@ -184,10 +292,13 @@ impl Worker {
             next_report_us: now + plan.progress_ms * 1000,
             subs: Slots::with_capacity(plan.connections as usize),
             plan,
-            url,
-            tls,
+            targets,
             tls_error: None,
-            request,
+            sleeping: Slots::with_capacity(0),
+            wakeups: BinaryHeap::new(),
+            first_open: 0,
+            reconnect_us: new_latency(),
+            storm: StormTally::default(),
             poll: Poll::new()?,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             started: 0,
@@ -239,6 +350,7 @@ impl Worker {
             let now = now_us();
             self.expire(now);
             self.start_connections(now);
+            self.wake(now);
             if now >= self.next_report_us {
                 self.next_report_us = now + self.plan.progress_ms * 1000;
                 let report = self.report(false);
@@ -250,7 +362,13 @@ impl Worker {
             }
         }
         self.finish();
-        let report = self.report(true);
+        let mut report = self.report(true);
+        if self.plan.reconnect && !self.reconnect_us.is_empty() {
+            report.reconnect_us = stats::encode(&self.reconnect_us);
+        }
+        if self.plan.storm {
+            report.storm = Some(Box::new(self.storm.clone()));
+        }
         match wire::write_frame(out, &report, &stats::encode(&self.meter.total)) {
             // Nobody is left to read it.
             Err(_) if self.orphaned => Ok(()),
@@ -261,7 +379,7 @@ impl Worker {
     fn report(&self, is_final: bool) -> Report {
         Report {
             is_final,
-            connect_done: self.started == self.plan.connections && self.in_flight == 0,
+            connect_done: self.started == self.plan.connections && self.first_open == 0,
             counters: self.meter.counters.clone(),
             completion_us: if is_final {
                 self.meter.completion.clone()
@@ -269,6 +387,7 @@ impl Worker {
                 Vec::new()
             },
             tls_error: self.tls_error.clone(),
+            ..Report::default()
         }
     }
 
@@ -277,6 +396,9 @@ impl Worker {
         let mut at = self.next_report_us.min(self.plan.deadline_us);
         if let Some(&(deadline, _, _)) = self.deadlines.front() {
             at = at.min(deadline);
+        }
+        if let Some(Reverse((wake, _))) = self.wakeups.peek() {
+            at = at.min(*wake);
         }
         if self.plan.ramp_per_sec > 0.0
             && self.started < self.plan.connections
@@ -293,12 +415,19 @@ impl Worker {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Start | Command::Sent { .. } => {}
+            Command::Blip => {
+                // The network blinked: every connection ends at once, as the browsers see it.
+                let keys: Vec<usize> = self.subs.iter().map(|(key, _)| key).collect();
+                for key in keys {
+                    self.end(key, None);
+                }
+            }
             Command::Drain => {
                 self.draining = true;
                 let slow: Vec<usize> = self
                     .subs
                     .iter()
-                    .filter(|(_, s)| s.acct.slow && s.phase == Phase::Streaming)
+                    .filter(|(_, s)| s.life.acct.slow && s.phase == Phase::Streaming)
                     .map(|(key, _)| key)
                     .collect();
                 for key in slow {
@@ -353,9 +482,13 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
             Err(e) => return self.close(key, Failure::of(&e)),
         }
+        let request = match &sub.request {
+            Some(own) => own,
+            None => &self.targets[sub.life.target].request[..],
+        };
         if let Some(session) = sub.tls.as_deref_mut() {
             // Queued in the session until the handshake is done, then sent encrypted.
-            if let Err(e) = session.writer().write_all(&self.request) {
+            if let Err(e) = session.writer().write_all(request) {
                 return self.close_with(key, &e);
             }
             sub.phase = Phase::Head;
@@ -364,8 +497,8 @@ impl Worker {
         let Phase::Connecting { mut written } = sub.phase else {
             return;
         };
-        while written < self.request.len() {
-            match sub.stream.write(&self.request[written..]) {
+        while written < request.len() {
+            match sub.stream.write(&request[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     sub.phase = Phase::Connecting { written };
@@ -393,12 +526,16 @@ impl Worker {
             let Some(sub) = self.subs.get_mut(key) else {
                 return;
             };
-            if sub.acct.slow && sub.phase == Phase::Streaming && !self.draining {
+            if sub.life.acct.slow && sub.phase == Phase::Streaming && !self.draining {
                 return;
             }
             match sub.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     let kind = ended(sub);
+                    if sub.phase != Phase::Streaming {
+                        // The server hung up before its head (`ended` calls it bad_response).
+                        self.meter.counters.closed_before_head += 1;
+                    }
                     return self.close(key, kind);
                 }
                 Ok(n) => {
@@ -423,7 +560,7 @@ impl Worker {
             let Some(session) = sub.tls.as_deref_mut() else {
                 return;
             };
-            if sub.acct.slow && sub.phase == Phase::Streaming && !self.draining {
+            if sub.life.acct.slow && sub.phase == Phase::Streaming && !self.draining {
                 if let Err(e) = tls::flush(session, &mut sub.stream) {
                     self.close_with(key, &e);
                 }
@@ -438,6 +575,10 @@ impl Worker {
                 Ok(Got::WouldBlock) => return,
                 Ok(Got::Closed) => {
                     let kind = ended(sub);
+                    if sub.phase != Phase::Streaming {
+                        // The server hung up before its head (`ended` calls it bad_response).
+                        self.meter.counters.closed_before_head += 1;
+                    }
                     return self.close(key, kind);
                 }
                 Err(e) => return self.close_with(key, &e),
@@ -452,15 +593,28 @@ impl Worker {
             return false;
         };
         let before = sub.phase;
+        let now = now_us();
         let result = ingest(
             sub,
             &self.scratch[..n],
             &mut self.meter,
             &mut self.commands,
-            now_us(),
+            now,
         );
         if before != Phase::Streaming && sub.phase == Phase::Streaming {
             self.in_flight -= 1;
+            let life = &mut sub.life;
+            if life.first_open {
+                life.first_open = false;
+                self.first_open -= 1;
+            }
+            if life.ended_us != 0 {
+                // Served again: how long it was without a stream.
+                self.meter.counters.reconnects += 1;
+                self.reconnect_us
+                    .saturating_record(now.saturating_sub(life.ended_us).max(1));
+                life.ended_us = 0;
+            }
         }
         match result {
             Ok(()) => true,
@@ -480,24 +634,71 @@ impl Worker {
         self.close(key, kind);
     }
 
-    /// Ends a stream and counts why.
+    /// Ends a stream's connection and counts why.
     fn close(&mut self, key: usize, kind: Failure) {
+        self.end(key, Some(kind));
+    }
+
+    /// Ends a stream's connection: counts why (`None`: the loadtest itself closed it, a
+    /// `Blip`), and with `--reconnect` puts the stream to sleep until it comes back.
+    fn end(&mut self, key: usize, kind: Option<Failure>) {
         let Some(mut sub) = self.subs.remove(key) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut sub.stream);
         let counters = &mut self.meter.counters;
-        counters.fail(kind);
+        if let Some(kind) = kind {
+            counters.fail(kind);
+            if sub.phase != Phase::Streaming && kind == Failure::Reset {
+                counters.closed_before_head += 1;
+            }
+        }
+        let mut life = sub.life;
+        if sub.phase != Phase::Streaming {
+            self.in_flight -= 1;
+        }
+        if life.first_open {
+            life.first_open = false;
+            self.first_open -= 1;
+        }
+        if self.plan.reconnect {
+            let now = now_us();
+            if life.ended_us == 0 {
+                life.ended_us = now;
+            }
+            let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
+            life.target = (life.target + 1) % self.targets.len();
+            life.parser.restart();
+            life.acct.shed = false;
+            let at = now.saturating_add(wait_ms.saturating_mul(1000));
+            let slot = self.sleeping.insert(life);
+            self.wakeups.push(Reverse((at, slot)));
+            return;
+        }
         if sub.phase == Phase::Streaming {
-            if sub.acct.slow {
+            if life.acct.slow {
                 counters.slow_disconnects += 1;
             } else {
                 counters.disconnects += 1;
             }
-            self.ended.push(sub.acct);
+            self.ended.push(life.acct);
         } else {
             counters.connect_errors += 1;
-            self.in_flight -= 1;
+        }
+    }
+
+    /// Brings back the sleeping streams whose wait is over (`--reconnect`).
+    fn wake(&mut self, now: u64) {
+        while let Some(&Reverse((at, slot))) = self.wakeups.peek() {
+            if at > now {
+                return;
+            }
+            self.wakeups.pop();
+            let Some(life) = self.sleeping.remove(slot) else {
+                continue;
+            };
+            self.meter.counters.reconnect_attempts += 1;
+            self.open(life, now);
         }
     }
 
@@ -531,85 +732,146 @@ impl Worker {
         {
             let index = self.plan.first_index + self.started;
             self.started += 1;
-            let source = (!self.plan.sources.is_empty())
-                .then(|| self.plan.sources[index as usize % self.plan.sources.len()]);
-            let session = match &self.tls {
-                None => None,
-                Some(target) => {
-                    match ClientConnection::new(target.config.clone(), target.name.clone()) {
-                        Ok(session) => Some(Box::new(session)),
-                        Err(e) => {
-                            self.tls_error.get_or_insert_with(|| e.to_string());
-                            self.meter.counters.connect_errors += 1;
-                            self.meter.counters.fail(Failure::Tls);
-                            continue;
-                        }
-                    }
-                }
-            };
-            let mut stream = match connect(self.url.addr, source) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    self.meter.counters.connect_errors += 1;
-                    self.meter.counters.fail(Failure::of(&e));
-                    continue;
-                }
-            };
-            let key = self.subs.next_key();
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(key),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                self.meter.counters.connect_errors += 1;
-                self.meter.counters.fail(Failure::of(&e));
-                continue;
+            if self.plan.storm && self.storm.first_connect_us == 0 {
+                self.storm.first_connect_us = now;
             }
-            self.serial += 1;
-            self.subs.insert(Sub {
-                stream,
-                tls: session,
-                serial: self.serial,
-                phase: Phase::Connecting { written: 0 },
-                head: Vec::new(),
-                body: Body::Plain,
-                parser: Parser::new(),
+            let parser = match &self.plan.last_event_id {
+                Some(id) => Parser::with_last_event_id(id),
+                None => Parser::new(),
+            };
+            let life = Life {
+                index,
+                target: index as usize % self.targets.len(),
+                parser,
                 acct: Acct {
                     slow: is_slow(index, self.plan.slow_fraction),
                     ..Acct::default()
                 },
-            });
-            self.in_flight += 1;
-            self.deadlines
-                .push_back((now + self.plan.connect_timeout_ms * 1000, key, self.serial));
+                established: false,
+                first_open: true,
+                ended_us: 0,
+                head_us: 0,
+            };
+            self.first_open += 1;
+            self.open(life, now);
         }
     }
 
-    /// Settles the books at the end: what each stream never got is lost.
+    /// Opens a connection for the stream `life`: to its target, with `Last-Event-ID` when it
+    /// has one. A failure to even start is counted like a failed connection.
+    fn open(&mut self, mut life: Life, now: u64) {
+        let target = &self.targets[life.target];
+        let source = (!self.plan.sources.is_empty())
+            .then(|| self.plan.sources[life.index as usize % self.plan.sources.len()]);
+        let session = match &target.tls {
+            None => Ok(None),
+            Some(tls) => ClientConnection::new(tls.config.clone(), tls.name.clone())
+                .map(|session| Some(Box::new(session)))
+                .map_err(|e| {
+                    self.tls_error.get_or_insert_with(|| e.to_string());
+                    Failure::Tls
+                }),
+        };
+        let request = target.request_after(life.parser.last_event_id());
+        let started = session.and_then(|session| {
+            let mut stream = connect(target.url.addr, source).map_err(|e| Failure::of(&e))?;
+            let key = self.subs.next_key();
+            self.poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map_err(|e| Failure::of(&e))?;
+            Ok((stream, session))
+        });
+        let (stream, session) = match started {
+            Ok(pair) => pair,
+            Err(kind) => {
+                // Counted as a connection that failed at once; with --reconnect it sleeps.
+                let counters = &mut self.meter.counters;
+                counters.fail(kind);
+                if life.first_open {
+                    life.first_open = false;
+                    self.first_open -= 1;
+                }
+                if self.plan.reconnect {
+                    if life.ended_us == 0 {
+                        life.ended_us = now;
+                    }
+                    let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
+                    life.target = (life.target + 1) % self.targets.len();
+                    let at = now.saturating_add(wait_ms.saturating_mul(1000));
+                    let slot = self.sleeping.insert(life);
+                    self.wakeups.push(Reverse((at, slot)));
+                } else {
+                    counters.connect_errors += 1;
+                }
+                return;
+            }
+        };
+        self.serial += 1;
+        let key = self.subs.insert(Sub {
+            stream,
+            tls: session,
+            serial: self.serial,
+            phase: Phase::Connecting { written: 0 },
+            head: Vec::new(),
+            body: Body::Plain,
+            request,
+            life,
+        });
+        self.in_flight += 1;
+        self.deadlines
+            .push_back((now + self.plan.connect_timeout_ms * 1000, key, self.serial));
+    }
+
+    /// Settles the books at the end: what each stream never got is lost, whether it is
+    /// streaming, between two connections, or ended for good.
     fn finish(&mut self) {
         let Ended { end, skipped } = self.stop.take().unwrap_or(Ended {
             end: self.meter.sent_count(),
             skipped: Vec::new(),
         });
-        let unfinished = self
+        let lives = self
             .subs
             .iter()
-            .filter(|(_, s)| s.phase != Phase::Streaming)
-            .count();
+            .map(|(_, s)| (&s.life, s.phase == Phase::Streaming))
+            .chain(self.sleeping.iter().map(|(_, life)| (life, false)));
+        let mut unfinished = 0;
+        let mut settle = Vec::new();
+        for (life, streaming) in lives {
+            // Without --reconnect only a streaming connection has an account to settle; with
+            // it, every stream that was ever served, wherever it is now.
+            if streaming || (self.plan.reconnect && life.established) {
+                settle.push(life.acct);
+            } else {
+                unfinished += 1;
+            }
+            if self.plan.storm && life.established {
+                self.storm.add(
+                    life.acct.replayed,
+                    life.head_us.max(life.acct.replayed_at_us),
+                );
+            }
+        }
+        if self.plan.storm {
+            for acct in &self.ended {
+                // Streams that ended for good were served once; their replay counts too.
+                self.storm.add(acct.replayed, acct.replayed_at_us);
+            }
+        }
         let counters = &mut self.meter.counters;
-        let live = self
-            .subs
-            .iter()
-            .filter(|(_, s)| s.phase == Phase::Streaming)
-            .map(|(_, s)| &s.acct);
-        for acct in live.chain(&self.ended) {
-            let (tail, not_lost) = acct.settle(end, &skipped);
+        for acct in settle.iter().chain(&self.ended) {
+            let settled = acct.settle(end, &skipped);
             let lost = if acct.slow {
                 &mut counters.slow_lost
             } else {
                 &mut counters.lost
             };
-            *lost = (*lost + tail).saturating_sub(not_lost);
+            *lost = (*lost + settled.tail).saturating_sub(settled.not_lost);
+            counters.lost_covered = counters.lost_covered.saturating_sub(settled.not_covered);
         }
         // Streams still connecting when the run ended never made it.
         for _ in 0..unfinished {
@@ -632,7 +894,7 @@ struct Ended {
 /// Why a stream the server ended failed, by how far it had got.
 fn ended(sub: &Sub) -> Failure {
     match sub.phase {
-        Phase::Streaming if sub.acct.shed => Failure::Shed,
+        Phase::Streaming if sub.life.acct.shed => Failure::Shed,
         Phase::Streaming => Failure::Closed,
         _ => Failure::BadResponse,
     }
@@ -657,7 +919,15 @@ fn ingest(
             HeadParse::Done(head) => head,
         };
         sub.phase = Phase::Streaming;
-        meter.counters.established += 1;
+        if !sub.life.established {
+            // A stream counts once, however many connections it takes (`--reconnect`).
+            sub.life.established = true;
+            sub.life.head_us = now;
+            meter.counters.established += 1;
+            if sub.life.acct.slow {
+                meter.counters.slow_established += 1;
+            }
+        }
         if sub
             .tls
             .as_ref()
@@ -665,18 +935,14 @@ fn ingest(
         {
             meter.counters.tls_resumed += 1;
         }
-        if sub.acct.slow {
-            meter.counters.slow_established += 1;
-        }
         if head.chunked {
             sub.body = Body::Chunked(Dechunker::new());
         }
         head_bytes = std::mem::take(&mut sub.head);
         bytes = &head_bytes[head.len..];
     }
-    let Sub {
-        body, parser, acct, ..
-    } = sub;
+    let Sub { body, life, .. } = sub;
+    let Life { parser, acct, .. } = life;
     let mut on_item = |item: Item<'_>| {
         if meter.needs_commands(acct, &item) {
             commands.refresh(meter);

@@ -43,6 +43,19 @@ pub struct Acct {
     pub events: u64,
     /// The server said `: shed` (it closes the stream at capacity).
     pub shed: bool,
+    /// The last `retry:` the server sent (ms): how long `--reconnect` waits after an end.
+    pub retry_ms: Option<u64>,
+    /// A `gap` or `reset` notice arrived and no message since: the numbers the next message
+    /// skips were dropped or expired by the server's word (`--reconnect` runs only).
+    pub covering: bool,
+    /// Which numbers of the window below `next` were counted as lost *covered*, bit for bit
+    /// like `seen`, so a late arrival takes back the right count.
+    pub covered: u64,
+    /// Events that were not this run's messages nor notices: the server's replay of events
+    /// published before (`--storm`), or its own heartbeats.
+    pub replayed: u64,
+    /// When the last of those arrived (µs; 0: none).
+    pub replayed_at_us: u64,
 }
 
 /// Where a sequence number falls on a stream.
@@ -66,6 +79,11 @@ impl Acct {
             } else {
                 (self.seen << shift) | 1
             };
+            self.covered = if shift >= REORDER_WINDOW {
+                0
+            } else {
+                self.covered << shift
+            };
             let gap = seq - self.next;
             self.next = seq + 1;
             return Arrival::Ahead { gap };
@@ -79,24 +97,41 @@ impl Acct {
     }
 
     /// At the end of the run, with numbers `0..end` given out and `skipped` among them never
-    /// published: `(tail, not_lost)`, the messages this stream never got past its highest
-    /// (its loss grows by these), and the skipped numbers its gaps had counted as lost (its
-    /// loss shrinks by these). Skipped numbers are the last few given out, inside the window.
-    pub fn settle(&self, end: u64, skipped: &[u64]) -> (u64, u64) {
-        let mut tail = end.saturating_sub(self.next);
-        let mut not_lost = 0;
+    /// published: the messages this stream never got past its highest (its loss grows by
+    /// these), and the skipped numbers its gaps had counted as lost or lost covered (those
+    /// shrink by these). Skipped numbers are the last few given out, inside the window.
+    pub fn settle(&self, end: u64, skipped: &[u64]) -> Settled {
+        let mut settled = Settled {
+            tail: end.saturating_sub(self.next),
+            ..Settled::default()
+        };
         for &s in skipped {
             if s >= self.next {
-                tail = tail.saturating_sub(1);
+                settled.tail = settled.tail.saturating_sub(1);
             } else {
                 let back = self.next - 1 - s;
                 if back < REORDER_WINDOW && self.seen & (1 << back) == 0 {
-                    not_lost += 1;
+                    if self.covered & (1 << back) != 0 {
+                        settled.not_covered += 1;
+                    } else {
+                        settled.not_lost += 1;
+                    }
                 }
             }
         }
-        (tail, not_lost)
+        settled
     }
+}
+
+/// What [`Acct::settle`] found at the end of the run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Messages past the stream's highest that it never got: lost.
+    pub tail: u64,
+    /// Skipped numbers counted as lost: not lost after all.
+    pub not_lost: u64,
+    /// Skipped numbers counted as lost covered: not lost after all.
+    pub not_covered: u64,
 }
 
 /// Counters and histograms, and what is needed to turn an event into a delivery.
@@ -114,6 +149,9 @@ pub struct Meter {
     measuring: bool,
     /// Closed-loop mode: scheduled send time of each message, by sequence number.
     sent: Vec<u64>,
+    /// `--reconnect`: numbers skipped right after a `gap` or `reset` notice count as lost
+    /// covered, not lost (without it every skipped number is lost, as it always was).
+    cover: bool,
 }
 
 impl Meter {
@@ -127,7 +165,14 @@ impl Meter {
             mode,
             measuring: false,
             sent: Vec::new(),
+            cover: false,
         }
+    }
+
+    /// Counts numbers a `gap` or `reset` notice announced as lost covered (`--reconnect`).
+    pub fn covering_notices(mut self) -> Meter {
+        self.cover = true;
+        self
     }
 
     /// Messages whose send time is known (closed-loop mode), i.e. published so far.
@@ -170,14 +215,24 @@ impl Meter {
 
     /// Accounts for one parsed item of a stream.
     pub fn on_item(&mut self, acct: &mut Acct, item: Item<'_>, now: u64) {
-        let data = match item {
-            Item::Event { data, .. } => data,
+        let (event, data) = match item {
+            Item::Event { event, data, .. } => (event, data),
             Item::Comment(b"shed") => {
                 acct.shed = true;
                 return;
             }
-            Item::Comment(_) | Item::Retry(_) => return,
+            Item::Retry(ms) => {
+                acct.retry_ms = Some(ms);
+                return;
+            }
+            Item::Comment(_) => return,
         };
+        if matches!(event, "gap" | "reset") {
+            // The server's word that what the next message skips was dropped or expired.
+            acct.covering = self.cover && !acct.slow;
+            self.counters.other_events += 1;
+            return;
+        }
         let stamped = match self.mode {
             Mode::Stamped => stamp::parse(data),
             Mode::ClosedLoop => {
@@ -193,8 +248,11 @@ impl Meter {
         };
         let Some((seq, sent_us)) = stamped else {
             self.counters.other_events += 1;
+            acct.replayed += 1;
+            acct.replayed_at_us = now;
             return;
         };
+        let covering = std::mem::take(&mut acct.covering);
         let gap = match acct.arrive(seq) {
             Arrival::Duplicate => {
                 self.counters.duplicates += 1;
@@ -202,9 +260,13 @@ impl Meter {
             }
             Arrival::Ahead { gap } => gap,
             Arrival::Late => {
-                // Counted lost with the gap it left; it came after all.
+                // Counted lost (or lost covered) with the gap it left; it came after all.
+                let back = acct.next - 1 - seq;
                 let lost = if acct.slow {
                     &mut self.counters.slow_lost
+                } else if acct.covered & (1 << back) != 0 {
+                    acct.covered &= !(1 << back);
+                    &mut self.counters.lost_covered
                 } else {
                     &mut self.counters.lost
                 };
@@ -217,7 +279,18 @@ impl Meter {
             self.counters.slow_lost += gap;
         } else {
             self.counters.received += 1;
-            self.counters.lost += gap;
+            if covering && gap > 0 {
+                self.counters.lost_covered += gap;
+                // Bits 1..=gap stand for the numbers just skipped (bit 0 is `seq` itself).
+                let bits = if gap + 1 >= REORDER_WINDOW {
+                    u64::MAX
+                } else {
+                    (1u64 << (gap + 1)) - 1
+                };
+                acct.covered |= bits & !1;
+            } else {
+                self.counters.lost += gap;
+            }
             // Latency from the *scheduled* send time: a stalled server cannot hide its stall.
             let latency = now.saturating_sub(sent_us).max(1);
             self.total.saturating_record(latency);
@@ -421,13 +494,87 @@ mod tests {
         for seq in [0, 1, 3, 4] {
             acct.arrive(seq);
         }
+        let s = |tail, not_lost| Settled {
+            tail,
+            not_lost,
+            not_covered: 0,
+        };
         // Five numbers given out, all published: nothing past 4 is missing.
-        assert_eq!(acct.settle(5, &[]), (0, 0));
+        assert_eq!(acct.settle(5, &[]), s(0, 0));
         // Eight given out, 2 and 6 never published: 5 and 7 are the tail, 2 is no loss.
-        assert_eq!(acct.settle(8, &[2, 6]), (2, 1));
+        assert_eq!(acct.settle(8, &[2, 6]), s(2, 1));
         // A stream that got nothing misses everything but the skipped.
-        assert_eq!(Acct::default().settle(8, &[2, 6]), (6, 0));
+        assert_eq!(Acct::default().settle(8, &[2, 6]), s(6, 0));
         // One connection, nothing skipped: the tail is what it was.
-        assert_eq!(acct.settle(9, &[]), (4, 0));
+        assert_eq!(acct.settle(9, &[]), s(4, 0));
+    }
+
+    #[test]
+    fn numbers_skipped_after_a_notice_are_lost_covered_and_replays_are_duplicates() {
+        let mut m = meter(Mode::Stamped).covering_notices();
+        let mut acct = Acct::default();
+        let deliver = |m: &mut Meter, acct: &mut Acct, seq: u64| {
+            let body = stamp::body(seq, 1_000, 0);
+            m.on_item(
+                acct,
+                Item::Event {
+                    event: "",
+                    data: leaked(&body),
+                    id: "",
+                },
+                1_500,
+            );
+        };
+        let notice = |m: &mut Meter, acct: &mut Acct, name: &'static str| {
+            m.on_item(
+                acct,
+                Item::Event {
+                    event: name,
+                    data: "{}",
+                    id: "",
+                },
+                1_500,
+            )
+        };
+        deliver(&mut m, &mut acct, 0);
+        // A gap notice, then 1..=3 skipped: covered, not lost.
+        notice(&mut m, &mut acct, "gap");
+        deliver(&mut m, &mut acct, 4);
+        // No notice before this skip: lost.
+        deliver(&mut m, &mut acct, 6);
+        // A reconnect replays 4 and 6 again (duplicates), then 5 arrives late: the loss of 5
+        // is taken back; then 2 arrives late too: the covered count is taken back.
+        deliver(&mut m, &mut acct, 4);
+        deliver(&mut m, &mut acct, 6);
+        deliver(&mut m, &mut acct, 5);
+        deliver(&mut m, &mut acct, 2);
+        notice(&mut m, &mut acct, "reset");
+        deliver(&mut m, &mut acct, 9);
+        let c = &m.counters;
+        assert_eq!(
+            (c.received, c.lost, c.lost_covered, c.duplicates),
+            (6, 0, 2 + 2, 2)
+        );
+        assert_eq!(c.other_events, 2);
+        // The server's own events between messages are replays, not notices.
+        m.on_item(
+            &mut acct,
+            Item::Event {
+                event: "",
+                data: "from before",
+                id: "1",
+            },
+            7_000,
+        );
+        assert_eq!((acct.replayed, acct.replayed_at_us), (1, 7_000));
+        m.on_item(&mut acct, Item::Retry(250), 0);
+        assert_eq!(acct.retry_ms, Some(250));
+        // Without --reconnect a notice covers nothing: the skip is lost, as it always was.
+        let mut plain = meter(Mode::Stamped);
+        let mut acct = Acct::default();
+        deliver(&mut plain, &mut acct, 0);
+        notice(&mut plain, &mut acct, "gap");
+        deliver(&mut plain, &mut acct, 3);
+        assert_eq!((plain.counters.lost, plain.counters.lost_covered), (2, 0));
     }
 }

@@ -47,6 +47,34 @@ impl Percentiles {
     }
 }
 
+/// A spread of times, ms.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Spread {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Values recorded.
+    pub count: u64,
+}
+
+/// Replayed events per stream in a storm: events a stream received that were neither this
+/// run's own messages nor the server's notices (`gap`, `reset`), i.e. the server's history
+/// published before the run (with the node's `--tick 0`: nothing else).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Replayed {
+    /// Streams that had a head.
+    pub streams: u64,
+    /// Replayed events over all of them.
+    pub total: u64,
+    /// Fewest one stream got.
+    pub min: u64,
+    /// Most one stream got.
+    pub max: u64,
+}
+
 /// What slow readers got (allowed to lose).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Slow {
@@ -103,6 +131,36 @@ pub struct Summary {
     pub duplicates: u64,
     /// Events that were not the run's messages (heartbeats, notices).
     pub other_events: u64,
+    /// `--reconnect`: streams served again (a new 200 head after an earlier one ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnects: Option<u64>,
+    /// `--reconnect`: connection attempts after a stream's first (failed ones included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_attempts: Option<u64>,
+    /// `--reconnect`: messages a stream received again (ids it had, replayed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_duplicated: Option<u64>,
+    /// `--reconnect`: messages fast streams never got whose absence a `gap` or `reset`
+    /// notice announced (not in `deliveries_lost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_lost_covered: Option<u64>,
+    /// `--reconnect`: from a stream's end (EOF, reset, failed connect) to its next response
+    /// head, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_ms: Option<Spread>,
+    /// `--storm`: connections refused (`ECONNREFUSED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_refused: Option<u64>,
+    /// `--storm`: connections closed (EOF or reset) before their response head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_closed: Option<u64>,
+    /// `--storm`: from the first connect until every served stream had its head and the last
+    /// of its replayed events, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_all_served_ms: Option<f64>,
+    /// `--storm`: replayed events per stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_replayed_per_stream: Option<Replayed>,
     /// Delivery latency of fast streams, from scheduled send to receipt.
     pub latency_us: Percentiles,
     /// Per message, from its scheduled send until the last fast stream had it.
@@ -244,6 +302,39 @@ impl Summary {
                 format!(
                     "{} of {} streams resumed a session",
                     self.tls_resumed, self.connections_established
+                ),
+            );
+        }
+        if let (Some(reconnects), Some(ms)) = (self.reconnects, self.reconnect_ms) {
+            row(
+                &mut t,
+                "reconnects",
+                format!(
+                    "{reconnects} streams served again ({} attempts), end to head p50 {:.0} ms, \
+                     p99 {:.0} ms, max {:.0} ms; {} duplicates, {} lost covered by gap/reset",
+                    self.reconnect_attempts.unwrap_or(0),
+                    ms.p50,
+                    ms.p99,
+                    ms.max,
+                    self.deliveries_duplicated.unwrap_or(0),
+                    self.deliveries_lost_covered.unwrap_or(0)
+                ),
+            );
+        }
+        if let Some(closed) = self.storm_closed {
+            let replayed = self.storm_replayed_per_stream.unwrap_or_default();
+            row(
+                &mut t,
+                "storm",
+                format!(
+                    "{} refused, {closed} closed before their head; all served in {}; \
+                     replayed per stream {}..{} ({} in all)",
+                    self.storm_refused.unwrap_or(0),
+                    self.storm_all_served_ms
+                        .map_or("-".to_owned(), |ms| format!("{ms:.0} ms")),
+                    replayed.min,
+                    replayed.max,
+                    replayed.total
                 ),
             );
         }

@@ -25,7 +25,7 @@ use crate::fdlimit;
 use crate::probe::{self, Sample};
 use crate::progress::Progress;
 use crate::publisher::{self, Job, Live, Outcome, Schedule};
-use crate::report::{self, Percentiles, Slow, Summary};
+use crate::report::{self, Percentiles, Replayed, Slow, Spread, Summary};
 use crate::sizing::{self, Measured};
 use crate::stats::{Counters, Latency};
 use crate::tls;
@@ -145,6 +145,8 @@ struct Run<'a> {
     server: Server,
     /// What the publisher did, once it has run.
     outcome: Option<Outcome>,
+    /// When to send `Blip` (`--reconnect-after`); `None` once sent.
+    blip_at_us: Option<u64>,
 }
 
 impl<'a> Run<'a> {
@@ -152,7 +154,14 @@ impl<'a> Run<'a> {
     fn start(args: &'a Args) -> Result<Run<'a>, String> {
         let t0 = now_us();
         args.validate()?;
-        let url = Url::parse(&args.url)?;
+        // Every URL of the list is checked here, so a bad one is one line and exit 2; the
+        // first one decides the source addresses.
+        let urls = args
+            .urls()
+            .into_iter()
+            .map(Url::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = urls[0].clone();
         let publish_url = args.publish_url.as_deref().map(Url::parse).transpose()?;
         // Built once here, before any worker starts, so a bad --cacert file is one line and
         // exit 2; workers build their own from the same `Trust`, the publisher uses this one.
@@ -193,6 +202,7 @@ impl<'a> Run<'a> {
             },
             server,
             outcome: None,
+            blip_at_us: None,
         })
     }
 
@@ -211,6 +221,10 @@ impl<'a> Run<'a> {
     /// holds the streams for `--duration`.
     fn publish_or_hold(&mut self) -> Result<(), String> {
         self.timing.publish_start = now_us();
+        self.blip_at_us = self
+            .args
+            .reconnect_after
+            .map(|secs| self.timing.publish_start + secs_us(secs));
         self.server.cpu_start = sample(&self.args.server_pid)?;
         match self.publish_url.clone().filter(|_| !interrupted()) {
             Some(publish_url) => self.publish(publish_url),
@@ -218,6 +232,11 @@ impl<'a> Run<'a> {
                 let until = now_us() + secs_us(self.args.duration);
                 self.pump(Phase::Holding, until, |_| false);
             }
+        }
+        if self.args.storm {
+            // The storm has settled by now (replays delivered, the node's after-storm
+            // clean-up done): its memory per stream is read here, not at the heads.
+            self.server.connected = sample_if_running(&self.args.server_pid)?;
         }
         Ok(())
     }
@@ -325,6 +344,8 @@ impl<'a> Run<'a> {
         Ok(Results {
             counters: self.board.counters(),
             latency: self.board.latency()?,
+            reconnect_us: self.board.reconnect_us()?,
+            storm: self.board.storm(),
             completion: self.board.completion(),
             worker_errors: worker_errors.len(),
             tls_error: self.board.first_tls_error(),
@@ -349,6 +370,10 @@ impl<'a> Run<'a> {
             }
             if interrupted() && phase.ends_on_interrupt() {
                 return;
+            }
+            if self.blip_at_us.is_some_and(|at| now_us() >= at) {
+                self.blip_at_us = None;
+                self.workers.commander.send(&Command::Blip);
             }
             match self
                 .workers
@@ -427,6 +452,10 @@ struct Results<'a> {
     worker_errors: usize,
     /// Why the first stream that failed in TLS failed.
     tls_error: Option<String>,
+    /// From each stream's end to its next head (`--reconnect`).
+    reconnect_us: Latency,
+    /// The storm, merged (`--storm`).
+    storm: Option<crate::wire::StormTally>,
 }
 
 /// CPU seconds used by this process and its reaped children (the workers).
@@ -476,7 +505,12 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
                 first_index: first,
                 sources: sources.to_vec(),
                 ramp_per_sec: args.ramp / procs as f64,
-                max_in_flight: args.max_in_flight,
+                // A storm is every connection at once; the open-files limit is the bound.
+                max_in_flight: if args.storm {
+                    n.max(1) as usize
+                } else {
+                    args.max_in_flight
+                },
                 connect_timeout_ms: (args.connect_timeout * 1000.0) as u64,
                 slow_fraction: args.slow_fraction,
                 mode: args.publish_mode,
@@ -485,6 +519,9 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
                 headers: args.header_lines(),
                 tls: args.trust(),
                 tls_resume: args.tls_resume,
+                reconnect: args.reconnects(),
+                last_event_id: args.last_event_id.clone(),
+                storm: args.storm,
             };
             first += n;
             plan
@@ -598,8 +635,41 @@ impl Results<'_> {
         };
         let sizing = (!args.server_pid.is_empty() || args.plan.is_some())
             .then(|| sizing::size(&measured, args.plan));
+        let reconnects = args.reconnects();
+        let ms = |us: u64| us as f64 / 1000.0;
         let mut summary = Summary {
-            url: url.to_string(),
+            url: if args.urls().len() > 1 {
+                args.url.clone()
+            } else {
+                url.to_string()
+            },
+            reconnects: reconnects.then_some(c.reconnects),
+            reconnect_attempts: reconnects.then_some(c.reconnect_attempts),
+            deliveries_duplicated: reconnects.then_some(c.duplicates),
+            deliveries_lost_covered: reconnects.then_some(c.lost_covered),
+            reconnect_ms: reconnects.then(|| Spread {
+                p50: ms(self.reconnect_us.value_at_quantile(0.5)),
+                p99: ms(self.reconnect_us.value_at_quantile(0.99)),
+                max: ms(self.reconnect_us.max()),
+                count: self.reconnect_us.len(),
+            }),
+            storm_refused: args
+                .storm
+                .then(|| c.errors.get("refused").copied().unwrap_or(0)),
+            storm_closed: args.storm.then_some(c.closed_before_head),
+            storm_all_served_ms: self
+                .storm
+                .as_ref()
+                .filter(|s| args.storm && s.all_served_us > 0)
+                .map(|s| ms(s.all_served_us.saturating_sub(s.first_connect_us))),
+            storm_replayed_per_stream: self.storm.as_ref().filter(|_| args.storm).map(|s| {
+                Replayed {
+                    streams: s.streams,
+                    total: s.replayed_total,
+                    min: s.replayed_min,
+                    max: s.replayed_max,
+                }
+            }),
             connections_requested: args.connections,
             connections_started: c.requested,
             connections_established: c.established,

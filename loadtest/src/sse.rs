@@ -36,6 +36,10 @@ pub struct Parser {
     event: String,
     /// The last event id buffer, kept across events.
     id: String,
+    /// The last event ID string: the id buffer as it was at the last dispatch (a blank
+    /// line), what an `EventSource` sends as `Last-Event-ID` when it reconnects. An `id:`
+    /// line of an event cut off by the connection's end does not reach it.
+    last_event_id: String,
     /// Set once a `data:` field was seen for the event being built.
     has_data: bool,
 }
@@ -44,6 +48,33 @@ impl Parser {
     /// A parser at the start of a stream.
     pub fn new() -> Parser {
         Parser::default()
+    }
+
+    /// A parser at the start of a stream whose `EventSource` already has `last_event_id`
+    /// (`--last-event-id`): it is sent on the first request.
+    pub fn with_last_event_id(last_event_id: &str) -> Parser {
+        Parser {
+            id: last_event_id.to_owned(),
+            last_event_id: last_event_id.to_owned(),
+            ..Parser::default()
+        }
+    }
+
+    /// The id to send as `Last-Event-ID` on the next connection (empty: none).
+    pub fn last_event_id(&self) -> &str {
+        &self.last_event_id
+    }
+
+    /// Forgets the unfinished line and event of a connection that ended, keeping the last
+    /// event ID for the next one (Blink hands it to the new connection's parser the same way).
+    pub fn restart(&mut self) {
+        self.line.clear();
+        self.after_cr = false;
+        self.data.clear();
+        self.event.clear();
+        self.has_data = false;
+        self.id.clear();
+        self.id.push_str(&self.last_event_id);
     }
 
     /// Feeds the next bytes of the stream body; `on_item` sees each complete item in order.
@@ -129,6 +160,11 @@ impl Parser {
 
     /// Ends the event being built at a blank line.
     fn dispatch(&mut self, on_item: &mut impl FnMut(Item<'_>)) {
+        // WHATWG: the last event ID string is set at every dispatch, with or without data.
+        if self.last_event_id != self.id {
+            self.last_event_id.clear();
+            self.last_event_id.push_str(&self.id);
+        }
         if self.has_data {
             let data = self.data.strip_suffix('\n').unwrap_or(&self.data);
             on_item(Item::Event {
@@ -253,6 +289,28 @@ mod tests {
             parse_every_split(b"data: a\ndata:\n\n"),
             vec![ev("", "a\n", "")]
         );
+    }
+
+    #[test]
+    fn the_last_event_id_is_what_was_dispatched_and_survives_a_restart() {
+        let mut p = Parser::with_last_event_id("3");
+        assert_eq!(p.last_event_id(), "3");
+        let mut events = 0;
+        p.feed(b"id: 4\ndata: a\n\nid: 5\ndata: b", &mut |_| events += 1);
+        // Event 5 was cut off by the connection's end: resuming must ask for it again.
+        assert_eq!((events, p.last_event_id()), (1, "4"));
+        p.restart();
+        let mut ids = Vec::new();
+        p.feed(b"data: c\n\n", &mut |item| {
+            if let Item::Event { id, data, .. } = item {
+                ids.push((id.to_owned(), data.to_owned()));
+            }
+        });
+        // The half event is gone, and the id buffer starts from the last event ID.
+        assert_eq!(ids, vec![("4".to_owned(), "c".to_owned())]);
+        // An id-only event (no data) still moves the last event ID, per spec.
+        p.feed(b"id: 9\n\n", &mut |_| {});
+        assert_eq!(p.last_event_id(), "9");
     }
 
     #[test]

@@ -136,6 +136,19 @@ pub struct Counters {
     /// Established streams whose TLS handshake resumed a session (`--tls-resume`).
     #[serde(default)]
     pub tls_resumed: u64,
+    /// Messages fast streams never got whose absence a `gap` or `reset` notice announced
+    /// (`--reconnect` runs; otherwise they are in `lost`).
+    #[serde(default)]
+    pub lost_covered: u64,
+    /// Connections that ended (EOF or reset) before their response head.
+    #[serde(default)]
+    pub closed_before_head: u64,
+    /// `--reconnect`: streams served again (a new 200 head after an earlier one ended).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// `--reconnect`: connection attempts after a stream's first, whatever their outcome.
+    #[serde(default)]
+    pub reconnect_attempts: u64,
 }
 
 impl Counters {
@@ -162,6 +175,10 @@ impl Counters {
         self.duplicates += other.duplicates;
         self.other_events += other.other_events;
         self.tls_resumed += other.tls_resumed;
+        self.lost_covered += other.lost_covered;
+        self.closed_before_head += other.closed_before_head;
+        self.reconnects += other.reconnects;
+        self.reconnect_attempts += other.reconnect_attempts;
     }
 
     /// Established streams that read at full speed.

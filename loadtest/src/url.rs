@@ -47,6 +47,29 @@ impl Scheme {
     }
 }
 
+/// The URLs of a `--url URL[,URL..]` list. A comma separates two URLs only where the next
+/// one begins (`,http://` or `,https://`), so a comma inside a path or query stays its own.
+pub fn split_list(text: &str) -> Vec<&str> {
+    let mut urls = Vec::new();
+    let mut rest = text;
+    loop {
+        let next = [",http://", ",https://"]
+            .iter()
+            .filter_map(|sep| rest.find(sep))
+            .min();
+        match next {
+            Some(at) => {
+                urls.push(&rest[..at]);
+                rest = &rest[at + 1..];
+            }
+            None => {
+                urls.push(rest);
+                return urls;
+            }
+        }
+    }
+}
+
 /// A parsed and resolved URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
@@ -209,5 +232,14 @@ mod tests {
             Some(Scheme::Http)
         );
         assert_eq!(Scheme::of("no.such.host.invalid"), None);
+    }
+
+    #[test]
+    fn a_url_list_splits_only_where_a_url_begins() {
+        assert_eq!(split_list("http://a/s"), vec!["http://a/s"]);
+        assert_eq!(
+            split_list("http://a/s?x=1,2,https://b:8443/s,http://c/"),
+            vec!["http://a/s?x=1,2", "https://b:8443/s", "http://c/"]
+        );
     }
 }

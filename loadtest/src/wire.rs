@@ -62,6 +62,15 @@ pub struct Plan {
     /// Whether the worker's streams share session tickets (`--tls-resume`).
     #[serde(default)]
     pub tls_resume: bool,
+    /// `--reconnect`: a stream that ends comes back like an `EventSource`.
+    #[serde(default)]
+    pub reconnect: bool,
+    /// `--last-event-id`: every stream sends it on its first request.
+    #[serde(default)]
+    pub last_event_id: Option<String>,
+    /// `--storm`: measure how each stream was served (head, replay).
+    #[serde(default)]
+    pub storm: bool,
 }
 
 /// What the parent tells a running worker.
@@ -79,6 +88,8 @@ pub enum Command {
     },
     /// Slow readers start reading, to count what they got.
     Drain,
+    /// `--reconnect-after`: close every stream at once; each comes back with its last id.
+    Blip,
     /// Send the final report and exit; `published` messages went out.
     Stop {
         /// Messages published successfully.
@@ -106,6 +117,69 @@ pub struct Report {
     /// Why the first stream that failed in TLS failed (certificate not trusted, alert…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_error: Option<String>,
+    /// Final report only, `--reconnect`: from each stream's end to its next head, µs, as a
+    /// V2-serialized histogram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconnect_us: Vec<u8>,
+    /// Final report only, `--storm`: how the worker's streams were served (boxed: most
+    /// reports carry none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<Box<StormTally>>,
+}
+
+/// One worker's storm (`--storm`), merged by [`StormTally::merge`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StormTally {
+    /// When its first connection began (`CLOCK_MONOTONIC` µs; 0: none began).
+    pub first_connect_us: u64,
+    /// When its last stream had its head and its whole replay (µs; 0: none did).
+    pub all_served_us: u64,
+    /// Streams that had a head.
+    pub streams: u64,
+    /// Replayed events (see [`Acct::replayed`](crate::meter::Acct::replayed)) over them.
+    pub replayed_total: u64,
+    /// Fewest replayed events one of them got.
+    pub replayed_min: u64,
+    /// Most replayed events one of them got.
+    pub replayed_max: u64,
+}
+
+impl StormTally {
+    /// Adds another worker's storm to this one.
+    pub fn merge(&mut self, other: &StormTally) {
+        if other.streams == 0 && other.first_connect_us == 0 {
+            return;
+        }
+        self.first_connect_us = match (self.first_connect_us, other.first_connect_us) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+        self.all_served_us = self.all_served_us.max(other.all_served_us);
+        if other.streams > 0 {
+            self.replayed_min = if self.streams == 0 {
+                other.replayed_min
+            } else {
+                self.replayed_min.min(other.replayed_min)
+            };
+            self.replayed_max = self.replayed_max.max(other.replayed_max);
+        }
+        self.streams += other.streams;
+        self.replayed_total += other.replayed_total;
+    }
+
+    /// Counts one served stream that got `replayed` events, the last of them (or its head)
+    /// at `served_us`.
+    pub fn add(&mut self, replayed: u64, served_us: u64) {
+        self.merge(&StormTally {
+            first_connect_us: 0,
+            all_served_us: served_us,
+            streams: 1,
+            replayed_total: replayed,
+            replayed_min: replayed,
+            replayed_max: replayed,
+        });
+    }
 }
 
 /// Writes one line of JSON.

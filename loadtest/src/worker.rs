@@ -67,7 +67,7 @@ fn read_plan() -> io::Result<Plan> {
 #[derive(Debug)]
 pub enum Message {
     /// A report frame from worker `.0`.
-    Frame(usize, Report, Vec<u8>),
+    Frame(usize, Box<Report>, Vec<u8>),
     /// Worker `.0` closed its output (it exited), with the error if the stream broke.
     Gone(usize, Option<String>),
 }
@@ -128,7 +128,10 @@ impl Workers {
             std::thread::spawn(move || loop {
                 match wire::read_frame(&mut stdout) {
                     Ok(Some((report, histogram))) => {
-                        if tx.send(Message::Frame(index, report, histogram)).is_err() {
+                        if tx
+                            .send(Message::Frame(index, Box::new(report), histogram))
+                            .is_err()
+                        {
                             return;
                         }
                     }
