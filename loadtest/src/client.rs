@@ -949,11 +949,23 @@ fn ingest(
         }
         meter.on_item(acct, item, now);
     };
-    match body {
-        Body::Plain => parser.feed(bytes, &mut on_item),
-        Body::Chunked(dechunker) => dechunker
-            .feed(bytes, &mut |data| parser.feed(data, &mut on_item))
-            .map_err(|_| Failure::BadResponse)?,
+    let complete = match body {
+        Body::Plain => {
+            parser.feed(bytes, &mut on_item);
+            false
+        }
+        Body::Chunked(dechunker) => {
+            dechunker
+                .feed(bytes, &mut |data| parser.feed(data, &mut on_item))
+                .map_err(|_| Failure::BadResponse)?;
+            dechunker.done()
+        }
+    };
+    if complete {
+        // The last chunk: the response is over though the connection may stay open. A proxy
+        // ends its chunked answer so when the node behind it went away (nginx: an upstream
+        // body delimited by its close); EventSource then reconnects, and so does this.
+        return Err(ended(sub));
     }
     Ok(())
 }
