@@ -232,9 +232,9 @@ struct Nginx {
 impl Nginx {
     /// Round robin over `upstreams`, `proxy_buffering off`, HTTP/1.1 upstream keep-alive as
     /// README's recipe has; the failure settings are nginx's defaults (`max_fails=1
-    /// fail_timeout=10s`, `proxy_next_upstream error timeout`). `worker_connections` and the
-    /// listen backlog fit the storm (two connections per stream: README, "Behind a reverse
-    /// proxy").
+    /// fail_timeout=10s`, `proxy_next_upstream error timeout`). `worker_connections`,
+    /// `multi_accept` and the listen backlog fit the storm as README's recipe has them (two
+    /// connections per stream: "Behind a reverse proxy").
     fn start(upstreams: &[String]) -> Nginx {
         let bin = ["/usr/sbin/nginx", "nginx"]
             .into_iter()
@@ -258,7 +258,7 @@ impl Nginx {
 error_log {d}/error.log info;
 worker_processes 1;
 worker_rlimit_nofile 8192;
-events {{ worker_connections 8192; }}
+events {{ worker_connections 8192; multi_accept on; }}
 http {{
   access_log {d}/access.log;
   client_body_temp_path {d}/tmp/body;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # "A node lost under load" of BENCHMARKS.md: three release nodes on one redis-server (loopback),
-# STREAMS_PER_NODE streams on each held by the loadtest with --reconnect, publishing at 10
+# STREAMS_PER_NODE streams on each held by the loadtest with --reconnect, publishing at RATE
 # events/s to node 1 only (a publish sent to the node being killed has an unknown fate), and
 # node 0 SIGKILLed once every stream is held and publishing has run for a while. Its streams
 # come back with Last-Event-ID: directly, to the next node of each stream's failover list
@@ -8,24 +8,28 @@
 # proxy_buffering off, the default failure settings), to whichever node the proxy picks.
 #
 #   bash benches/compare/node_lost.sh [STREAMS_PER_NODE] [MODES]   (default: 5000 "direct nginx")
-#   env: DURATION (publishing seconds, 40), KILL_AFTER (events published before the kill, 100),
+#   env: RATE (events/s, 10), DURATION (publishing seconds, 40), KILL_AFTER (events published before the kill, 100),
 #        HISTORY (events each node keeps per topic, 2: every resume reaches back before the
 #        survivors' history and is replayed from Redis; 1024 is the node's default),
-#        RETRY_MS (the nodes' --retry-ms, 2000: the default)
+#        RETRY_MS (the nodes' --retry-ms, 2000: the default),
+#        MULTI_ACCEPT (nginx's multi_accept, off: its default)
 #
 # Prints one line per mode: streams, the killed node's streams, reconnects, lost, duplicated,
 # lost covered by gap/reset, reconnect_ms p50/p99/max (from a stream's end to the head that
 # served it again), XRANGE calls (and their microseconds) Redis ran from the kill to the end,
 # and for nginx the statuses it answered, its "no live upstreams" lines and the upstreams it
-# marked down. Every process it starts is ended on exit; each run's files stay in WORK (printed).
+# marked down, and the kernel's accept-queue overflows (SYNs dropped, machine-wide) from the
+# kill to the end. Every process it starts is ended on exit; each run's files stay in WORK (printed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 per=${1:-5000}
 modes=${2:-"direct nginx"}
+rate=${RATE:-10}
 duration=${DURATION:-40}
 kill_after=${KILL_AFTER:-100}
 history=${HISTORY:-2}
 retry_ms=${RETRY_MS:-2000}
+multi_accept=${MULTI_ACCEPT:-off}
 streams=$((3 * per))
 [ -x target/release/sse-edge ] && [ -x target/release/loadtest ] || cargo build --release --workspace --bins -q
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
@@ -50,6 +54,7 @@ wait_for() { # WHAT SECONDS COMMAND...: until COMMAND succeeds
   for _ in $(seq $((secs * 10))); do "$@" && return 0; sleep 0.1; done
   echo "timed out waiting for $what" >&2; return 1
 }
+listen_overflows() { nstat -az TcpExtListenOverflows 2>/dev/null | awk '$1=="TcpExtListenOverflows"{print $2; f=1} END{if(!f) print 0}'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN{exit !(a >= b)}'; }
 held_all() { local sum=0; for p in "${ports[@]}"; do sum=$((sum + $(metric "$p" sse_edge_clients | cut -d. -f1))); done; [ "$sum" -ge "$streams" ]; }
 published() { ge "$(metric "${ports[1]}" sse_edge_events_published_total)" "$kill_after"; }
@@ -76,7 +81,7 @@ pid $dir/nginx/nginx.pid;
 error_log $dir/nginx/error.log info;
 worker_processes 2;
 worker_rlimit_nofile 20000;
-events { worker_connections 19000; }
+events { worker_connections 19000; multi_accept $multi_accept; }
 http {
   access_log $dir/nginx/access.log;
   client_body_temp_path $dir/nginx/tmp/body; proxy_temp_path $dir/nginx/tmp/proxy;
@@ -109,22 +114,24 @@ EOF
   # Three workers of 5,000 streams each (each within 20,000 open files), from three sources.
   target/release/loadtest --url "$urls" --connections "$streams" --procs 3 \
     --source 127.0.0.1,127.0.0.2,127.0.0.3 --reconnect --no-progress \
-    --publish-url "http://127.0.0.1:${ports[1]}/broadcast" --rate 10 --duration "$duration" \
+    --publish-url "http://127.0.0.1:${ports[1]}/broadcast" --rate "$rate" --duration "$duration" \
     --json "$dir/loadtest.json" >"$dir/loadtest.out" 2>&1 & lt=$!
   wait_for "every stream held" 300 held_all
   wait_for "$kill_after events published" 300 published
   killed_held=$(metric "${ports[0]}" sse_edge_clients | cut -d. -f1)
   read -r calls0 usec0 < <(xrange "$rport")
+  overflows0=$(listen_overflows)
   kill -9 "${node_pids[0]}"
   wait "${node_pids[0]}" 2>/dev/null || true
   wait "$lt" || echo "($mode: the loadtest exited non-zero; see $dir/loadtest.out)"
   read -r calls1 usec1 < <(xrange "$rport")
-  extra=""
+  # Machine-wide: other processes' listeners count too.
+  extra=" listen_overflows=$(( $(listen_overflows) - overflows0 ))"
   if [ "$mode" = nginx ]; then
     statuses=$(awk -F'"' '{split($3, a, " "); print a[1]}' "$dir/nginx/access.log" | sort | uniq -c | awk '{printf "%s%s×%s", (n++ ? "," : ""), $2, $1}')
     nolive=$(grep -c 'no live upstreams' "$dir/nginx/error.log" || true)
     down=$(grep 'temporarily disabled' "$dir/nginx/error.log" | sed -n 's/.*upstream: "http:\/\/\([0-9.:]*\).*/\1/p' | sort | uniq -c | awk '{printf "%s%s×%s", (n++ ? "," : ""), $2, $1}')
-    extra=" nginx_statuses=${statuses:-none} no_live_upstreams=$nolive marked_down=${down:-none} (killed: 127.0.0.1:${ports[0]})"
+    extra="$extra nginx_statuses=${statuses:-none} no_live_upstreams=$nolive marked_down=${down:-none} (killed: 127.0.0.1:${ports[0]})"
   fi
   python3 - "$dir/loadtest.json" "$mode" "$streams" "$killed_held" "$((calls1 - calls0))" "$((usec1 - usec0))" "$extra" <<'EOF'
 import json, sys
