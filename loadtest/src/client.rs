@@ -663,7 +663,9 @@ impl Worker {
         }
         if self.plan.reconnect {
             let now = now_us();
-            if life.ended_us == 0 {
+            // An outage starts when a served stream ends; a first connection that fails is
+            // not one (its comeback is its first head, not a reconnect).
+            if life.established && life.ended_us == 0 {
                 life.ended_us = now;
             }
             let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
@@ -797,7 +799,7 @@ impl Worker {
                     self.first_open -= 1;
                 }
                 if self.plan.reconnect {
-                    if life.ended_us == 0 {
+                    if life.established && life.ended_us == 0 {
                         life.ended_us = now;
                     }
                     let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
