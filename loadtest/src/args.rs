@@ -46,6 +46,20 @@ Examples:
   loadtest --url https://edge.example:8443/stream --connections 10000 \\
            --publish-url https://edge.example:8443/broadcast --rate 10 --cacert ca.pem
 
+  # Rehearse a deploy: 10k streams at once, each resuming after event 50 (run the node
+  # with --tick 0 so that every event that is not the run's own is a replay):
+  loadtest --url http://127.0.0.1:8080/stream --connections 10000 --storm --last-event-id 50 \\
+           --duration 10 --server-pid $(pgrep -x sse-edge) --json deploy.json
+
+  # Rehearse a failover: streams spread over two cluster nodes, coming back like browsers
+  # (retry:, Last-Event-ID, the next URL) when one is killed; publish to the one that stays:
+  loadtest --url http://10.0.0.1:8080/stream,http://10.0.0.2:8080/stream --connections 10000 \\
+           --reconnect --publish-url http://10.0.0.2:8080/broadcast --rate 10 --duration 60
+
+  # Rehearse a network blip: every stream closed 10 s in, each back with its last id:
+  loadtest --url http://127.0.0.1:8080/stream --connections 10000 --reconnect-after 10 \\
+           --publish-url http://127.0.0.1:8080/broadcast --rate 10 --duration 30
+
 Exit status: 0 when every stream connected and no fast reader lost a message, 1 otherwise
 (unless --allow-loss), 2 for a bad command line, 130 after Ctrl-C (the report is printed).";
 

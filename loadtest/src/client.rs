@@ -662,18 +662,7 @@ impl Worker {
             self.first_open -= 1;
         }
         if self.plan.reconnect {
-            let now = now_us();
-            if life.ended_us == 0 {
-                life.ended_us = now;
-            }
-            let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
-            life.target = (life.target + 1) % self.targets.len();
-            life.parser.restart();
-            life.acct.shed = false;
-            let at = now.saturating_add(wait_ms.saturating_mul(1000));
-            let slot = self.sleeping.insert(life);
-            self.wakeups.push(Reverse((at, slot)));
-            return;
+            return self.sleep(life, now_us());
         }
         if sub.phase == Phase::Streaming {
             if life.acct.slow {
@@ -685,6 +674,23 @@ impl Worker {
         } else {
             counters.connect_errors += 1;
         }
+    }
+
+    /// Puts a stream whose connection ended to sleep until it comes back (`--reconnect`):
+    /// for the last `retry:` it got, then to the next URL of the list.
+    fn sleep(&mut self, mut life: Life, now: u64) {
+        // An outage starts when a served stream ends; a first connection that fails is not
+        // one (its comeback is its first head, not a reconnect).
+        if life.established && life.ended_us == 0 {
+            life.ended_us = now;
+        }
+        let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
+        life.target = (life.target + 1) % self.targets.len();
+        life.parser.restart();
+        life.acct.shed = false;
+        let at = now.saturating_add(wait_ms.saturating_mul(1000));
+        let slot = self.sleeping.insert(life);
+        self.wakeups.push(Reverse((at, slot)));
     }
 
     /// Brings back the sleeping streams whose wait is over (`--reconnect`).
@@ -797,14 +803,7 @@ impl Worker {
                     self.first_open -= 1;
                 }
                 if self.plan.reconnect {
-                    if life.ended_us == 0 {
-                        life.ended_us = now;
-                    }
-                    let wait_ms = life.acct.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
-                    life.target = (life.target + 1) % self.targets.len();
-                    let at = now.saturating_add(wait_ms.saturating_mul(1000));
-                    let slot = self.sleeping.insert(life);
-                    self.wakeups.push(Reverse((at, slot)));
+                    self.sleep(life, now);
                 } else {
                     counters.connect_errors += 1;
                 }

@@ -179,6 +179,56 @@ fn a_killed_nodes_streams_fail_over_to_the_next_url_of_the_list() {
     );
 }
 
+/// A first connection refused is retried like any end, on the next URL of the list: the
+/// stream is then established (once), not a reconnect, and nothing counts as a failure.
+#[test]
+fn a_refused_first_connection_moves_on_to_the_next_url() {
+    let node = Node::start(&["--listen", "127.0.0.1:0"]);
+    // A bound socket that never listens: every connect to its port is refused, and the port
+    // stays ours for the test.
+    let dead =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    dead.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let dead_port = dead
+        .local_addr()
+        .expect("local address")
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    const STREAMS: u64 = 100;
+    let json = temp_path("refused.json");
+    let mut args = strings(&[
+        "--connections",
+        "100",
+        "--procs",
+        "1",
+        "--duration",
+        "6",
+        "--reconnect",
+    ]);
+    args.extend([
+        "--url".into(),
+        format!(
+            "http://127.0.0.1:{dead_port}/stream,{}",
+            node.url("/stream?topic=refused")
+        ),
+        "--json".into(),
+        json.display().to_string(),
+    ]);
+    let out = common::run_loadtest(&args);
+    let j = read_json(&json, &out);
+    assert!(out.status.success(), "{}\n{j:#}", describe(&out));
+    assert_eq!(j["connections_established"], STREAMS, "{j:#}");
+    assert_eq!(j["connect_errors"], 0, "{j:#}");
+    // Half the streams started on the dead port: one refusal each, one more attempt each.
+    assert_eq!(j["errors_by_kind"]["refused"], STREAMS / 2, "{j:#}");
+    assert_eq!(j["reconnect_attempts"], STREAMS / 2, "{j:#}");
+    assert_eq!(j["reconnects"], 0, "{j:#}");
+    assert_eq!(j["reconnect_ms"]["count"], 0, "{j:#}");
+    drop(dead);
+}
+
 /// A storm resuming from a point in the node's history: every stream opened at once with
 /// `--last-event-id`, each replayed exactly the events after it, and the summary's storm
 /// fields agree with what the node counted.
