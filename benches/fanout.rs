@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
-use sse_edge::sse::encode_event;
 use sse_edge::stream::Stream;
 use sse_edge::topics::Subs;
+use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::sse::encode_event;
 
 #[path = "../tests/util/counting_alloc.rs"]
 mod counting_alloc;

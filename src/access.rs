@@ -32,8 +32,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::http::{query_pairs, Head, Rejection};
 use crate::jwt::{Grants, Refusal, Trust};
+use crate::wire::http::{query_pairs, Head, Rejection};
 
 /// The cookie a stream's token may come in (set by the app, HttpOnly).
 pub const TOKEN_COOKIE: &str = "sse_edge_token";
@@ -348,7 +348,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{RequestParser, Step};
+    use crate::wire::http::{RequestParser, Step};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -194,7 +194,7 @@ pub struct Config {
         env = "SSE_EDGE_CORS_ORIGINS",
         value_name = "LIST",
         value_delimiter = ',',
-        value_parser = crate::cors::parse_origin
+        value_parser = crate::wire::cors::parse_origin
     )]
     pub cors_origins: Vec<String>,
 
@@ -511,10 +511,10 @@ impl Config {
         if !(1..=1 << 20).contains(&self.tls_handshakes_per_turn) {
             return Err("--tls-handshakes-per-turn must be between 1 and 1048576".into());
         }
-        if self.cors_origins.len() > crate::cors::MAX_ORIGINS {
+        if self.cors_origins.len() > crate::wire::cors::MAX_ORIGINS {
             return Err(format!(
                 "--cors-origins may list at most {} origins",
-                crate::cors::MAX_ORIGINS
+                crate::wire::cors::MAX_ORIGINS
             ));
         }
         if self.token_in_query && self.subscribe_jwt.is_empty() {

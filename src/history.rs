@@ -46,9 +46,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::event_id::EventId;
 use crate::handover::wire::HistoryImage;
-use crate::sse::{self, ResetReason};
+use crate::wire::event_id::EventId;
+use crate::wire::sse::{self, ResetReason};
 
 /// Bookkeeping charged per kept frame besides its bytes: its slot in the topic's queue
 /// (id + `Bytes`, 48 B), its slot in the node's age order (24 B), and the frame

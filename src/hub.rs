@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::Waker;
 
-use crate::event_id::EventId;
 use crate::handover::wire::{HistoryImage, State};
 use crate::handover::{Snapshot, Step};
 use crate::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
-use crate::sse;
+use crate::wire::event_id::EventId;
+use crate::wire::sse;
 
 /// One encoded event on its way to the shards.
 #[derive(Debug, Clone)]

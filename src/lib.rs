@@ -15,12 +15,12 @@
 //!
 //! ## The flow of one broadcast
 //!
-//! 1. `POST /broadcast` arrives on some shard; [`http`] parses it incrementally and stops at
-//!    the head, where [`access`] decides whether this peer may publish and [`params`]
+//! 1. `POST /broadcast` arrives on some shard; [`http`](wire::http) parses it incrementally and stops at
+//!    the head, where [`access`] decides whether this peer may publish and [`params`](wire::params)
 //!    validates topic and event name, before any body is read; then the body (UTF-8).
 //!    Parsing and judging run contained ([`guard`]): a panic there costs one connection.
 //! 2. The shard hands it to the [`broker`], which gives it its id: the embedded broker from
-//!    the node's counter, at once. The [`hub`] encodes the event **once** ([`sse`]) into a
+//!    the node's counter, at once. The [`hub`] encodes the event **once** ([`sse`](wire::sse)) into a
 //!    `bytes::Bytes`, keeps it in the [`history`] (bounded per topic and node-wide, in
 //!    bytes), and puts the publisher's answer and then a clone of the frame into the shards'
 //!    inboxes, under one lock, so every shard sees events in id order.
@@ -35,7 +35,7 @@
 //!
 //! A stream request is judged from its head the same way: with `--subscribe-jwt`, [`access`]
 //! finds its token (header, cookie, or URL) and [`jwt`] checks it against the topics asked
-//! for; [`cors`] picks its response head, built once per allowed origin. A token's expiry is
+//! for; [`cors`](wire::cors) picks its response head, built once per allowed origin. A token's expiry is
 //! an entry in the shard's timer heap (`shard/timers.rs`), not a timer per stream.
 //!
 //! With `--tls-cert`, every byte in and out of a connection goes through its [`tls`] session
@@ -62,13 +62,10 @@ pub mod admission;
 pub mod broker;
 pub mod client;
 pub mod config;
-pub mod cors;
-pub mod event_id;
 pub mod fdlimit;
 pub mod guard;
 pub mod handover;
 pub mod history;
-pub mod http;
 pub mod hub;
 pub mod jwt;
 pub mod listener;
@@ -76,14 +73,13 @@ pub mod metrics;
 pub mod mint;
 pub mod notify;
 pub mod outbox;
-pub mod params;
 pub mod server;
 pub mod shard;
-pub mod sse;
 pub mod stream;
 pub mod tls;
 pub mod topics;
 pub mod upgrade;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{Control, Server, StartError};

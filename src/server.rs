@@ -15,7 +15,6 @@ use crate::admission::Quota;
 use crate::broker::cluster::{Cluster, Ticker};
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::cors::Cors;
 use crate::fdlimit;
 use crate::guard;
 use crate::handover::wire::{Hello, HistoryImage};
@@ -26,6 +25,7 @@ use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
 use crate::shard::{Node, Shard, ShardParts, WAKER};
 use crate::tls::Certificate;
+use crate::wire::cors::Cors;
 
 /// Descriptors kept back from the default `--max-clients`: per shard an epoll, a waker, a
 /// listener and a reserve, and for the process its std streams, logging, signals, and the

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::event_id::EventId;
 use crate::history::Cursor;
 use crate::outbox::Outbox;
-use crate::sse;
 use crate::topics::Subs;
+use crate::wire::event_id::EventId;
+use crate::wire::sse;
 
 /// A streaming connection's subscription, replay position and loss record.
 #[derive(Debug)]

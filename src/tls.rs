@@ -62,7 +62,7 @@ impl Certificate {
         Ok(format!(
             "TLS certificate {} reloaded (valid until {})",
             self.cert.display(),
-            crate::params::rfc3339(
+            crate::wire::params::rfc3339(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after)
             )
         ))

@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
-use sse_edge::sse::encode_event;
 use sse_edge::stream::{Offer, Stream};
 use sse_edge::topics::{Subs, Topics};
+use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::sse::encode_event;
 
 #[path = "util/counting_alloc.rs"]
 mod counting_alloc;

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use sse_edge::access::{Access, PublishAccess, StreamAccess};
-use sse_edge::http::{self, Head, Rejection, Request, RequestParser, Route, Step};
-use sse_edge::params::{self, Publish, Subscribe};
+use sse_edge::wire::http::{self, Head, Rejection, Request, RequestParser, Route, Step};
+use sse_edge::wire::params::{self, Publish, Subscribe};
 
 const MAX_BODY: usize = 1024;
 

@@ -26,10 +26,10 @@ use tracing::{debug, info, warn};
 
 use super::redis::{fresh_epoch, Link, LinkError, Publish, Timeouts};
 use super::replay::{self, Limits, ReplayJob};
-use crate::event_id::EventId;
 use crate::history::Cursor;
 use crate::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
-use crate::params::DEFAULT_TOPIC;
+use crate::wire::event_id::EventId;
+use crate::wire::params::DEFAULT_TOPIC;
 
 /// Publishes waiting for the publisher thread, at most; beyond it a publish gets `503` at
 /// once rather than a queue that grows while Redis is slow.

@@ -36,10 +36,10 @@ use redis::ConnectionInfo;
 use tracing::warn;
 
 use super::redis::{Entry, Link, LinkError, Range, Timeouts};
-use crate::event_id::EventId;
 use crate::history::{Batch, Cursor};
 use crate::hub::{Hub, Inbox, ReplayStep, Ticket};
-use crate::sse;
+use crate::wire::event_id::EventId;
+use crate::wire::sse;
 
 /// Entries one read asks Redis for, at most.
 pub const RANGE_COUNT: usize = 512;

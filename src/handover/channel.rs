@@ -289,8 +289,8 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event_id::EventId;
     use crate::handover::wire::HistoryPart;
+    use crate::wire::event_id::EventId;
     use bytes::Bytes;
     use std::io::{Read, Write};
 

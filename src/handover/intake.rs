@@ -5,13 +5,13 @@
 //! but it may be another version, or broken, and what it sends goes to every stream and
 //! sizes this process's memory. So every count is held to this process's own limits before
 //! anything is reserved for it, and names, ids and frames go through the checks a request's
-//! go through ([`crate::params`], [`crate::sse::is_event_frame`]). A message that fails is
+//! go through ([`crate::wire::params`], [`crate::wire::sse::is_event_frame`]). A message that fails is
 //! refused with one line; the old process then keeps serving.
 
 use crate::broker::redis::is_epoch;
-use crate::event_id::EventId;
-use crate::params::{self, MAX_TOPICS_PER_STREAM, MAX_TOPIC_LEN};
-use crate::sse;
+use crate::wire::event_id::EventId;
+use crate::wire::params::{self, MAX_TOPICS_PER_STREAM, MAX_TOPIC_LEN};
+use crate::wire::sse;
 
 use super::wire::{self, HistoryImage, HistoryPart, Kind, Offer, Record, State};
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::event_id::EventId;
+use crate::wire::event_id::EventId;
 pub use channel::Channel;
 pub use intake::{Intake, Limits};
 use wire::{
@@ -540,7 +540,7 @@ fn one_line(reason: &str) -> String {
 mod tests {
     use super::*;
     use crate::history::History;
-    use crate::sse;
+    use crate::wire::sse;
     use std::cell::Cell;
 
     /// The old process's node, as far as a hand-over without connections sees it: a real

@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::event_id::EventId;
+use crate::wire::event_id::EventId;
 
 /// The hand-over version this binary speaks. Version 2 sends the history in parts, after
 /// the new process said it can take what the old one keeps (version 1 sent it whole, under

@@ -7,11 +7,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Sender;
 
 use super::*;
-use crate::event_id::EventId;
 use crate::handover::wire::{Kind, Record, StreamState};
 use crate::handover::{Outgoing, Step, SETTLE};
 use crate::history::Cursor;
 use crate::stream::{Gap, Loss};
+use crate::wire::event_id::EventId;
 
 /// Where this shard is in a hand-over.
 #[derive(Debug)]

@@ -9,14 +9,14 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::event_id::EventId;
+use crate::wire::event_id::EventId;
 
 /// The comment sent to a stream that had nothing else to say for a keep-alive period.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// Encodes one event: `id:`, optional `event:`, one `data:` line per line of `data`, blank line.
 ///
-/// `epoch` is the cluster's (None with the embedded broker); see [`crate::event_id`].
+/// `epoch` is the cluster's (None with the embedded broker); see [`crate::wire::event_id`].
 pub fn encode_event(id: EventId, epoch: Option<&str>, event: Option<&str>, data: &str) -> Bytes {
     let breaks = data.bytes().filter(|&b| b == b'\n' || b == b'\r').count();
     let capacity =
@@ -41,7 +41,7 @@ pub fn encode_event(id: EventId, epoch: Option<&str>, event: Option<&str>, data:
 
 /// Whether `frame` is what [`encode_event`] makes of some event `id` (with `epoch`): the
 /// `id:` line, an optional `event:` line with a valid name
-/// ([`is_event_name`](crate::params::is_event_name)), one or more `data:` lines with no
+/// ([`is_event_name`](crate::wire::params::is_event_name)), one or more `data:` lines with no
 /// line break of their own, and the blank line that ends the event; UTF-8 throughout. A
 /// frame that comes from outside this process (a previous process's history) is checked
 /// with it, so it cannot carry another field or a second event into a stream.
@@ -68,7 +68,7 @@ pub fn is_event_frame(frame: &[u8], id: EventId, epoch: Option<&str>) -> bool {
             && !named
             && line
                 .strip_prefix("event: ")
-                .is_some_and(crate::params::is_event_name)
+                .is_some_and(crate::wire::params::is_event_name)
         {
             // The event's name comes once, before any data.
             named = true;
@@ -137,7 +137,7 @@ pub fn gap_len(from: EventId, to: EventId, dropped: u64, epoch: Option<&str>) ->
     FIXED + id_len(from, epoch) + id_len(to, epoch) + itoa(dropped, &mut [0; 20]).len()
 }
 
-/// Writes `id`'s wire form (see [`crate::event_id`]) without allocating.
+/// Writes `id`'s wire form (see [`crate::wire::event_id`]) without allocating.
 fn put_id(out: &mut BytesMut, id: EventId, epoch: Option<&str>) {
     if let Some(epoch) = epoch {
         out.put_slice(epoch.as_bytes());

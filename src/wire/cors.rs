@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use crate::http::STREAM_HEAD_START;
+use crate::wire::http::STREAM_HEAD_START;
 
 /// Most origins `--cors-origins` may list.
 pub const MAX_ORIGINS: usize = 64;

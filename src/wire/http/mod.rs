@@ -18,7 +18,7 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// Most header lines accepted in one head (431 beyond).
 pub(crate) const MAX_HEADERS: usize = 64;
 
-/// The response head of every event stream up to its CORS lines ([`crate::cors`]) and the
+/// The response head of every event stream up to its CORS lines ([`crate::wire::cors`]) and the
 /// blank line. The body that follows is close-delimited (no `Content-Length`, no chunking),
 /// so the very same frame bytes can go to every client.
 pub const STREAM_HEAD_START: &[u8] = b"HTTP/1.1 200 OK\r\n\

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::Route;
 use super::{query_pairs, Framing, Head, Method, Rejection, Request, RequestParser, Step};
 use crate::access::{Access, PublishAccess, StreamAccess};
-use crate::params;
+use crate::wire::params;
 
 const MAX_BODY: usize = 256;
 
@@ -322,7 +322,7 @@ proptest! {
     ) {
         let query = event.as_ref().map(|e| format!("event={e}")).unwrap_or_default();
         let publish = params::parse_publish(publish_request(query, body.clone().into_bytes()), std::time::UNIX_EPOCH).unwrap();
-        let frame = crate::sse::encode_event(crate::event_id::EventId::local(id), None, publish.event.as_deref(), &publish.data);
+        let frame = crate::wire::sse::encode_event(crate::wire::event_id::EventId::local(id), None, publish.event.as_deref(), &publish.data);
         let (events, other) = parse_event_stream(std::str::from_utf8(&frame).unwrap());
         prop_assert!(other.is_empty(), "extra fields {:?}", other);
         prop_assert_eq!(events.len(), 1);

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::access::{Access, StreamGrant};
-use crate::http::{query_pairs, Head, Rejection, Request, Route};
+use crate::wire::http::{query_pairs, Head, Rejection, Request, Route};
 
 /// The topic of a request that names none.
 pub const DEFAULT_TOPIC: &str = "default";
@@ -214,7 +214,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Method;
+    use crate::wire::http::Method;
     use std::time::Duration;
 
     fn request(query: &str, body: &[u8]) -> Request {
