@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::access::StreamGrant;
+use crate::auth::access::StreamGrant;
 use crate::outbox::{Flush, Outbox, Written};
 use crate::stream::Stream;
 use crate::tls::{Scratch, Session, TlsRead};

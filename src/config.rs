@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::access::Cidr;
-use crate::jwt::KeySource;
+use crate::auth::access::Cidr;
+use crate::auth::jwt::KeySource;
 
 /// The server's settings.
 #[derive(Debug, Clone, Parser)]
@@ -501,10 +501,10 @@ impl Config {
             ("--subscribe-jwt", &self.subscribe_jwt),
             ("--publish-jwt", &self.publish_jwt),
         ] {
-            if keys.len() > crate::jwt::MAX_KEYS {
+            if keys.len() > crate::auth::jwt::MAX_KEYS {
                 return Err(format!(
                     "{flag} may be given at most {} times",
-                    crate::jwt::MAX_KEYS
+                    crate::auth::jwt::MAX_KEYS
                 ));
             }
         }

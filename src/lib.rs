@@ -16,7 +16,7 @@
 //! ## The flow of one broadcast
 //!
 //! 1. `POST /broadcast` arrives on some shard; [`http`](wire::http) parses it incrementally and stops at
-//!    the head, where [`access`] decides whether this peer may publish and [`params`](wire::params)
+//!    the head, where [`access`](auth::access) decides whether this peer may publish and [`params`](wire::params)
 //!    validates topic and event name, before any body is read; then the body (UTF-8).
 //!    Parsing and judging run contained ([`guard`]): a panic there costs one connection.
 //! 2. The shard hands it to the [`broker`], which gives it its id: the embedded broker from
@@ -33,8 +33,8 @@
 //!    blocked client resumes on its next writable event.
 //! 5. EOF or an error marks a client closing; the end of the turn frees its slot.
 //!
-//! A stream request is judged from its head the same way: with `--subscribe-jwt`, [`access`]
-//! finds its token (header, cookie, or URL) and [`jwt`] checks it against the topics asked
+//! A stream request is judged from its head the same way: with `--subscribe-jwt`, [`access`](auth::access)
+//! finds its token (header, cookie, or URL) and [`jwt`](auth::jwt) checks it against the topics asked
 //! for; [`cors`](wire::cors) picks its response head, built once per allowed origin. A token's expiry is
 //! an entry in the shard's timer heap (`shard/timers.rs`), not a timer per stream.
 //!
@@ -57,8 +57,8 @@
 
 #![deny(missing_docs)]
 
-pub mod access;
 pub mod admission;
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;
@@ -67,10 +67,8 @@ pub mod guard;
 pub mod handover;
 pub mod history;
 pub mod hub;
-pub mod jwt;
 pub mod listener;
 pub mod metrics;
-pub mod mint;
 pub mod notify;
 pub mod outbox;
 pub mod server;

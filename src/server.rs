@@ -10,8 +10,9 @@ use std::thread;
 use mio::{Poll, Waker};
 use tracing::{info, warn};
 
-use crate::access::{Access, PublishAccess, StreamAccess};
 use crate::admission::Quota;
+use crate::auth::access::{Access, PublishAccess, StreamAccess};
+use crate::auth::jwt::{Expect, KeySource, Trust};
 use crate::broker::cluster::{Cluster, Ticker};
 use crate::broker::Broker;
 use crate::config::Config;
@@ -20,7 +21,6 @@ use crate::guard;
 use crate::handover::wire::{Hello, HistoryImage};
 use crate::handover::{self, Channel, Given, Giver, Limits, Outgoing, Snapshot, Step, Taken};
 use crate::hub::Hub;
-use crate::jwt::{Expect, KeySource, Trust};
 use crate::listener::{self, ListenError};
 use crate::metrics::ShardStats;
 use crate::shard::{Node, Shard, ShardParts, WAKER};

@@ -77,15 +77,15 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::access::{Access, StreamGrant};
 use crate::admission::{Admitted, Quota, Refusal};
+use crate::auth::access::{Access, StreamGrant};
+use crate::auth::jwt::Trust;
 use crate::broker::Broker;
 use crate::client::Awaiting;
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::guard::{self, Contained};
 use crate::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
-use crate::jwt::Trust;
 use crate::metrics::{self, Counters, ShardStats, Stat};
 use crate::outbox::{Push, Written};
 use crate::stream::{Offer, Stream};

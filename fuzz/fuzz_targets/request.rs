@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use sse_edge::access::{Access, PublishAccess, StreamAccess};
+use sse_edge::auth::access::{Access, PublishAccess, StreamAccess};
 use sse_edge::wire::http::{self, Head, Rejection, Request, RequestParser, Route, Step};
 use sse_edge::wire::params::{self, Publish, Subscribe};
 

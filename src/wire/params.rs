@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::access::{Access, StreamGrant};
+use crate::auth::access::{Access, StreamGrant};
 use crate::wire::http::{query_pairs, Head, Rejection, Request, Route};
 
 /// The topic of a request that names none.
@@ -60,9 +60,9 @@ pub fn is_event_name(s: &str) -> bool {
 }
 
 /// Judges a request from its head alone, before any body is read: a publish must be allowed
-/// ([`PublishAccess::check`](crate::access::PublishAccess::check)) and name a valid topic and
+/// ([`PublishAccess::check`](crate::auth::access::PublishAccess::check)) and name a valid topic and
 /// event that its grant covers; a stream must name valid topics, and be allowed them
-/// ([`StreamAccess::check`](crate::access::StreamAccess::check)), which is the grant returned.
+/// ([`StreamAccess::check`](crate::auth::access::StreamAccess::check)), which is the grant returned.
 /// `route` is the head's route; 404 and 405 are the caller's (they carry headers). `peer` is
 /// needed for a publish only; a publish from an unknown peer is refused. `now` is unix time
 /// in seconds, for tokens; `secure` says the connection is TLS.

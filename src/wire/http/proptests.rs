@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::Route;
 use super::{query_pairs, Framing, Head, Method, Rejection, Request, RequestParser, Step};
-use crate::access::{Access, PublishAccess, StreamAccess};
+use crate::auth::access::{Access, PublishAccess, StreamAccess};
 use crate::wire::params;
 
 const MAX_BODY: usize = 256;
@@ -284,10 +284,10 @@ static ACCESS: std::sync::LazyLock<Access> = std::sync::LazyLock::new(|| {
     let trust = |flag| {
         let key = "0123456789abcdef0123456789abcdef".parse().unwrap();
         std::sync::Arc::new(
-            crate::jwt::Trust::load(
+            crate::auth::jwt::Trust::load(
                 flag,
                 vec![key],
-                crate::jwt::Expect {
+                crate::auth::jwt::Expect {
                     audience: Some("edge".into()),
                     issuer: None,
                 },

@@ -99,10 +99,10 @@ pub fn unix_now() -> u64 {
 
 fn signing_key(spec: &str) -> Result<(Algorithm, EncodingKey), String> {
     let Some(path) = spec.strip_prefix("file:") else {
-        if spec.len() < crate::jwt::MIN_SECRET {
+        if spec.len() < crate::auth::jwt::MIN_SECRET {
             return Err(format!(
                 "an HS256 secret must be at least {} bytes",
-                crate::jwt::MIN_SECRET
+                crate::auth::jwt::MIN_SECRET
             ));
         }
         let key = EncodingKey::from_secret(spec.as_bytes()).map_err(|e| e.to_string())?;
@@ -126,7 +126,7 @@ fn signing_key(spec: &str) -> Result<(Algorithm, EncodingKey), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::{Expect, KeySource, Trust};
+    use crate::auth::jwt::{Expect, KeySource, Trust};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

@@ -2,7 +2,7 @@
 //!
 //! Publishing needs a bearer token when one is configured (`--publish-token`, or a JWT with
 //! `--publish-jwt`), else a peer on an allow-list (loopback by default). A stream is open to
-//! anyone unless `--subscribe-jwt` is set; then it needs a token ([`crate::jwt`]) that grants
+//! anyone unless `--subscribe-jwt` is set; then it needs a token ([`crate::auth::jwt`]) that grants
 //! every topic it asks for, from the `Authorization` header, the `sse_edge_token` cookie,
 //! or (with `--token-in-query`) the `access_token` query parameter.
 //!
@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::jwt::{Grants, Refusal, Trust};
+use crate::auth::jwt::{Grants, Refusal, Trust};
 use crate::wire::http::{query_pairs, Head, Rejection};
 
 /// The cookie a stream's token may come in (set by the app, HttpOnly).

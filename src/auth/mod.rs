@@ -1,0 +1,5 @@
+//! Who may publish or read: peer rules and grants, JWT checking, token minting.
+
+pub mod access;
+pub mod jwt;
+pub mod mint;
