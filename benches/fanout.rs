@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sse_edge::outbox::Outbox;
-use sse_edge::stream::Stream;
-use sse_edge::topics::Subs;
+use sse_edge::delivery::outbox::Outbox;
+use sse_edge::delivery::stream::Stream;
+use sse_edge::delivery::topics::Subs;
 use sse_edge::wire::event_id::EventId;
 use sse_edge::wire::sse::encode_event;
 
@@ -42,7 +42,7 @@ fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> u
             now,
             std::time::Duration::MAX,
         );
-        queued += matches!(offer, sse_edge::stream::Offer::Queued(_)) as usize;
+        queued += matches!(offer, sse_edge::delivery::stream::Offer::Queued(_)) as usize;
     }
     for s in subs.iter_mut() {
         s.outbox.write_to(&mut std::io::sink()).unwrap();

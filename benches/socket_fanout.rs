@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sse_edge::outbox::Outbox;
+use sse_edge::delivery::outbox::Outbox;
 use sse_edge::wire::event_id::EventId;
 use sse_edge::wire::sse::encode_event;
 

@@ -15,8 +15,8 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::auth::access::StreamGrant;
-use crate::outbox::{Flush, Outbox, Written};
-use crate::stream::Stream;
+use crate::delivery::outbox::{Flush, Outbox, Written};
+use crate::delivery::stream::Stream;
 use crate::tls::{Scratch, Session, TlsRead};
 use crate::wire::http::RequestParser;
 

@@ -8,7 +8,7 @@
 //! A node runs one or more **shards** ([`shard`]). Each shard is a thread with its own mio
 //! `Poll`, its own `SO_REUSEPORT` listener ([`listener`]) and its own slab of clients
 //! ([`client`]); the kernel spreads new connections over the listeners. Shards share only the
-//! [`hub`], a small lock taken once per published event (never per client), and the
+//! [`hub`](delivery::hub), a small lock taken once per published event (never per client), and the
 //! [`broker`]: the embedded one (ids from the node's counter), or cluster mode, where a
 //! publisher thread appends to a Redis Stream and a reader thread brings every node's
 //! events back into the hub, so every node of a cluster delivers one sequence.
@@ -20,13 +20,13 @@
 //!    validates topic and event name, before any body is read; then the body (UTF-8).
 //!    Parsing and judging run contained ([`guard`]): a panic there costs one connection.
 //! 2. The shard hands it to the [`broker`], which gives it its id: the embedded broker from
-//!    the node's counter, at once. The [`hub`] encodes the event **once** ([`sse`](wire::sse)) into a
-//!    `bytes::Bytes`, keeps it in the [`history`] (bounded per topic and node-wide, in
+//!    the node's counter, at once. The [`hub`](delivery::hub) encodes the event **once** ([`sse`](wire::sse)) into a
+//!    `bytes::Bytes`, keeps it in the [`history`](delivery::history) (bounded per topic and node-wide, in
 //!    bytes), and puts the publisher's answer and then a clone of the frame into the shards'
 //!    inboxes, under one lock, so every shard sees events in id order.
 //! 3. Each shard drains its inbox and walks the topic's subscribers (`shard/fanout.rs`);
-//!    [`stream::Stream::offer`] pushes a clone (a
-//!    refcount bump) into each one's bounded [`outbox`], or drops it for that stream alone
+//!    [`stream::Stream::offer`](delivery::stream::Stream::offer) pushes a clone (a
+//!    refcount bump) into each one's bounded [`outbox`](delivery::outbox), or drops it for that stream alone
 //!    and records the gap, to be announced before the next frame that fits.
 //! 4. Before the shard sleeps again it flushes every client it queued to (`write`, or
 //!    `writev` for several frames) until the queue is empty or the socket would block; a
@@ -46,36 +46,31 @@
 //! A stream that resumes with `Last-Event-ID` walks the history in steps no larger than the
 //! room in its queue; each step comes through the inbox like everything else, and the stream
 //! skips live frames until its last step arrives, so the seam between replay and live has no
-//! gap and no duplicate (the ordering rule in [`hub`]).
+//! gap and no duplicate (the ordering rule in [`hub`](delivery::hub)).
 //! An upgrade (`SIGUSR2`) starts the new binary with the listeners ([`upgrade`]) and
 //! [`handover`] moves every plain stream to it, socket and state, in two phases: nothing is
 //! written by the new process before the old one commits, and a failure before that leaves
 //! the old one serving as if nothing happened.
-//! [`admission`] decides who may hold a stream. Counters live per shard as plain integers
+//! [`admission`](delivery::admission) decides who may hold a stream. Counters live per shard as plain integers
 //! ([`metrics`]), summed when scraped. A panic outside request parsing, or a failed event
 //! loop, ends the process ([`guard`]) rather than leave a shard silently dead.
 
 #![deny(missing_docs)]
 
-pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod delivery;
 pub mod fdlimit;
 pub mod guard;
 pub mod handover;
-pub mod history;
-pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
-pub mod outbox;
 pub mod server;
 pub mod shard;
-pub mod stream;
 pub mod tls;
-pub mod topics;
 pub mod upgrade;
 pub mod wire;
 

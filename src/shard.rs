@@ -77,20 +77,20 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admitted, Quota, Refusal};
 use crate::auth::access::{Access, StreamGrant};
 use crate::auth::jwt::Trust;
 use crate::broker::Broker;
 use crate::client::Awaiting;
 use crate::client::{Client, Phase, ReadStatus, WriteStatus};
 use crate::config::Config;
+use crate::delivery::admission::{Admitted, Quota, Refusal};
+use crate::delivery::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
+use crate::delivery::outbox::{Push, Written};
+use crate::delivery::stream::{Offer, Stream};
+use crate::delivery::topics::{Subs, Topics};
 use crate::guard::{self, Contained};
-use crate::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
 use crate::metrics::{self, Counters, ShardStats, Stat};
-use crate::outbox::{Push, Written};
-use crate::stream::{Offer, Stream};
 use crate::tls::{self, Certificate};
-use crate::topics::{Subs, Topics};
 use crate::wire::cors::Cors;
 use crate::wire::http::{self, Rejection, Request, Route, Step};
 use crate::wire::params::{self, DEFAULT_TOPIC};
@@ -138,7 +138,7 @@ const EXPIRIES_PER_TURN: usize = 512;
 /// A shed stream's `retry:` is this many times `--retry-ms` (jittered): come back later.
 const SHED_RETRY_FACTOR: u64 = 10;
 /// How often the outboxes holding a queue behind their front frame are asked whether they
-/// still need it ([`crate::outbox::Outbox::release_unused`]): one unused for a whole period is
+/// still need it ([`crate::delivery::outbox::Outbox::release_unused`]): one unused for a whole period is
 /// freed, so what a burst or a replay needed is back within two periods after it drained
 /// (half a second), and a stream that needs its queue at least four times a second keeps it
 /// rather than allocating it again for each burst.

@@ -19,7 +19,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError, UnbufferedStatus};
 use rustls::ServerConfig;
 
-use crate::outbox::{Flush, Outbox, Written};
+use crate::delivery::outbox::{Flush, Outbox, Written};
 
 /// The node's certificate and key, as a rustls configuration that new handshakes use.
 pub struct Certificate {

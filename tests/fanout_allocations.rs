@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use sse_edge::outbox::Outbox;
-use sse_edge::stream::{Offer, Stream};
-use sse_edge::topics::{Subs, Topics};
+use sse_edge::delivery::outbox::Outbox;
+use sse_edge::delivery::stream::{Offer, Stream};
+use sse_edge::delivery::topics::{Subs, Topics};
 use sse_edge::wire::event_id::EventId;
 use sse_edge::wire::sse::encode_event;
 

@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 
 use super::redis::{fresh_epoch, Link, LinkError, Publish, Timeouts};
 use super::replay::{self, Limits, ReplayJob};
-use crate::history::Cursor;
-use crate::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
+use crate::delivery::history::Cursor;
+use crate::delivery::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
 use crate::wire::event_id::EventId;
 use crate::wire::params::DEFAULT_TOPIC;
 

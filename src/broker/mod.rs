@@ -2,8 +2,8 @@
 //!
 //! The shards do not know which broker they talk to, and never wait on it: every answer (an
 //! event to deliver, "your publish got id X" or "failed", the next part of a replay) arrives
-//! in the shard's inbox ([`crate::hub::Inbox`]), for the embedded broker too, so there is one
-//! ordering rule (see [`crate::hub`]).
+//! in the shard's inbox ([`crate::delivery::hub::Inbox`]), for the embedded broker too, so there is one
+//! ordering rule (see [`crate::delivery::hub`]).
 
 pub mod cluster;
 pub mod redis;
@@ -11,8 +11,8 @@ pub mod replay;
 
 use std::sync::Arc;
 
-use crate::history::Cursor;
-use crate::hub::{Hub, Ticket};
+use crate::delivery::history::Cursor;
+use crate::delivery::hub::{Hub, Ticket};
 
 /// How this node's events get their ids.
 #[derive(Debug)]

@@ -36,8 +36,8 @@ use redis::ConnectionInfo;
 use tracing::warn;
 
 use super::redis::{Entry, Link, LinkError, Range, Timeouts};
-use crate::history::{Batch, Cursor};
-use crate::hub::{Hub, Inbox, ReplayStep, Ticket};
+use crate::delivery::history::{Batch, Cursor};
+use crate::delivery::hub::{Hub, Inbox, ReplayStep, Ticket};
 use crate::wire::event_id::EventId;
 use crate::wire::sse;
 

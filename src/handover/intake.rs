@@ -219,8 +219,8 @@ impl Intake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::history::History;
     use crate::handover::wire::{plan_history, HistoryHead, StreamState};
-    use crate::history::History;
     use bytes::Bytes;
     use std::time::Instant;
 

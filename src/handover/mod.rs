@@ -11,7 +11,7 @@
 //!    stalls until here costs no request and no event.
 //! 1. **Prepare.** The old process stops accepting (connections wait in the listeners'
 //!    backlog, none is refused), lets requests in progress finish ([`Step::Settle`]), stops
-//!    recording events ([`crate::hub::Hub::freeze`]: every event before that is in the
+//!    recording events ([`crate::delivery::hub::Hub::freeze`]: every event before that is in the
 //!    shards' inboxes, every one after is the successor's), and has each shard detach what
 //!    can be handed over ([`Step::Detach`]): plain streams and connections between
 //!    requests, deregistered from its epoll, flushed once, and described: topics, where the
@@ -539,7 +539,7 @@ fn one_line(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::History;
+    use crate::delivery::history::History;
     use crate::wire::sse;
     use std::cell::Cell;
 

@@ -83,7 +83,7 @@ impl Shard {
     /// Events this shard was not sent while its inbox was full: each stream of their topics
     /// records them as lost, and hears of it in a `gap` notice before its next frame (or
     /// is let go by the slow-client rule if it is behind anyway).
-    pub(super) fn missed(&mut self, missed: &[crate::hub::Missed]) {
+    pub(super) fn missed(&mut self, missed: &[crate::delivery::hub::Missed]) {
         let now = self.now;
         let mut streams = 0u64;
         for m in missed {

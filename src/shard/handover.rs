@@ -7,10 +7,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Sender;
 
 use super::*;
+use crate::delivery::history::Cursor;
+use crate::delivery::stream::{Gap, Loss};
 use crate::handover::wire::{Kind, Record, StreamState};
 use crate::handover::{Outgoing, Step, SETTLE};
-use crate::history::Cursor;
-use crate::stream::{Gap, Loss};
 use crate::wire::event_id::EventId;
 
 /// Where this shard is in a hand-over.
@@ -353,7 +353,7 @@ impl Shard {
         topics.retain(|t| seen.insert(t.clone()));
         let subscription = match self.hub.resume(&topics, cursor, epoch) {
             Ok(subscription) => subscription,
-            Err(crate::history::TopicsFull) => {
+            Err(crate::delivery::history::TopicsFull) => {
                 self.node.quota.release(admitted);
                 self.shed_adopted(key, Refusal::TopicsFull);
                 return Some(true);

@@ -37,7 +37,11 @@ impl Shard {
         };
         if self.drain_deadline.is_some() {
             // Come back soon: to this node's successor, or to another node.
-            return self.shed(key, Some(head), crate::admission::Refusal::Draining);
+            return self.shed(
+                key,
+                Some(head),
+                crate::delivery::admission::Refusal::Draining,
+            );
         }
         let admitted = match self.node.quota.admit(peer) {
             Ok(admitted) => admitted,
@@ -56,10 +60,14 @@ impl Shard {
             .subscribe(&subscribe.topics, subscribe.last_event_id.as_deref())
         {
             Ok(subscription) => subscription,
-            Err(crate::history::TopicsFull) => {
+            Err(crate::delivery::history::TopicsFull) => {
                 // At capacity for new topics: come back later, as at --max-clients.
                 self.node.quota.release(admitted);
-                return self.shed(key, Some(head), crate::admission::Refusal::TopicsFull);
+                return self.shed(
+                    key,
+                    Some(head),
+                    crate::delivery::admission::Refusal::TopicsFull,
+                );
             }
         };
         let mut subs = Vec::with_capacity(subscription.names.len());
@@ -154,7 +162,7 @@ impl Shard {
     pub(super) fn on_replay(
         &mut self,
         ticket: Ticket,
-        cursor: crate::history::Cursor,
+        cursor: crate::delivery::history::Cursor,
         step: ReplayStep,
     ) {
         let Some(client) = self.clients.get_mut(ticket.key) else {

@@ -1,6 +1,6 @@
 //! Who gets a stream: the node's stream quota and the per-address quota. Shared by all
 //! shards; taken once per stream opened or closed, never per event. (The topic budget is
-//! the history's: [`crate::history::History::subscribe`].)
+//! the history's: [`crate::delivery::history::History::subscribe`].)
 //!
 //! A stream refused here is *shed* by the shard (200, `: shed`, a long `retry:`), not
 //! answered with an error: a browser's `EventSource` gives up for good on any non-200.

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::history::Cursor;
-use crate::outbox::Outbox;
-use crate::topics::Subs;
+use crate::delivery::history::Cursor;
+use crate::delivery::outbox::Outbox;
+use crate::delivery::topics::Subs;
 use crate::wire::event_id::EventId;
 use crate::wire::sse;
 
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn replaying_and_losing_share_one_box_that_goes_when_both_are_over() {
-        let cursor = crate::history::History::new(1, 1 << 20, 1 << 20)
+        let cursor = crate::delivery::history::History::new(1, 1 << 20, 1 << 20)
             .start_replay(&[], "0", EventId::ZERO, None, false)
             .cursor;
         let (mut s, mut q, now) = (
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_replaying_stream_skips_live_frames() {
-        let cursor = crate::history::History::new(1, 1 << 20, 1 << 20)
+        let cursor = crate::delivery::history::History::new(1, 1 << 20, 1 << 20)
             .start_replay(&[], "0", EventId::ZERO, None, false)
             .cursor;
         let mut s = Stream::new(Subs::new(Vec::new()), Some(cursor));

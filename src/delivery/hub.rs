@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::Waker;
 
+use crate::delivery::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
 use crate::handover::wire::{HistoryImage, State};
 use crate::handover::{Snapshot, Step};
-use crate::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
 use crate::wire::event_id::EventId;
 use crate::wire::sse;
 
@@ -1039,13 +1039,17 @@ mod tests {
         let polls = [Poll::new().unwrap()];
         let wakers = vec![Arc::new(Waker::new(polls[0].registry(), Token(0)).unwrap())];
         // Room for one record of a one-letter name.
-        let (hub, _inboxes) = Hub::new(wakers, 4, 1 << 20, 1 + crate::history::TOPIC_COST);
+        let (hub, _inboxes) =
+            Hub::new(wakers, 4, 1 << 20, 1 + crate::delivery::history::TOPIC_COST);
         hub.subscribe(&topics(&["a"]), None).unwrap();
         assert!(hub.subscribe(&topics(&["b"]), Some("0")).is_err());
         let cursor = Cursor::resume(EventId::ZERO, EventId::ZERO);
         assert!(hub.resume(&topics(&["b"]), cursor.clone(), None).is_err());
         // Refused, they took nothing; a topic already carried is free to join.
-        assert_eq!(hub.history_size(), (0, 1, 1 + crate::history::TOPIC_COST));
+        assert_eq!(
+            hub.history_size(),
+            (0, 1, 1 + crate::delivery::history::TOPIC_COST)
+        );
         assert!(hub.resume(&topics(&["a"]), cursor, None).is_ok());
         assert_eq!(hub.subscribers("a"), 2);
     }
