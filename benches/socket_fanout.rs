@@ -15,7 +15,7 @@ use sse_edge::wire::event_id::EventId;
 use sse_edge::wire::sse::encode_event;
 
 fn bench(c: &mut Criterion) {
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise the open files limit");
+    sse_edge::node::fdlimit::raise_to_hard_limit().expect("raise the open files limit");
     let mut group = c.benchmark_group("socket_fanout");
     let frame = encode_event(
         EventId::local(1),

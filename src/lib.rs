@@ -5,9 +5,9 @@
 //!
 //! ## Architecture
 //!
-//! A node runs one or more **shards** ([`shard`]). Each shard is a thread with its own mio
-//! `Poll`, its own `SO_REUSEPORT` listener ([`listener`]) and its own slab of clients
-//! ([`client`]); the kernel spreads new connections over the listeners. Shards share only the
+//! A node runs one or more **shards** ([`shard`](node::shard)). Each shard is a thread with its own mio
+//! `Poll`, its own `SO_REUSEPORT` listener ([`listener`](node::listener)) and its own slab of clients
+//! ([`client`](node::client)); the kernel spreads new connections over the listeners. Shards share only the
 //! [`hub`](delivery::hub), a small lock taken once per published event (never per client), and the
 //! [`broker`]: the embedded one (ids from the node's counter), or cluster mode, where a
 //! publisher thread appends to a Redis Stream and a reader thread brings every node's
@@ -18,7 +18,7 @@
 //! 1. `POST /broadcast` arrives on some shard; [`http`](wire::http) parses it incrementally and stops at
 //!    the head, where [`access`](auth::access) decides whether this peer may publish and [`params`](wire::params)
 //!    validates topic and event name, before any body is read; then the body (UTF-8).
-//!    Parsing and judging run contained ([`guard`]): a panic there costs one connection.
+//!    Parsing and judging run contained ([`guard`](node::guard)): a panic there costs one connection.
 //! 2. The shard hands it to the [`broker`], which gives it its id: the embedded broker from
 //!    the node's counter, at once. The [`hub`](delivery::hub) encodes the event **once** ([`sse`](wire::sse)) into a
 //!    `bytes::Bytes`, keeps it in the [`history`](delivery::history) (bounded per topic and node-wide, in
@@ -38,7 +38,7 @@
 //! for; [`cors`](wire::cors) picks its response head, built once per allowed origin. A token's expiry is
 //! an entry in the shard's timer heap (`shard/timers.rs`), not a timer per stream.
 //!
-//! With `--tls-cert`, every byte in and out of a connection goes through its [`tls`] session
+//! With `--tls-cert`, every byte in and out of a connection goes through its [`tls`](node::tls) session
 //! (rustls's unbuffered API): records are decrypted in place, and frames are encrypted only
 //! when the socket takes them, into a per-shard buffer, so the outbox is the same shared-frame
 //! queue as in plain HTTP and an idle TLS stream keeps no buffer.
@@ -47,32 +47,21 @@
 //! room in its queue; each step comes through the inbox like everything else, and the stream
 //! skips live frames until its last step arrives, so the seam between replay and live has no
 //! gap and no duplicate (the ordering rule in [`hub`](delivery::hub)).
-//! An upgrade (`SIGUSR2`) starts the new binary with the listeners ([`upgrade`]) and
-//! [`handover`] moves every plain stream to it, socket and state, in two phases: nothing is
+//! An upgrade (`SIGUSR2`) starts the new binary with the listeners ([`upgrade`](node::upgrade)) and
+//! [`handover`](node::handover) moves every plain stream to it, socket and state, in two phases: nothing is
 //! written by the new process before the old one commits, and a failure before that leaves
 //! the old one serving as if nothing happened.
 //! [`admission`](delivery::admission) decides who may hold a stream. Counters live per shard as plain integers
-//! ([`metrics`]), summed when scraped. A panic outside request parsing, or a failed event
-//! loop, ends the process ([`guard`]) rather than leave a shard silently dead.
+//! ([`metrics`](node::metrics)), summed when scraped. A panic outside request parsing, or a failed event
+//! loop, ends the process ([`guard`](node::guard)) rather than leave a shard silently dead.
 
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod broker;
-pub mod client;
-pub mod config;
 pub mod delivery;
-pub mod fdlimit;
-pub mod guard;
-pub mod handover;
-pub mod listener;
-pub mod metrics;
-pub mod notify;
-pub mod server;
-pub mod shard;
-pub mod tls;
-pub mod upgrade;
+pub mod node;
 pub mod wire;
 
-pub use config::Config;
-pub use server::{Control, Server, StartError};
+pub use node::config::Config;
+pub use node::server::{Control, Server, StartError};

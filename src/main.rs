@@ -7,10 +7,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook::iterator::SignalsInfo;
 use sse_edge::auth::mint::{mint, unix_now, MintArgs};
-use sse_edge::config::ConfigError;
-use sse_edge::handover::{self, Outcome};
-use sse_edge::upgrade::{Greeting, Requested, UpgradeArgs};
-use sse_edge::{fdlimit, Config, Server};
+use sse_edge::node::config::ConfigError;
+use sse_edge::node::fdlimit;
+use sse_edge::node::handover::{self, Outcome};
+use sse_edge::node::upgrade::{Greeting, Requested, UpgradeArgs};
+use sse_edge::{Config, Server};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
     let raised = fdlimit::raise_to_hard_limit();
 
     // Captured now: by the time of an upgrade the binary at this path may be a new one.
-    let start_path = match sse_edge::upgrade::Origin::capture() {
+    let start_path = match sse_edge::node::upgrade::Origin::capture() {
         Ok(origin) => Some(origin),
         Err(e) => {
             warn!("cannot tell how this process was started; SIGUSR2 upgrades are off: {e}");
@@ -71,15 +72,15 @@ fn main() -> ExitCode {
         Ok((before, now)) => info!("open files limit: {now} (was {before})"),
         Err(e) => warn!("cannot raise the open files limit: {e}"),
     }
-    if let Some(queue) = sse_edge::listener::accept_queue() {
+    if let Some(queue) = sse_edge::node::listener::accept_queue() {
         // A storm larger than this per listener waits for the kernel's SYN retries.
         info!(
             "accept queue: {queue} connections per listener (asked {}, capped by net.core.somaxconn)",
-            sse_edge::listener::BACKLOG
+            sse_edge::node::listener::BACKLOG
         );
     }
     // An upgrade by a binary that hands over its connections: take them before serving.
-    let handover = match sse_edge::upgrade::handover_channel() {
+    let handover = match sse_edge::node::upgrade::handover_channel() {
         None => None,
         Some(Err(e)) => return fail(&format!("upgrade: {e}")),
         Some(Ok(channel)) => match handover::take(&channel, &server.handover_limits(), |part| {
@@ -89,7 +90,9 @@ fn main() -> ExitCode {
                 let streams = taken
                     .connections
                     .iter()
-                    .filter(|(r, _)| matches!(r.kind, sse_edge::handover::wire::Kind::Stream(_)))
+                    .filter(|(r, _)| {
+                        matches!(r.kind, sse_edge::node::handover::wire::Kind::Stream(_))
+                    })
                     .count();
                 info!(
                     streams,
@@ -113,13 +116,13 @@ fn main() -> ExitCode {
         },
     };
     // Listeners are bound: connections wait in their backlogs from here on.
-    match sse_edge::notify::ready(&format!("serving on {}", server.local_addr())) {
+    match sse_edge::node::notify::ready(&format!("serving on {}", server.local_addr())) {
         Ok(_) => {}
         Err(e) => warn!("cannot tell systemd the node is ready (NOTIFY_SOCKET): {e}"),
     }
     match &handover {
         Some(channel) => handover::serving(channel),
-        None => match sse_edge::upgrade::confirm() {
+        None => match sse_edge::node::upgrade::confirm() {
             Ok(true) => {
                 info!("upgrade: this process took over the listeners; the old one drains")
             }
@@ -158,20 +161,20 @@ fn main() -> ExitCode {
             if signal == SIGUSR2 {
                 if asked {
                     warn!("SIGUSR2 while shutting down: no upgrade");
-                    sse_edge::upgrade::tell_failed(asker);
+                    sse_edge::node::upgrade::tell_failed(asker);
                     continue;
                 }
                 let Some(start_path) = &start_path else {
                     warn!("SIGUSR2: upgrades are off (see the start-up log)");
-                    sse_edge::upgrade::tell_failed(asker);
+                    sse_edge::node::upgrade::tell_failed(asker);
                     continue;
                 };
                 info!("SIGUSR2: starting the new binary with the listeners");
-                let successor = match sse_edge::upgrade::start(start_path, &listener_fds) {
+                let successor = match sse_edge::node::upgrade::start(start_path, &listener_fds) {
                     Ok(successor) => successor,
                     Err(why) => {
                         warn!("upgrade failed, this process keeps serving: {why}");
-                        sse_edge::upgrade::tell_failed(asker);
+                        sse_edge::node::upgrade::tell_failed(asker);
                         continue;
                     }
                 };
@@ -194,13 +197,13 @@ fn main() -> ExitCode {
                         Err(why) => {
                             warn!("upgrade failed, this process keeps serving: {why}");
                             successor.stop();
-                            sse_edge::upgrade::tell_failed(asker);
+                            sse_edge::node::upgrade::tell_failed(asker);
                             continue;
                         }
                     },
                 }
                 let main_pid = format!("MAINPID={pid}");
-                if let Err(e) = sse_edge::notify::notify(&main_pid) {
+                if let Err(e) = sse_edge::node::notify::notify(&main_pid) {
                     warn!("cannot tell systemd the new main pid: {e}");
                 }
                 asked = true;
@@ -216,7 +219,7 @@ fn main() -> ExitCode {
             // the line would be lost (a log line that cannot be written is dropped, not a
             // panic, so this order is safe).
             info!(signal, "shutting down");
-            if let Err(e) = sse_edge::notify::stopping() {
+            if let Err(e) = sse_edge::node::notify::stopping() {
                 warn!("cannot tell systemd the node is stopping: {e}");
             }
             control.shutdown();
@@ -243,7 +246,7 @@ fn subcommand<T>(
         .collect();
     parse(args).map_err(|e| {
         if e.use_stderr() {
-            fail(&sse_edge::config::one_line(&e.render().to_string()))
+            fail(&sse_edge::node::config::one_line(&e.render().to_string()))
         } else {
             print_out(&e.render().to_string());
             ExitCode::SUCCESS
@@ -304,7 +307,7 @@ fn upgrade() -> ExitCode {
         Err(code) => return code,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);
-    match sse_edge::upgrade::request(args.pid, timeout) {
+    match sse_edge::node::upgrade::request(args.pid, timeout) {
         Ok(Requested::Done(Some(new))) => {
             print_out(&format!(
                 "pid {} handed over and exited; the node is now pid {new}\n",

@@ -204,7 +204,7 @@ impl std::io::Write for Pipe {
 
 #[test]
 fn encrypting_a_frame_for_a_tls_stream_allocates_nothing() {
-    use sse_edge::tls::{Certificate, Scratch, Session, TlsRead};
+    use sse_edge::node::tls::{Certificate, Scratch, Session, TlsRead};
     use std::sync::Arc;
 
     let dir = std::env::temp_dir().join(format!("sse-edge-alloc-tls-{}", std::process::id()));

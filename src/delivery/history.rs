@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::handover::wire::HistoryImage;
+use crate::node::handover::wire::HistoryImage;
 use crate::wire::event_id::EventId;
 use crate::wire::sse::{self, ResetReason};
 

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use mio::Waker;
 
 use crate::delivery::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
-use crate::handover::wire::{HistoryImage, State};
-use crate::handover::{Snapshot, Step};
+use crate::node::handover::wire::{HistoryImage, State};
+use crate::node::handover::{Snapshot, Step};
 use crate::wire::event_id::EventId;
 use crate::wire::sse;
 
@@ -906,7 +906,7 @@ mod tests {
         new.take_over(&State {
             last_id: state.last_id,
             epoch: None,
-            history: Some(crate::handover::wire::HistoryHead {
+            history: Some(crate::node::handover::wire::HistoryHead {
                 forgotten_through: history.forgotten_through,
                 parts: 1,
                 bytes: 0,

@@ -270,7 +270,7 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 
 /// Raises this test process's open-files soft limit (1000+ sockets per test).
 pub fn raise_fd_limit() {
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
+    sse_edge::node::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
 }
 
 /// One SSE event as a client sees it.

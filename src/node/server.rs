@@ -14,17 +14,17 @@ use crate::auth::access::{Access, PublishAccess, StreamAccess};
 use crate::auth::jwt::{Expect, KeySource, Trust};
 use crate::broker::cluster::{Cluster, Ticker};
 use crate::broker::Broker;
-use crate::config::Config;
 use crate::delivery::admission::Quota;
 use crate::delivery::hub::Hub;
-use crate::fdlimit;
-use crate::guard;
-use crate::handover::wire::{Hello, HistoryImage};
-use crate::handover::{self, Channel, Given, Giver, Limits, Outgoing, Snapshot, Step, Taken};
-use crate::listener::{self, ListenError};
-use crate::metrics::ShardStats;
-use crate::shard::{Node, Shard, ShardParts, WAKER};
-use crate::tls::Certificate;
+use crate::node::config::Config;
+use crate::node::fdlimit;
+use crate::node::guard;
+use crate::node::handover::wire::{Hello, HistoryImage};
+use crate::node::handover::{self, Channel, Given, Giver, Limits, Outgoing, Snapshot, Step, Taken};
+use crate::node::listener::{self, ListenError};
+use crate::node::metrics::ShardStats;
+use crate::node::shard::{Node, Shard, ShardParts, WAKER};
+use crate::node::tls::Certificate;
 use crate::wire::cors::Cors;
 
 /// Descriptors kept back from the default `--max-clients`: per shard an epoll, a waker, a
@@ -115,7 +115,7 @@ impl Control {
     }
 
     /// Hands every connection that can go on elsewhere to the new process at the other end
-    /// of `channel`, which said `hello` (see [`crate::handover`]). On an error nothing was
+    /// of `channel`, which said `hello` (see [`crate::node::handover`]). On an error nothing was
     /// handed over and this process serves on as before.
     pub fn hand_over(&self, channel: &Channel, hello: &Hello) -> Result<Given, String> {
         handover::give(channel, hello, self)
@@ -201,7 +201,7 @@ impl Server {
             }
             _ => None,
         };
-        let listeners = match crate::upgrade::inherited_listeners() {
+        let listeners = match crate::node::upgrade::inherited_listeners() {
             // An upgrade: the old process's own listening sockets, so no connection is refused.
             Some(inherited) => {
                 let inherited = inherited.map_err(StartError::Upgrade)?;
@@ -265,7 +265,7 @@ impl Server {
                 streams: StreamAccess::new(subscribe_keys.clone(), config.token_in_query),
             },
             cors: Cors::new(&config.cors_origins),
-            pages: crate::shard::pages(config.token_in_query),
+            pages: crate::node::shard::pages(config.token_in_query),
             keys: [subscribe_keys, publish_keys]
                 .into_iter()
                 .flatten()

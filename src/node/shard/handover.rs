@@ -9,8 +9,8 @@ use std::sync::mpsc::Sender;
 use super::*;
 use crate::delivery::history::Cursor;
 use crate::delivery::stream::{Gap, Loss};
-use crate::handover::wire::{Kind, Record, StreamState};
-use crate::handover::{Outgoing, Step, SETTLE};
+use crate::node::handover::wire::{Kind, Record, StreamState};
+use crate::node::handover::{Outgoing, Step, SETTLE};
 use crate::wire::event_id::EventId;
 
 /// Where this shard is in a hand-over.

@@ -289,7 +289,7 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handover::wire::HistoryPart;
+    use crate::node::handover::wire::HistoryPart;
     use crate::wire::event_id::EventId;
     use bytes::Bytes;
     use std::io::{Read, Write};

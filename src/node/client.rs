@@ -17,7 +17,7 @@ use mio::net::TcpStream;
 use crate::auth::access::StreamGrant;
 use crate::delivery::outbox::{Flush, Outbox, Written};
 use crate::delivery::stream::Stream;
-use crate::tls::{Scratch, Session, TlsRead};
+use crate::node::tls::{Scratch, Session, TlsRead};
 use crate::wire::http::RequestParser;
 
 /// A connection in the shard's slab.

@@ -2,7 +2,7 @@
 //! started from the path this one was started with, with the same arguments and environment,
 //! and inherits the listening sockets themselves and one end of the hand-over socket.
 //!
-//! A new binary that speaks the hand-over says hello on that socket, and [`crate::handover`]
+//! A new binary that speaks the hand-over says hello on that socket, and [`crate::node::handover`]
 //! moves the connections to it. One that does not (an older binary, in a rollback) writes
 //! `ready` to a pipe once it serves: then this process drains its streams (jittered
 //! `retry:`, as on `SIGTERM`) and they reconnect once. If the new one fails to start or does
@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::handover::wire::{Hello, Message};
-use crate::handover::{Channel, ANSWER_MESSAGE, PATIENCE};
+use crate::node::handover::wire::{Hello, Message};
+use crate::node::handover::{Channel, ANSWER_MESSAGE, PATIENCE};
 
 /// Names the inherited listening sockets (`3,4`) in the new process's environment.
 pub const LISTENERS_ENV: &str = "SSE_EDGE_INHERITED_LISTENERS";

@@ -220,7 +220,7 @@ impl Intake {
 mod tests {
     use super::*;
     use crate::delivery::history::History;
-    use crate::handover::wire::{plan_history, HistoryHead, StreamState};
+    use crate::node::handover::wire::{plan_history, HistoryHead, StreamState};
     use bytes::Bytes;
     use std::time::Instant;
 

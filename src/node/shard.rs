@@ -80,17 +80,17 @@ use tracing::{debug, info, warn};
 use crate::auth::access::{Access, StreamGrant};
 use crate::auth::jwt::Trust;
 use crate::broker::Broker;
-use crate::client::Awaiting;
-use crate::client::{Client, Phase, ReadStatus, WriteStatus};
-use crate::config::Config;
 use crate::delivery::admission::{Admitted, Quota, Refusal};
 use crate::delivery::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
 use crate::delivery::outbox::{Push, Written};
 use crate::delivery::stream::{Offer, Stream};
 use crate::delivery::topics::{Subs, Topics};
-use crate::guard::{self, Contained};
-use crate::metrics::{self, Counters, ShardStats, Stat};
-use crate::tls::{self, Certificate};
+use crate::node::client::Awaiting;
+use crate::node::client::{Client, Phase, ReadStatus, WriteStatus};
+use crate::node::config::Config;
+use crate::node::guard::{self, Contained};
+use crate::node::metrics::{self, Counters, ShardStats, Stat};
+use crate::node::tls::{self, Certificate};
 use crate::wire::cors::Cors;
 use crate::wire::http::{self, Rejection, Request, Route, Step};
 use crate::wire::params::{self, DEFAULT_TOPIC};
@@ -150,7 +150,7 @@ const TRIM_AFTER: usize = 256;
 const FORGET_PERIOD: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// The page served at `/`, compiled in.
-static PAGE: &[u8] = include_bytes!("../index.html");
+static PAGE: &[u8] = include_bytes!("../../index.html");
 
 /// What every shard of a node shares besides the hub.
 pub(crate) struct Node {

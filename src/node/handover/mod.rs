@@ -1,7 +1,7 @@
 //! Handing live connections to the node's next process (`SIGUSR2`), so an upgrade costs no
 //! stream a reconnect.
 //!
-//! The new binary is started with the listening sockets inherited ([`crate::upgrade`]) and
+//! The new binary is started with the listening sockets inherited ([`crate::node::upgrade`]) and
 //! one end of a Unix socket ([`Channel`]). Then:
 //!
 //! 0. **Offer.** The new process says [`Hello`] with the versions it speaks; the old one
