@@ -33,7 +33,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::auth::jwt::{Grants, Refusal, Trust};
-use crate::wire::http::{query_pairs, Head, Rejection};
+use crate::wire::http::{query_pairs, Head, Rejection, Route};
+use crate::wire::params;
 
 /// The cookie a stream's token may come in (set by the app, HttpOnly).
 pub const TOKEN_COOKIE: &str = "sse_edge_token";
@@ -343,6 +344,47 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     // black_box keeps the optimiser from turning the fold into an early-exit comparison.
     std::hint::black_box(diff) == 0
+}
+
+/// Judges a request from its head alone, before any body is read: a publish must be allowed
+/// ([`PublishAccess::check`]) and name a valid topic and
+/// event that its grant covers; a stream must name valid topics, and be allowed them
+/// ([`StreamAccess::check`]), which is the grant returned.
+/// `route` is the head's route; 404 and 405 are the caller's (they carry headers). `peer` is
+/// needed for a publish only; a publish from an unknown peer is refused. `now` is unix time
+/// in seconds, for tokens; `secure` says the connection is TLS.
+///
+/// Pure, so the shard runs it where a panic costs only this connection.
+pub fn check_head(
+    route: Route,
+    head: &Head,
+    access: &Access,
+    peer: Option<IpAddr>,
+    now: u64,
+    secure: bool,
+) -> Result<Option<StreamGrant>, Rejection> {
+    match route {
+        Route::Broadcast => {
+            let peer = peer.ok_or(Rejection {
+                status: 403,
+                reason: "the peer's address is unknown",
+            })?;
+            let grant = access.publish.check(head, peer, now, secure)?;
+            let (topic, _) = params::publish_target(&head.query)?;
+            if !grant.allows(&topic) {
+                return Err(Rejection {
+                    status: 403,
+                    reason: "the token does not grant publishing to this topic",
+                });
+            }
+            Ok(None)
+        }
+        Route::Stream => {
+            let subscribe = params::subscribe_from(&head.query, head.last_event_id.as_deref())?;
+            access.streams.check(head, &subscribe.topics, now).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

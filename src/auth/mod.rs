@@ -3,3 +3,6 @@
 pub mod access;
 pub mod jwt;
 pub mod mint;
+
+#[cfg(test)]
+mod proptests;

@@ -78,7 +78,7 @@ pub struct RequestState {
     /// A publish waiting for the broker's answer: no further request is read until it is
     /// answered, so answers leave in request order.
     pub awaiting: Option<Awaiting>,
-    /// What the head of the current stream request was allowed ([`crate::wire::params::check_head`]).
+    /// What the head of the current stream request was allowed ([`crate::auth::access::check_head`]).
     pub grant: Option<StreamGrant>,
     /// A response was queued on this connection: it is a kept-alive one, not a new one that
     /// has yet to send its first request (a drain closes the first kind, waits for the other).

@@ -5,3 +5,6 @@ pub mod event_id;
 pub mod http;
 pub mod params;
 pub mod sse;
+
+#[cfg(test)]
+mod proptests;

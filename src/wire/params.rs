@@ -3,11 +3,9 @@
 //! Pure. Names are checked here against the contract's character sets, which is also what
 //! keeps them from carrying a line break into a frame.
 
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::auth::access::{Access, StreamGrant};
-use crate::wire::http::{query_pairs, Head, Rejection, Request, Route};
+use crate::wire::http::{query_pairs, Rejection, Request};
 
 /// The topic of a request that names none.
 pub const DEFAULT_TOPIC: &str = "default";
@@ -59,47 +57,6 @@ pub fn is_event_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
 }
 
-/// Judges a request from its head alone, before any body is read: a publish must be allowed
-/// ([`PublishAccess::check`](crate::auth::access::PublishAccess::check)) and name a valid topic and
-/// event that its grant covers; a stream must name valid topics, and be allowed them
-/// ([`StreamAccess::check`](crate::auth::access::StreamAccess::check)), which is the grant returned.
-/// `route` is the head's route; 404 and 405 are the caller's (they carry headers). `peer` is
-/// needed for a publish only; a publish from an unknown peer is refused. `now` is unix time
-/// in seconds, for tokens; `secure` says the connection is TLS.
-///
-/// Pure, so the shard runs it where a panic costs only this connection.
-pub fn check_head(
-    route: Route,
-    head: &Head,
-    access: &Access,
-    peer: Option<IpAddr>,
-    now: u64,
-    secure: bool,
-) -> Result<Option<StreamGrant>, Rejection> {
-    match route {
-        Route::Broadcast => {
-            let peer = peer.ok_or(Rejection {
-                status: 403,
-                reason: "the peer's address is unknown",
-            })?;
-            let grant = access.publish.check(head, peer, now, secure)?;
-            let (topic, _) = publish_target(&head.query)?;
-            if !grant.allows(&topic) {
-                return Err(Rejection {
-                    status: 403,
-                    reason: "the token does not grant publishing to this topic",
-                });
-            }
-            Ok(None)
-        }
-        Route::Stream => {
-            let subscribe = subscribe_from(&head.query, head.last_event_id.as_deref())?;
-            access.streams.check(head, &subscribe.topics, now).map(Some)
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Reads a publish request; an empty body becomes `Message from server at <RFC 3339 now>`.
 pub fn parse_publish(request: Request, now: SystemTime) -> Result<Publish, Rejection> {
     let (topic, event) = publish_target(&request.head.query)?;
@@ -112,8 +69,8 @@ pub fn parse_publish(request: Request, now: SystemTime) -> Result<Publish, Rejec
     Ok(Publish { topic, event, data })
 }
 
-/// The topic and event name of a publish query.
-fn publish_target(query: &str) -> Result<(String, Option<String>), Rejection> {
+/// The topic and event name of a publish query, checked.
+pub fn publish_target(query: &str) -> Result<(String, Option<String>), Rejection> {
     let mut topic = None;
     let mut event = None;
     for pair in query_pairs(query) {
@@ -139,7 +96,9 @@ pub fn parse_subscribe(request: &Request) -> Result<Subscribe, Rejection> {
     subscribe_from(&request.head.query, request.head.last_event_id.as_deref())
 }
 
-fn subscribe_from(query: &str, header_last_id: Option<&str>) -> Result<Subscribe, Rejection> {
+/// The topics and resume point of a stream request's query, checked; `header_last_id` (the
+/// `Last-Event-ID` header) wins over the query's `lastEventId`.
+pub fn subscribe_from(query: &str, header_last_id: Option<&str>) -> Result<Subscribe, Rejection> {
     let mut topics: Vec<String> = Vec::new();
     let mut query_last_id = None;
     for pair in query_pairs(query) {
@@ -214,7 +173,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::http::Method;
+    use crate::wire::http::{Head, Method};
     use std::time::Duration;
 
     fn request(query: &str, body: &[u8]) -> Request {

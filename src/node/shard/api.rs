@@ -109,7 +109,7 @@ impl Shard {
                 Route::Broadcast => socket.peer_addr().ok().map(|a| a.ip()),
                 _ => None,
             };
-            let verdict = params::check_head(route, head, access, peer, now, secure);
+            let verdict = crate::auth::access::check_head(route, head, access, peer, now, secure);
             // A client waiting for `100 Continue` may never send the body of a refused
             // request, so the position of its next request is unknown: close then.
             let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());
