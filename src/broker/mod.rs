@@ -26,9 +26,9 @@ pub enum Broker {
 impl Broker {
     /// Publishes an event from shard `from`; the answer comes to that shard's inbox when a
     /// `ticket` is given.
-    pub fn publish(
+    pub fn publish<C>(
         &self,
-        hub: &Hub,
+        hub: &Hub<C>,
         from: usize,
         ticket: Option<Ticket>,
         topic: &str,
@@ -42,9 +42,9 @@ impl Broker {
     }
 
     /// Asks for the next part of a replay; it comes to shard `from`'s inbox.
-    pub fn replay(
+    pub fn replay<C>(
         &self,
-        hub: &Hub,
+        hub: &Hub<C>,
         from: usize,
         ticket: Ticket,
         names: &[Arc<str>],

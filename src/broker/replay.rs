@@ -396,8 +396,8 @@ enum Served {
 
 /// The replayer thread: serves replay steps from Redis through one [`RangeCache`], until the
 /// shards are gone. `queues` are the steps asked for, and the streams gone meanwhile.
-pub fn replay_loop(
-    hub: &Hub,
+pub fn replay_loop<C>(
+    hub: &Hub<C>,
     info: &ConnectionInfo,
     key: &str,
     (queue, overs): (&Receiver<ReplayJob>, &Receiver<Over>),
@@ -496,8 +496,8 @@ fn take_waiting(
 /// longer has what follows the cursor, or the resume's scan budget is spent, the history
 /// answers too, and its first step says `reset` (expired). On an error the history has the
 /// step too.
-fn serve(
-    hub: &Hub,
+fn serve<C>(
+    hub: &Hub<C>,
     link: &mut Link,
     cache: &mut RangeCache,
     limits: Limits,
@@ -601,7 +601,7 @@ fn serve(
 }
 
 /// Sends a replay step read from Redis; the stream asks again as it drains.
-fn send_more(hub: &Hub, job: ReplayJob, batch: Batch) -> Served {
+fn send_more<C>(hub: &Hub<C>, job: ReplayJob, batch: Batch) -> Served {
     let at = job.cursor.after();
     hub.answer(
         job.from,

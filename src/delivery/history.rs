@@ -46,7 +46,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::node::handover::wire::HistoryImage;
 use crate::wire::event_id::EventId;
 use crate::wire::sse::{self, ResetReason};
 
@@ -189,6 +188,19 @@ impl Cursor {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.scanned = self.scanned.saturating_add(n);
     }
+}
+
+/// The history as the node's next process rebuilds it ([`History::image`],
+/// [`History::import`]): delivery's own image of its state, which the hand-over
+/// (`node/handover/wire.rs`) serialises, so that delivery never imports the node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryImage {
+    /// The newest id of any topic forgotten.
+    pub forgotten_through: EventId,
+    /// Each topic known: its name and the newest id it evicted.
+    pub topics: Vec<(String, EventId)>,
+    /// Kept frames in id order: id, index into `topics`, the encoded frame.
+    pub frames: Vec<(EventId, u32, Bytes)>,
 }
 
 impl History {

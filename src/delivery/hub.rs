@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::Waker;
 
-use crate::delivery::history::{Batch, Cursor, History, ReplayStart, TopicsFull};
-use crate::node::handover::wire::{HistoryImage, State};
-use crate::node::handover::{Snapshot, Step};
+use crate::delivery::history::{Batch, Cursor, History, HistoryImage, ReplayStart, TopicsFull};
 use crate::wire::event_id::EventId;
 use crate::wire::sse;
 
@@ -84,7 +82,7 @@ pub enum ReplayStep {
 
 /// What a shard receives.
 #[derive(Debug)]
-pub enum Inbox {
+pub enum Inbox<C> {
     /// An event for this shard's subscribers.
     Event(Delivery),
     /// The answer to a publish this shard asked for.
@@ -97,8 +95,9 @@ pub enum Inbox {
     /// Events this shard was not sent while its inbox was full, per topic; sent before the
     /// first event after them.
     Missed(Vec<Missed>),
-    /// A step of handing this process's connections over to its successor.
-    Handover(Step),
+    /// A step of handing this process's connections over to its successor: the node's own
+    /// message (`C`), which the hub only carries, in order with the events around it.
+    Handover(C),
     /// The next part of a stream's replay.
     Replay {
         /// The stream.
@@ -110,18 +109,32 @@ pub enum Inbox {
     },
 }
 
+/// Where the node stands once it stopped recording events ([`Hub::freeze`]): delivery's image
+/// of its ledger, which the hand-over serialises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The last id recorded.
+    pub last_id: EventId,
+    /// The cluster's epoch (None with the embedded broker).
+    pub epoch: Option<String>,
+    /// The embedded broker's kept events; cluster nodes read theirs from Redis.
+    pub history: Option<HistoryImage>,
+    /// The demo ticker's last heartbeat number.
+    pub heartbeats: u64,
+}
+
 /// The node's ledger and inboxes, shared by all shards and the broker's threads.
 #[derive(Debug)]
-pub struct Hub {
+pub struct Hub<C> {
     ledger: Mutex<Ledger>,
     /// Signalled when a hand-over is called off and the ledger takes events again.
     thawed: Condvar,
-    mailboxes: Vec<Mailbox>,
+    mailboxes: Vec<Mailbox<C>>,
 }
 
 #[derive(Debug)]
-struct Mailbox {
-    tx: Sender<Inbox>,
+struct Mailbox<C> {
+    tx: Sender<Inbox<C>>,
     waker: Arc<Waker>,
     /// Events in the inbox not yet taken by the shard.
     queued: AtomicUsize,
@@ -262,7 +275,7 @@ pub struct Subscription {
     pub replay: Option<Cursor>,
 }
 
-impl Hub {
+impl<C> Hub<C> {
     /// A hub for shards whose wakers are given in shard order, keeping `history` frames per
     /// topic within `history_bytes`, and the records of subscribed topics within
     /// `topic_bytes`; returns each shard's inbox.
@@ -271,7 +284,7 @@ impl Hub {
         history: usize,
         history_bytes: usize,
         topic_bytes: usize,
-    ) -> (Arc<Hub>, Vec<Receiver<Inbox>>) {
+    ) -> (Arc<Hub<C>>, Vec<Receiver<Inbox<C>>>) {
         let shards = wakers.len();
         let mut mailboxes = Vec::with_capacity(wakers.len());
         let mut inboxes = Vec::with_capacity(wakers.len());
@@ -372,7 +385,7 @@ impl Hub {
         topic: &str,
         event: Option<&str>,
         data: &str,
-        before_delivery: impl FnOnce(&Hub, usize),
+        before_delivery: impl FnOnce(&Self, usize),
     ) -> usize {
         ledger.last_id = id;
         ledger.encoded += 1;
@@ -597,12 +610,14 @@ impl Hub {
     /// In the successor, before any shard runs: the embedded broker's ids go on after the
     /// old process's last one (its history came before, [`Hub::import_history`]). A cluster
     /// node reads both from Redis.
-    pub fn take_over(&self, state: &State) {
+    /// `last_id` is the old process's last id when it sent its history (the embedded
+    /// broker), None otherwise; `heartbeats` its demo ticker's last number.
+    pub fn take_over(&self, last_id: Option<EventId>, heartbeats: u64) {
         let mut ledger = self.lock();
-        if state.history.is_some() {
-            ledger.last_id = ledger.last_id.max(state.last_id);
+        if let Some(last_id) = last_id {
+            ledger.last_id = ledger.last_id.max(last_id);
         }
-        ledger.heartbeats = ledger.heartbeats.max(state.heartbeats);
+        ledger.heartbeats = ledger.heartbeats.max(heartbeats);
     }
 
     /// The demo ticker's next heartbeat number, counted per node (not per shard) so that it
@@ -660,7 +675,7 @@ impl Hub {
     }
 
     /// Puts a hand-over step into every shard's inbox, made by `step` for each.
-    pub fn tell_shards(&self, mut step: impl FnMut(usize) -> Step) {
+    pub fn tell_shards(&self, mut step: impl FnMut(usize) -> C) {
         for shard in 0..self.mailboxes.len() {
             self.send(shard, Inbox::Handover(step(shard)));
         }
@@ -779,7 +794,7 @@ impl Hub {
 
     /// Puts `message` into shard `to`'s inbox and wakes it. A shard that has exited has
     /// dropped its receiver; nothing is owed to it.
-    fn send(&self, to: usize, message: Inbox) {
+    fn send(&self, to: usize, message: Inbox<C>) {
         if let Some(mailbox) = self.mailboxes.get(to) {
             if mailbox.tx.send(message).is_ok() {
                 let _ = mailbox.waker.wake();
@@ -788,7 +803,7 @@ impl Hub {
     }
 
     /// Sends an answer outside the lock (it orders nothing).
-    pub fn answer(&self, to: usize, message: Inbox) {
+    pub fn answer(&self, to: usize, message: Inbox<C>) {
         self.send(to, message);
     }
 
@@ -834,6 +849,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The node's hand-over steps are opaque to the hub: its tests send none.
+    type Hub = super::Hub<()>;
+    type Inbox = super::Inbox<()>;
     use mio::{Poll, Token};
 
     fn hub(shards: usize) -> (Arc<Hub>, Vec<Receiver<Inbox>>, Vec<Poll>) {
@@ -903,17 +922,7 @@ mod tests {
         let (new, new_inboxes, _new_polls) = hub(1);
         let history = state.history.expect("the embedded broker's history");
         new.import_history(history.clone());
-        new.take_over(&State {
-            last_id: state.last_id,
-            epoch: None,
-            history: Some(crate::node::handover::wire::HistoryHead {
-                forgotten_through: history.forgotten_through,
-                parts: 1,
-                bytes: 0,
-            }),
-            heartbeats: 0,
-            connections: 0,
-        });
+        new.take_over(Some(state.last_id), 0);
         // A live stream at the last id takes what comes next; one behind replays.
         let live = new
             .resume(

@@ -15,12 +15,13 @@ use crate::auth::jwt::{Expect, KeySource, Trust};
 use crate::broker::cluster::{Cluster, Ticker};
 use crate::broker::Broker;
 use crate::delivery::admission::Quota;
-use crate::delivery::hub::Hub;
+use crate::delivery::history::HistoryImage;
+use crate::delivery::hub::{Hub, Snapshot};
 use crate::node::config::Config;
 use crate::node::fdlimit;
 use crate::node::guard;
-use crate::node::handover::wire::{Hello, HistoryImage};
-use crate::node::handover::{self, Channel, Given, Giver, Limits, Outgoing, Snapshot, Step, Taken};
+use crate::node::handover::wire::Hello;
+use crate::node::handover::{self, Channel, Given, Giver, Limits, Outgoing, Step, Taken};
 use crate::node::listener::{self, ListenError};
 use crate::node::metrics::ShardStats;
 use crate::node::shard::{Node, Shard, ShardParts, WAKER};
@@ -73,7 +74,7 @@ pub struct Server {
 #[derive(Clone)]
 pub struct Control {
     node: Arc<Node>,
-    hub: Arc<Hub>,
+    hub: Arc<Hub<Step>>,
     stats: Arc<[ShardStats]>,
     /// The embedded broker (its history travels in a hand-over; a cluster's is in Redis).
     embedded: bool,
@@ -122,7 +123,7 @@ impl Control {
     }
 
     /// The node's hub (ids, encode counts).
-    pub fn hub(&self) -> &Hub {
+    pub fn hub(&self) -> &Hub<Step> {
         &self.hub
     }
 
@@ -336,7 +337,11 @@ impl Server {
     /// are installed when the shards start.
     pub fn take_over(&mut self, taken: Taken) {
         let epoch = taken.state.epoch.clone();
-        self.control.hub.take_over(&taken.state);
+        let state = &taken.state;
+        // The ids go on from the old process's only when it sent its history (the embedded
+        // broker's); a cluster node's come from Redis.
+        let last_id = state.history.is_some().then_some(state.last_id);
+        self.control.hub.take_over(last_id, state.heartbeats);
         let shards = self.shards.len().max(1);
         for (record, fd) in taken.connections {
             let i = usize::from(record.shard) % shards;

@@ -9,11 +9,12 @@
 //! refused with one line; the old process then keeps serving.
 
 use crate::broker::redis::is_epoch;
+use crate::delivery::history::HistoryImage;
 use crate::wire::event_id::EventId;
 use crate::wire::params::{self, MAX_TOPICS_PER_STREAM, MAX_TOPIC_LEN};
 use crate::wire::sse;
 
-use super::wire::{self, HistoryImage, HistoryPart, Kind, Offer, Record, State};
+use super::wire::{self, HistoryPart, Kind, Offer, Record, State};
 
 /// What this process can take, from its own flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

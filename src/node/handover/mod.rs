@@ -46,12 +46,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::wire::event_id::EventId;
+use crate::delivery::history::HistoryImage;
+use crate::delivery::hub::Snapshot;
 pub use channel::Channel;
 pub use intake::{Intake, Limits};
 use wire::{
-    connections_len, plan_history, record_len, Hello, HistoryHead, HistoryImage, Message, Offer,
-    Record, State, BATCH, HISTORY_PART, MIN_MESSAGE, VERSION,
+    connections_len, plan_history, record_len, Hello, HistoryHead, Message, Offer, Record, State,
+    BATCH, HISTORY_PART, MIN_MESSAGE, VERSION,
 };
 
 /// How long requests in progress may take to finish once a hand-over starts; those still
@@ -87,19 +88,6 @@ pub struct Outgoing {
     pub fd: RawFd,
     /// What the successor needs to go on with it.
     pub record: Record,
-}
-
-/// Where the node stands once it stopped recording events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The last id recorded.
-    pub last_id: EventId,
-    /// The cluster's epoch (None with the embedded broker).
-    pub epoch: Option<String>,
-    /// The embedded broker's kept events; cluster nodes read theirs from Redis.
-    pub history: Option<HistoryImage>,
-    /// The demo ticker's last heartbeat number.
-    pub heartbeats: u64,
 }
 
 /// What the old process's side needs of its node: its shards and hub, step by step
@@ -540,6 +528,7 @@ fn one_line(reason: &str) -> String {
 mod tests {
     use super::*;
     use crate::delivery::history::History;
+    use crate::wire::event_id::EventId;
     use crate::wire::sse;
     use std::cell::Cell;
 

@@ -21,6 +21,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use crate::delivery::history::HistoryImage;
 use crate::wire::event_id::EventId;
 
 /// The hand-over version this binary speaks. Version 2 sends the history in parts, after
@@ -159,17 +160,6 @@ pub struct HistoryHead {
     pub parts: u32,
     /// Their encoded bytes, all together.
     pub bytes: u64,
-}
-
-/// The embedded broker's history, as the new process rebuilds it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HistoryImage {
-    /// The newest id of any topic forgotten.
-    pub forgotten_through: EventId,
-    /// Each topic known: its name and the newest id it evicted.
-    pub topics: Vec<(String, EventId)>,
-    /// Kept frames in id order: id, index into `topics`, the encoded frame.
-    pub frames: Vec<(EventId, u32, Bytes)>,
 }
 
 /// One part of a history on its way: frames in id order, and the topics they (and topics
