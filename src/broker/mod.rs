@@ -3,7 +3,7 @@
 //! The shards do not know which broker they talk to, and never wait on it: every answer (an
 //! event to deliver, "your publish got id X" or "failed", the next part of a replay) arrives
 //! in the shard's inbox ([`crate::delivery::hub::Inbox`]), for the embedded broker too, so there is one
-//! ordering rule (see [`crate::delivery::hub`]).
+//! ordering rule (`delivery/hub/ledger.rs`).
 
 pub mod cluster;
 pub mod redis;

@@ -1,34 +1,40 @@
-//! The node's ledger and the shards' inboxes: where an event that has its id becomes one
-//! frame in every shard's inbox.
+//! The hub: where an event that has its id becomes one frame in every shard's inbox, and
+//! where a resuming stream gets its replay, in order with those events.
 //!
-//! Under one lock the hub keeps the last id, the node's [`History`] and, in cluster mode, the
-//! current epoch. An event whose id is known (the embedded broker's counter,
-//! [`Hub::publish_local`], or a Redis entry) is recorded, encoded **once** into a `Bytes`, and
-//! a clone goes into every shard's inbox (a channel plus a `mio::Waker`). Answers to a shard (its publish got an id,
-//! the next part of a stream's replay) go into the same inbox.
+//! It is shared by all shards and the broker's threads, and has three rooms:
 //!
-//! # The ordering rule
+//! - `hub/ledger.rs`: the node's ids and epochs under the one lock, and the ordering rule
+//!   that lock enforces. An event whose id is known (the embedded broker's counter,
+//!   [`Hub::publish_local`], or a Redis entry, [`Hub::append_entry`]) is recorded there,
+//!   encoded **once** into a `Bytes` and kept in the [`History`].
+//! - `hub/mailbox.rs`: each shard's bounded inbox (a channel plus a `mio::Waker`), what a
+//!   full one missed, and the answers to a shard (its publish got an id).
+//! - `hub/replay.rs`: a stream's replay in steps no larger than the room in its queue, and
+//!   the resumes that wait for this node to read an id another node handed out.
 //!
-//! Everything a shard learns arrives through its inbox, and every message about events is
-//! sent under the hub's lock. So a shard sees events in id order, and a replay step computed
-//! under the lock sits in the inbox exactly between the events it covers (before it) and the
-//! ones it does not (after it): a resuming stream skips live events until its last replay
-//! step arrives, then takes every event after it. No gap, no duplicate, for any broker.
-//!
+//! This file holds what the shards and the broker see of it: the messages, a stream's start
+//! and end ([`Hub::subscribe`], [`Hub::unsubscribe`]), and the hand-over's freeze and thaw.
 //! The lock is taken once per event, never per client; with one shard it is uncontended.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+mod ledger;
+mod mailbox;
+mod replay;
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::Receiver;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::Waker;
 
-use crate::delivery::history::{Batch, Cursor, History, HistoryImage, ReplayStart, TopicsFull};
+use crate::delivery::history::{Cursor, History, HistoryImage, TopicsFull};
 use crate::wire::event_id::EventId;
-use crate::wire::sse;
+use ledger::Ledger;
+use mailbox::Mailbox;
+pub use mailbox::{Missed, INBOX_EVENTS};
+pub use replay::{ReplayStep, CATCH_UP, WAITING_MAX};
 
 /// One encoded event on its way to the shards.
 #[derive(Debug, Clone)]
@@ -69,15 +75,6 @@ pub struct Accepted {
 pub struct Unavailable {
     /// One line for the 503 answer.
     pub reason: String,
-}
-
-/// The next step of a replay.
-#[derive(Debug)]
-pub enum ReplayStep {
-    /// More frames (and perhaps a `reset` first); ask again once they have drained.
-    More(Batch),
-    /// The last frames: the stream takes every event after this message.
-    Live(Batch),
 }
 
 /// What a shard receives.
@@ -132,138 +129,6 @@ pub struct Hub<C> {
     mailboxes: Vec<Mailbox<C>>,
 }
 
-#[derive(Debug)]
-struct Mailbox<C> {
-    tx: Sender<Inbox<C>>,
-    waker: Arc<Waker>,
-    /// Events in the inbox not yet taken by the shard.
-    queued: AtomicUsize,
-}
-
-/// Events one shard's inbox holds at most. A shard that falls this far behind (the broker
-/// publishes faster than it can fan out) is not sent more until it catches up; it is told
-/// what it missed per topic, and its streams get `gap` notices, rather than an inbox that
-/// grows without bound.
-pub const INBOX_EVENTS: usize = 65_536;
-
-/// Events of one topic a shard was not sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missed {
-    /// The topic.
-    pub topic: Arc<str>,
-    /// The first id not sent.
-    pub from: EventId,
-    /// The last id not sent.
-    pub to: EventId,
-    /// How many.
-    pub count: u64,
-}
-
-/// What is known node-wide, under the hub's lock.
-#[derive(Debug)]
-struct Ledger {
-    /// The last id recorded.
-    last_id: EventId,
-    /// The cluster's epoch, once known (None with the embedded broker).
-    epoch: Option<Arc<str>>,
-    /// How many events were encoded (the encode-once check).
-    encoded: u64,
-    /// Kept frames and topic bookkeeping.
-    history: History,
-    /// Cluster mode: replays waiting for this node to catch up with an id another node
-    /// handed out.
-    waiting: Waiters,
-    /// Epochs started since start (the reader re-reads the stream after a change it did not
-    /// see itself).
-    generation: u64,
-    /// Per shard: what it was not sent while its inbox was full.
-    missed: Vec<Vec<Missed>>,
-    /// Events not sent to a shard because its inbox was full, since start.
-    overruns: u64,
-    /// Handing over: no event is recorded (the successor records them from here on).
-    frozen: bool,
-    /// The demo ticker's last heartbeat number.
-    heartbeats: u64,
-}
-
-/// A replay step asked for after an id this node has not read yet.
-#[derive(Debug)]
-struct Waiting {
-    from: usize,
-    ticket: Ticket,
-    names: Vec<Arc<str>>,
-    cursor: Cursor,
-    room: usize,
-    /// When to stop waiting and call the id unknown.
-    until: Instant,
-}
-
-/// The replays waiting for this node to catch up, in two orders, so that an appended entry
-/// costs one look at the first waiter whatever their number: by the id each waits for (an
-/// append takes only those it reached), and by arrival, which is deadline order since every
-/// waiter waits the same [`CATCH_UP`].
-#[derive(Debug, Default)]
-struct Waiters {
-    /// By (the id waited for, arrival number).
-    by_id: BTreeMap<(EventId, u64), Waiting>,
-    /// Arrival number → the id waited for.
-    by_arrival: BTreeMap<u64, EventId>,
-    /// The next arrival number.
-    arrivals: u64,
-    /// Resumes answered at once (`reset`, unknown) because [`WAITING_MAX`] were waiting.
-    refused: u64,
-    /// Waiters looked at by [`Hub::answer_waiting`] since start (what the tests count).
-    examined: u64,
-}
-
-impl Waiters {
-    fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    fn park(&mut self, w: Waiting) {
-        let arrival = self.arrivals;
-        self.arrivals += 1;
-        self.by_arrival.insert(arrival, w.cursor.after());
-        self.by_id.insert((w.cursor.after(), arrival), w);
-    }
-
-    /// The first waiter whose id is `last_id` or older: this node has read that far.
-    fn pop_reached(&mut self, last_id: EventId) -> Option<Waiting> {
-        let (&(id, arrival), _) = self.by_id.first_key_value()?;
-        self.examined += 1;
-        if id > last_id {
-            return None;
-        }
-        self.by_arrival.remove(&arrival);
-        self.by_id.remove(&(id, arrival))
-    }
-
-    /// The first waiter whose time is over at `now`.
-    fn pop_expired(&mut self, now: Instant) -> Option<Waiting> {
-        let (&arrival, &id) = self.by_arrival.first_key_value()?;
-        self.examined += 1;
-        if self
-            .by_id
-            .get(&(id, arrival))
-            .is_some_and(|w| w.until > now)
-        {
-            return None;
-        }
-        self.by_arrival.remove(&arrival);
-        self.by_id.remove(&(id, arrival))
-    }
-}
-
-/// The most replays that may wait for this node to catch up (beyond it a resume is told
-/// `reset`, unknown, at once, as one that waited in vain): as many as a shard's inbox holds
-/// events ([`INBOX_EVENTS`]), since the append that reaches them answers each with one message
-/// into an inbox.
-pub const WAITING_MAX: usize = INBOX_EVENTS;
-
-/// How long a replay waits for this node to read up to an id another node handed out.
-pub const CATCH_UP: Duration = Duration::from_secs(2);
-
 /// A stream's start, as the hub sees it.
 #[derive(Debug)]
 pub struct Subscription {
@@ -298,112 +163,14 @@ impl<C> Hub<C> {
             inboxes.push(rx);
         }
         let hub = Hub {
-            ledger: Mutex::new(Ledger {
-                last_id: EventId::ZERO,
-                epoch: None,
-                encoded: 0,
-                history: History::new(history, history_bytes, topic_bytes),
-                waiting: Waiters::default(),
-                generation: 0,
-                missed: vec![Vec::new(); shards],
-                overruns: 0,
-                frozen: false,
-                heartbeats: 0,
-            }),
+            ledger: Mutex::new(Ledger::new(
+                History::new(history, history_bytes, topic_bytes),
+                shards,
+            )),
             thawed: Condvar::new(),
             mailboxes,
         };
         (Arc::new(hub), inboxes)
-    }
-
-    /// The embedded broker's publish: the node's next id, recorded and delivered. The answer
-    /// goes to shard `from`'s inbox when `ticket` is given (the ticker publishes without).
-    pub fn publish_local(
-        &self,
-        from: usize,
-        ticket: Option<Ticket>,
-        topic: &str,
-        event: Option<&str>,
-        data: &str,
-    ) {
-        let mut ledger = self.lock();
-        let next = ledger.last_id.next_local().filter(|_| !ledger.frozen);
-        let Some(id) = next else {
-            let reason = if ledger.frozen {
-                "the node is handing over to its successor; publish again".to_owned()
-            } else {
-                "the node has handed out every id it can".to_owned()
-            };
-            drop(ledger);
-            if let Some(ticket) = ticket {
-                self.answer(
-                    from,
-                    Inbox::Published {
-                        ticket,
-                        outcome: Err(Unavailable { reason }),
-                    },
-                );
-            }
-            return;
-        };
-        self.append_locked(
-            &mut ledger,
-            id,
-            None,
-            topic,
-            event,
-            data,
-            |hub, subscribers| {
-                if let Some(ticket) = ticket {
-                    // Sent before the event itself: the publisher's answer leaves in the same
-                    // turn, ahead of the fan-out it causes.
-                    let accepted = Accepted {
-                        id,
-                        epoch: None,
-                        subscribers,
-                    };
-                    hub.send(
-                        from,
-                        Inbox::Published {
-                            ticket,
-                            outcome: Ok(accepted),
-                        },
-                    );
-                }
-            },
-        );
-    }
-
-    /// Records event `id` (with `epoch` in cluster mode) and hands its frame to every shard
-    /// that has subscribers for it. Returns the topic's subscribers on this node.
-    #[allow(clippy::too_many_arguments)]
-    fn append_locked(
-        &self,
-        ledger: &mut Ledger,
-        id: EventId,
-        epoch: Option<Arc<str>>,
-        topic: &str,
-        event: Option<&str>,
-        data: &str,
-        before_delivery: impl FnOnce(&Self, usize),
-    ) -> usize {
-        ledger.last_id = id;
-        ledger.encoded += 1;
-        let frame = sse::encode_event(id, epoch.as_deref(), event, data);
-        let (topic, subscribers) = ledger.history.record(topic, id, &frame, Instant::now());
-        before_delivery(self, subscribers);
-        if subscribers > 0 {
-            let delivery = Delivery {
-                id,
-                epoch,
-                topic,
-                frame,
-            };
-            for shard in 0..self.mailboxes.len() {
-                self.send_event(ledger, shard, &delivery);
-            }
-        }
-        subscribers
     }
 
     /// Starts a stream on `topics`, resuming after `last_event_id` when given.
@@ -433,147 +200,6 @@ impl<C> Hub<C> {
         })
     }
 
-    /// Where a resume from the id `requested` starts, on this node as it stands.
-    fn start_replay(ledger: &Ledger, names: &[Arc<str>], requested: &str) -> ReplayStart {
-        // Only the cluster has nodes ahead of this one; it has an epoch.
-        let ahead_ok = ledger.epoch.is_some();
-        ledger.history.start_replay(
-            names,
-            requested,
-            ledger.last_id,
-            ledger.epoch.as_deref(),
-            ahead_ok,
-        )
-    }
-
-    /// The next part of a replay over `names` after `cursor`, up to `room` bytes (at least
-    /// one frame), into shard `from`'s inbox, in order with the events (see the module's
-    /// ordering rule).
-    pub fn replay(
-        &self,
-        from: usize,
-        ticket: Ticket,
-        names: &[Arc<str>],
-        cursor: Cursor,
-        room: usize,
-    ) {
-        let mut ledger = self.lock();
-        if cursor.after() > ledger.last_id {
-            // Another node handed this id out and this one has not read it yet: answer once
-            // the reader gets there (or call it unknown after CATCH_UP).
-            if ledger.waiting.len() >= WAITING_MAX {
-                ledger.waiting.refused += 1;
-                let mut cursor = cursor;
-                let reset = ledger
-                    .history
-                    .give_up(names, &mut cursor, ledger.epoch.as_deref());
-                self.send_replay_step(&ledger, from, ticket, names, cursor, room, Some(reset));
-                return;
-            }
-            ledger.waiting.park(Waiting {
-                from,
-                ticket,
-                names: names.to_vec(),
-                cursor,
-                room,
-                until: Instant::now() + CATCH_UP,
-            });
-            return;
-        }
-        self.send_replay_step(&ledger, from, ticket, names, cursor, room, None);
-    }
-
-    /// Computes one replay step under the lock and sends it, `reset` first when given.
-    #[allow(clippy::too_many_arguments)]
-    fn send_replay_step(
-        &self,
-        ledger: &Ledger,
-        from: usize,
-        ticket: Ticket,
-        names: &[Arc<str>],
-        mut cursor: Cursor,
-        room: usize,
-        reset: Option<Bytes>,
-    ) {
-        let mut batch =
-            ledger
-                .history
-                .replay_batch(names, &mut cursor, room, ledger.epoch.as_deref());
-        if reset.is_some() {
-            batch.reset = reset;
-        }
-        let step = if batch.done {
-            ReplayStep::Live(batch)
-        } else {
-            ReplayStep::More(batch)
-        };
-        self.send(
-            from,
-            Inbox::Replay {
-                ticket,
-                cursor,
-                step,
-            },
-        );
-    }
-
-    /// Answers the waiting replays this node has now caught up with, and gives up on those
-    /// that waited past their time (`reset`, unknown, then everything kept). Looks at one
-    /// waiter more than it answers in each order: nothing per waiter not yet due.
-    fn answer_waiting(&self, ledger: &mut Ledger, now: Instant) {
-        while let Some(w) = ledger.waiting.pop_reached(ledger.last_id) {
-            self.send_replay_step(ledger, w.from, w.ticket, &w.names, w.cursor, w.room, None);
-        }
-        while let Some(mut w) = ledger.waiting.pop_expired(now) {
-            let reset = ledger
-                .history
-                .give_up(&w.names, &mut w.cursor, ledger.epoch.as_deref());
-            self.send_replay_step(
-                ledger,
-                w.from,
-                w.ticket,
-                &w.names,
-                w.cursor,
-                w.room,
-                Some(reset),
-            );
-        }
-    }
-
-    /// Cluster mode: records an entry read from Redis, with Redis's id and epoch. An entry
-    /// of a new epoch restarts the history (the old ids mean nothing next to the new ones);
-    /// one already recorded (read again after a reconnect) is skipped. Returns whether the
-    /// epoch changed (the reader then reads the new epoch's stream from its start).
-    pub fn append_entry(
-        &self,
-        id: EventId,
-        epoch: &str,
-        topic: &str,
-        event: Option<&str>,
-        data: &str,
-    ) -> bool {
-        let mut guard = self.lock();
-        // Handing over: the reader waits here; the successor reads on from Redis itself, and
-        // if the hand-over is called off this process takes the entry after all.
-        while guard.frozen {
-            guard = self
-                .thawed
-                .wait(guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        let ledger = &mut *guard;
-        let restarted = ledger.epoch.as_deref() != Some(epoch);
-        if restarted {
-            Self::start_epoch(ledger, Some(epoch));
-        }
-        if id > ledger.last_id {
-            let epoch = ledger.epoch.clone();
-            self.append_locked(ledger, id, epoch, topic, event, data, |_, _| {});
-            self.answer_waiting(ledger, Instant::now());
-        }
-        restarted
-    }
-
     /// Stops recording events for a hand-over and returns where the node stands (with the
     /// kept events when `with_history`: the embedded broker's successor has no other source).
     /// Events recorded before this are all in the inboxes already, ahead of any later step.
@@ -583,9 +209,10 @@ impl<C> Hub<C> {
         ledger.frozen = true;
         // What a full inbox made a shard miss is told now, not with a next event that will
         // not come: its streams' gap records travel with them.
-        for (to, missed) in ledger.missed.iter_mut().enumerate() {
-            if !missed.is_empty() {
-                self.send(to, Inbox::Missed(std::mem::take(missed)));
+        for to in 0..ledger.missed.len() {
+            let missed = ledger.missed.get_mut(to).map(std::mem::take);
+            if let Some(missed) = missed.filter(|m| !m.is_empty()) {
+                self.post(ledger, to, Inbox::Missed(missed));
             }
         }
         Snapshot {
@@ -674,49 +301,6 @@ impl<C> Hub<C> {
         })
     }
 
-    /// Puts a hand-over step into every shard's inbox, made by `step` for each.
-    pub fn tell_shards(&self, mut step: impl FnMut(usize) -> C) {
-        for shard in 0..self.mailboxes.len() {
-            self.send(shard, Inbox::Handover(step(shard)));
-        }
-    }
-
-    /// Cluster mode: the epoch Redis holds now (None: Redis lost it and no publish made a
-    /// new one yet). A change restarts the history. Returns whether it changed.
-    pub fn observe_epoch(&self, epoch: Option<&str>) -> bool {
-        let mut ledger = self.lock();
-        if ledger.epoch.as_deref() == epoch {
-            return false;
-        }
-        Self::start_epoch(&mut ledger, epoch);
-        true
-    }
-
-    fn start_epoch(ledger: &mut Ledger, epoch: Option<&str>) {
-        ledger.generation += 1;
-        ledger.epoch = epoch.map(Arc::from);
-        ledger.last_id = EventId::ZERO;
-        ledger.history.restart();
-    }
-
-    /// Cluster mode: gives up on waiting replays whose time is over (called by the reader
-    /// at least once a second).
-    pub fn expire_waiting(&self) {
-        let mut guard = self.lock();
-        self.answer_waiting(&mut guard, Instant::now());
-    }
-
-    /// How many epochs this node has started (see [`Hub::observe_epoch`]).
-    pub fn generation(&self) -> u64 {
-        self.lock().generation
-    }
-
-    /// The last id recorded, and its epoch.
-    pub fn last_id(&self) -> (EventId, Option<Arc<str>>) {
-        let ledger = self.lock();
-        (ledger.last_id, ledger.epoch.clone())
-    }
-
     /// Whether this node's history reaches back to `cursor` for `names`.
     pub fn history_covers(&self, names: &[Arc<str>], cursor: &Cursor) -> bool {
         self.lock().history.covers(names, cursor)
@@ -745,104 +329,6 @@ impl<C> Hub<C> {
             ledger.history.topics(),
             ledger.history.topic_bytes(),
         )
-    }
-
-    /// Puts an event into shard `to`'s inbox, unless it is full: then the event is noted as
-    /// missed for its topic, and the shard hears of it before its next event.
-    fn send_event(&self, ledger: &mut Ledger, to: usize, delivery: &Delivery) {
-        let (Some(mailbox), Some(missed)) = (self.mailboxes.get(to), ledger.missed.get_mut(to))
-        else {
-            return;
-        };
-        if mailbox.queued.load(Ordering::Acquire) >= INBOX_EVENTS {
-            ledger.overruns += 1;
-            match missed.iter_mut().find(|m| m.topic == delivery.topic) {
-                Some(m) => {
-                    m.to = delivery.id;
-                    m.count += 1;
-                }
-                None => missed.push(Missed {
-                    topic: delivery.topic.clone(),
-                    from: delivery.id,
-                    to: delivery.id,
-                    count: 1,
-                }),
-            }
-            return;
-        }
-        if !missed.is_empty() {
-            let missed = std::mem::take(missed);
-            let _ = mailbox.tx.send(Inbox::Missed(missed));
-        }
-        mailbox.queued.fetch_add(1, Ordering::AcqRel);
-        if mailbox.tx.send(Inbox::Event(delivery.clone())).is_ok() {
-            let _ = mailbox.waker.wake();
-        }
-    }
-
-    /// Shard `shard` took one event from its inbox.
-    pub fn took_event(&self, shard: usize) {
-        if let Some(mailbox) = self.mailboxes.get(shard) {
-            mailbox.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Events not sent to a shard because its inbox was full, since start.
-    pub fn overruns(&self) -> u64 {
-        self.lock().overruns
-    }
-
-    /// Puts `message` into shard `to`'s inbox and wakes it. A shard that has exited has
-    /// dropped its receiver; nothing is owed to it.
-    fn send(&self, to: usize, message: Inbox<C>) {
-        if let Some(mailbox) = self.mailboxes.get(to) {
-            if mailbox.tx.send(message).is_ok() {
-                let _ = mailbox.waker.wake();
-            }
-        }
-    }
-
-    /// Sends an answer outside the lock (it orders nothing).
-    pub fn answer(&self, to: usize, message: Inbox<C>) {
-        self.send(to, message);
-    }
-
-    /// Wakes every shard (to notice a shutdown request).
-    pub fn wake_all(&self) {
-        for mailbox in &self.mailboxes {
-            let _ = mailbox.waker.wake();
-        }
-    }
-
-    /// How many events have been encoded since start (one per event, whatever the fan-out).
-    pub fn frames_encoded(&self) -> u64 {
-        self.lock().encoded
-    }
-
-    /// Replays waiting for this node to catch up now, and those refused since start because
-    /// [`WAITING_MAX`] were waiting.
-    pub fn waiting(&self) -> (usize, u64) {
-        let ledger = self.lock();
-        (ledger.waiting.len(), ledger.waiting.refused)
-    }
-
-    #[cfg(test)]
-    fn waiters_examined(&self) -> u64 {
-        self.lock().waiting.examined
-    }
-
-    #[cfg(test)]
-    fn expire_at(&self, now: Instant) {
-        let mut guard = self.lock();
-        self.answer_waiting(&mut guard, now);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Ledger> {
-        // The ledger stays consistent across a panic in another shard (every update is a
-        // few plain assignments), so a poisoned lock is still safe to use.
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
