@@ -4,6 +4,9 @@
 //! event to deliver, "your publish got id X" or "failed", the next part of a replay) arrives
 //! in the shard's inbox ([`crate::delivery::hub::Inbox`]), for the embedded broker too, so there is one
 //! ordering rule (`delivery/hub/ledger.rs`).
+//!
+//! May use: `delivery` (the hub it feeds, cursors and batches), `wire` (ids, names, SSE).
+//! Used by: `node` (the shards publish and ask for replays; the server starts it).
 
 pub mod cluster;
 pub mod redis;

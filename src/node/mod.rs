@@ -1,5 +1,14 @@
-//! The node: the process, its shards and their loop, connections, listeners, TLS, upgrade and
-//! hand-over, supervision, configuration and metrics.
+//! The node: the process and everything that touches a socket or a thread. The server that
+//! starts it (`server`), the shard loop and its rooms (`shard`, `shard/`), one connection
+//! (`client`), listeners (`listener`), TLS (`tls`), the zero-disconnect upgrade and hand-over
+//! (`upgrade`, `handover/`), supervision (`guard`, `notify`, `fdlimit`), the flags (`config`)
+//! and the counters (`metrics`).
+//!
+//! May use: `broker`, `delivery`, `auth`, `wire`.
+//! Used by: the binary (`src/main.rs`) only; nothing below imports it.
+//!
+//! HTTP/2 will be a second arm of a connection's protocol here, beside HTTP/1.1, over the
+//! same streams and the same fan-out.
 
 pub mod client;
 pub mod config;

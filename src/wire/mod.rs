@@ -1,4 +1,11 @@
-//! Wire formats: HTTP/1.1 requests and heads, SSE encoding, CORS, request parameters, event ids.
+//! Wire formats: HTTP/1.1 requests and response heads (`http/`), SSE encoding (`sse`), CORS
+//! heads (`cors`), request parameters (`params`) and event ids (`event_id`). Pure: bytes in,
+//! values or bytes out, no sockets, tested without a network.
+//!
+//! May use: no other layer (the standard library and parsing crates only).
+//! Used by: every layer.
+//!
+//! HTTP/2 will add its frame layer (frames, HPACK) here as `h2/`, beside `http/`.
 
 pub mod cors;
 pub mod event_id;
