@@ -6,8 +6,10 @@
 //! ## Architecture
 //!
 //! A node runs one or more **shards** ([`shard`]). Each shard is a thread with its own mio
-//! `Poll`, its own `SO_REUSEPORT` listener ([`listener`]) and its own slab of clients
-//! ([`client`]); the kernel spreads new connections over the listeners. Shards share only the
+//! `Poll`, its own `SO_REUSEPORT` listener ([`listener`]), its own slab of connections
+//! ([`client`]) and, beside it, a slab of the event streams they carry ([`stream`]): the
+//! topic index and the fan-out address streams, and each stream names its connection (over
+//! HTTP/1.1 a connection carries one). The kernel spreads new connections over the listeners. Shards share only the
 //! [`hub`], a small lock taken once per published event (never per client), and the
 //! [`broker`]: the embedded one (ids from the node's counter), or cluster mode, where a
 //! publisher thread appends to a Redis Stream and a reader thread brings every node's
@@ -25,9 +27,9 @@
 //!    bytes), and puts the publisher's answer and then a clone of the frame into the shards'
 //!    inboxes, under one lock, so every shard sees events in id order.
 //! 3. Each shard drains its inbox and walks the topic's subscribers (`shard/fanout.rs`);
-//!    [`stream::Stream::offer`] pushes a clone (a
-//!    refcount bump) into each one's bounded [`outbox`], or drops it for that stream alone
-//!    and records the gap, to be announced before the next frame that fits.
+//!    [`stream::Stream::offer`] pushes a clone (a refcount bump) into the bounded [`outbox`]
+//!    of the connection that carries each stream, or drops it for that stream alone and
+//!    records the gap, to be announced before the next frame that fits.
 //! 4. Before the shard sleeps again it flushes every client it queued to (`write`, or
 //!    `writev` for several frames) until the queue is empty or the socket would block; a
 //!    blocked client resumes on its next writable event.

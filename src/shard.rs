@@ -81,7 +81,7 @@ use crate::access::{Access, StreamGrant};
 use crate::admission::{Admitted, Quota, Refusal};
 use crate::broker::Broker;
 use crate::client::Awaiting;
-use crate::client::{Client, Phase, ReadStatus, WriteStatus};
+use crate::client::{Client, Phase, Protocol, ReadStatus, WriteStatus};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::guard::{self, Contained};
@@ -196,6 +196,9 @@ pub(crate) struct Shard {
     counters: Counters,
     node: Arc<Node>,
     clients: Slab<Client>,
+    /// The streams the connections carry, addressed on their own: the topic index, the
+    /// fan-out, replay steps and token expiries name streams by their key here.
+    streams: Slab<Stream>,
     topics: Topics,
     /// Clients with output queued and not yet flushed this turn (slab keys, 4 bytes each:
     /// after a broadcast this list has held every stream).
@@ -215,9 +218,9 @@ pub(crate) struct Shard {
     /// connection (lingering connections, deadlines moved later), lowered as the heap
     /// shrinks: an estimate of the live entries that `requesting_now` does not count.
     deadlines_other: usize,
-    /// When streams are closed because their token expires, as (when, key, serial),
-    /// earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry in this
-    /// heap is all a token's expiry costs beyond the stream's own 4 bytes.
+    /// When streams are closed because their token expires, as (when, stream key, serial of
+    /// its connection), earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry
+    /// in this heap is all a token's expiry costs beyond the stream's own 4 bytes.
     expiries: BinaryHeap<Reverse<(u32, u32, u32)>>,
     /// When the shard started: the origin of `expiries`' times.
     started: Instant,
@@ -247,7 +250,8 @@ pub(crate) struct Shard {
     storm: Option<accept::Storm>,
     /// Serial of the last connection accepted (tells a reused slab key from its old owner).
     serial: u32,
-    /// The address key each stream was counted under, with --max-streams-per-ip only.
+    /// The address key each stream (by its key) was counted under, with --max-streams-per-ip
+    /// only.
     addresses: HashMap<usize, u64>,
     /// When shard 0 next forgets idle topics.
     next_forget: Option<Instant>,
@@ -319,6 +323,7 @@ impl Shard {
             // (128 KiB): their memory is then mapped, untouched pages cost nothing, and
             // growing remaps it instead of leaving each outgrown copy behind in the heap.
             clients: Slab::with_capacity(BIG / std::mem::size_of::<Client>() + 1),
+            streams: Slab::with_capacity(BIG / std::mem::size_of::<Stream>() + 1),
             topics: Topics::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
@@ -508,7 +513,7 @@ impl Shard {
         let client = &mut self.clients[key];
         match client.phase {
             Phase::Request(_) => self.serve_requests(key),
-            Phase::Stream(_) | Phase::Linger { .. } => {
+            Phase::Streaming(_) | Phase::Linger { .. } => {
                 if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
                     self.close(key);
                 }
@@ -606,17 +611,22 @@ impl Shard {
                 self.queues.push((key as u32, client.serial));
                 self.next_release.get_or_insert(self.now + RELEASE_PERIOD);
             }
-            if let Phase::Stream(stream) = &mut client.phase {
-                if client.outbox.is_empty() {
-                    stream.on_drained(self.now);
-                }
-                // A replay goes on once half the queue's room is free again, so it never
-                // holds more than --client-buffer and the socket always has the next part.
-                if stream.replay().is_some_and(|r| !r.asked)
-                    && !client.closing
-                    && client.outbox.queued_bytes() < self.config.client_buffer / 2
-                {
-                    replays.push(key);
+            if let Phase::Streaming(protocol) = &client.phase {
+                for s in protocol.streams() {
+                    let Some(stream) = self.streams.get_mut(s) else {
+                        continue;
+                    };
+                    if client.outbox.is_empty() {
+                        stream.on_drained(self.now);
+                    }
+                    // A replay goes on once half the queue's room is free again, so it never
+                    // holds more than --client-buffer and the socket always has the next part.
+                    if stream.replay().is_some_and(|r| !r.asked)
+                        && !client.closing
+                        && client.outbox.queued_bytes() < self.config.client_buffer / 2
+                    {
+                        replays.push(s);
+                    }
                 }
             }
             // A request connection stops reading while RESPONSE_BACKLOG bytes wait for its
@@ -642,8 +652,8 @@ impl Shard {
         for key in resume {
             self.serve_requests(key);
         }
-        for key in replays {
-            self.continue_replay(key);
+        for stream in replays {
+            self.continue_replay(stream);
         }
     }
 
@@ -674,6 +684,14 @@ impl Shard {
                 queues.shrink_to(queues.len() * 2);
             }
             self.next_release = Some(self.now + RELEASE_PERIOD);
+        }
+    }
+
+    /// Makes room for one more stream, as [`Shard::room_for_a_client`] does for connections.
+    fn room_for_a_stream(&mut self) {
+        if self.streams.len() == self.streams.capacity() {
+            let step = (self.streams.capacity() / 8).max(BIG / std::mem::size_of::<Stream>());
+            self.streams.reserve_exact(step);
         }
     }
 
@@ -715,16 +733,22 @@ impl Shard {
             self.counters
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
-            if let Phase::Stream(stream) = client.phase {
-                self.stream_ended(key, client.serial, stream);
-            } else {
-                debug!(shard = self.id, key, "connection closed");
+            match client.phase {
+                Phase::Streaming(protocol) => {
+                    for s in protocol.streams() {
+                        if let Some(stream) = self.streams.try_remove(s) {
+                            self.stream_ended(s, client.serial, stream);
+                        }
+                    }
+                }
+                _ => debug!(shard = self.id, key, "connection closed"),
             }
         }
     }
 
-    /// A stream is over (its connection closes, or it is told its token expired): it leaves
-    /// its topics and gives back its place in the quotas, and what a replay kept for it.
+    /// Stream `key` is over and out of the slab (its connection closes, or it is told its
+    /// token expired; `serial` is its connection's): it leaves its topics and gives back its
+    /// place in the quotas, and what a replay kept for it.
     fn stream_ended(&mut self, key: usize, serial: u32, stream: Stream) {
         if stream.replay().is_some() {
             self.broker.replay_over(self.id, Ticket { key, serial });
@@ -735,7 +759,7 @@ impl Shard {
             left.extend(gone.name);
             // The topic's last subscriber took the freed slot: tell it where it sits now.
             if let Some((other, old, new)) = gone.moved {
-                if let Some(Phase::Stream(s)) = self.clients.get_mut(other).map(|c| &mut c.phase) {
+                if let Some(s) = self.streams.get_mut(other) {
                     s.subs.relocate(old, new);
                 }
             }
@@ -761,7 +785,7 @@ fn owed_an_answer(client: &Client) -> bool {
                 || state.parser.head().is_some()
                 || state.awaiting.is_some()
         }
-        Phase::Stream(_) | Phase::Linger { .. } => false,
+        Phase::Streaming(_) | Phase::Linger { .. } => false,
     }
 }
 

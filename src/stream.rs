@@ -21,9 +21,12 @@ use crate::outbox::Outbox;
 use crate::sse;
 use crate::topics::Subs;
 
-/// A streaming connection's subscription, replay position and loss record.
+/// One event stream: its subscription, replay position and loss record, and the connection
+/// that carries it. It does not know which protocol that connection speaks.
 #[derive(Debug)]
 pub struct Stream {
+    /// The slab key of the connection that carries it (set by the shard as it opens it).
+    pub conn: u32,
     /// For each topic carried: the shard's topic index and this stream's slot in its
     /// subscriber list, so that leaving is O(1) per topic.
     pub subs: Subs,
@@ -93,6 +96,7 @@ impl Stream {
     /// A new stream, replaying from `replay` when given.
     pub fn new(subs: Subs, replay: Option<Cursor>) -> Stream {
         Stream {
+            conn: 0,
             subs,
             active: true,
             behind: replay.map(|cursor| {
@@ -294,8 +298,9 @@ mod tests {
     #[test]
     fn a_token_expiry_costs_a_stream_no_bytes() {
         // subs (16: one topic inline) + behind (8: null when live and keeping up) + expires
-        // (4) + active (1) = 29, padded to 32: the expiry lives in what was padding.
-        assert_eq!(std::mem::size_of::<Stream>(), 32);
+        // (4) + conn (4) + active (1) = 33, padded to 40: the expiry lives in what was
+        // padding.
+        assert_eq!(std::mem::size_of::<Stream>(), 40);
     }
 
     #[test]

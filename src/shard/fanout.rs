@@ -19,6 +19,7 @@ impl Shard {
         let slow_after = self.config.slow_client_period();
         let Shard {
             topics,
+            streams,
             clients,
             pending,
             closing,
@@ -29,8 +30,11 @@ impl Shard {
         let (mut queued, mut bytes, mut dropped, mut notices, mut too_slow, mut peak) =
             (0, 0, 0, 0, 0, 0);
         for key in topics.subscribers(&delivery.topic) {
-            let client = &mut clients[key];
-            let Phase::Stream(stream) = &mut client.phase else {
+            let Some(stream) = streams.get_mut(key) else {
+                continue;
+            };
+            let conn = stream.conn as usize;
+            let Some(client) = clients.get_mut(conn) else {
                 continue;
             };
             if client.closing {
@@ -53,7 +57,7 @@ impl Shard {
                     peak = peak.max(client.outbox.queued_bytes());
                     if !client.pending {
                         client.pending = true;
-                        pending.push(key as u32);
+                        pending.push(conn as u32);
                     }
                 }
                 Offer::Dropped => dropped += 1,
@@ -61,7 +65,7 @@ impl Shard {
                     dropped += 1;
                     too_slow += 1;
                     client.closing = true;
-                    closing.push(key);
+                    closing.push(conn);
                 }
                 Offer::Skipped => {}
             }
@@ -88,8 +92,7 @@ impl Shard {
         let mut streams = 0u64;
         for m in missed {
             for key in self.topics.subscribers(&m.topic) {
-                if let Some(Phase::Stream(stream)) = self.clients.get_mut(key).map(|c| &mut c.phase)
-                {
+                if let Some(stream) = self.streams.get_mut(key) {
                     stream.lose(m.from, m.to, m.count, now);
                     streams += 1;
                 }
