@@ -333,25 +333,25 @@ mod tests {
     /// pending list. Growing any of these is a decision, not an accident.
     #[test]
     fn a_stream_and_its_connection_fit_their_budget() {
-        // The outbox: the inline front frame (32, a `Bytes`) and the queue behind it (8, null
-        // unless frames wait behind the front).
-        assert_eq!(size_of::<Outbox>(), 40);
+        // The outbox: one frame inline (32, a `Bytes`), or the pointer to a queue when frames
+        // wait behind the front, in the frame's niche (outbox.rs).
+        assert_eq!(size_of::<Outbox>(), 32);
         // The phase: a request's box (8), a lingering deadline (16), or the protocol of the
         // streams it carries (4: HTTP/1.1's one stream key); the tag sits in the deadline's
         // spare bits.
         assert_eq!(size_of::<Protocol>(), 4);
         assert_eq!(size_of::<Phase>(), 16);
         // The connection: socket (4: a descriptor) + serial (4) + seven flags (7, padded to
-        // 8) + the TLS session pointer (8, null for plain TCP) + outbox (40) + phase (16) = 80.
+        // 8) + the TLS session pointer (8, null for plain TCP) + outbox (32) + phase (16) = 72.
         // Debug builds of mio keep a selector id beside the descriptor (12 bytes more).
         let debug_extra = (size_of::<TcpStream>() - 4).next_multiple_of(8);
-        assert_eq!(size_of::<SlabEntry<Client>>(), 80 + debug_extra);
+        assert_eq!(size_of::<SlabEntry<Client>>(), 72 + debug_extra);
         // The stream (see stream.rs): 40.
         assert_eq!(size_of::<SlabEntry<Stream>>(), 40);
         let slots = 4 + 4;
         assert_eq!(
             size_of::<SlabEntry<Client>>() - debug_extra + size_of::<SlabEntry<Stream>>() + slots,
-            128
+            120
         );
     }
 }
