@@ -41,6 +41,10 @@ pub struct Client {
     pub writable: bool,
     /// Listed in the shard's pending-flush list.
     pub pending: bool,
+    /// Something was queued for the streams it carries since the last keep-alive check: a
+    /// comment would be redundant (for HTTP/1.1's one stream this is the stream's own state;
+    /// it sits here, in the flags' padding, so that a stream costs no byte for it).
+    pub active: bool,
     /// Listed in the shard's list of outboxes holding a queue behind their front frame,
     /// which are asked periodically to give it back once unused.
     pub queue_listed: bool,
@@ -167,6 +171,7 @@ impl Client {
             // A just-accepted socket has room; a WouldBlock corrects this if not.
             writable: true,
             pending: false,
+            active: false,
             queue_listed: false,
             closing: false,
             close_after_flush: false,
@@ -341,17 +346,17 @@ mod tests {
         // spare bits.
         assert_eq!(size_of::<Protocol>(), 4);
         assert_eq!(size_of::<Phase>(), 16);
-        // The connection: socket (4: a descriptor) + serial (4) + seven flags (7, padded to
-        // 8) + the TLS session pointer (8, null for plain TCP) + outbox (32) + phase (16) = 72.
+        // The connection: socket (4: a descriptor) + serial (4) + eight flags (8) + the TLS session pointer (8, null for plain TCP) + outbox (32) + phase (16) = 72.
         // Debug builds of mio keep a selector id beside the descriptor (12 bytes more).
         let debug_extra = (size_of::<TcpStream>() - 4).next_multiple_of(8);
         assert_eq!(size_of::<SlabEntry<Client>>(), 72 + debug_extra);
-        // The stream (see stream.rs): 40.
-        assert_eq!(size_of::<SlabEntry<Stream>>(), 40);
+        // The stream (see stream.rs): 32; its connection's key gives it a niche, so a slab
+        // slot is no larger.
+        assert_eq!(size_of::<SlabEntry<Stream>>(), 32);
         let slots = 4 + 4;
         assert_eq!(
             size_of::<SlabEntry<Client>>() - debug_extra + size_of::<SlabEntry<Stream>>() + slots,
-            120
+            112
         );
     }
 }

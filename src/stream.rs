@@ -25,19 +25,34 @@ use crate::topics::Subs;
 /// that carries it. It does not know which protocol that connection speaks.
 #[derive(Debug)]
 pub struct Stream {
-    /// The slab key of the connection that carries it (set by the shard as it opens it).
-    pub conn: u32,
+    /// The connection that carries it (set by the shard as it opens it).
+    conn: ConnKey,
     /// For each topic carried: the shard's topic index and this stream's slot in its
     /// subscriber list, so that leaving is O(1) per topic.
     pub subs: Subs,
-    /// Something was queued since the last keep-alive check.
-    pub active: bool,
     /// Its replay and its losses, when it has either: one box for both, since a stream that
     /// is live and keeps up (nearly all of them) has neither.
     behind: Option<Box<Behind>>,
     /// When its token expires (unix seconds), with `--subscribe-jwt`. Four bytes that fit in
     /// the struct's padding: a stream without a token pays nothing for it.
     pub expires: Option<NonZeroU32>,
+}
+
+/// The slab key of a stream's connection, kept plus one: a `NonZeroU32` gives the stream a
+/// niche, so a vacant slot in the shard's slab of streams needs no tag of its own (8 bytes a
+/// stream). Slab keys stay far below `u32::MAX`: the stream quota bounds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnKey(NonZeroU32);
+
+impl ConnKey {
+    fn new(key: usize) -> ConnKey {
+        let stored = u32::try_from(key).ok().and_then(|k| k.checked_add(1));
+        ConnKey(stored.and_then(NonZeroU32::new).unwrap_or(NonZeroU32::MAX))
+    }
+
+    fn get(self) -> usize {
+        self.0.get() as usize - 1
+    }
 }
 
 /// What a stream that is not simply live and keeping up carries.
@@ -96,9 +111,8 @@ impl Stream {
     /// A new stream, replaying from `replay` when given.
     pub fn new(subs: Subs, replay: Option<Cursor>) -> Stream {
         Stream {
-            conn: 0,
+            conn: ConnKey::new(0),
             subs,
-            active: true,
             behind: replay.map(|cursor| {
                 Box::new(Behind {
                     replay: Some(Replay {
@@ -110,6 +124,16 @@ impl Stream {
             }),
             expires: None,
         }
+    }
+
+    /// The slab key of the connection that carries it.
+    pub fn conn(&self) -> usize {
+        self.conn.get()
+    }
+
+    /// Says which connection carries it: `key` in the shard's slab of connections.
+    pub fn carried_by(&mut self, key: usize) {
+        self.conn = ConnKey::new(key);
     }
 
     /// Where its replay stands, while it replays.
@@ -175,7 +199,6 @@ impl Stream {
         let Some(loss) = losing else {
             if outbox.fits(frame.len(), limit) {
                 outbox.push(frame.clone());
-                self.active = true;
                 return Offer::Queued(frame.len());
             }
             self.set_loss(Loss {
@@ -194,7 +217,6 @@ impl Stream {
         let Some(gap) = &mut loss.gap else {
             if outbox.fits(frame.len(), limit) {
                 outbox.push(frame.clone());
-                self.active = true;
                 return Offer::Queued(frame.len());
             }
             loss.gap = Some(Gap {
@@ -210,7 +232,6 @@ impl Stream {
             outbox.push(sse::encode_gap(gap.from, gap.to, gap.dropped, epoch));
             outbox.push(frame.clone());
             loss.gap = None;
-            self.active = true;
             return Offer::Queued(notice_len + frame.len());
         }
         gap.to = id;
@@ -298,9 +319,8 @@ mod tests {
     #[test]
     fn a_token_expiry_costs_a_stream_no_bytes() {
         // subs (16: one topic inline) + behind (8: null when live and keeping up) + expires
-        // (4) + conn (4) + active (1) = 33, padded to 40: the expiry lives in what was
-        // padding.
-        assert_eq!(std::mem::size_of::<Stream>(), 40);
+        // (4) + conn (4) = 32: the expiry lives in what would be padding beside `conn`.
+        assert_eq!(std::mem::size_of::<Stream>(), 32);
     }
 
     #[test]

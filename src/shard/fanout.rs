@@ -33,7 +33,7 @@ impl Shard {
             let Some(stream) = streams.get_mut(key) else {
                 continue;
             };
-            let conn = stream.conn as usize;
+            let conn = stream.conn();
             let Some(client) = clients.get_mut(conn) else {
                 continue;
             };
@@ -52,6 +52,7 @@ impl Shard {
             ) {
                 Offer::Queued(n) => {
                     queued += 1;
+                    client.active = true;
                     bytes += n;
                     notices += usize::from(n > frame.len());
                     peak = peak.max(client.outbox.queued_bytes());

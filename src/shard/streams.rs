@@ -108,8 +108,7 @@ impl Shard {
         reset: Option<Bytes>,
     ) -> usize {
         self.room_for_a_stream();
-        // Slab keys stay far below u32::MAX: the stream quota bounds them.
-        stream.conn = key as u32;
+        stream.carried_by(key);
         let replaying = stream.replay().is_some();
         let stream_key = self.streams.insert(stream);
         if let Some(address) = address {
@@ -117,9 +116,13 @@ impl Shard {
             // only when the quota is on.
             self.addresses.insert(stream_key, address);
         }
-        self.clients[key].phase = Phase::Streaming(Protocol::Http1 {
+        let client = &mut self.clients[key];
+        // Slab keys stay far below u32::MAX: the stream quota bounds them.
+        client.phase = Phase::Streaming(Protocol::Http1 {
             stream: stream_key as u32,
         });
+        // Its head was just queued: no keep-alive is due before the next check.
+        client.active = true;
         if let Some(reset) = reset {
             self.counters.add(Stat::ResetNotices, 1);
             self.queue(key, reset);
@@ -137,7 +140,7 @@ impl Shard {
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
-        let Some(client) = self.clients.get(stream.conn as usize) else {
+        let Some(client) = self.clients.get(stream.conn()) else {
             return;
         };
         if client.closing || client.handed {
@@ -179,7 +182,7 @@ impl Shard {
         let Some(stream) = self.streams.get_mut(ticket.key) else {
             return;
         };
-        let conn = stream.conn as usize;
+        let conn = stream.conn();
         let Some(client) = self.clients.get(conn) else {
             return;
         };
@@ -238,7 +241,7 @@ impl Shard {
         let Some(exp) = stream.expires else {
             return;
         };
-        let conn = stream.conn as usize;
+        let conn = stream.conn();
         let Some(client) = self.clients.get_mut(conn) else {
             return;
         };
@@ -270,12 +273,11 @@ impl Shard {
         let frame = Bytes::from_static(sse::KEEPALIVE);
         let limit = self.config.client_buffer;
         let mut sent = 0;
-        for (_, stream) in self.streams.iter_mut() {
-            let key = stream.conn as usize;
-            let Some(client) = self.clients.get_mut(key) else {
+        for (key, client) in self.clients.iter_mut() {
+            if !matches!(client.phase, Phase::Streaming(_)) {
                 continue;
-            };
-            if std::mem::replace(&mut stream.active, false) || client.closing || client.handed {
+            }
+            if std::mem::replace(&mut client.active, false) || client.closing || client.handed {
                 continue;
             }
             if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {

@@ -138,7 +138,7 @@ impl Shard {
             Ok(key32) => self.expiries.push(Reverse((due, key32, serial))),
             // Slab keys never get this far (the quota stops them long before).
             Err(_) => {
-                if let Some(conn) = self.streams.get(key).map(|s| s.conn as usize) {
+                if let Some(conn) = self.streams.get(key).map(Stream::conn) {
                     self.close(conn);
                 }
             }
