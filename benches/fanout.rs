@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
-use sse_edge::stream::Stream;
+use sse_edge::stream::{Bounds, Lane, Stream};
 use sse_edge::topics::Subs;
 
 #[path = "../tests/util/counting_alloc.rs"]
@@ -34,11 +34,11 @@ fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> u
     let mut queued = 0;
     for s in subs.iter_mut() {
         let offer = s.stream.offer(
-            &mut s.outbox,
+            &mut Lane::alone(&mut s.outbox),
             EventId::local(id),
             None,
             frame,
-            65536,
+            Bounds::both(65536),
             now,
             std::time::Duration::MAX,
         );

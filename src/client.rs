@@ -24,6 +24,7 @@ use mio::net::TcpStream;
 use crate::access::StreamGrant;
 use crate::http::RequestParser;
 use crate::outbox::{Flush, Outbox, Written};
+use crate::stream::Lane;
 use crate::tls::{Scratch, Session, TlsRead};
 
 /// A connection in the shard's slab.
@@ -264,6 +265,18 @@ impl Client {
                 WriteStatus::Blocked(n)
             }
             Err(_) => WriteStatus::Failed,
+        }
+    }
+
+    /// The way onto this connection for its stream `stream` (a key in the shard's slab of
+    /// streams), as its protocol has it; None if it does not carry that stream.
+    pub fn lane(&mut self, stream: usize) -> Option<Lane<'_>> {
+        match self.phase {
+            // HTTP/1.1: the stream has the connection to itself.
+            Phase::Streaming(Protocol::Http1 { stream: own }) if own as usize == stream => {
+                Some(Lane::alone(&mut self.outbox))
+            }
+            _ => None,
         }
     }
 

@@ -89,10 +89,10 @@ use crate::http::{self, Rejection, Request, Route, Step};
 use crate::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
 use crate::jwt::Trust;
 use crate::metrics::{self, Counters, ShardStats, Stat};
-use crate::outbox::{Push, Written};
+use crate::outbox::Written;
 use crate::params::{self, DEFAULT_TOPIC};
 use crate::sse;
-use crate::stream::{Offer, Stream};
+use crate::stream::{Bounds, Offer, Stream};
 use crate::tls::{self, Certificate};
 use crate::topics::{Subs, Topics};
 
@@ -550,6 +550,16 @@ impl Shard {
         self.mark_pending(key);
     }
 
+    /// Queues bytes of stream `stream` that must not be dropped (its notices, replayed
+    /// frames) onto its connection `conn`, and marks `conn` pending.
+    fn queue_for(&mut self, stream: usize, conn: usize, bytes: Bytes) {
+        if let Some(mut lane) = self.clients[conn].lane(stream) {
+            self.counters.add(Stat::QueuedBytes, bytes.len() as u64);
+            lane.push(bytes);
+            self.mark_pending(conn);
+        }
+    }
+
     fn mark_pending(&mut self, key: usize) {
         let client = &mut self.clients[key];
         if !client.pending {
@@ -611,19 +621,22 @@ impl Shard {
                 self.queues.push((key as u32, client.serial));
                 self.next_release.get_or_insert(self.now + RELEASE_PERIOD);
             }
-            if let Phase::Streaming(protocol) = &client.phase {
+            if let Phase::Streaming(protocol) = client.phase {
+                let closing = client.closing;
                 for s in protocol.streams() {
-                    let Some(stream) = self.streams.get_mut(s) else {
+                    let (Some(stream), Some(lane)) = (self.streams.get_mut(s), client.lane(s))
+                    else {
                         continue;
                     };
-                    if client.outbox.is_empty() {
+                    let waiting = lane.queued();
+                    if waiting == 0 {
                         stream.on_drained(self.now);
                     }
-                    // A replay goes on once half the queue's room is free again, so it never
+                    // A replay goes on once half its queue's room is free again, so it never
                     // holds more than --client-buffer and the socket always has the next part.
                     if stream.replay().is_some_and(|r| !r.asked)
-                        && !client.closing
-                        && client.outbox.queued_bytes() < self.config.client_buffer / 2
+                        && !closing
+                        && waiting < self.config.client_buffer / 2
                     {
                         replays.push(s);
                     }

@@ -5,10 +5,21 @@
 //! queue. A stream that cannot take a frame starts a [`Loss`] record (one allocation when
 //! losing starts, none per dropped frame); the first frame that fits afterwards goes out
 //! behind an `event: gap` notice naming what was lost, so the client can reconnect with its
-//! `Last-Event-ID` and have it replayed. The record lasts until the queue is empty again:
+//! `Last-Event-ID` and have it replayed. The record lasts until its queue is empty again:
 //! a stream that lost frames and has not caught up within the slow-client timeout is told
 //! to go, even if a frame fits now and then (a reader trickling a few bytes would otherwise
 //! hold its queue full forever).
+//!
+//! # Two bounds
+//!
+//! A stream's frames meet two bounds ([`Bounds`]): what waits for the stream itself, and what
+//! waits on the connection that carries it, which its sibling streams share. The stream sees
+//! its connection through a [`Lane`], which the connection builds for it (its protocol knows
+//! where a stream's bytes wait): on HTTP/1.1 a stream has its connection to itself, so what
+//! the outbox holds is all its own and the two bounds are one, as they always were. On a
+//! connection that carries several streams, each counts its own bytes, so one that stopped
+//! reading (whose window is closed) drops its own frames at its own bound, and its siblings
+//! go on until the connection's is reached.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -94,6 +105,91 @@ pub struct Gap {
     pub dropped: u64,
 }
 
+/// The bounds a stream's frames meet, in bytes queued and not yet written (a frame always
+/// fits an empty queue, so each bound is its figure or one frame, whichever is larger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// What one stream may have waiting.
+    pub stream: usize,
+    /// What its connection may have waiting in its outbox, all its streams together.
+    pub connection: usize,
+}
+
+impl Bounds {
+    /// The same bound for a stream and for its connection (`--client-buffer`).
+    pub fn both(limit: usize) -> Bounds {
+        Bounds {
+            stream: limit,
+            connection: limit,
+        }
+    }
+}
+
+/// One stream's way onto its connection: the connection's outbox, and how much of what waits
+/// there is this stream's. Built by the connection for each offer ([`crate::client::Client::lane`]).
+#[derive(Debug)]
+pub struct Lane<'a> {
+    /// The connection's queue toward its socket.
+    outbox: &'a mut Outbox,
+    /// This stream's bytes waiting, counted apart from its siblings' (its connection's
+    /// protocol lowers the count as they are written); None when the stream has the
+    /// connection to itself, so all the outbox holds is its own.
+    own: Option<&'a mut usize>,
+}
+
+impl<'a> Lane<'a> {
+    /// A stream alone on its connection (HTTP/1.1): every byte in `outbox` is its own.
+    pub fn alone(outbox: &'a mut Outbox) -> Lane<'a> {
+        Lane { outbox, own: None }
+    }
+
+    /// A stream that shares `outbox` with others: `own` counts its bytes waiting.
+    pub fn shared(outbox: &'a mut Outbox, own: &'a mut usize) -> Lane<'a> {
+        Lane {
+            outbox,
+            own: Some(own),
+        }
+    }
+
+    /// This stream's bytes waiting.
+    pub fn queued(&self) -> usize {
+        match &self.own {
+            Some(own) => **own,
+            None => self.outbox.queued_bytes(),
+        }
+    }
+
+    /// Whether `len` more bytes fit under both bounds (always into an empty queue).
+    pub fn fits(&self, len: usize, bounds: Bounds) -> bool {
+        let own = self.queued();
+        (own == 0 || own.saturating_add(len) <= bounds.stream)
+            && self.outbox.fits(len, bounds.connection)
+    }
+
+    /// How many more bytes fit under both bounds (none once either is reached).
+    pub fn room(&self, bounds: Bounds) -> usize {
+        let stream = bounds.stream.saturating_sub(self.queued());
+        stream.min(bounds.connection.saturating_sub(self.outbox.queued_bytes()))
+    }
+
+    /// Queues `frame`, whatever its size (a stream head, a replayed frame, a notice).
+    pub fn push(&mut self, frame: Bytes) {
+        if let Some(own) = &mut self.own {
+            **own = own.saturating_add(frame.len());
+        }
+        self.outbox.push(frame);
+    }
+
+    /// Queues `frame` if it fits under both bounds; returns whether it did.
+    pub fn push_bounded(&mut self, frame: Bytes, bounds: Bounds) -> bool {
+        let fits = self.fits(frame.len(), bounds);
+        if fits {
+            self.push(frame);
+        }
+        fits
+    }
+}
+
 /// What became of a frame offered to a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -175,18 +271,19 @@ impl Stream {
         }
     }
 
-    /// Offers event `id`'s frame to this stream's `outbox`, bounded by `limit` bytes.
+    /// Offers event `id`'s frame to this stream, onto its connection through `lane`, within
+    /// `bounds`.
     ///
     /// `slow_after` is how long a stream may stay behind after losing frames before it is
     /// [`Offer::TooSlow`]; `epoch` is the cluster's, for a gap notice's ids.
     #[allow(clippy::too_many_arguments)] // the per-event path: plain values, no struct to build
     pub fn offer(
         &mut self,
-        outbox: &mut Outbox,
+        lane: &mut Lane<'_>,
         id: EventId,
         epoch: Option<&str>,
         frame: &Bytes,
-        limit: usize,
+        bounds: Bounds,
         now: Instant,
         slow_after: Duration,
     ) -> Offer {
@@ -197,8 +294,8 @@ impl Stream {
             Some(behind) => behind.loss.as_mut(),
         };
         let Some(loss) = losing else {
-            if outbox.fits(frame.len(), limit) {
-                outbox.push(frame.clone());
+            if lane.fits(frame.len(), bounds) {
+                lane.push(frame.clone());
                 return Offer::Queued(frame.len());
             }
             self.set_loss(Loss {
@@ -215,8 +312,8 @@ impl Stream {
             return Offer::TooSlow;
         }
         let Some(gap) = &mut loss.gap else {
-            if outbox.fits(frame.len(), limit) {
-                outbox.push(frame.clone());
+            if lane.fits(frame.len(), bounds) {
+                lane.push(frame.clone());
                 return Offer::Queued(frame.len());
             }
             loss.gap = Some(Gap {
@@ -228,9 +325,9 @@ impl Stream {
         };
         // Measured before it is encoded, so a losing stream allocates nothing per frame.
         let notice_len = sse::gap_len(gap.from, gap.to, gap.dropped, epoch);
-        if outbox.fits(notice_len.saturating_add(frame.len()), limit) {
-            outbox.push(sse::encode_gap(gap.from, gap.to, gap.dropped, epoch));
-            outbox.push(frame.clone());
+        if lane.fits(notice_len.saturating_add(frame.len()), bounds) {
+            lane.push(sse::encode_gap(gap.from, gap.to, gap.dropped, epoch));
+            lane.push(frame.clone());
             loss.gap = None;
             return Offer::Queued(notice_len + frame.len());
         }
@@ -266,8 +363,9 @@ impl Stream {
         }
     }
 
-    /// The queue just emptied: the stream has caught up. A loss already announced is
-    /// forgotten; one still pending restarts its clock (the notice goes with the next frame).
+    /// Its queue just emptied (nothing of it waits on its connection): the stream has caught
+    /// up. A loss already announced is forgotten; one still pending restarts its clock (the
+    /// notice goes with the next frame).
     pub fn on_drained(&mut self, now: Instant) {
         let Some(behind) = &mut self.behind else {
             return;
@@ -300,11 +398,11 @@ mod tests {
     /// Offers event `id`'s frame of `size` bytes at `now`, under the test's limits.
     fn offer(s: &mut Stream, q: &mut Outbox, id: u64, size: usize, now: Instant) -> Offer {
         s.offer(
-            q,
+            &mut Lane::alone(q),
             EventId::local(id),
             None,
             &frame(id, size),
-            LIMIT,
+            Bounds::both(LIMIT),
             now,
             SLOW,
         )
@@ -314,6 +412,149 @@ mod tests {
         let mut out = Vec::new();
         outbox.write_to(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// Offers event `id`'s frame of `size` bytes to `s` through `lane`, within `bounds`.
+    fn offer_on(
+        s: &mut Stream,
+        lane: &mut Lane<'_>,
+        id: u64,
+        size: usize,
+        bounds: Bounds,
+    ) -> Offer {
+        let now = Instant::now();
+        s.offer(
+            lane,
+            EventId::local(id),
+            None,
+            &frame(id, size),
+            bounds,
+            now,
+            SLOW,
+        )
+    }
+
+    #[test]
+    fn a_stream_alone_on_its_connection_meets_one_bound_the_outbox_s() {
+        // HTTP/1.1: the stream's bytes are the outbox's, so its bound and its connection's
+        // are one, and a frame fits exactly when it fitted the outbox before streams had
+        // bounds of their own.
+        for queued in [0, 1, 40, 99, 100, 150] {
+            for len in [1, 10, 60, 100, 200] {
+                let mut q = Outbox::default();
+                if queued > 0 {
+                    q.push(frame(0, queued.max(3)));
+                }
+                let before = q.fits(len, LIMIT);
+                let lane = Lane::alone(&mut q);
+                assert_eq!(
+                    lane.fits(len, Bounds::both(LIMIT)),
+                    before,
+                    "{queued} + {len}"
+                );
+                let room = LIMIT.saturating_sub(lane.queued());
+                assert_eq!(lane.room(Bounds::both(LIMIT)), room);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stuck_stream_drops_at_its_own_bound_and_does_not_hold_back_its_sibling() {
+        // Two streams on one connection. A's reader stopped (its window is closed): what it
+        // has waits, counted as its own. B's frames leave as they come: the frame layer
+        // lowers B's count as they are written.
+        let bounds = Bounds {
+            stream: 100,
+            connection: 1000,
+        };
+        let mut q = Outbox::default();
+        let (mut a_own, mut b_own) = (0usize, 0usize);
+        let mut a = Stream::new(Subs::new(Vec::new()), None);
+        let mut b = Stream::new(Subs::new(Vec::new()), None);
+        let mut got = (Vec::new(), Vec::new());
+        for id in 1..=6 {
+            got.0.push(offer_on(
+                &mut a,
+                &mut Lane::shared(&mut q, &mut a_own),
+                id,
+                40,
+                bounds,
+            ));
+            got.1.push(offer_on(
+                &mut b,
+                &mut Lane::shared(&mut q, &mut b_own),
+                id,
+                40,
+                bounds,
+            ));
+            b_own = 0; // B's frame went out
+        }
+        let queued = Offer::Queued(40);
+        assert_eq!(got.0[..2], [queued, queued]);
+        assert!(
+            got.0[2..].iter().all(|o| *o == Offer::Dropped),
+            "{:?}",
+            got.0
+        );
+        assert!(got.1.iter().all(|o| *o == queued), "{:?}", got.1);
+        assert_eq!(a_own, 80);
+        assert_eq!(
+            a.loss()
+                .and_then(|l| l.gap)
+                .map(|g| (g.from.seq(), g.to.seq())),
+            Some((3, 6))
+        );
+        assert!(b.loss().is_none(), "B lost nothing to A's stall");
+        // A's window opens and its bytes leave: it goes on behind its gap notice, which
+        // counts against its own bound.
+        a_own = 0;
+        a.on_drained(Instant::now());
+        let next = offer_on(&mut a, &mut Lane::shared(&mut q, &mut a_own), 7, 40, bounds);
+        assert!(
+            matches!(next, Offer::Queued(n) if n > 40 && n == a_own),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn the_connection_bound_holds_all_its_streams_together() {
+        let bounds = Bounds {
+            stream: 100,
+            connection: 150,
+        };
+        let mut q = Outbox::default();
+        let (mut a_own, mut b_own) = (0usize, 0usize);
+        let mut a = Stream::new(Subs::new(Vec::new()), None);
+        let mut b = Stream::new(Subs::new(Vec::new()), None);
+        for id in 1..=2 {
+            let got = offer_on(
+                &mut a,
+                &mut Lane::shared(&mut q, &mut a_own),
+                id,
+                40,
+                bounds,
+            );
+            assert_eq!(got, Offer::Queued(40));
+        }
+        let mut lane = Lane::shared(&mut q, &mut b_own);
+        assert_eq!(
+            lane.room(bounds),
+            70,
+            "the connection's room, below B's own"
+        );
+        assert_eq!(
+            offer_on(&mut b, &mut lane, 3, 40, bounds),
+            Offer::Queued(40)
+        );
+        // B has 40 of its 100, but the connection holds 120 of 150.
+        let mut lane = Lane::shared(&mut q, &mut b_own);
+        assert_eq!(offer_on(&mut b, &mut lane, 4, 40, bounds), Offer::Dropped);
+        assert_eq!((a_own, b_own, q.queued_bytes()), (80, 40, 120));
+        // A frame always fits an empty queue: a stream with nothing waiting is held only by
+        // its connection's bound.
+        let mut c_own = 0;
+        let lane = Lane::shared(&mut q, &mut c_own);
+        assert!(lane.fits(30, bounds) && !lane.fits(31, bounds));
     }
 
     #[test]

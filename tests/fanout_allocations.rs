@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sse_edge::event_id::EventId;
 use sse_edge::outbox::Outbox;
 use sse_edge::sse::encode_event;
-use sse_edge::stream::{Offer, Stream};
+use sse_edge::stream::{Bounds, Lane, Offer, Stream};
 use sse_edge::topics::{Subs, Topics};
 
 #[path = "util/counting_alloc.rs"]
@@ -169,11 +169,11 @@ fn offer(
     now: Instant,
 ) -> Offer {
     stream.offer(
-        outbox,
+        &mut Lane::alone(outbox),
         EventId::local(id),
         None,
         frame,
-        limit,
+        Bounds::both(limit),
         now,
         Duration::MAX,
     )

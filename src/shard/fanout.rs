@@ -15,7 +15,7 @@ impl Shard {
                 self.id
             );
         }
-        let limit = self.config.client_buffer;
+        let bounds = Bounds::both(self.config.client_buffer);
         let slow_after = self.config.slow_client_period();
         let Shard {
             topics,
@@ -40,13 +40,16 @@ impl Shard {
             if client.closing {
                 continue;
             }
+            let Some(mut lane) = client.lane(key) else {
+                continue;
+            };
             let frame = &delivery.frame;
             match stream.offer(
-                &mut client.outbox,
+                &mut lane,
                 delivery.id,
                 delivery.epoch.as_deref(),
                 frame,
-                limit,
+                bounds,
                 *now,
                 slow_after,
             ) {

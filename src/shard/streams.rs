@@ -125,7 +125,7 @@ impl Shard {
         client.active = true;
         if let Some(reset) = reset {
             self.counters.add(Stat::ResetNotices, 1);
-            self.queue(key, reset);
+            self.queue_for(stream_key, key, reset);
         }
         if replaying {
             self.continue_replay(stream_key);
@@ -140,12 +140,16 @@ impl Shard {
         let Some(stream) = self.streams.get_mut(key) else {
             return;
         };
-        let Some(client) = self.clients.get(stream.conn()) else {
+        let Some(client) = self.clients.get_mut(stream.conn()) else {
             return;
         };
         if client.closing || client.handed {
             return;
         }
+        let serial = client.serial;
+        let Some(lane) = client.lane(key) else {
+            return;
+        };
         let Some(replay) = stream.replay_mut() else {
             return;
         };
@@ -158,15 +162,8 @@ impl Shard {
             .iter()
             .filter_map(|membership| self.topics.name(membership).cloned())
             .collect();
-        let room = self
-            .config
-            .client_buffer
-            .saturating_sub(client.outbox.queued_bytes())
-            .max(1);
-        let ticket = Ticket {
-            key,
-            serial: client.serial,
-        };
+        let room = lane.room(Bounds::both(self.config.client_buffer)).max(1);
+        let ticket = Ticket { key, serial };
         self.broker
             .replay(&self.hub, self.id, ticket, &names, cursor, room);
     }
@@ -207,13 +204,16 @@ impl Shard {
         let more = stream.replay().is_some();
         if let Some(reset) = batch.reset {
             self.counters.add(Stat::ResetNotices, 1);
-            self.queue(conn, reset);
+            self.queue_for(ticket.key, conn, reset);
         }
         self.counters.add(Stat::Replayed, batch.frames.len() as u64);
         for frame in batch.frames {
-            self.queue(conn, frame);
+            self.queue_for(ticket.key, conn, frame);
         }
-        if more && self.clients[conn].outbox.queued_bytes() < self.config.client_buffer / 2 {
+        let waiting = self.clients[conn]
+            .lane(ticket.key)
+            .map_or(usize::MAX, |lane| lane.queued());
+        if more && waiting < self.config.client_buffer / 2 {
             self.continue_replay(ticket.key);
         }
     }
@@ -271,22 +271,28 @@ impl Shard {
     /// Queues a keep-alive comment to every stream that had nothing queued since the last check.
     pub(super) fn send_keepalives(&mut self) {
         let frame = Bytes::from_static(sse::KEEPALIVE);
-        let limit = self.config.client_buffer;
+        let bounds = Bounds::both(self.config.client_buffer);
         let mut sent = 0;
         for (key, client) in self.clients.iter_mut() {
-            if !matches!(client.phase, Phase::Streaming(_)) {
+            let Phase::Streaming(protocol) = client.phase else {
                 continue;
-            }
+            };
             if std::mem::replace(&mut client.active, false) || client.closing || client.handed {
                 continue;
             }
-            if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {
-                sent += 1;
-                self.counters.add(Stat::QueuedBytes, frame.len() as u64);
-                if !client.pending {
-                    client.pending = true;
-                    self.pending.push(key as u32);
+            let mut queued = false;
+            for s in protocol.streams() {
+                if let Some(mut lane) = client.lane(s) {
+                    if lane.push_bounded(frame.clone(), bounds) {
+                        queued = true;
+                        sent += 1;
+                        self.counters.add(Stat::QueuedBytes, frame.len() as u64);
+                    }
                 }
+            }
+            if queued && !client.pending {
+                client.pending = true;
+                self.pending.push(key as u32);
             }
         }
         self.counters.add(Stat::KeepalivesSent, sent);
