@@ -1,4 +1,5 @@
-//! One reactor: a mio `Poll`, a listener, a slab of clients, and the loop that drives them.
+//! One reactor: a mio `Poll`, a listener, a slab of connections and one of the streams they
+//! carry, and the loop that drives them.
 //! This is the only file that calls `poll()`.
 //!
 //! # The OS contract
