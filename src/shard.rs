@@ -768,13 +768,13 @@ impl Shard {
             self.broker.replay_over(self.id, Ticket { key, serial });
         }
         let mut left: Vec<Arc<str>> = Vec::new();
-        for membership in stream.subs.iter() {
+        for membership in stream.topics() {
             let gone = self.topics.leave(membership, key);
             left.extend(gone.name);
             // The topic's last subscriber took the freed slot: tell it where it sits now.
             if let Some((other, old, new)) = gone.moved {
                 if let Some(s) = self.streams.get_mut(other) {
-                    s.subs.relocate(old, new);
+                    s.relocate(old, new);
                 }
             }
         }

@@ -30,23 +30,37 @@ use crate::event_id::EventId;
 use crate::history::Cursor;
 use crate::outbox::Outbox;
 use crate::sse;
-use crate::topics::Subs;
+use crate::topics::{Membership, Subs};
 
 /// One event stream: its subscription, replay position and loss record, and the connection
 /// that carries it. It does not know which protocol that connection speaks.
 #[derive(Debug)]
 pub struct Stream {
+    /// Its first topic: the shard's topic index and this stream's slot in its subscriber
+    /// list, so that leaving is O(1) ([`NO_TOPIC`] for a stream on none).
+    first: Membership,
+    /// What a stream on one topic that is live and keeps up (nearly all of them) does not
+    /// have: further topics, a replay, losses. One pointer for all of them.
+    more: Option<Box<More>>,
+    /// When its token expires (unix seconds), with `--subscribe-jwt`. Four bytes beside
+    /// `conn`: a stream without a token pays nothing more for it.
+    pub expires: Option<NonZeroU32>,
     /// The connection that carries it (set by the shard as it opens it).
     conn: ConnKey,
-    /// For each topic carried: the shard's topic index and this stream's slot in its
-    /// subscriber list, so that leaving is O(1) per topic.
-    pub subs: Subs,
-    /// Its replay and its losses, when it has either: one box for both, since a stream that
-    /// is live and keeps up (nearly all of them) has neither.
+}
+
+/// The membership of a stream on no topic (one handed over with none): no topic has this
+/// index, so leaving it changes nothing.
+const NO_TOPIC: Membership = (u32::MAX, u32::MAX);
+
+/// A stream's further topics and its replay and losses. A stream on several topics keeps
+/// this box for good; a stream on one has it only while it replays or loses.
+#[derive(Debug, Default)]
+struct More {
+    /// Its topics beyond the first (a boxed slice: no allocation when there are none).
+    topics: Box<[Membership]>,
+    /// Its replay and its losses, when it has either: one box for both.
     behind: Option<Box<Behind>>,
-    /// When its token expires (unix seconds), with `--subscribe-jwt`. Four bytes that fit in
-    /// the struct's padding: a stream without a token pays nothing for it.
-    pub expires: Option<NonZeroU32>,
 }
 
 /// The slab key of a stream's connection, kept plus one: a `NonZeroU32` gives the stream a
@@ -204,22 +218,71 @@ pub enum Offer {
 }
 
 impl Stream {
-    /// A new stream, replaying from `replay` when given.
+    /// A new stream on the topics of `subs`, replaying from `replay` when given.
     pub fn new(subs: Subs, replay: Option<Cursor>) -> Stream {
+        let (first, topics): (Membership, Box<[Membership]>) = match subs {
+            Subs::One(one) => (one, Box::default()),
+            Subs::Many(many) => match many.split_first() {
+                Some((first, rest)) => (*first, rest.into()),
+                None => (NO_TOPIC, Box::default()),
+            },
+        };
+        let behind = replay.map(|cursor| {
+            Box::new(Behind {
+                replay: Some(Replay {
+                    cursor,
+                    asked: false,
+                }),
+                loss: None,
+            })
+        });
+        let more =
+            (!topics.is_empty() || behind.is_some()).then(|| Box::new(More { topics, behind }));
         Stream {
-            conn: ConnKey::new(0),
-            subs,
-            behind: replay.map(|cursor| {
-                Box::new(Behind {
-                    replay: Some(Replay {
-                        cursor,
-                        asked: false,
-                    }),
-                    loss: None,
-                })
-            }),
+            first,
+            more,
             expires: None,
+            conn: ConnKey::new(0),
         }
+    }
+
+    /// Every topic it carries, as its membership there.
+    pub fn topics(&self) -> impl Iterator<Item = Membership> + '_ {
+        let rest = self.more.as_ref().map_or(&[][..], |m| &m.topics[..]);
+        std::iter::once(self.first)
+            .filter(|&m| m != NO_TOPIC)
+            .chain(rest.iter().copied())
+    }
+
+    /// Replaces membership `old` with `new` (the topic moved this stream to another slot).
+    pub fn relocate(&mut self, old: Membership, new: Membership) {
+        if self.first == old {
+            self.first = new;
+        } else if let Some(m) = self
+            .more
+            .as_mut()
+            .and_then(|more| more.topics.iter_mut().find(|m| **m == old))
+        {
+            *m = new;
+        }
+    }
+
+    /// Its replay and losses, if it has either.
+    fn behind(&self) -> Option<&Behind> {
+        self.more.as_ref().and_then(|m| m.behind.as_deref())
+    }
+
+    /// Its replay and losses, to change them, if it has either.
+    fn behind_mut(&mut self) -> Option<&mut Behind> {
+        self.more.as_mut().and_then(|m| m.behind.as_deref_mut())
+    }
+
+    /// Its replay and losses, made if it had neither.
+    fn behind_or_new(&mut self) -> &mut Behind {
+        self.more
+            .get_or_insert_default()
+            .behind
+            .get_or_insert_default()
     }
 
     /// The slab key of the connection that carries it.
@@ -234,17 +297,17 @@ impl Stream {
 
     /// Where its replay stands, while it replays.
     pub fn replay(&self) -> Option<&Replay> {
-        self.behind.as_ref().and_then(|b| b.replay.as_ref())
+        self.behind().and_then(|b| b.replay.as_ref())
     }
 
     /// Where its replay stands, to move it on.
     pub fn replay_mut(&mut self) -> Option<&mut Replay> {
-        self.behind.as_mut().and_then(|b| b.replay.as_mut())
+        self.behind_mut().and_then(|b| b.replay.as_mut())
     }
 
     /// The replay is over: the stream is live from here.
     pub fn end_replay(&mut self) {
-        if let Some(b) = &mut self.behind {
+        if let Some(b) = self.behind_mut() {
             b.replay = None;
         }
         self.tidy();
@@ -252,22 +315,28 @@ impl Stream {
 
     /// What it lost and has not caught up from.
     pub fn loss(&self) -> Option<&Loss> {
-        self.behind.as_ref().and_then(|b| b.loss.as_ref())
+        self.behind().and_then(|b| b.loss.as_ref())
     }
 
     /// Takes over a loss record (from the node's previous process).
     pub fn set_loss(&mut self, loss: Loss) {
-        self.behind.get_or_insert_default().loss = Some(loss);
+        self.behind_or_new().loss = Some(loss);
     }
 
-    /// Frees the box once it holds nothing.
+    /// Frees the boxes once they hold nothing.
     fn tidy(&mut self) {
-        if self
+        let Some(more) = &mut self.more else {
+            return;
+        };
+        if more
             .behind
             .as_ref()
             .is_some_and(|b| b.replay.is_none() && b.loss.is_none())
         {
-            self.behind = None;
+            more.behind = None;
+        }
+        if more.behind.is_none() && more.topics.is_empty() {
+            self.more = None;
         }
     }
 
@@ -288,7 +357,7 @@ impl Stream {
         slow_after: Duration,
     ) -> Offer {
         // A stream with a box is replaying or losing (the box goes when both are over).
-        let losing = match &mut self.behind {
+        let losing = match self.more.as_mut().and_then(|m| m.behind.as_deref_mut()) {
             None => None,
             Some(behind) if behind.replay.is_some() => return Offer::Skipped,
             Some(behind) => behind.loss.as_mut(),
@@ -339,14 +408,10 @@ impl Stream {
     /// Records `count` events `from..=to` as lost without offering them (the shard was not
     /// sent them): the next frame that fits goes out behind a `gap` notice.
     pub fn lose(&mut self, from: EventId, to: EventId, count: u64, now: Instant) {
-        let loss = self
-            .behind
-            .get_or_insert_default()
-            .loss
-            .get_or_insert(Loss {
-                gap: None,
-                since: now,
-            });
+        let loss = self.behind_or_new().loss.get_or_insert(Loss {
+            gap: None,
+            since: now,
+        });
         match &mut loss.gap {
             Some(gap) => {
                 gap.from = gap.from.min(from);
@@ -367,7 +432,7 @@ impl Stream {
     /// up. A loss already announced is forgotten; one still pending restarts its clock (the
     /// notice goes with the next frame).
     pub fn on_drained(&mut self, now: Instant) {
-        let Some(behind) = &mut self.behind else {
+        let Some(behind) = self.behind_mut() else {
             return;
         };
         if let Some(loss) = &mut behind.loss {
@@ -558,10 +623,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_keeps_its_first_topic_inline_and_the_others_boxed() {
+        let one = Stream::new(Subs::new(vec![(1, 2)]), None);
+        assert!(one.more.is_none(), "one topic, live: nothing on the heap");
+        assert_eq!(one.topics().collect::<Vec<_>>(), [(1, 2)]);
+        let mut three = Stream::new(Subs::new(vec![(1, 2), (3, 4), (5, 6)]), None);
+        three.relocate((3, 4), (3, 0));
+        three.relocate((1, 2), (1, 7));
+        three.relocate((9, 9), (9, 0)); // not one of its own: nothing changes
+        assert_eq!(three.topics().collect::<Vec<_>>(), [(1, 7), (3, 0), (5, 6)]);
+        // Losing and catching up leaves the further topics' box in place.
+        three.lose(EventId::local(1), EventId::local(1), 1, Instant::now());
+        let mut q = Outbox::default();
+        offer(&mut three, &mut q, 2, 20, Instant::now());
+        drain(&mut q);
+        three.on_drained(Instant::now());
+        assert!(three.loss().is_none());
+        assert_eq!(three.topics().count(), 3);
+        let none = Stream::new(Subs::new(Vec::new()), None);
+        assert_eq!(none.topics().count(), 0);
+    }
+
+    #[test]
     fn a_token_expiry_costs_a_stream_no_bytes() {
-        // subs (16: one topic inline) + behind (8: null when live and keeping up) + expires
-        // (4) + conn (4) = 32: the expiry lives in what would be padding beside `conn`.
-        assert_eq!(std::mem::size_of::<Stream>(), 32);
+        // first topic (8) + more (8: null on one topic, live and keeping up) + expires (4) +
+        // conn (4) = 24: the expiry lives in what would be padding beside `conn`.
+        assert_eq!(std::mem::size_of::<Stream>(), 24);
     }
 
     #[test]
@@ -576,14 +663,14 @@ mod tests {
         );
         s.lose(EventId::local(1), EventId::local(1), 1, now);
         s.end_replay();
-        assert!(s.behind.is_some(), "the loss is still owed");
+        assert!(s.behind().is_some(), "the loss is still owed");
         assert!(matches!(
             offer(&mut s, &mut q, 2, 20, now),
             Offer::Queued(_)
         ));
         drain(&mut q);
         s.on_drained(now);
-        assert!(s.behind.is_none());
+        assert!(s.behind().is_none() && s.more.is_none());
     }
 
     #[test]

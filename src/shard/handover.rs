@@ -425,8 +425,7 @@ fn in_progress(client: &Client) -> bool {
 /// A stream's state, for its successor.
 fn describe(stream: &Stream, topics: &Topics, last_id: EventId, now: Instant) -> StreamState {
     let names = stream
-        .subs
-        .iter()
+        .topics()
         .filter_map(|m| topics.name(m).map(|n| n.to_string()))
         .collect();
     let (after, announced, replaying) = match stream.replay() {

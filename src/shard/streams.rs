@@ -158,8 +158,7 @@ impl Shard {
         }
         let cursor = replay.cursor.clone();
         let names: Vec<Arc<str>> = stream
-            .subs
-            .iter()
+            .topics()
             .filter_map(|membership| self.topics.name(membership).cloned())
             .collect();
         let room = lane.room(Bounds::both(self.config.client_buffer)).max(1);
