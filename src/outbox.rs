@@ -103,7 +103,9 @@ impl Outbox {
 
     /// Whether `len` more bytes may be queued under `limit` (always, into an empty queue).
     pub fn fits(&self, len: usize, limit: usize) -> bool {
-        self.is_empty() || self.queued_bytes().saturating_add(len) <= limit
+        // Nothing queued is zero bytes queued: no frame in the queue is empty.
+        let queued = self.queued_bytes();
+        queued == 0 || queued.saturating_add(len) <= limit
     }
 
     /// Queues `frame` whatever its size (HTTP responses and stream heads, which must not be lost).

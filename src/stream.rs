@@ -175,9 +175,15 @@ impl<'a> Lane<'a> {
 
     /// Whether `len` more bytes fit under both bounds (always into an empty queue).
     pub fn fits(&self, len: usize, bounds: Bounds) -> bool {
-        let own = self.queued();
-        (own == 0 || own.saturating_add(len) <= bounds.stream)
-            && self.outbox.fits(len, bounds.connection)
+        match &self.own {
+            // Alone, its bytes are the outbox's: the two bounds are one, the smaller (the
+            // per-event path of HTTP/1.1: one look at the queue, as before there were two).
+            None => self.outbox.fits(len, bounds.stream.min(bounds.connection)),
+            Some(own) => {
+                (**own == 0 || own.saturating_add(len) <= bounds.stream)
+                    && self.outbox.fits(len, bounds.connection)
+            }
+        }
     }
 
     /// How many more bytes fit under both bounds (none once either is reached).
