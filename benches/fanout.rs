@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sse_edge::delivery::outbox::Outbox;
-use sse_edge::delivery::stream::Stream;
+use sse_edge::delivery::stream::{Bounds, Lane, Stream};
 use sse_edge::delivery::topics::Subs;
 use sse_edge::wire::event_id::EventId;
 use sse_edge::wire::sse::encode_event;
@@ -34,11 +34,11 @@ fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> u
     let mut queued = 0;
     for s in subs.iter_mut() {
         let offer = s.stream.offer(
-            &mut s.outbox,
+            &mut Lane::alone(&mut s.outbox),
             EventId::local(id),
             None,
             frame,
-            65536,
+            Bounds::both(65536),
             now,
             std::time::Duration::MAX,
         );

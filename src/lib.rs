@@ -6,8 +6,11 @@
 //! ## Architecture
 //!
 //! A node runs one or more **shards** ([`node::shard`]). Each shard is a thread with its own
-//! mio `Poll`, its own `SO_REUSEPORT` listener ([`node::listener`]) and its own slab of
-//! connections ([`node::client`]); the kernel spreads new connections over the listeners.
+//! mio `Poll`, its own `SO_REUSEPORT` listener ([`node::listener`]), its own slab of
+//! connections ([`node::client`]) and, beside it, a slab of the event streams they carry
+//! ([`delivery::stream`]): the topic index and the fan-out address streams, and each stream
+//! names its connection (over HTTP/1.1 a connection carries one). The kernel spreads new
+//! connections over the listeners.
 //! Shards share only the [`delivery::hub`], a small lock taken once per published event
 //! (never per client), and the [`broker`]: the embedded one (ids from the node's counter), or
 //! cluster mode, where a publisher thread appends to a Redis Stream and a reader thread brings

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use sse_edge::delivery::outbox::Outbox;
-use sse_edge::delivery::stream::{Offer, Stream};
+use sse_edge::delivery::stream::{Bounds, Lane, Offer, Stream};
 use sse_edge::delivery::topics::{Subs, Topics};
 use sse_edge::wire::event_id::EventId;
 use sse_edge::wire::sse::encode_event;
@@ -169,11 +169,11 @@ fn offer(
     now: Instant,
 ) -> Offer {
     stream.offer(
-        outbox,
+        &mut Lane::alone(outbox),
         EventId::local(id),
         None,
         frame,
-        limit,
+        Bounds::both(limit),
         now,
         Duration::MAX,
     )

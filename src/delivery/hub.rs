@@ -49,11 +49,12 @@ pub struct Delivery {
     pub frame: Bytes,
 }
 
-/// Which request an answer belongs to: a slab key and the connection's serial there (a key
-/// is reused once its connection is gone; an answer for the old one is dropped).
+/// Which request an answer belongs to: a slab key in its shard (a publishing connection's,
+/// or a replaying stream's) and the serial of the connection there (a key is reused once its
+/// connection is gone; an answer for the old one is dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket {
-    /// The connection's slab key in its shard.
+    /// The connection's slab key in its shard, or for a replay the stream's.
     pub key: usize,
     /// The connection's serial number in its shard.
     pub serial: u32,

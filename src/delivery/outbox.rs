@@ -7,15 +7,15 @@
 //!
 //! # What an idle stream keeps
 //!
-//! Nothing on the heap. The front frame lives inline: a stream that keeps up has at most one
-//! frame queued at a time (an event, written in the same turn), so it never needs more.
-//! Frames behind the front go into a queue allocated the first time two wait at once (a
-//! burst, a replay, a stream head with a notice behind it) and kept while the stream keeps
-//! needing it, so a busy stream allocates once, not per frame or per turn. The shard asks
-//! every queue it knows of, a few times a second, whether a frame waited in it since it last
-//! asked ([`Outbox::release_unused`]); one that stayed empty all that while is freed. So the
-//! memory a burst or a replay needed is back within two of those periods after it drained,
-//! whatever the keep-alive period.
+//! Nothing on the heap. One frame lives inline: a stream that keeps up has at most one frame
+//! queued at a time (an event, written in the same turn), so it never needs more. The first
+//! time two wait at once (a burst, a replay, a stream head with a notice behind it) the
+//! frames move into a queue allocated then, and kept while the stream keeps needing it, so a
+//! busy stream allocates once, not per frame or per turn. The shard asks every queue it knows
+//! of, a few times a second, whether a frame waited behind the front since it last asked
+//! ([`Outbox::release_unused`]); one where none did all that while is freed (its front frame,
+//! if any, goes back inline). So the memory a burst or a replay needed is back within two of
+//! those periods after it drained, whatever the keep-alive period.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -27,24 +27,36 @@ use bytes::{Buf, Bytes};
 pub const MAX_IOV: usize = 64;
 
 /// Bytes waiting to be written to one socket.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    /// The next frame to write, perhaps partly written already. None means nothing is queued
-    /// (then `rest` is empty too).
-    front: Option<Bytes>,
-    /// Frames behind the front: boxed, so a client carries 8 bytes for a queue most streams
-    /// never need (one allocation per burst).
-    rest: Option<Box<Rest>>,
+#[derive(Debug)]
+pub struct Outbox(Queue);
+
+/// Where the frames wait: inline while there is at most one, or in a queue of their own. One
+/// enum, not a front slot beside a queue pointer, so an outbox is one `Bytes` wide (32):
+/// the queue's pointer hides in the niche of the inline frame.
+#[derive(Debug)]
+enum Queue {
+    /// At most one frame, perhaps partly written already; an empty `Bytes` (static, no
+    /// allocation) when nothing is queued.
+    One(Bytes),
+    /// Frames in order, front first, in storage a burst allocated (kept while used).
+    Many(Box<Rest>),
 }
 
-/// The frames behind the front, and their bytes.
+/// A queue of frames, and their bytes.
 #[derive(Debug, Default)]
 struct Rest {
     frames: VecDeque<Bytes>,
+    /// Bytes of every frame, the front's unwritten part only.
     bytes: usize,
-    /// A frame was queued here since the last [`Outbox::release_unused`]: the stream still
-    /// needs the queue.
+    /// A frame was queued behind the front since the last [`Outbox::release_unused`]: the
+    /// stream still needs the queue.
     used: bool,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox(Queue::One(Bytes::new()))
+    }
 }
 
 /// What happened to a frame offered to a bounded queue.
@@ -91,7 +103,9 @@ impl Outbox {
 
     /// Whether `len` more bytes may be queued under `limit` (always, into an empty queue).
     pub fn fits(&self, len: usize, limit: usize) -> bool {
-        self.is_empty() || self.queued_bytes().saturating_add(len) <= limit
+        // Nothing queued is zero bytes queued: no frame in the queue is empty.
+        let queued = self.queued_bytes();
+        queued == 0 || queued.saturating_add(len) <= limit
     }
 
     /// Queues `frame` whatever its size (HTTP responses and stream heads, which must not be lost).
@@ -99,20 +113,32 @@ impl Outbox {
         if frame.is_empty() {
             return;
         }
-        if self.front.is_none() {
-            self.front = Some(frame);
-        } else {
-            let rest = self.rest.get_or_insert_default();
-            rest.bytes += frame.len();
-            rest.used = true;
-            rest.frames.push_back(frame);
+        match &mut self.0 {
+            Queue::One(front) if front.is_empty() => *front = frame,
+            Queue::One(front) => {
+                // A second frame waits behind the front: the queue is allocated, once.
+                let front = std::mem::take(front);
+                let mut rest = Box::new(Rest {
+                    frames: VecDeque::with_capacity(4),
+                    bytes: front.len() + frame.len(),
+                    used: true,
+                });
+                rest.frames.push_back(front);
+                rest.frames.push_back(frame);
+                self.0 = Queue::Many(rest);
+            }
+            Queue::Many(rest) => {
+                rest.used |= !rest.frames.is_empty();
+                rest.bytes += frame.len();
+                rest.frames.push_back(frame);
+            }
         }
     }
 
     /// Whether it holds storage for frames behind the front (allocated by a burst and not
     /// released yet).
     pub fn holds_queue(&self) -> bool {
-        self.rest.is_some()
+        matches!(self.0, Queue::Many(_))
     }
 
     /// Frees the storage behind the front frame if no frame was queued there since the last
@@ -124,45 +150,81 @@ impl Outbox {
     /// replay, a burst) gives it back at most two periods after it drained. Its next burst
     /// allocates it again.
     pub fn release_unused(&mut self) -> bool {
-        let Some(rest) = &mut self.rest else {
+        let Queue::Many(rest) = &mut self.0 else {
             return false;
         };
-        if std::mem::take(&mut rest.used) || !rest.frames.is_empty() {
+        if std::mem::take(&mut rest.used) || rest.frames.len() > 1 {
             return true;
         }
-        self.rest = None;
+        self.0 = Queue::One(rest.frames.pop_front().unwrap_or_default());
         false
     }
 
     /// How many frames are queued.
     pub fn len(&self) -> usize {
-        usize::from(self.front.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.frames.len())
+        match &self.0 {
+            Queue::One(front) => usize::from(!front.is_empty()),
+            Queue::Many(rest) => rest.frames.len(),
+        }
     }
 
     /// Every queued frame, front first.
     fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.front
-            .iter()
-            .chain(self.rest.iter().flat_map(|rest| rest.frames.iter()))
+        let (one, many) = match &self.0 {
+            Queue::One(front) => (Some(front).filter(|f| !f.is_empty()), None),
+            Queue::Many(rest) => (None, Some(rest.frames.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
-    /// Drops the front frame (written whole); the next one moves up.
-    fn pop_front(&mut self) {
-        self.front = self.rest.as_mut().and_then(|rest| {
-            let next = rest.frames.pop_front()?;
-            rest.bytes -= next.len();
-            Some(next)
-        });
+    /// The next frame to write, if any.
+    fn front(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Queue::One(front) => Some(front).filter(|f| !f.is_empty()),
+            Queue::Many(rest) => rest.frames.front(),
+        }
+    }
+
+    /// Removes `written` bytes from the front frame; returns whether it left whole (and the
+    /// next one moved up). False when nothing is queued.
+    fn advance_front(&mut self, written: usize) -> bool {
+        match &mut self.0 {
+            Queue::One(front) if written >= front.len() => {
+                *front = Bytes::new();
+                true
+            }
+            Queue::One(front) => {
+                front.advance(written);
+                false
+            }
+            Queue::Many(rest) => {
+                let Some(front) = rest.frames.front_mut() else {
+                    return false;
+                };
+                if written >= front.len() {
+                    rest.bytes -= front.len();
+                    rest.frames.pop_front();
+                    true
+                } else {
+                    front.advance(written);
+                    rest.bytes -= written;
+                    false
+                }
+            }
+        }
     }
 
     /// Bytes still to write.
     pub fn queued_bytes(&self) -> usize {
-        self.front.as_ref().map_or(0, Bytes::len) + self.rest.as_ref().map_or(0, |r| r.bytes)
+        match &self.0 {
+            Queue::One(front) => front.len(),
+            Queue::Many(rest) => rest.bytes,
+        }
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.front.is_none()
+        self.front().is_none()
     }
 
     /// Writes queued frames with vectored writes until the queue is empty or `out` would block.
@@ -171,10 +233,10 @@ impl Outbox {
     /// error is returned and the caller closes the client.
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(Flush, Written)> {
         let mut total = Written::default();
-        while let Some(front) = &self.front {
+        while let Some(front) = self.front() {
             // One frame queued is the common case (a healthy stream, one event per turn):
             // a plain write(2) skips the kernel's iovec import that writev(2) pays.
-            let result = if self.rest.as_ref().is_none_or(|rest| rest.frames.is_empty()) {
+            let result = if self.len() == 1 {
                 out.write(front)
             } else {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -222,7 +284,7 @@ impl Outbox {
     /// carries to the next process. One frame is shared, not copied.
     pub fn to_bytes(&self) -> Bytes {
         if self.len() <= 1 {
-            return self.front.clone().unwrap_or_default();
+            return self.front().cloned().unwrap_or_default();
         }
         let mut all = Vec::with_capacity(self.queued_bytes());
         for frame in self.frames() {
@@ -235,15 +297,13 @@ impl Outbox {
     pub fn consume(&mut self, mut written: usize) -> usize {
         let mut completed = 0;
         while written > 0 {
-            let front = self.front.as_mut().expect("wrote more than was queued");
-            if written >= front.len() {
-                written -= front.len();
-                self.pop_front();
+            let front = self.front().map_or(0, Bytes::len);
+            assert!(front > 0, "wrote more than was queued");
+            let step = written.min(front);
+            if self.advance_front(step) {
                 completed += 1;
-            } else {
-                front.advance(written);
-                written = 0;
             }
+            written -= step;
         }
         completed
     }
@@ -401,7 +461,7 @@ mod tests {
         let mut b = Outbox::default();
         a.push(shared.clone());
         b.push(shared.clone());
-        let (fa, fb) = (a.front.as_ref().unwrap(), b.front.as_ref().unwrap());
+        let (fa, fb) = (a.front().unwrap(), b.front().unwrap());
         assert_eq!(fa.as_ptr(), fb.as_ptr());
         assert_eq!(fa.as_ptr(), shared.as_ptr());
     }
@@ -412,7 +472,7 @@ mod tests {
         let mut sink = Vec::new();
         for i in 0..5 {
             q.push(frame(&format!("event {i}")));
-            assert!(q.rest.is_none(), "one frame at a time stays inline");
+            assert!(!q.holds_queue(), "one frame at a time stays inline");
             q.write_to(&mut sink).unwrap();
         }
         // A burst: the queue is allocated once and kept while busy.

@@ -39,8 +39,8 @@ pub struct Left {
     pub moved: Option<(usize, Membership, Membership)>,
 }
 
-/// The topics one stream carries: one inline (most streams carry one topic), more on the
-/// heap. An idle single-topic stream pays no allocation for its subscription.
+/// The topics a stream is opened on: one inline (most streams carry one topic), more on the
+/// heap. A stream keeps the first inline and the others boxed ([`crate::delivery::stream::Stream`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subs {
     /// One topic.

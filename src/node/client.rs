@@ -7,6 +7,13 @@
 //!
 //! A streaming client owns no read buffer: its request buffer is dropped with the `Request`
 //! phase, and later reads into the shard's scratch space only detect EOF or a reset.
+//!
+//! A connection is not a stream. Once it streams, it *carries* streams, which live in a slab
+//! of their own beside the connections ([`crate::delivery::stream::Stream`], each naming its
+//! connection), in the protocol it speaks ([`Protocol`]): HTTP/1.1 carries one stream, the
+//! body of the response to the request that opened it. The fan-out, the topic index and the
+//! timers address streams; the connection owns the socket, the TLS session and the one
+//! outbox its streams share.
 
 use std::io::{self, Read};
 use std::net::Shutdown;
@@ -16,7 +23,7 @@ use mio::net::TcpStream;
 
 use crate::auth::access::StreamGrant;
 use crate::delivery::outbox::{Flush, Outbox, Written};
-use crate::delivery::stream::Stream;
+use crate::delivery::stream::Lane;
 use crate::node::tls::{Scratch, Session, TlsRead};
 use crate::wire::http::RequestParser;
 
@@ -35,6 +42,10 @@ pub struct Client {
     pub writable: bool,
     /// Listed in the shard's pending-flush list.
     pub pending: bool,
+    /// Something was queued for the streams it carries since the last keep-alive check: a
+    /// comment would be redundant (for HTTP/1.1's one stream this is the stream's own state;
+    /// it sits here, in the flags' padding, so that a stream costs no byte for it).
+    pub active: bool,
     /// Listed in the shard's list of outboxes holding a queue behind their front frame,
     /// which are asked periodically to give it back once unused.
     pub queue_listed: bool,
@@ -57,14 +68,36 @@ pub struct Client {
 pub enum Phase {
     /// Reading requests (a new connection, or a keep-alive publisher).
     Request(Box<RequestState>),
-    /// An event stream.
-    Stream(Stream),
+    /// Carrying event streams, in the protocol it speaks.
+    Streaming(Protocol),
     /// The last response is written and our side half-closed; waiting for the peer's EOF
     /// so that closing cannot turn unread input into a reset that destroys the response.
     Linger {
         /// When to close regardless.
         deadline: Instant,
     },
+}
+
+/// What a streaming connection speaks: which streams it carries, and how their frames reach
+/// its outbox. An enum, not a trait object: HTTP/2 adds an arm (many streams, a frame layer
+/// between them and the outbox), never a second fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: one stream, the body of the response to the request that opened it. Its
+    /// frames go into the outbox as they are, so every byte queued after its head is its own.
+    Http1 {
+        /// The stream's key in the shard's slab of streams.
+        stream: u32,
+    },
+}
+
+impl Protocol {
+    /// The slab keys of the streams it carries.
+    pub fn streams(&self) -> impl Iterator<Item = usize> {
+        match *self {
+            Protocol::Http1 { stream } => std::iter::once(stream as usize),
+        }
+    }
 }
 
 /// A connection that is reading requests.
@@ -139,6 +172,7 @@ impl Client {
             // A just-accepted socket has room; a WouldBlock corrects this if not.
             writable: true,
             pending: false,
+            active: false,
             queue_listed: false,
             closing: false,
             close_after_flush: false,
@@ -234,6 +268,18 @@ impl Client {
         }
     }
 
+    /// The way onto this connection for its stream `stream` (a key in the shard's slab of
+    /// streams), as its protocol has it; None if it does not carry that stream.
+    pub fn lane(&mut self, stream: usize) -> Option<Lane<'_>> {
+        match self.phase {
+            // HTTP/1.1: the stream has the connection to itself.
+            Phase::Streaming(Protocol::Http1 { stream: own }) if own as usize == stream => {
+                Some(Lane::alone(&mut self.outbox))
+            }
+            _ => None,
+        }
+    }
+
     /// Half-closes our side after the last response and waits for the peer until `deadline`.
     pub fn start_linger(&mut self, deadline: Instant) {
         self.close_notify();
@@ -279,7 +325,7 @@ impl Client {
         match &self.phase {
             Phase::Request(state) => Some(state.deadline),
             Phase::Linger { deadline } => Some(*deadline),
-            Phase::Stream(_) => None,
+            Phase::Streaming(_) => None,
         }
     }
 }
@@ -287,23 +333,46 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::outbox::Outbox;
+    use crate::delivery::stream::Stream;
     use std::mem::size_of;
 
-    /// Every byte of a stream's slab entry, accounted for (BENCHMARKS.md, "Where an idle
-    /// stream's bytes go"). Growing any of these is a decision, not an accident.
+    /// A slot of a `slab::Slab<T>`, laid out as the slab crate declares it (its type is
+    /// private): what one connection or stream costs in its slab.
+    #[allow(dead_code)] // never built: only measured
+    enum SlabEntry<T> {
+        Vacant(usize),
+        Occupied(T),
+    }
+
+    /// Every byte an idle HTTP/1.1 stream costs in its shard's tables, accounted for
+    /// (BENCHMARKS.md, "Where an idle stream's bytes go"): its connection's slab entry, its
+    /// stream's slab entry, and its 4-byte slots in its topic's subscriber list and in the
+    /// pending list. Growing any of these is a decision, not an accident.
     #[test]
-    fn a_stream_fits_its_budget() {
-        // The outbox: the inline front frame (32, a `Bytes`) and the queue behind it (8, null
-        // unless frames wait behind the front).
-        assert_eq!(size_of::<Outbox>(), 40);
-        // A stream (see stream.rs): 32. The phase enum keeps its tag in the stream's spare
-        // bits, so it costs nothing more.
-        assert_eq!(size_of::<Stream>(), 32);
-        assert_eq!(size_of::<Phase>(), 32);
-        // The client: socket (4: a descriptor) + serial (4) + seven flags (7, padded to 8) +
-        // the TLS session pointer (8, null for plain TCP) + outbox (40) + phase (32) = 96.
+    fn a_stream_and_its_connection_fit_their_budget() {
+        // The outbox: one frame inline (32, a `Bytes`), or the pointer to a queue when frames
+        // wait behind the front, in the frame's niche (outbox.rs).
+        assert_eq!(size_of::<Outbox>(), 32);
+        // The phase: a request's box (8), a lingering deadline (16), or the protocol of the
+        // streams it carries (4: HTTP/1.1's one stream key); the tag sits in the deadline's
+        // spare bits.
+        assert_eq!(size_of::<Protocol>(), 4);
+        assert_eq!(size_of::<Phase>(), 16);
+        // The connection: socket (4: a descriptor) + serial (4) + eight flags (8) + the TLS session pointer (8, null for plain TCP) + outbox (32) + phase (16) = 72.
         // Debug builds of mio keep a selector id beside the descriptor (12 bytes more).
         let debug_extra = (size_of::<TcpStream>() - 4).next_multiple_of(8);
-        assert_eq!(size_of::<Client>(), 96 + debug_extra);
+        assert_eq!(size_of::<SlabEntry<Client>>(), 72 + debug_extra);
+        // The stream (see stream.rs): 24; its connection's key gives it a niche, so a slab
+        // slot is no larger.
+        assert_eq!(size_of::<SlabEntry<Stream>>(), 24);
+        // Its slots in its topic's subscriber list and in the pending list (u32 keys).
+        let slots = 4 + 4;
+        // 104: what an idle stream's tables cost when the connection's entry held the stream
+        // (a 96-byte entry and the same two slots).
+        assert_eq!(
+            size_of::<SlabEntry<Client>>() - debug_extra + size_of::<SlabEntry<Stream>>() + slots,
+            104
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! One reactor: a mio `Poll`, a listener, a slab of clients, and the loop that drives them.
+//! One reactor: a mio `Poll`, a listener, a slab of connections and one of the streams they
+//! carry, and the loop that drives them.
 //! This is the only file that calls `poll()`.
 //!
 //! # The OS contract
@@ -82,11 +83,11 @@ use crate::auth::jwt::Trust;
 use crate::broker::Broker;
 use crate::delivery::admission::{Admitted, Quota, Refusal};
 use crate::delivery::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
-use crate::delivery::outbox::{Push, Written};
-use crate::delivery::stream::{Offer, Stream};
+use crate::delivery::outbox::Written;
+use crate::delivery::stream::{Bounds, Offer, Stream};
 use crate::delivery::topics::{Subs, Topics};
 use crate::node::client::Awaiting;
-use crate::node::client::{Client, Phase, ReadStatus, WriteStatus};
+use crate::node::client::{Client, Phase, Protocol, ReadStatus, WriteStatus};
 use crate::node::config::Config;
 use crate::node::guard::{self, Contained};
 use crate::node::metrics::{self, Counters, ShardStats, Stat};
@@ -196,6 +197,9 @@ pub(crate) struct Shard {
     counters: Counters,
     node: Arc<Node>,
     clients: Slab<Client>,
+    /// The streams the connections carry, addressed on their own: the topic index, the
+    /// fan-out, replay steps and token expiries name streams by their key here.
+    streams: Slab<Stream>,
     topics: Topics,
     /// Clients with output queued and not yet flushed this turn (slab keys, 4 bytes each:
     /// after a broadcast this list has held every stream).
@@ -215,9 +219,9 @@ pub(crate) struct Shard {
     /// connection (lingering connections, deadlines moved later), lowered as the heap
     /// shrinks: an estimate of the live entries that `requesting_now` does not count.
     deadlines_other: usize,
-    /// When streams are closed because their token expires, as (when, key, serial),
-    /// earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry in this
-    /// heap is all a token's expiry costs beyond the stream's own 4 bytes.
+    /// When streams are closed because their token expires, as (when, stream key, serial of
+    /// its connection), earliest first, "when" in [`TICK`]s since `started`: a 12-byte entry
+    /// in this heap is all a token's expiry costs beyond the stream's own 4 bytes.
     expiries: BinaryHeap<Reverse<(u32, u32, u32)>>,
     /// When the shard started: the origin of `expiries`' times.
     started: Instant,
@@ -247,7 +251,8 @@ pub(crate) struct Shard {
     storm: Option<accept::Storm>,
     /// Serial of the last connection accepted (tells a reused slab key from its old owner).
     serial: u32,
-    /// The address key each stream was counted under, with --max-streams-per-ip only.
+    /// The address key each stream (by its key) was counted under, with --max-streams-per-ip
+    /// only.
     addresses: HashMap<usize, u64>,
     /// When shard 0 next forgets idle topics.
     next_forget: Option<Instant>,
@@ -319,6 +324,7 @@ impl Shard {
             // (128 KiB): their memory is then mapped, untouched pages cost nothing, and
             // growing remaps it instead of leaving each outgrown copy behind in the heap.
             clients: Slab::with_capacity(BIG / std::mem::size_of::<Client>() + 1),
+            streams: Slab::with_capacity(BIG / std::mem::size_of::<Stream>() + 1),
             topics: Topics::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
@@ -508,7 +514,7 @@ impl Shard {
         let client = &mut self.clients[key];
         match client.phase {
             Phase::Request(_) => self.serve_requests(key),
-            Phase::Stream(_) | Phase::Linger { .. } => {
+            Phase::Streaming(_) | Phase::Linger { .. } => {
                 if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
                     self.close(key);
                 }
@@ -543,6 +549,16 @@ impl Shard {
         self.counters.add(Stat::QueuedBytes, bytes.len() as u64);
         self.clients[key].outbox.push(bytes);
         self.mark_pending(key);
+    }
+
+    /// Queues bytes of stream `stream` that must not be dropped (its notices, replayed
+    /// frames) onto its connection `conn`, and marks `conn` pending.
+    fn queue_for(&mut self, stream: usize, conn: usize, bytes: Bytes) {
+        if let Some(mut lane) = self.clients[conn].lane(stream) {
+            self.counters.add(Stat::QueuedBytes, bytes.len() as u64);
+            lane.push(bytes);
+            self.mark_pending(conn);
+        }
     }
 
     fn mark_pending(&mut self, key: usize) {
@@ -606,17 +622,25 @@ impl Shard {
                 self.queues.push((key as u32, client.serial));
                 self.next_release.get_or_insert(self.now + RELEASE_PERIOD);
             }
-            if let Phase::Stream(stream) = &mut client.phase {
-                if client.outbox.is_empty() {
-                    stream.on_drained(self.now);
-                }
-                // A replay goes on once half the queue's room is free again, so it never
-                // holds more than --client-buffer and the socket always has the next part.
-                if stream.replay().is_some_and(|r| !r.asked)
-                    && !client.closing
-                    && client.outbox.queued_bytes() < self.config.client_buffer / 2
-                {
-                    replays.push(key);
+            if let Phase::Streaming(protocol) = client.phase {
+                let closing = client.closing;
+                for s in protocol.streams() {
+                    let (Some(stream), Some(lane)) = (self.streams.get_mut(s), client.lane(s))
+                    else {
+                        continue;
+                    };
+                    let waiting = lane.queued();
+                    if waiting == 0 {
+                        stream.on_drained(self.now);
+                    }
+                    // A replay goes on once half its queue's room is free again, so it never
+                    // holds more than --client-buffer and the socket always has the next part.
+                    if stream.replay().is_some_and(|r| !r.asked)
+                        && !closing
+                        && waiting < self.config.client_buffer / 2
+                    {
+                        replays.push(s);
+                    }
                 }
             }
             // A request connection stops reading while RESPONSE_BACKLOG bytes wait for its
@@ -642,8 +666,8 @@ impl Shard {
         for key in resume {
             self.serve_requests(key);
         }
-        for key in replays {
-            self.continue_replay(key);
+        for stream in replays {
+            self.continue_replay(stream);
         }
     }
 
@@ -674,6 +698,14 @@ impl Shard {
                 queues.shrink_to(queues.len() * 2);
             }
             self.next_release = Some(self.now + RELEASE_PERIOD);
+        }
+    }
+
+    /// Makes room for one more stream, as [`Shard::room_for_a_client`] does for connections.
+    fn room_for_a_stream(&mut self) {
+        if self.streams.len() == self.streams.capacity() {
+            let step = (self.streams.capacity() / 8).max(BIG / std::mem::size_of::<Stream>());
+            self.streams.reserve_exact(step);
         }
     }
 
@@ -715,28 +747,34 @@ impl Shard {
             self.counters
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
-            if let Phase::Stream(stream) = client.phase {
-                self.stream_ended(key, client.serial, stream);
-            } else {
-                debug!(shard = self.id, key, "connection closed");
+            match client.phase {
+                Phase::Streaming(protocol) => {
+                    for s in protocol.streams() {
+                        if let Some(stream) = self.streams.try_remove(s) {
+                            self.stream_ended(s, client.serial, stream);
+                        }
+                    }
+                }
+                _ => debug!(shard = self.id, key, "connection closed"),
             }
         }
     }
 
-    /// A stream is over (its connection closes, or it is told its token expired): it leaves
-    /// its topics and gives back its place in the quotas, and what a replay kept for it.
+    /// Stream `key` is over and out of the slab (its connection closes, or it is told its
+    /// token expired; `serial` is its connection's): it leaves its topics and gives back its
+    /// place in the quotas, and what a replay kept for it.
     fn stream_ended(&mut self, key: usize, serial: u32, stream: Stream) {
         if stream.replay().is_some() {
             self.broker.replay_over(self.id, Ticket { key, serial });
         }
         let mut left: Vec<Arc<str>> = Vec::new();
-        for membership in stream.subs.iter() {
+        for membership in stream.topics() {
             let gone = self.topics.leave(membership, key);
             left.extend(gone.name);
             // The topic's last subscriber took the freed slot: tell it where it sits now.
             if let Some((other, old, new)) = gone.moved {
-                if let Some(Phase::Stream(s)) = self.clients.get_mut(other).map(|c| &mut c.phase) {
-                    s.subs.relocate(old, new);
+                if let Some(s) = self.streams.get_mut(other) {
+                    s.relocate(old, new);
                 }
             }
         }
@@ -761,7 +799,7 @@ fn owed_an_answer(client: &Client) -> bool {
                 || state.parser.head().is_some()
                 || state.awaiting.is_some()
         }
-        Phase::Stream(_) | Phase::Linger { .. } => false,
+        Phase::Streaming(_) | Phase::Linger { .. } => false,
     }
 }
 

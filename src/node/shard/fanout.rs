@@ -15,10 +15,11 @@ impl Shard {
                 self.id
             );
         }
-        let limit = self.config.client_buffer;
+        let bounds = Bounds::both(self.config.client_buffer);
         let slow_after = self.config.slow_client_period();
         let Shard {
             topics,
+            streams,
             clients,
             pending,
             closing,
@@ -29,31 +30,38 @@ impl Shard {
         let (mut queued, mut bytes, mut dropped, mut notices, mut too_slow, mut peak) =
             (0, 0, 0, 0, 0, 0);
         for key in topics.subscribers(&delivery.topic) {
-            let client = &mut clients[key];
-            let Phase::Stream(stream) = &mut client.phase else {
+            let Some(stream) = streams.get_mut(key) else {
+                continue;
+            };
+            let conn = stream.conn();
+            let Some(client) = clients.get_mut(conn) else {
                 continue;
             };
             if client.closing {
                 continue;
             }
+            let Some(mut lane) = client.lane(key) else {
+                continue;
+            };
             let frame = &delivery.frame;
             match stream.offer(
-                &mut client.outbox,
+                &mut lane,
                 delivery.id,
                 delivery.epoch.as_deref(),
                 frame,
-                limit,
+                bounds,
                 *now,
                 slow_after,
             ) {
                 Offer::Queued(n) => {
                     queued += 1;
+                    client.active = true;
                     bytes += n;
                     notices += usize::from(n > frame.len());
                     peak = peak.max(client.outbox.queued_bytes());
                     if !client.pending {
                         client.pending = true;
-                        pending.push(key as u32);
+                        pending.push(conn as u32);
                     }
                 }
                 Offer::Dropped => dropped += 1,
@@ -61,7 +69,7 @@ impl Shard {
                     dropped += 1;
                     too_slow += 1;
                     client.closing = true;
-                    closing.push(key);
+                    closing.push(conn);
                 }
                 Offer::Skipped => {}
             }
@@ -88,8 +96,7 @@ impl Shard {
         let mut streams = 0u64;
         for m in missed {
             for key in self.topics.subscribers(&m.topic) {
-                if let Some(Phase::Stream(stream)) = self.clients.get_mut(key).map(|c| &mut c.phase)
-                {
+                if let Some(stream) = self.streams.get_mut(key) {
                     stream.lose(m.from, m.to, m.count, now);
                     streams += 1;
                 }

@@ -119,8 +119,12 @@ impl Shard {
                 Phase::Request(state) if client.is_idle_request() => Kind::Requests {
                     answered: state.answered,
                 },
-                Phase::Stream(stream) => {
-                    Kind::Stream(describe(stream, &self.topics, last_id, self.now))
+                // The hand-over's record is one stream per connection: an HTTP/1.1 one.
+                Phase::Streaming(Protocol::Http1 { stream }) => {
+                    match self.streams.get(*stream as usize) {
+                        Some(s) => Kind::Stream(describe(s, &self.topics, last_id, self.now)),
+                        None => continue,
+                    }
                 }
                 _ => continue,
             };
@@ -141,10 +145,12 @@ impl Shard {
                     }
                 }
             }
-            if let Phase::Stream(stream) = &mut client.phase {
-                if let Some(replay) = stream.replay_mut() {
-                    // A step asked for is dropped when it comes; asked again if called off.
-                    replay.asked = false;
+            if let Phase::Streaming(protocol) = &client.phase {
+                for s in protocol.streams() {
+                    if let Some(replay) = self.streams.get_mut(s).and_then(Stream::replay_mut) {
+                        // A step asked for is dropped when it comes; asked again if called off.
+                        replay.asked = false;
+                    }
                 }
             }
             client.handed = true;
@@ -189,9 +195,13 @@ impl Shard {
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
             match client.phase {
-                Phase::Stream(stream) => {
-                    self.counters.add(Stat::StreamsHandedOver, 1);
-                    self.stream_ended(key, client.serial, stream);
+                Phase::Streaming(protocol) => {
+                    for s in protocol.streams() {
+                        if let Some(stream) = self.streams.try_remove(s) {
+                            self.counters.add(Stat::StreamsHandedOver, 1);
+                            self.stream_ended(s, client.serial, stream);
+                        }
+                    }
                 }
                 _ => self.left_request_phase(),
             }
@@ -233,24 +243,29 @@ impl Shard {
             }
             client.readable = true;
             client.writable = true;
-            let expires = match &mut client.phase {
+            let serial = client.serial;
+            let carried = match &mut client.phase {
                 Phase::Request(state) => {
                     state.deadline = self.now + header_timeout;
                     let deadline = state.deadline;
                     self.set_deadline(key, deadline);
                     None
                 }
-                Phase::Stream(stream) => stream.expires,
+                Phase::Streaming(protocol) => Some(*protocol),
                 Phase::Linger { .. } => None,
             };
-            if let Some(exp) = expires {
-                self.schedule_expiry(key, u64::from(exp.get()));
+            for s in carried.iter().flat_map(Protocol::streams) {
+                if let Some(exp) = self.streams.get(s).and_then(|s| s.expires) {
+                    self.schedule_expiry(s, serial, u64::from(exp.get()));
+                }
             }
             if self.clients[key].wants_flush() {
                 self.mark_pending(key);
             }
             self.on_readable(key);
-            self.continue_replay(key);
+            for s in carried.iter().flat_map(Protocol::streams) {
+                self.continue_replay(s);
+            }
         }
         // Requests left unread meanwhile on connections that stayed (TLS) are read now: their
         // edge is spent.
@@ -359,10 +374,13 @@ impl Shard {
                 return Some(true);
             }
         };
+        // The stream's key, taken by `stream_begins` below (nothing else is inserted before).
+        self.room_for_a_stream();
+        let stream_key = self.streams.vacant_key();
         let subs: Vec<_> = subscription
             .names
             .into_iter()
-            .map(|name| self.topics.join(name, key))
+            .map(|name| self.topics.join(name, stream_key))
             .collect();
         let mut stream = Stream::new(Subs::new(subs), subscription.replay);
         if let Some((from, to, dropped)) = state.gap {
@@ -372,11 +390,13 @@ impl Shard {
                 since: self.now.checked_sub(ago).unwrap_or(self.now),
             });
         }
+        stream.expires = state.expires.and_then(NonZeroU32::new);
+        let began = self.stream_begins(key, stream, admitted.address, subscription.reset);
+        debug_assert_eq!(began, stream_key);
         if let Some(exp) = state.expires.and_then(NonZeroU32::new) {
-            stream.expires = Some(exp);
-            self.schedule_expiry(key, u64::from(exp.get()));
+            let serial = self.clients[key].serial;
+            self.schedule_expiry(stream_key, serial, u64::from(exp.get()));
         }
-        self.stream_begins(key, stream, admitted.address, subscription.reset);
         self.counters.add(Stat::StreamsAdopted, 1);
         Some(true)
     }
@@ -405,8 +425,7 @@ fn in_progress(client: &Client) -> bool {
 /// A stream's state, for its successor.
 fn describe(stream: &Stream, topics: &Topics, last_id: EventId, now: Instant) -> StreamState {
     let names = stream
-        .subs
-        .iter()
+        .topics()
         .filter_map(|m| topics.name(m).map(|n| n.to_string()))
         .collect();
     let (after, announced, replaying) = match stream.replay() {

@@ -70,16 +70,23 @@ impl Shard {
                 );
             }
         };
+        // The stream's key, taken by `stream_begins` below (nothing else is inserted before).
+        self.room_for_a_stream();
+        let stream_key = self.streams.vacant_key();
+        let serial = self.clients[key].serial;
         let mut subs = Vec::with_capacity(subscription.names.len());
         for name in subscription.names {
-            subs.push(self.topics.join(name, key));
+            subs.push(self.topics.join(name, stream_key));
         }
         let retry = self.jitter(self.config.retry_ms);
         let mut stream = Stream::new(Subs::new(subs), subscription.replay);
-        if let StreamGrant::Until(exp) = grant {
+        let expires = match grant {
+            StreamGrant::Until(exp) => Some(exp),
+            _ => None,
+        };
+        if let Some(exp) = expires {
             // Unix seconds fit u32 until 2106; a later exp is kept as the last one that fits.
             stream.expires = NonZeroU32::new(u32::try_from(exp).unwrap_or(u32::MAX));
-            self.schedule_expiry(key, exp);
         }
         self.left_request_phase();
         // One frame, not two: a stream that keeps up then never needs more than the
@@ -88,48 +95,67 @@ impl Shard {
             key,
             Bytes::from([&head[..], &sse::encode_preamble(retry)[..]].concat()),
         );
-        self.stream_begins(key, stream, admitted.address, subscription.reset);
+        let began = self.stream_begins(key, stream, admitted.address, subscription.reset);
+        debug_assert_eq!(began, stream_key);
+        if let Some(exp) = expires {
+            self.schedule_expiry(stream_key, serial, exp);
+        }
         self.counters.add(Stat::StreamsOpened, 1);
         debug!(shard = self.id, key, topics = ?subscribe.topics, "stream opened");
     }
 
-    /// Makes `key` the stream `stream` (its head already queued), counted under `address`
-    /// for the per-address quota when that is on: its `reset` notice first when it has one,
-    /// then its replay, if it resumes.
+    /// Makes connection `key` carry the stream `stream` (its head already queued) over
+    /// HTTP/1.1, counted under `address` for the per-address quota when that is on: its
+    /// `reset` notice first when it has one, then its replay, if it resumes. Returns the
+    /// stream's key, which is the slab's vacant key as this is called.
     pub(super) fn stream_begins(
         &mut self,
         key: usize,
-        stream: Stream,
+        mut stream: Stream,
         address: Option<u64>,
         reset: Option<Bytes>,
-    ) {
+    ) -> usize {
+        self.room_for_a_stream();
+        stream.carried_by(key);
+        let replaying = stream.replay().is_some();
+        let stream_key = self.streams.insert(stream);
         if let Some(address) = address {
             // Kept beside the stream, not in it: a stream pays for the per-address quota
             // only when the quota is on.
-            self.addresses.insert(key, address);
+            self.addresses.insert(stream_key, address);
         }
-        let replaying = stream.replay().is_some();
-        self.clients[key].phase = Phase::Stream(stream);
+        let client = &mut self.clients[key];
+        // Slab keys stay far below u32::MAX: the stream quota bounds them.
+        client.phase = Phase::Streaming(Protocol::Http1 {
+            stream: stream_key as u32,
+        });
+        // Its head was just queued: no keep-alive is due before the next check.
+        client.active = true;
         if let Some(reset) = reset {
             self.counters.add(Stat::ResetNotices, 1);
-            self.queue(key, reset);
+            self.queue_for(stream_key, key, reset);
         }
         if replaying {
-            self.continue_replay(key);
+            self.continue_replay(stream_key);
         }
         self.counters.add(Stat::Streams, 1);
+        stream_key
     }
 
-    /// Asks the broker for the next part of `key`'s replay: as much as fits the room left in
-    /// its queue (at least one frame). It arrives in the inbox ([`Shard::on_replay`]).
+    /// Asks the broker for the next part of stream `key`'s replay: as much as fits the room
+    /// left in its queue (at least one frame). It arrives in the inbox ([`Shard::on_replay`]).
     pub(super) fn continue_replay(&mut self, key: usize) {
-        let Some(client) = self.clients.get_mut(key) else {
+        let Some(stream) = self.streams.get_mut(key) else {
+            return;
+        };
+        let Some(client) = self.clients.get_mut(stream.conn()) else {
             return;
         };
         if client.closing || client.handed {
             return;
         }
-        let Phase::Stream(stream) = &mut client.phase else {
+        let serial = client.serial;
+        let Some(lane) = client.lane(key) else {
             return;
         };
         let Some(replay) = stream.replay_mut() else {
@@ -140,19 +166,11 @@ impl Shard {
         }
         let cursor = replay.cursor.clone();
         let names: Vec<Arc<str>> = stream
-            .subs
-            .iter()
+            .topics()
             .filter_map(|membership| self.topics.name(membership).cloned())
             .collect();
-        let room = self
-            .config
-            .client_buffer
-            .saturating_sub(client.outbox.queued_bytes())
-            .max(1);
-        let ticket = Ticket {
-            key,
-            serial: client.serial,
-        };
+        let room = lane.room(Bounds::both(self.config.client_buffer)).max(1);
+        let ticket = Ticket { key, serial };
         self.broker
             .replay(&self.hub, self.id, ticket, &names, cursor, room);
     }
@@ -165,16 +183,17 @@ impl Shard {
         cursor: crate::delivery::history::Cursor,
         step: ReplayStep,
     ) {
-        let Some(client) = self.clients.get_mut(ticket.key) else {
+        let Some(stream) = self.streams.get_mut(ticket.key) else {
+            return;
+        };
+        let conn = stream.conn();
+        let Some(client) = self.clients.get(conn) else {
             return;
         };
         // A detached stream asks again if the hand-over is called off.
         if client.serial != ticket.serial || client.closing || client.handed {
             return;
         }
-        let Phase::Stream(stream) = &mut client.phase else {
-            return;
-        };
         let batch = match step {
             ReplayStep::More(batch) => {
                 if let Some(replay) = stream.replay_mut() {
@@ -192,13 +211,16 @@ impl Shard {
         let more = stream.replay().is_some();
         if let Some(reset) = batch.reset {
             self.counters.add(Stat::ResetNotices, 1);
-            self.queue(ticket.key, reset);
+            self.queue_for(ticket.key, conn, reset);
         }
         self.counters.add(Stat::Replayed, batch.frames.len() as u64);
         for frame in batch.frames {
-            self.queue(ticket.key, frame);
+            self.queue_for(ticket.key, conn, frame);
         }
-        if more && self.clients[ticket.key].outbox.queued_bytes() < self.config.client_buffer / 2 {
+        let waiting = self.clients[conn]
+            .lane(ticket.key)
+            .map_or(usize::MAX, |lane| lane.queued());
+        if more && waiting < self.config.client_buffer / 2 {
             self.continue_replay(ticket.key);
         }
     }
@@ -215,32 +237,35 @@ impl Shard {
         debug!(shard = self.id, key, "stream token already expired");
     }
 
-    /// Ends `key`'s stream because its token expires: the `expired` notice with a `retry:`
-    /// after whatever it has queued, then close. It leaves its topics now, so nothing is
-    /// delivered after the notice; a peer that does not read it is closed after [`LINGER`].
+    /// Ends stream `key` because its token expires (`serial` is its connection's): the
+    /// `expired` notice with a `retry:` after whatever it has queued, then close. It leaves
+    /// its topics now, so nothing is delivered after the notice; a peer that does not read it
+    /// is closed after [`LINGER`].
     pub(super) fn end_expired(&mut self, key: usize, serial: u32) {
-        let Some(client) = self.clients.get_mut(key) else {
+        let Some(stream) = self.streams.get(key) else {
+            return;
+        };
+        let Some(exp) = stream.expires else {
+            return;
+        };
+        let conn = stream.conn();
+        let Some(client) = self.clients.get_mut(conn) else {
             return;
         };
         // A detached stream's expiry is scheduled again if the hand-over is called off.
         if client.serial != serial || client.closing || client.handed {
             return;
         }
-        let Phase::Stream(stream) = &client.phase else {
-            return;
-        };
-        let Some(exp) = stream.expires else {
-            return;
-        };
+        // An HTTP/1.1 stream is its connection's response: the connection ends with it.
         let deadline = self.now + LINGER;
-        let phase = std::mem::replace(&mut client.phase, Phase::Linger { deadline });
+        client.phase = Phase::Linger { deadline };
         client.close_after_flush = true;
-        self.set_deadline(key, deadline);
-        if let Phase::Stream(stream) = phase {
+        self.set_deadline(conn, deadline);
+        if let Some(stream) = self.streams.try_remove(key) {
             self.stream_ended(key, serial, stream);
         }
         let retry = self.expired_retry();
-        self.queue(key, sse::encode_expired(u64::from(exp.get()), retry));
+        self.queue(conn, sse::encode_expired(u64::from(exp.get()), retry));
         self.counters.add(Stat::StreamsExpired, 1);
     }
 
@@ -253,22 +278,28 @@ impl Shard {
     /// Queues a keep-alive comment to every stream that had nothing queued since the last check.
     pub(super) fn send_keepalives(&mut self) {
         let frame = Bytes::from_static(sse::KEEPALIVE);
-        let limit = self.config.client_buffer;
+        let bounds = Bounds::both(self.config.client_buffer);
         let mut sent = 0;
         for (key, client) in self.clients.iter_mut() {
-            let Phase::Stream(stream) = &mut client.phase else {
+            let Phase::Streaming(protocol) = client.phase else {
                 continue;
             };
-            if std::mem::replace(&mut stream.active, false) || client.closing || client.handed {
+            if std::mem::replace(&mut client.active, false) || client.closing || client.handed {
                 continue;
             }
-            if client.outbox.push_bounded(frame.clone(), limit) == Push::Queued {
-                sent += 1;
-                self.counters.add(Stat::QueuedBytes, frame.len() as u64);
-                if !client.pending {
-                    client.pending = true;
-                    self.pending.push(key as u32);
+            let mut queued = false;
+            for s in protocol.streams() {
+                if let Some(mut lane) = client.lane(s) {
+                    if lane.push_bounded(frame.clone(), bounds) {
+                        queued = true;
+                        sent += 1;
+                        self.counters.add(Stat::QueuedBytes, frame.len() as u64);
+                    }
                 }
+            }
+            if queued && !client.pending {
+                client.pending = true;
+                self.pending.push(key as u32);
             }
         }
         self.counters.add(Stat::KeepalivesSent, sent);

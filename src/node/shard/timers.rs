@@ -126,18 +126,22 @@ impl Shard {
 }
 
 impl Shard {
-    /// Schedules the end of `key`'s stream, whose token expires at `exp` (unix seconds).
-    pub(super) fn schedule_expiry(&mut self, key: usize, exp: u64) {
+    /// Schedules the end of stream `key` (on the connection of serial `serial`), whose token
+    /// expires at `exp` (unix seconds).
+    pub(super) fn schedule_expiry(&mut self, key: usize, serial: u32, exp: u64) {
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let serial = self.clients[key].serial;
         let salt = (key as u64) << 32 | u64::from(serial);
         let due = self.ticks_at(self.now + close_delay(exp, now_ms, salt));
         match u32::try_from(key) {
             Ok(key32) => self.expiries.push(Reverse((due, key32, serial))),
             // Slab keys never get this far (the quota stops them long before).
-            Err(_) => self.close(key),
+            Err(_) => {
+                if let Some(conn) = self.streams.get(key).map(Stream::conn) {
+                    self.close(conn);
+                }
+            }
         }
     }
 }
