@@ -84,6 +84,7 @@ pub mod stream;
 pub mod tls;
 pub mod topics;
 pub mod upgrade;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{Control, Server, StartError};
