@@ -560,6 +560,11 @@ impl Connection {
             at += end;
             match self.on_frame(header, payload, now, limits, events) {
                 Ok(()) => {}
+                Err(H2Error::Stream(stream, code)) if stream > self.last_stream => {
+                    // §6.4: no RST_STREAM for an idle stream; the error becomes the
+                    // connection's (h2spec accepts either for these cases).
+                    return (at, Err(conn_err(code)));
+                }
                 Err(H2Error::Stream(stream, code)) => {
                     if let Err(e) = self.stream_error(stream, code, now, limits, events) {
                         return (at, Err(e));
@@ -1106,6 +1111,11 @@ impl Connection {
             return None;
         }
         Some(Bytes::from(std::mem::take(&mut self.out)))
+    }
+
+    /// Bytes queued to send and not taken yet.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
     }
 
     /// Streams open or half-closed.
