@@ -1300,7 +1300,10 @@ pub(crate) mod tests {
         let inline = std::mem::size_of::<Connection>();
         let heap = p.conn.heap_bytes();
         let stream = std::mem::size_of::<StreamEntry>();
-        eprintln!("Connection {inline} B inline + {heap} B heap; StreamEntry {stream} B");
+        let decoder = std::mem::size_of::<Decoder>();
+        eprintln!(
+            "Connection {inline} B inline (Decoder {decoder} B) + {heap} B heap; StreamEntry {stream} B"
+        );
         assert!(inline <= 160, "Connection is {inline} B");
         assert!(stream <= 20, "StreamEntry is {stream} B");
         assert_eq!(
@@ -1544,6 +1547,39 @@ pub(crate) mod tests {
         }
         assert_eq!(p.feed(&bytes), Err(ErrorCode::EnhanceYourCalm));
         assert!(p.events.contains(&Event::Defended(Defence::IdleFrameFlood)));
+    }
+
+    #[test]
+    fn drain_lets_open_streams_finish_and_ignores_new_ones() {
+        let mut p = Peer::open();
+        p.request(1, false).unwrap();
+        p.conn.go_away();
+        let goaway = p.frames();
+        assert_eq!(goaway[0].0.kind, kind::GOAWAY);
+        assert_eq!(
+            goaway[0].1[..8],
+            [0, 0, 0, 1, 0, 0, 0, 0],
+            "last stream 1, NO_ERROR"
+        );
+        p.request(3, true).unwrap();
+        assert!(p.events.is_empty(), "a stream past our GOAWAY is ignored");
+        p.send(kind::DATA, flag::END_STREAM, 1, b"body").unwrap();
+        assert!(matches!(
+            p.events[..],
+            [Event::Data {
+                stream: 1,
+                end_stream: true,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn the_preface_is_told_apart_from_http_1() {
+        assert!(Connection::is_preface_start(b"PRI * HT"));
+        assert!(Connection::is_preface_start(frame::PREFACE));
+        assert!(!Connection::is_preface_start(b"GET / HTTP/1.1\r\n"));
+        assert!(!Connection::is_preface_start(b"POST /broadcast"));
     }
 
     #[test]
