@@ -5,10 +5,12 @@
 //! May use: no other layer (the standard library and parsing crates only).
 //! Used by: every layer.
 //!
-//! HTTP/2 will add its frame layer (frames, HPACK) here as `h2/`, beside `http/`.
+//! HTTP/2's frame layer (frames, HPACK, the sans-IO connection) is `h2/`, beside `http/`; the
+//! node does not speak it yet.
 
 pub mod cors;
 pub mod event_id;
+pub mod h2;
 pub mod http;
 pub mod params;
 pub mod sse;
