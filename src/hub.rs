@@ -43,6 +43,9 @@ pub struct Delivery {
     pub topic: Arc<str>,
     /// The wire bytes, shared by every subscriber of every shard.
     pub frame: Bytes,
+    /// When this node accepted it (recorded it in the history): where the fan-out latency
+    /// histograms start.
+    pub accepted: Instant,
 }
 
 /// Which request an answer belongs to: a slab key and the connection's serial there (a key
@@ -377,7 +380,8 @@ impl Hub {
         ledger.last_id = id;
         ledger.encoded += 1;
         let frame = sse::encode_event(id, epoch.as_deref(), event, data);
-        let (topic, subscribers) = ledger.history.record(topic, id, &frame, Instant::now());
+        let accepted = Instant::now();
+        let (topic, subscribers) = ledger.history.record(topic, id, &frame, accepted);
         before_delivery(self, subscribers);
         if subscribers > 0 {
             let delivery = Delivery {
@@ -385,6 +389,7 @@ impl Hub {
                 epoch,
                 topic,
                 frame,
+                accepted,
             };
             for shard in 0..self.mailboxes.len() {
                 self.send_event(ledger, shard, &delivery);
