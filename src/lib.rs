@@ -72,6 +72,7 @@ pub mod http;
 pub mod hub;
 pub mod jwt;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod mint;
 pub mod notify;
