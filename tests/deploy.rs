@@ -221,6 +221,13 @@ fn the_unit_keeps_what_the_hand_over_needs_and_its_exposure_score_is_the_readmes
     }
     assert!(values("LimitNOFILE")[0].parse::<u64>().unwrap() >= 1 << 20);
     assert_eq!(values("EnvironmentFile"), ["-/etc/default/sse-edge"]);
+    // After an upgrade systemd does not wait for the main process (it did not start it), so
+    // the drain's SIGTERM is sent and waited for by ExecStop=.
+    let stop = values("ExecStop").join("");
+    assert!(
+        stop.contains("kill -TERM $$MAINPID") && stop.contains("while kill -0 $$MAINPID"),
+        "{stop}"
+    );
     // No KillMode=process or none: the whole cgroup (both processes mid-upgrade) stops.
     assert!(values("KillMode").is_empty());
     assert_eq!(values("CapabilityBoundingSet"), [""]);
