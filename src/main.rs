@@ -7,7 +7,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook::iterator::SignalsInfo;
 use sse_edge::auth::mint::{mint, unix_now, MintArgs};
-use sse_edge::node::config::ConfigError;
+use sse_edge::node::config::{ConfigError, LogFormat};
 use sse_edge::node::fdlimit;
 use sse_edge::node::handover::{self, Outcome};
 use sse_edge::node::upgrade::{Greeting, Requested, UpgradeArgs};
@@ -29,6 +29,12 @@ fn main() -> ExitCode {
     if first.as_ref().is_some_and(|a| a == "help") {
         return help();
     }
+    if first.as_ref().is_some_and(|a| a == "completions") {
+        return completions();
+    }
+    if first.as_ref().is_some_and(|a| a == "man") {
+        return man();
+    }
     let config = match Config::parse_from_env() {
         Ok(config) => config,
         Err(ConfigError::Info(text)) => {
@@ -41,16 +47,23 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(e) => return fail(&format!("invalid --log filter {:?}: {e}", config.log)),
     };
-    tracing_subscriber::fmt()
+    // A log line that cannot be written (stderr closed) is lost, not a panic: by default the
+    // subscriber reports it with eprintln!, which panics when stderr is gone, and a node
+    // whose supervisor stopped reading its logs must still drain on SIGTERM.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        // A log line that cannot be written (stderr closed) is lost, not a panic: by default
-        // the subscriber reports it with eprintln!, which panics when stderr is gone, and a
-        // node whose supervisor stopped reading its logs must still drain on SIGTERM.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+        LogFormat::Json => logs
+            .with_ansi(false)
+            .event_format(sse_edge::node::logs::JsonLines)
+            .init(),
+    }
 
     // Raised before binding (the stream cap is sized from it), told after: a node that
     // cannot start says so in exactly one line.
@@ -283,6 +296,52 @@ fn help_text<T>(
         Ok(_) => String::new(),
         Err(e) => e.render().to_string(),
     }
+}
+
+/// `sse-edge completions SHELL`: the shell's completion script, generated from the same
+/// definition as `--help`.
+fn completions() -> ExitCode {
+    use clap::ValueEnum;
+    let name = std::env::args_os().nth(2);
+    let shell = name
+        .as_ref()
+        .and_then(|s| s.to_str())
+        .and_then(|s| clap_complete::Shell::from_str(s, true).ok());
+    let Some(shell) = shell else {
+        let names: Vec<String> = clap_complete::Shell::value_variants()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        return fail(&format!(
+            "completions: name a shell: sse-edge completions {}",
+            names.join("|")
+        ));
+    };
+    if std::env::args_os().nth(3).is_some() {
+        return fail("completions: one shell only");
+    }
+    let mut out = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut sse_edge::node::config::full_command(),
+        "sse-edge",
+        &mut out,
+    );
+    print_out(&String::from_utf8_lossy(&out));
+    ExitCode::SUCCESS
+}
+
+/// `sse-edge man`: the manual page (roff), generated from the same definition as `--help`.
+fn man() -> ExitCode {
+    if std::env::args_os().nth(2).is_some() {
+        return fail("man takes no arguments: sse-edge man > sse-edge.1");
+    }
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(sse_edge::node::config::full_command()).render(&mut out) {
+        return fail(&format!("man: cannot render the page: {e}"));
+    }
+    print_out(&String::from_utf8_lossy(&out));
+    ExitCode::SUCCESS
 }
 
 /// `sse-edge token ...`: prints a signed token.

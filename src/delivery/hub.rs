@@ -47,6 +47,9 @@ pub struct Delivery {
     pub topic: Arc<str>,
     /// The wire bytes, shared by every subscriber of every shard.
     pub frame: Bytes,
+    /// When this node accepted it (recorded it in the history): where the fan-out latency
+    /// histograms start.
+    pub accepted: Instant,
 }
 
 /// Which request an answer belongs to: a slab key in its shard (a publishing connection's,

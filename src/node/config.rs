@@ -25,6 +25,8 @@ use crate::auth::jwt::KeySource;
     override_usage = "sse-edge [OPTIONS]\n       \
                       sse-edge token [OPTIONS] --key <KEY>    print a signed token (JWT)\n       \
                       sse-edge upgrade --pid <PID>            upgrade a running node in place\n       \
+                      sse-edge completions <SHELL>            shell completions (bash, zsh, fish, ...)\n       \
+                      sse-edge man                            this text as a manual page (roff)\n       \
                       sse-edge help [token|upgrade]           this text, or a subcommand's",
     long_about = "A Server-Sent Events fan-out edge: holds many idle browser streams and pushes \
                   each published event to all of them.\n\n\
@@ -378,6 +380,27 @@ pub struct Config {
         value_name = "LEVEL"
     )]
     pub log: String,
+
+    /// How log lines look on stderr: `text` (for a terminal and journalctl) or `json` (one
+    /// object per line, for a log pipeline: `time`, `level`, `target`, `message`, then the
+    /// event's own fields).
+    #[arg(
+        long,
+        env = "SSE_EDGE_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn parse_shards(s: &str) -> Result<usize, String> {
@@ -596,6 +619,111 @@ impl Config {
     }
 }
 
+/// The whole command line as one definition, for what is generated from it (shell
+/// completions, the manual page): the server's flags, and the subcommands `main` dispatches
+/// before clap sees the arguments.
+pub fn full_command() -> clap::Command {
+    use clap::CommandFactory;
+    Config::command()
+        .subcommand(
+            crate::auth::mint::MintArgs::command()
+                .name("token")
+                .bin_name("sse-edge token"),
+        )
+        .subcommand(
+            crate::node::upgrade::UpgradeArgs::command()
+                .name("upgrade")
+                .bin_name("sse-edge upgrade"),
+        )
+        .subcommand(
+            clap::Command::new("completions")
+                .about("Print the completion script of a shell")
+                .arg(clap::Arg::new("shell").required(true).value_parser([
+                    "bash",
+                    "elvish",
+                    "fish",
+                    "powershell",
+                    "zsh",
+                ])),
+        )
+        .subcommand(clap::Command::new("man").about("Print the manual page (roff)"))
+}
+
+/// The example environment file of `deploy/systemd/` (systemd's `EnvironmentFile=`, also
+/// `/etc/default/sse-edge` in the package): every flag's `SSE_EDGE_*` variable, commented
+/// out with its default and its `--help` text, generated from the flags themselves so it
+/// cannot drift from them (`tests/deploy.rs` compares the file with this).
+pub fn env_file() -> String {
+    use clap::CommandFactory;
+    let mut out = String::from(
+        "# sse-edge settings: every flag of `sse-edge --help` as its SSE_EDGE_* variable, with\n\
+         # its default. Read by the systemd unit (EnvironmentFile=); installed by the package as\n\
+         # /etc/default/sse-edge. Uncomment a line to change a setting; a variable set here\n\
+         # overrides the unit's Environment= lines. A change takes effect at the next start\n\
+         # (systemctl restart sse-edge: streams reconnect and resume). systemctl reload, the\n\
+         # zero-disconnect upgrade, gives the new binary the running process's own arguments\n\
+         # and environment, not this file's; SIGHUP re-reads key and certificate files.\n\
+         #\n\
+         # Generated from the flags' definitions (src/config.rs, config::env_file); tests/deploy.rs\n\
+         # fails when a flag is missing here or its default changed.\n",
+    );
+    let command = Config::command();
+    for arg in command.get_arguments() {
+        let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let env = env.to_string_lossy();
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let takes_value = arg.get_action().takes_values();
+        let (default, example) = match (takes_value, defaults.is_empty()) {
+            // A switch's variable reads `true` or `false` (also 1/0, yes/no, on/off).
+            (false, _) => ("off".to_owned(), "false".to_owned()),
+            (true, true) => ("none".to_owned(), String::new()),
+            (true, false) => (defaults.join(","), defaults.join(",")),
+        };
+        let value = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .filter(|_| takes_value)
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default();
+        out.push_str(&format!("\n# --{long}{value} (default: {default})\n"));
+        for line in wrap(&help, 88) {
+            out.push_str(&format!("#   {line}\n"));
+        }
+        out.push_str(&format!("#{env}={example}\n"));
+    }
+    out
+}
+
+/// `text` in lines of at most `width` characters (a longer word keeps its own line).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// Seconds in an hour and in a day, for the bounds on durations.
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
@@ -628,7 +756,7 @@ mod tests {
         assert_eq!((c.tick, c.keepalive), (5, 15));
         assert_eq!((c.client_buffer, c.max_body), (65536, 65536));
         assert_eq!((c.retry_ms, c.header_timeout), (2000, 10));
-        assert_eq!(c.log, "info");
+        assert_eq!((c.log.as_str(), c.log_format), ("info", LogFormat::Text));
         assert_eq!(
             (c.slow_client_timeout, c.history, c.drain_timeout),
             (30, 1024, 5)
@@ -676,6 +804,7 @@ mod tests {
             &["--replay-cache-bytes", "18446744073709551615"],
             &["--max-request-connections", "0"],
             &["--max-clients", "18446744073709551615"],
+            &["--log-format", "yaml"],
         ] {
             match parse(args) {
                 Err(ConfigError::Invalid(line)) => {

@@ -128,25 +128,136 @@ impl Counters {
 
 /// A shard's counters as atomics, readable from any thread.
 #[derive(Debug)]
-pub struct ShardStats([AtomicU64; SLOTS]);
+pub struct ShardStats {
+    /// The mirrored [`Counters`].
+    slots: [AtomicU64; SLOTS],
+    /// From an event's acceptance to its last frame leaving this shard
+    /// (`sse_edge_fanout_seconds`).
+    pub fanout: Histogram,
+    /// From an event's acceptance to its first frame leaving this shard
+    /// (`sse_edge_fanout_first_seconds`).
+    pub fanout_first: Histogram,
+}
 
 impl Default for ShardStats {
     fn default() -> Self {
-        ShardStats(std::array::from_fn(|_| AtomicU64::new(0)))
+        ShardStats {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+            fanout: Histogram::default(),
+            fanout_first: Histogram::default(),
+        }
     }
 }
 
 impl ShardStats {
     /// Mirrors the owner's plain counters (called by the owning shard once per turn).
     pub fn store(&self, counters: &Counters) {
-        for (slot, value) in self.0.iter().zip(counters.0.iter()) {
+        for (slot, value) in self.slots.iter().zip(counters.0.iter()) {
             slot.store(*value, Ordering::Relaxed);
         }
     }
 
     /// Reads one stat.
     pub fn get(&self, stat: Stat) -> u64 {
-        self.0[stat as usize].load(Ordering::Relaxed)
+        self.slots[stat as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the fan-out histograms' buckets, in nanoseconds: 100 µs (a small shard's
+/// whole fan-out) to 10 s (a node so far behind that only the count matters), about three
+/// per decade like the Prometheus client defaults.
+pub const FANOUT_BUCKETS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A latency histogram written by one shard and read by any scrape: a count per bucket (not
+/// cumulative: one store per observation), the overflow beyond the last bound, and the sum.
+///
+/// Only the owning shard writes, so an observation is loads and stores with `Relaxed`
+/// ordering: no lock, no read-modify-write instruction, no allocation. A scrape may see an
+/// observation's bucket before its sum; the next scrape sees both.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket of [`FANOUT_BUCKETS_NS`], each counted in the first bucket
+    /// whose bound it does not pass.
+    buckets: [AtomicU64; FANOUT_BUCKETS_NS.len()],
+    /// Observations beyond the last bound (`le="+Inf"` only).
+    over: AtomicU64,
+    /// All observations added up, in nanoseconds (584 years before it wraps).
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation. Only the shard that owns this histogram may call it (the
+    /// single writer is what makes plain loads and stores enough).
+    #[inline]
+    pub fn observe(&self, took: std::time::Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let slot = match FANOUT_BUCKETS_NS.iter().position(|&bound| ns <= bound) {
+            Some(at) => &self.buckets[at],
+            None => &self.over,
+        };
+        slot.store(
+            slot.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        let sum = self.sum_ns.load(Ordering::Relaxed).wrapping_add(ns);
+        self.sum_ns.store(sum, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .chain(std::iter::once(&self.over))
+            .map(|b| b.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+/// Renders one histogram family with a series per shard.
+fn render_histogram(
+    out: &mut String,
+    metric: &str,
+    help: &str,
+    shards: &[ShardStats],
+    pick: fn(&ShardStats) -> &Histogram,
+) {
+    let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} histogram");
+    for (shard, stats) in shards.iter().enumerate() {
+        let h = pick(stats);
+        let mut cumulative = 0u64;
+        for (bound, bucket) in FANOUT_BUCKETS_NS.iter().zip(h.buckets.iter()) {
+            cumulative = cumulative.wrapping_add(bucket.load(Ordering::Relaxed));
+            let le = *bound as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "{metric}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative = cumulative.wrapping_add(h.over.load(Ordering::Relaxed));
+        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{metric}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {cumulative}\n\
+             {metric}_sum{{shard=\"{shard}\"}} {sum}\n\
+             {metric}_count{{shard=\"{shard}\"}} {cumulative}"
+        );
     }
 }
 
@@ -237,7 +348,7 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
         }
         let comma = if label.is_empty() { "" } else { "," };
         for (shard, stats) in shards.iter().enumerate() {
-            let v = stats.0[i].load(Ordering::Relaxed);
+            let v = stats.slots[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{metric}{{shard=\"{shard}\"{comma}{label}}} {v}");
         }
     }
@@ -346,18 +457,138 @@ pub fn render(shards: &[ShardStats], node: NodeFigures) -> String {
     for (j, status) in REJECTED_STATUSES.iter().enumerate() {
         let v: u64 = shards
             .iter()
-            .map(|s| s.0[STAT_COUNT + j].load(Ordering::Relaxed))
+            .map(|s| s.slots[STAT_COUNT + j].load(Ordering::Relaxed))
             .sum();
         let _ = writeln!(out, "{metric}{{status=\"{status}\"}} {v}");
     }
-    if let Some(rss) = resident_memory_bytes() {
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
-             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
-        );
-    }
+    render_histogram(
+        &mut out,
+        "sse_edge_fanout_seconds",
+        "From an event's acceptance by this node to its frame written to the last stream of this shard that could take it (a stream whose socket is full gets it later).",
+        shards,
+        |s| &s.fanout,
+    );
+    render_histogram(
+        &mut out,
+        "sse_edge_fanout_first_seconds",
+        "From an event's acceptance by this node to the first stream write of this shard after its fan-out.",
+        shards,
+        |s| &s.fanout_first,
+    );
+    render_process(&mut out, &Process::read());
     out
+}
+
+/// The conventional `process_*` figures of the Prometheus clients, read from `/proc` at
+/// scrape time; a figure that cannot be read is left out rather than shown as zero.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Process {
+    /// Open file descriptors (`/proc/self/fd`).
+    pub open_fds: Option<u64>,
+    /// The soft limit on open files.
+    pub max_fds: Option<u64>,
+    /// User and system CPU time, in seconds.
+    pub cpu_seconds: Option<f64>,
+    /// When the process started, in unix seconds.
+    pub start_time_seconds: Option<f64>,
+    /// Resident memory, in bytes.
+    pub resident_memory_bytes: Option<u64>,
+}
+
+impl Process {
+    /// Reads this process's figures.
+    pub fn read() -> Process {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let fields = stat.as_deref().and_then(stat_fields_after_comm);
+        // SAFETY: sysconf has no preconditions; it only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks = (ticks > 0).then_some(ticks as f64);
+        let field = |n: usize| -> Option<u64> { fields.as_ref()?.get(n)?.parse().ok() };
+        // Fields counted from the state (field 3 of proc(5)): utime is 14, stime 15,
+        // starttime 22.
+        let cpu_seconds = match (field(14 - 3), field(15 - 3), ticks) {
+            (Some(user), Some(system), Some(hz)) => Some((user + system) as f64 / hz),
+            _ => None,
+        };
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        let start_time_seconds = match (boot, field(22 - 3), ticks) {
+            (Some(boot), Some(start), Some(hz)) => Some(boot as f64 + start as f64 / hz),
+            _ => None,
+        };
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            // The directory's own descriptor is among the entries while it is read.
+            .map(|dir| (dir.count() as u64).saturating_sub(1));
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only the struct it is given.
+        let max_fds = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
+            .then_some(limit.rlim_cur);
+        Process {
+            open_fds,
+            max_fds,
+            cpu_seconds,
+            start_time_seconds,
+            resident_memory_bytes: resident_memory_bytes(),
+        }
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name, which is in parentheses and may
+/// itself hold spaces and parentheses (so the last `)` ends it).
+fn stat_fields_after_comm(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().collect())
+}
+
+/// Renders the figures that could be read.
+fn render_process(out: &mut String, p: &Process) {
+    let rows: [(&str, &str, &str, Option<f64>); 5] = [
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.map(|v| v as f64),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (the soft limit).",
+            p.max_fds.map(|v| v as f64),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_memory_bytes.map(|v| v as f64),
+        ),
+    ];
+    for (metric, kind, help, value) in rows {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+            );
+        }
+    }
 }
 
 /// This process's resident set size, from `/proc/self/statm`.
@@ -411,7 +642,7 @@ mod tests {
         // Every sample line is `name{labels} value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
-            value.parse::<u64>().unwrap();
+            value.parse::<f64>().unwrap();
         }
     }
 
@@ -457,6 +688,69 @@ mod tests {
         c.set(Stat::RequestConnections, 7);
         c.set(Stat::RequestConnections, 2);
         assert_eq!(c.get(Stat::RequestConnections), 2);
+    }
+
+    #[test]
+    fn a_histogram_counts_each_observation_once_in_its_bucket_and_renders_cumulative() {
+        use std::time::Duration;
+        let shards = [ShardStats::default(), ShardStats::default()];
+        let h = &shards[1].fanout;
+        h.observe(Duration::from_micros(100)); // on the first bound: in it
+        h.observe(Duration::from_micros(101));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(11)); // beyond the last bound
+        assert_eq!(h.count(), 4);
+        let text = render(&shards, NodeFigures::default());
+        let f = "sse_edge_fanout_seconds";
+        for line in [
+            format!("{f}_bucket{{shard=\"1\",le=\"0.0001\"}} 1\n"),
+            format!("{f}_bucket{{shard=\"1\",le=\"0.00025\"}} 2\n"),
+            format!("{f}_bucket{{shard=\"1\",le=\"0.0025\"}} 2\n"),
+            format!("{f}_bucket{{shard=\"1\",le=\"0.005\"}} 3\n"),
+            format!("{f}_bucket{{shard=\"1\",le=\"10\"}} 3\n"),
+            format!("{f}_bucket{{shard=\"1\",le=\"+Inf\"}} 4\n"),
+            format!("{f}_count{{shard=\"1\"}} 4\n"),
+            format!("{f}_sum{{shard=\"1\"}} 11.003201\n"),
+            format!("{f}_count{{shard=\"0\"}} 0\n"),
+            "sse_edge_fanout_first_seconds_count{shard=\"1\"} 0\n".to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line}: {text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE sse_edge_fanout_seconds histogram\n")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn process_figures_are_readable_here() {
+        let p = Process::read();
+        assert!(p.open_fds.unwrap() >= 3, "{p:?}");
+        assert!(p.max_fds.unwrap() >= p.open_fds.unwrap(), "{p:?}");
+        assert!(p.cpu_seconds.unwrap() >= 0.0, "{p:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = p.start_time_seconds.unwrap();
+        assert!(started > 1e9 && started <= now + 1.0, "{p:?}");
+        let text = render(&[], NodeFigures::default());
+        for name in [
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_cpu_seconds_total ",
+            "process_start_time_seconds ",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(&format!("\n{name}")), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_command_name_may_hold_spaces_and_parentheses() {
+        let fields = stat_fields_after_comm("42 (a) b (c) S 1 2").unwrap();
+        assert_eq!(fields, ["S", "1", "2"]);
     }
 
     #[test]

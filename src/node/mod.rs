@@ -16,6 +16,7 @@ pub mod fdlimit;
 pub mod guard;
 pub mod handover;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod server;

@@ -206,6 +206,9 @@ pub(crate) struct Shard {
     pending: Vec<u32>,
     /// Clients to free at the end of the turn.
     closing: Vec<usize>,
+    /// When each event fanned out to a stream of this shard this turn was accepted, timed
+    /// into the fan-out histograms once the turn's flush is over (`shard/fanout.rs`).
+    fanned: Vec<Instant>,
     /// Clients whose outbox holds a queue behind its front frame, as (key, serial): asked
     /// every [`RELEASE_PERIOD`] to give it back once unused. Without storage of its own when
     /// no stream had a burst lately.
@@ -328,6 +331,7 @@ impl Shard {
             topics: Topics::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
+            fanned: Vec::new(),
             queues: Vec::new(),
             next_release: None,
             deadlines: BinaryHeap::with_capacity(BIG / std::mem::size_of::<Reverse<(u32, u32)>>()),
@@ -401,7 +405,8 @@ impl Shard {
             // Mirror before flushing too: a client that sees a response (or an event) can
             // then also see it counted, whichever shard answers its scrape.
             self.stats[self.id].store(&self.counters);
-            self.flush_pending();
+            let first_write = self.flush_pending();
+            self.record_fanout(first_write);
             self.check_settled();
             if self.drain_deadline.is_some() {
                 self.close_drained();
@@ -570,8 +575,12 @@ impl Shard {
     }
 
     /// Flushes every pending client once. A client that would block waits for its next
-    /// writable event; one that drained its output may read further requests.
-    fn flush_pending(&mut self) {
+    /// writable event; one that drained its output may read further requests. Returns when
+    /// the first write to a stream ended, if events were fanned out this turn (the clock is
+    /// read once, not per client).
+    fn flush_pending(&mut self) -> Option<Instant> {
+        let mut first_write = None;
+        let timing = !self.fanned.is_empty();
         let header_timeout = self.config.header_timeout();
         let mut pending = std::mem::take(&mut self.pending);
         let mut resume = Vec::new();
@@ -610,6 +619,15 @@ impl Shard {
                         Written::default()
                     }
                 };
+                if timing && first_write.is_none() && written.bytes > 0 {
+                    let streaming = self
+                        .clients
+                        .get(key)
+                        .is_some_and(|c| matches!(c.phase, Phase::Streaming(_)));
+                    if streaming {
+                        first_write = Some(Instant::now());
+                    }
+                }
                 self.counters.add(Stat::BytesWritten, written.bytes as u64);
                 self.counters
                     .add(Stat::FramesWritten, written.frames as u64);
@@ -669,6 +687,7 @@ impl Shard {
         for stream in replays {
             self.continue_replay(stream);
         }
+        first_write
     }
 
     /// Gives back the queues behind front frames that no frame used since the last time

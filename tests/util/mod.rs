@@ -89,8 +89,9 @@ impl Server {
             // Keep draining stderr for the server's whole life so it never blocks on a log line.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("listening on ") {
+                    // Ends at a space (text logs) or a quote (JSON logs).
                     let addr = line[at + 13..]
-                        .split_whitespace()
+                        .split(|c: char| c.is_whitespace() || c == '"')
                         .next()
                         .unwrap_or("")
                         .to_owned();

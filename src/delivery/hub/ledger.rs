@@ -148,7 +148,8 @@ impl<C> Hub<C> {
         ledger.last_id = id;
         ledger.encoded += 1;
         let frame = sse::encode_event(id, epoch.as_deref(), event, data);
-        let (topic, subscribers) = ledger.history.record(topic, id, &frame, Instant::now());
+        let accepted = Instant::now();
+        let (topic, subscribers) = ledger.history.record(topic, id, &frame, accepted);
         before_delivery(self, ledger, subscribers);
         if subscribers > 0 {
             let delivery = Delivery {
@@ -156,6 +157,7 @@ impl<C> Hub<C> {
                 epoch,
                 topic,
                 frame,
+                accepted,
             };
             for shard in 0..self.mailboxes.len() {
                 self.send_event(ledger, shard, &delivery);
