@@ -5,8 +5,8 @@
 //! so the multi-line case is the worst case for the line splitter). Throughput is body bytes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sse_edge::event_id::EventId;
-use sse_edge::sse::encode_event;
+use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::sse::encode_event;
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_event");

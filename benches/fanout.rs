@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sse_edge::event_id::EventId;
-use sse_edge::outbox::Outbox;
-use sse_edge::sse::encode_event;
-use sse_edge::stream::Stream;
-use sse_edge::topics::Subs;
+use sse_edge::delivery::outbox::Outbox;
+use sse_edge::delivery::stream::{Bounds, Lane, Stream};
+use sse_edge::delivery::topics::Subs;
+use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::sse::encode_event;
 
 #[path = "../tests/util/counting_alloc.rs"]
 mod counting_alloc;
@@ -34,15 +34,15 @@ fn broadcast(subs: &mut [Subscriber], id: u64, frame: &Bytes, now: Instant) -> u
     let mut queued = 0;
     for s in subs.iter_mut() {
         let offer = s.stream.offer(
-            &mut s.outbox,
+            &mut Lane::alone(&mut s.outbox),
             EventId::local(id),
             None,
             frame,
-            65536,
+            Bounds::both(65536),
             now,
             std::time::Duration::MAX,
         );
-        queued += matches!(offer, sse_edge::stream::Offer::Queued(_)) as usize;
+        queued += matches!(offer, sse_edge::delivery::stream::Offer::Queued(_)) as usize;
     }
     for s in subs.iter_mut() {
         s.outbox.write_to(&mut std::io::sink()).unwrap();

@@ -31,7 +31,7 @@ fn main() -> io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:9090".into())
         .parse()
         .expect("usage: floor ADDR");
-    sse_edge::fdlimit::raise_to_hard_limit()?;
+    sse_edge::node::fdlimit::raise_to_hard_limit()?;
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
     poll.registry()

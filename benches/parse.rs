@@ -4,7 +4,7 @@
 //! as parse speed; the head is what Chromium sends for an `EventSource`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sse_edge::http::parse_request;
+use sse_edge::wire::http::parse_request;
 
 const BROWSER_GET: &[u8] = b"GET /stream?topic=news&topic=sport HTTP/1.1\r\n\
 Host: localhost:8080\r\n\

@@ -10,12 +10,12 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sse_edge::event_id::EventId;
-use sse_edge::outbox::Outbox;
-use sse_edge::sse::encode_event;
+use sse_edge::delivery::outbox::Outbox;
+use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::sse::encode_event;
 
 fn bench(c: &mut Criterion) {
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise the open files limit");
+    sse_edge::node::fdlimit::raise_to_hard_limit().expect("raise the open files limit");
     let mut group = c.benchmark_group("socket_fanout");
     let frame = encode_event(
         EventId::local(1),

@@ -8,7 +8,7 @@ use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::signature::KeyPair as _;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use sse_edge::jwt::{KeySource, Trust};
+use sse_edge::auth::jwt::{KeySource, Trust};
 
 const SECRET: &str = "bench-secret-bench-secret-bench-00";
 const NOW: u64 = 1_800_000_000;

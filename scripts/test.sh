@@ -35,11 +35,33 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)  # tests/tls.rs: curl --cacert
-if [ "${#need[@]}" -gt 0 ]; then
-  say "installing ${need[*]}"
+# The deploy kit's checks (tests/deploy.rs, tests/prometheus.rs): promtool and prometheus from
+# Debian's prometheus, without its recommends (they bring node-exporter; the tests run their
+# own prometheus on a free loopback port with its own storage and never use the package's
+# daemon or :9090); systemd-analyze; dpkg-dev (dpkg-shlibdeps, for the package's libc
+# dependency). About 12 s when missing.
+bare=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || bare+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || bare+=(systemd)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || bare+=(dpkg-dev)
+if [ "${#need[@]}" -gt 0 ] || [ "${#bare[@]}" -gt 0 ]; then
+  say "installing ${need[*]} ${bare[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  if [ "${#need[@]}" -gt 0 ]; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  if [ "${#bare[@]}" -gt 0 ]; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${bare[@]}" >/dev/null
+  fi
+fi
+# cargo-deb builds the Debian package (tests/deploy.rs packages the debug build). Pinned:
+# packaging a dev-profile build is deprecated in cargo-deb (it warns) and a later version may
+# refuse it. `cargo install --locked` took 1 min 28 s on this two-core machine.
+if ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0'; then
+  say "installing cargo-deb"
+  cargo install --locked --quiet cargo-deb --version 3.8.0
 fi
 
 say "unit and integration tests"

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook::iterator::SignalsInfo;
-use sse_edge::config::ConfigError;
-use sse_edge::handover::{self, Outcome};
-use sse_edge::mint::{mint, unix_now, MintArgs};
-use sse_edge::upgrade::{Greeting, Requested, UpgradeArgs};
-use sse_edge::{fdlimit, Config, Server};
+use sse_edge::auth::mint::{mint, unix_now, MintArgs};
+use sse_edge::node::config::{ConfigError, LogFormat};
+use sse_edge::node::fdlimit;
+use sse_edge::node::handover::{self, Outcome};
+use sse_edge::node::upgrade::{Greeting, Requested, UpgradeArgs};
+use sse_edge::{Config, Server};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +29,12 @@ fn main() -> ExitCode {
     if first.as_ref().is_some_and(|a| a == "help") {
         return help();
     }
+    if first.as_ref().is_some_and(|a| a == "completions") {
+        return completions();
+    }
+    if first.as_ref().is_some_and(|a| a == "man") {
+        return man();
+    }
     let config = match Config::parse_from_env() {
         Ok(config) => config,
         Err(ConfigError::Info(text)) => {
@@ -40,23 +47,30 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(e) => return fail(&format!("invalid --log filter {:?}: {e}", config.log)),
     };
-    tracing_subscriber::fmt()
+    // A log line that cannot be written (stderr closed) is lost, not a panic: by default the
+    // subscriber reports it with eprintln!, which panics when stderr is gone, and a node
+    // whose supervisor stopped reading its logs must still drain on SIGTERM.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        // A log line that cannot be written (stderr closed) is lost, not a panic: by default
-        // the subscriber reports it with eprintln!, which panics when stderr is gone, and a
-        // node whose supervisor stopped reading its logs must still drain on SIGTERM.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+        LogFormat::Json => logs
+            .with_ansi(false)
+            .event_format(sse_edge::node::logs::JsonLines)
+            .init(),
+    }
 
     // Raised before binding (the stream cap is sized from it), told after: a node that
     // cannot start says so in exactly one line.
     let raised = fdlimit::raise_to_hard_limit();
 
     // Captured now: by the time of an upgrade the binary at this path may be a new one.
-    let start_path = match sse_edge::upgrade::Origin::capture() {
+    let start_path = match sse_edge::node::upgrade::Origin::capture() {
         Ok(origin) => Some(origin),
         Err(e) => {
             warn!("cannot tell how this process was started; SIGUSR2 upgrades are off: {e}");
@@ -71,15 +85,15 @@ fn main() -> ExitCode {
         Ok((before, now)) => info!("open files limit: {now} (was {before})"),
         Err(e) => warn!("cannot raise the open files limit: {e}"),
     }
-    if let Some(queue) = sse_edge::listener::accept_queue() {
+    if let Some(queue) = sse_edge::node::listener::accept_queue() {
         // A storm larger than this per listener waits for the kernel's SYN retries.
         info!(
             "accept queue: {queue} connections per listener (asked {}, capped by net.core.somaxconn)",
-            sse_edge::listener::BACKLOG
+            sse_edge::node::listener::BACKLOG
         );
     }
     // An upgrade by a binary that hands over its connections: take them before serving.
-    let handover = match sse_edge::upgrade::handover_channel() {
+    let handover = match sse_edge::node::upgrade::handover_channel() {
         None => None,
         Some(Err(e)) => return fail(&format!("upgrade: {e}")),
         Some(Ok(channel)) => match handover::take(&channel, &server.handover_limits(), |part| {
@@ -89,7 +103,9 @@ fn main() -> ExitCode {
                 let streams = taken
                     .connections
                     .iter()
-                    .filter(|(r, _)| matches!(r.kind, sse_edge::handover::wire::Kind::Stream(_)))
+                    .filter(|(r, _)| {
+                        matches!(r.kind, sse_edge::node::handover::wire::Kind::Stream(_))
+                    })
                     .count();
                 info!(
                     streams,
@@ -113,13 +129,13 @@ fn main() -> ExitCode {
         },
     };
     // Listeners are bound: connections wait in their backlogs from here on.
-    match sse_edge::notify::ready(&format!("serving on {}", server.local_addr())) {
+    match sse_edge::node::notify::ready(&format!("serving on {}", server.local_addr())) {
         Ok(_) => {}
         Err(e) => warn!("cannot tell systemd the node is ready (NOTIFY_SOCKET): {e}"),
     }
     match &handover {
         Some(channel) => handover::serving(channel),
-        None => match sse_edge::upgrade::confirm() {
+        None => match sse_edge::node::upgrade::confirm() {
             Ok(true) => {
                 info!("upgrade: this process took over the listeners; the old one drains")
             }
@@ -158,20 +174,20 @@ fn main() -> ExitCode {
             if signal == SIGUSR2 {
                 if asked {
                     warn!("SIGUSR2 while shutting down: no upgrade");
-                    sse_edge::upgrade::tell_failed(asker);
+                    sse_edge::node::upgrade::tell_failed(asker);
                     continue;
                 }
                 let Some(start_path) = &start_path else {
                     warn!("SIGUSR2: upgrades are off (see the start-up log)");
-                    sse_edge::upgrade::tell_failed(asker);
+                    sse_edge::node::upgrade::tell_failed(asker);
                     continue;
                 };
                 info!("SIGUSR2: starting the new binary with the listeners");
-                let successor = match sse_edge::upgrade::start(start_path, &listener_fds) {
+                let successor = match sse_edge::node::upgrade::start(start_path, &listener_fds) {
                     Ok(successor) => successor,
                     Err(why) => {
                         warn!("upgrade failed, this process keeps serving: {why}");
-                        sse_edge::upgrade::tell_failed(asker);
+                        sse_edge::node::upgrade::tell_failed(asker);
                         continue;
                     }
                 };
@@ -194,13 +210,13 @@ fn main() -> ExitCode {
                         Err(why) => {
                             warn!("upgrade failed, this process keeps serving: {why}");
                             successor.stop();
-                            sse_edge::upgrade::tell_failed(asker);
+                            sse_edge::node::upgrade::tell_failed(asker);
                             continue;
                         }
                     },
                 }
                 let main_pid = format!("MAINPID={pid}");
-                if let Err(e) = sse_edge::notify::notify(&main_pid) {
+                if let Err(e) = sse_edge::node::notify::notify(&main_pid) {
                     warn!("cannot tell systemd the new main pid: {e}");
                 }
                 asked = true;
@@ -216,7 +232,7 @@ fn main() -> ExitCode {
             // the line would be lost (a log line that cannot be written is dropped, not a
             // panic, so this order is safe).
             info!(signal, "shutting down");
-            if let Err(e) = sse_edge::notify::stopping() {
+            if let Err(e) = sse_edge::node::notify::stopping() {
                 warn!("cannot tell systemd the node is stopping: {e}");
             }
             control.shutdown();
@@ -243,7 +259,7 @@ fn subcommand<T>(
         .collect();
     parse(args).map_err(|e| {
         if e.use_stderr() {
-            fail(&sse_edge::config::one_line(&e.render().to_string()))
+            fail(&sse_edge::node::config::one_line(&e.render().to_string()))
         } else {
             print_out(&e.render().to_string());
             ExitCode::SUCCESS
@@ -282,6 +298,52 @@ fn help_text<T>(
     }
 }
 
+/// `sse-edge completions SHELL`: the shell's completion script, generated from the same
+/// definition as `--help`.
+fn completions() -> ExitCode {
+    use clap::ValueEnum;
+    let name = std::env::args_os().nth(2);
+    let shell = name
+        .as_ref()
+        .and_then(|s| s.to_str())
+        .and_then(|s| clap_complete::Shell::from_str(s, true).ok());
+    let Some(shell) = shell else {
+        let names: Vec<String> = clap_complete::Shell::value_variants()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        return fail(&format!(
+            "completions: name a shell: sse-edge completions {}",
+            names.join("|")
+        ));
+    };
+    if std::env::args_os().nth(3).is_some() {
+        return fail("completions: one shell only");
+    }
+    let mut out = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut sse_edge::node::config::full_command(),
+        "sse-edge",
+        &mut out,
+    );
+    print_out(&String::from_utf8_lossy(&out));
+    ExitCode::SUCCESS
+}
+
+/// `sse-edge man`: the manual page (roff), generated from the same definition as `--help`.
+fn man() -> ExitCode {
+    if std::env::args_os().nth(2).is_some() {
+        return fail("man takes no arguments: sse-edge man > sse-edge.1");
+    }
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(sse_edge::node::config::full_command()).render(&mut out) {
+        return fail(&format!("man: cannot render the page: {e}"));
+    }
+    print_out(&String::from_utf8_lossy(&out));
+    ExitCode::SUCCESS
+}
+
 /// `sse-edge token ...`: prints a signed token.
 fn token() -> ExitCode {
     let args = match subcommand("sse-edge token", MintArgs::parse_args) {
@@ -304,7 +366,7 @@ fn upgrade() -> ExitCode {
         Err(code) => return code,
     };
     let timeout = std::time::Duration::from_secs(args.timeout);
-    match sse_edge::upgrade::request(args.pid, timeout) {
+    match sse_edge::node::upgrade::request(args.pid, timeout) {
         Ok(Requested::Done(Some(new))) => {
             print_out(&format!(
                 "pid {} handed over and exited; the node is now pid {new}\n",

@@ -11,7 +11,7 @@ mod util;
 use redis_util::RedisServer;
 use sse_edge::broker::redis::{fresh_epoch, parse_url, Link, Publish, Timeouts};
 use sse_edge::broker::replay::RANGE_COUNT;
-use sse_edge::event_id::EventId;
+use sse_edge::wire::event_id::EventId;
 use util::{Response, Server, SseClient};
 
 /// The node's default stream key, where the test writes other nodes' entries.

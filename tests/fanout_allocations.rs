@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use sse_edge::event_id::EventId;
-use sse_edge::outbox::Outbox;
-use sse_edge::sse::encode_event;
-use sse_edge::stream::{Offer, Stream};
-use sse_edge::topics::{Subs, Topics};
+use sse_edge::delivery::outbox::Outbox;
+use sse_edge::delivery::stream::{Bounds, Lane, Offer, Stream};
+use sse_edge::delivery::topics::{Subs, Topics};
+use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::sse::encode_event;
 
 #[path = "util/counting_alloc.rs"]
 mod counting_alloc;
@@ -169,11 +169,11 @@ fn offer(
     now: Instant,
 ) -> Offer {
     stream.offer(
-        outbox,
+        &mut Lane::alone(outbox),
         EventId::local(id),
         None,
         frame,
-        limit,
+        Bounds::both(limit),
         now,
         Duration::MAX,
     )
@@ -204,7 +204,7 @@ impl std::io::Write for Pipe {
 
 #[test]
 fn encrypting_a_frame_for_a_tls_stream_allocates_nothing() {
-    use sse_edge::tls::{Certificate, Scratch, Session, TlsRead};
+    use sse_edge::node::tls::{Certificate, Scratch, Session, TlsRead};
     use std::sync::Arc;
 
     let dir = std::env::temp_dir().join(format!("sse-edge-alloc-tls-{}", std::process::id()));

@@ -10,11 +10,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sse_edge::event_id::EventId;
-use sse_edge::handover::wire::{
+use sse_edge::node::handover::wire::{
     HistoryHead, HistoryPart, Kind, Message, Offer, Record, State, StreamState, VERSION,
 };
-use sse_edge::handover::{self, Channel, Limits, Outcome};
+use sse_edge::node::handover::{self, Channel, Limits, Outcome};
+use sse_edge::wire::event_id::EventId;
 
 /// Forwards to the system allocator, remembering the calling thread's largest request.
 struct Largest;

@@ -17,7 +17,7 @@ fn assert_prometheus_text(text: &str) {
             );
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect(line);
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             typed.insert(name.to_owned(), kind.to_owned());
         } else {
             let (series, value) = line.rsplit_once(' ').expect(line);
@@ -27,9 +27,26 @@ fn assert_prometheus_text(text: &str) {
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.is_empty(),
                 "{line}"
             );
+            // A histogram's samples are its family's name with a suffix.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .find(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+                .unwrap_or(name);
             let kind = typed
-                .get(name)
+                .get(family)
                 .unwrap_or_else(|| panic!("sample before its TYPE: {line}"));
+            if kind == "histogram" {
+                assert!(
+                    name != family,
+                    "a histogram sample without its suffix: {line}"
+                );
+                assert_eq!(
+                    name.ends_with("_bucket"),
+                    series.contains("le=\""),
+                    "{line}"
+                );
+            }
             assert!(kind != "counter" || name.ends_with("_total"), "{line}");
             if let Some(labels) = series.strip_prefix(name) {
                 if !labels.is_empty() {
@@ -89,4 +106,50 @@ fn metrics_parse_and_move_with_the_traffic() {
     assert!(after["sse_edge_bytes_written_total"] > before["sse_edge_bytes_written_total"]);
     assert_eq!(after["sse_edge_rejected_requests_total"], 1.0);
     assert_eq!(after["sse_edge_clients"], 0.0);
+}
+
+/// The fan-out histograms count each event once on each shard that had streams for it, and
+/// never on a shard that had none (nor for an event nobody was subscribed to).
+#[test]
+fn fanout_latency_is_counted_once_per_event_per_shard_with_subscribers() {
+    const SHARDS: usize = 4;
+    const EVENTS: usize = 7;
+    let server = Server::start(&["--shards", "4"]);
+    // Three streams over four shards: at least one shard has none.
+    let mut streams: Vec<_> = (0..3).map(|_| server.stream("/stream?topic=a")).collect();
+    let clients = server.wait_metrics("three streams", |m| m["sse_edge_clients"] == 3.0);
+    assert_eq!(clients["sse_edge_fanout_seconds_count"], 0.0);
+    let per = util::per_shard(&server, "sse_edge_clients");
+    assert_eq!(per.len(), SHARDS);
+    let with_streams = per.iter().filter(|&&n| n > 0.0).count();
+    assert!((1..SHARDS).contains(&with_streams), "{per:?}");
+    for i in 0..EVENTS {
+        published_id(&server.publish("?topic=a", format!("{i}").as_bytes()));
+        // Nobody carries topic b: no shard fans it out.
+        published_id(&server.publish("?topic=b", b"x"));
+    }
+    for s in streams.iter_mut() {
+        for _ in 0..EVENTS {
+            s.next_event();
+        }
+    }
+    let expected = (EVENTS * with_streams) as f64;
+    let m = server.wait_metrics("every fan-out timed", |m| {
+        m["sse_edge_fanout_seconds_count"] == expected
+            && m["sse_edge_fanout_first_seconds_count"] == expected
+    });
+    assert!(m["sse_edge_fanout_seconds_sum"] > 0.0);
+    for family in ["sse_edge_fanout_seconds", "sse_edge_fanout_first_seconds"] {
+        let counts = util::per_shard(&server, &format!("{family}_count"));
+        let infinite = util::per_shard(&server, &format!("{family}_bucket"));
+        for shard in 0..SHARDS {
+            let want = if per[shard] > 0.0 { EVENTS as f64 } else { 0.0 };
+            assert_eq!(
+                counts[shard], want,
+                "{family} shard {shard}: {counts:?} {per:?}"
+            );
+            // per_shard keeps the last bucket of each shard: +Inf, which is the count.
+            assert_eq!(infinite[shard], want, "{family} shard {shard}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use redis_util::RedisServer;
 use sse_edge::broker::redis::{
     fresh_epoch, parse_url, Appended, Link, LinkError, Publish, Timeouts,
 };
-use sse_edge::event_id::EventId;
+use sse_edge::wire::event_id::EventId;
 use util::PATIENCE;
 
 const STREAM: &str = "test:events";

@@ -35,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use counting_alloc::{held_bytes, live_bytes, Counting};
-use sse_edge::metrics::Stat;
+use sse_edge::node::metrics::Stat;
 use sse_edge::{Config, Control, Server};
 
 #[global_allocator]
@@ -147,8 +147,8 @@ struct Storm {
 fn storm(storm: Storm) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     install_gate();
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
-    let limit = sse_edge::fdlimit::soft_limit().unwrap_or(1024) as usize;
+    sse_edge::node::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
+    let limit = sse_edge::node::fdlimit::soft_limit().unwrap_or(1024) as usize;
     let n = storm.streams;
     assert!(
         n + 100 < limit,
@@ -347,7 +347,7 @@ fn storm_client_side() {
         "-" => "GET /stream HTTP/1.1\r\nHost: storm\r\n\r\n".to_owned(),
         last => format!("GET /stream HTTP/1.1\r\nHost: storm\r\nLast-Event-ID: {last}\r\n\r\n"),
     };
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
+    sse_edge::node::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
     let say = |what: &str| {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{SAYS}{what}").unwrap();

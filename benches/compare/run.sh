@@ -39,6 +39,12 @@
 #           what the logs say (paused_ms, took_ms, streams handed and taken), the old process's
 #           exit status and whether the new one served until it was stopped. The loadtest
 #           measures the old pid: its CPU and final RSS are left out once it exits.
+# fanouthist  issue 29: CPU per delivery with the fan-out latency histograms on, beside the
+#           build before them (FANOUTHIST_BASELINE=/path/to/sse-edge, a release build of the
+#           commit before; required): 10k streams, closed-loop, 100 messages, as `compare`;
+#           3 runs of each, interleaved (before, after, before, ...). Not in the default list.
+#           OUT/fanouthist-{before,after}-R.json; compare server_cpu_ns_per_delivery (the ratio
+#           of the medians, and each side's spread).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
@@ -92,6 +98,17 @@ compare)
         --json "$out/cmp-$server-$n-$r.json" > "$out/cmp-$server-$n-$r.txt" || true
     stop
   done; done; done ;;
+fanouthist)
+  baseline=${FANOUTHIST_BASELINE:?set FANOUTHIST_BASELINE to a release sse-edge built before the histograms}
+  for r in 1 2 3; do for side in before after; do
+    bin=$edge; [ "$side" = before ] && bin=$baseline
+    name="fanouthist-$side-$r"
+    start "$name" "$bin" --listen 127.0.0.1:$port --tick 0 --log warn
+    $lt --url http://127.0.0.1:$port/stream --connections 10000 --publish-url http://127.0.0.1:$port/broadcast \
+        --publish-mode closed-loop --messages 100 --duration 120 --server-pid $pid --no-progress \
+        --json "$out/$name.json" > "$out/$name.txt" || true
+    stop
+  done; done ;;
 shards)
   for shards in 1 2; do for rate in 10 20; do for r in 1 2 3; do
     name="shards$shards-$rate-$r"

@@ -10,8 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sse_edge::handover::intake::{self, Intake, Limits};
-use sse_edge::handover::wire::{plan_history, Message};
+use sse_edge::node::handover::intake::{self, Intake, Limits};
+use sse_edge::node::handover::wire::{plan_history, Message};
 
 const LIMITS: Limits = Limits {
     history_bytes: 64 << 10,

@@ -10,9 +10,9 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use sse_edge::access::{Access, PublishAccess, StreamAccess};
-use sse_edge::http::{self, Head, Rejection, Request, RequestParser, Route, Step};
-use sse_edge::params::{self, Publish, Subscribe};
+use sse_edge::auth::access::{check_head, Access, PublishAccess, StreamAccess};
+use sse_edge::wire::http::{self, Head, Rejection, Request, RequestParser, Route, Step};
+use sse_edge::wire::params::{self, Publish, Subscribe};
 
 const MAX_BODY: usize = 1024;
 
@@ -46,7 +46,7 @@ fn run(input: &[u8], cuts: &[usize], access: &Access, peer: IpAddr) -> Vec<Outco
                             status: 404,
                             reason: "refused by route",
                         }),
-                        _ => params::check_head(route, &head, access, Some(peer), 0, false)
+                        _ => check_head(route, &head, access, Some(peer), 0, false)
                             .map(|_| ()),
                     };
                     if verdict.is_ok() {

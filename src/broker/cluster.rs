@@ -26,10 +26,10 @@ use tracing::{debug, info, warn};
 
 use super::redis::{fresh_epoch, Link, LinkError, Publish, Timeouts};
 use super::replay::{self, Limits, ReplayJob};
-use crate::event_id::EventId;
-use crate::history::Cursor;
-use crate::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
-use crate::params::DEFAULT_TOPIC;
+use crate::delivery::history::Cursor;
+use crate::delivery::hub::{Accepted, Hub, Inbox, Ticket, Unavailable};
+use crate::wire::event_id::EventId;
+use crate::wire::params::DEFAULT_TOPIC;
 
 /// Publishes waiting for the publisher thread, at most; beyond it a publish gets `503` at
 /// once rather than a queue that grows while Redis is slow.
@@ -119,8 +119,8 @@ impl Cluster {
     /// to ten seconds) until the reader has read what Redis holds, so a whole-cluster restart
     /// replays from each node's memory rather than one Redis read per stream. An unreachable
     /// Redis does not hold start-up: the node starts degraded and keeps trying.
-    pub fn start(
-        hub: Arc<Hub>,
+    pub fn start<C: Send + 'static>(
+        hub: Arc<Hub<C>>,
         info: ConnectionInfo,
         key: String,
         maxlen: u64,
@@ -178,9 +178,9 @@ impl Cluster {
 
     /// The next part of a replay: from the node's history when it reaches back to the
     /// cursor, else from Redis on the replayer thread.
-    pub fn replay(
+    pub fn replay<C>(
         &self,
-        hub: &Hub,
+        hub: &Hub<C>,
         from: usize,
         ticket: Ticket,
         names: &[Arc<str>],
@@ -219,9 +219,9 @@ impl Cluster {
 
     /// Queues a publish for the publisher thread; answers `503` at once when Redis is
     /// unreachable or the queue is full.
-    pub fn publish(
+    pub fn publish<C>(
         &self,
-        hub: &Hub,
+        hub: &Hub<C>,
         from: usize,
         ticket: Option<Ticket>,
         topic: &str,
@@ -295,7 +295,7 @@ impl Backoff {
 }
 
 /// Answers one publish.
-fn answer(hub: &Hub, job: &Job, outcome: Result<Accepted, Unavailable>) {
+fn answer<C>(hub: &Hub<C>, job: &Job, outcome: Result<Accepted, Unavailable>) {
     if let Some(ticket) = job.ticket {
         hub.answer(job.from, Inbox::Published { ticket, outcome });
     }
@@ -309,8 +309,8 @@ fn unavailable(e: &LinkError) -> Unavailable {
 
 /// The publisher thread: connect, then send what waits in pipelines until the shards are
 /// gone. While Redis is unreachable every publish that still reaches it gets `503`.
-fn publish_loop(
-    hub: &Hub,
+fn publish_loop<C>(
+    hub: &Hub<C>,
     info: &ConnectionInfo,
     key: &str,
     maxlen: u64,
@@ -405,7 +405,7 @@ fn publish_loop(
 /// The ticker thread: every period, the cluster's next heartbeat if this node holds (or
 /// takes) the lease. Its beat comes back through the reader like any entry. Silent while a
 /// hand-over has frozen the hub (the successor ticks on) and while Redis is unreachable.
-fn tick_loop(hub: &Hub, info: &ConnectionInfo, key: &str, maxlen: u64, ticker: &Ticker) {
+fn tick_loop<C>(hub: &Hub<C>, info: &ConnectionInfo, key: &str, maxlen: u64, ticker: &Ticker) {
     // Longer than two periods: a live holder renews it in time even when one beat is late,
     // and a lost holder is replaced within about two beats.
     let lease = ticker.period * 2 + Duration::from_secs(1);
@@ -446,7 +446,13 @@ fn tick_loop(hub: &Hub, info: &ConnectionInfo, key: &str, maxlen: u64, ticker: &
 }
 
 /// The reader thread: follow the stream into the hub, for the node's whole life.
-fn read_loop(hub: &Hub, info: &ConnectionInfo, key: &str, state: &State, warm: mpsc::Sender<()>) {
+fn read_loop<C>(
+    hub: &Hub<C>,
+    info: &ConnectionInfo,
+    key: &str,
+    state: &State,
+    warm: mpsc::Sender<()>,
+) {
     let mut warm = Some(warm);
     let mut link: Option<Link> = None;
     let mut after = EventId::ZERO;

@@ -2,8 +2,11 @@
 //!
 //! The shards do not know which broker they talk to, and never wait on it: every answer (an
 //! event to deliver, "your publish got id X" or "failed", the next part of a replay) arrives
-//! in the shard's inbox ([`crate::hub::Inbox`]), for the embedded broker too, so there is one
-//! ordering rule (see [`crate::hub`]).
+//! in the shard's inbox ([`crate::delivery::hub::Inbox`]), for the embedded broker too, so there is one
+//! ordering rule (`delivery/hub/ledger.rs`).
+//!
+//! May use: `delivery` (the hub it feeds, cursors and batches), `wire` (ids, names, SSE).
+//! Used by: `node` (the shards publish and ask for replays; the server starts it).
 
 pub mod cluster;
 pub mod redis;
@@ -11,8 +14,8 @@ pub mod replay;
 
 use std::sync::Arc;
 
-use crate::history::Cursor;
-use crate::hub::{Hub, Ticket};
+use crate::delivery::history::Cursor;
+use crate::delivery::hub::{Hub, Ticket};
 
 /// How this node's events get their ids.
 #[derive(Debug)]
@@ -26,9 +29,9 @@ pub enum Broker {
 impl Broker {
     /// Publishes an event from shard `from`; the answer comes to that shard's inbox when a
     /// `ticket` is given.
-    pub fn publish(
+    pub fn publish<C>(
         &self,
-        hub: &Hub,
+        hub: &Hub<C>,
         from: usize,
         ticket: Option<Ticket>,
         topic: &str,
@@ -42,9 +45,9 @@ impl Broker {
     }
 
     /// Asks for the next part of a replay; it comes to shard `from`'s inbox.
-    pub fn replay(
+    pub fn replay<C>(
         &self,
-        hub: &Hub,
+        hub: &Hub<C>,
         from: usize,
         ticket: Ticket,
         names: &[Arc<str>],

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use crate::event_id::{EventId, MAX_EPOCH};
-use crate::params;
+use crate::wire::event_id::{EventId, MAX_EPOCH};
+use crate::wire::params;
 
 /// The epoch of an entry about to be appended: the one Redis keeps at `KEYS[2]`, or `ARGV[2]`
 /// (a fresh one) written there first when Redis has none. One text for every script that

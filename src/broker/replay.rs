@@ -38,10 +38,10 @@ use redis::ConnectionInfo;
 use tracing::warn;
 
 use super::redis::{Entry, Link, LinkError, Range, Timeouts};
-use crate::event_id::EventId;
-use crate::history::{Batch, Cursor};
-use crate::hub::{Hub, Inbox, ReplayStep, Ticket};
-use crate::sse;
+use crate::delivery::history::{Batch, Cursor};
+use crate::delivery::hub::{Hub, Inbox, ReplayStep, Ticket};
+use crate::wire::event_id::EventId;
+use crate::wire::sse;
 
 /// Entries one read asks Redis for, at most.
 pub const RANGE_COUNT: usize = 512;
@@ -441,8 +441,8 @@ enum Served {
 
 /// The replayer thread: serves replay steps from Redis through one [`RangeCache`], until the
 /// shards are gone. `queues` are the steps asked for, and the streams gone meanwhile.
-pub fn replay_loop(
-    hub: &Hub,
+pub fn replay_loop<C>(
+    hub: &Hub<C>,
     info: &ConnectionInfo,
     key: &str,
     (queue, overs): (&Receiver<ReplayJob>, &Receiver<Over>),
@@ -540,8 +540,8 @@ fn take_waiting(
 /// longer has what follows the cursor, or the resume's scan budget is spent, the history
 /// answers too, and its first step says `reset` (expired). On an error the history has the
 /// step too.
-fn serve(
-    hub: &Hub,
+fn serve<C>(
+    hub: &Hub<C>,
     link: &mut Link,
     cache: &mut RangeCache,
     limits: Limits,
@@ -644,7 +644,7 @@ fn serve(
 }
 
 /// Sends a replay step read from Redis; the stream asks again as it drains.
-fn send_more(hub: &Hub, job: ReplayJob, batch: Batch) -> Served {
+fn send_more<C>(hub: &Hub<C>, job: ReplayJob, batch: Batch) -> Served {
     let at = job.cursor.after();
     hub.answer(
         job.from,

@@ -89,8 +89,9 @@ impl Server {
             // Keep draining stderr for the server's whole life so it never blocks on a log line.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("listening on ") {
+                    // Ends at a space (text logs) or a quote (JSON logs).
                     let addr = line[at + 13..]
-                        .split_whitespace()
+                        .split(|c: char| c.is_whitespace() || c == '"')
                         .next()
                         .unwrap_or("")
                         .to_owned();
@@ -270,7 +271,7 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 
 /// Raises this test process's open-files soft limit (1000+ sockets per test).
 pub fn raise_fd_limit() {
-    sse_edge::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
+    sse_edge::node::fdlimit::raise_to_hard_limit().expect("raise RLIMIT_NOFILE");
 }
 
 /// One SSE event as a client sees it.
