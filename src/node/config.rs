@@ -664,7 +664,7 @@ pub fn env_file() -> String {
          # zero-disconnect upgrade, gives the new binary the running process's own arguments\n\
          # and environment, not this file's; SIGHUP re-reads key and certificate files.\n\
          #\n\
-         # Generated from the flags' definitions (src/config.rs, config::env_file); tests/deploy.rs\n\
+         # Generated from the flags' definitions (src/node/config.rs, config::env_file); tests/deploy.rs\n\
          # fails when a flag is missing here or its default changed.\n",
     );
     let command = Config::command();
