@@ -20,7 +20,7 @@ n=${1:?usage: bash benches/compare/loadtest_storm.sh N [RUNS]}
 runs=${2:-3}
 node=target/release/sse-edge
 loadtest=target/release/loadtest
-{ [ -x "$node" ] && [ -x "$loadtest" ]; } || cargo build --release --workspace --bins -q
+cargo build --release --workspace --bins -q  # a no-op when up to date; never a stale binary
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }

@@ -31,7 +31,7 @@ history=${HISTORY:-2}
 retry_ms=${RETRY_MS:-2000}
 multi_accept=${MULTI_ACCEPT:-off}
 streams=$((3 * per))
-[ -x target/release/sse-edge ] && [ -x target/release/loadtest ] || cargo build --release --workspace --bins -q
+cargo build --release --workspace --bins -q  # a no-op when up to date; never a stale binary
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 work=$(mktemp -d "${TMPDIR:-/tmp}/node-lost.XXXXXX")
 echo "work: $work"

@@ -3,8 +3,8 @@
 # loadtest --server-pid, stops it, and keeps the JSON under OUT (default target/bench-runs).
 #
 #   benches/compare/run.sh [OUT] [SERIES...]      SERIES: edge compare shards hold50k auth tls upgrade
-#                                                         memory live200k tlsstorm
-#                                                 (default: all but memory, live200k and tlsstorm)
+#                                                         memory live200k tlsstorm fanouthist versus
+#                                                 (default: edge compare shards hold50k auth tls upgrade)
 #
 # Servers listen on 127.0.0.1, each on a free port (found by probing, below the ephemeral
 # range that the loadtest's own connections use), never on every interface.
@@ -45,6 +45,12 @@
 #           3 runs of each, interleaved (before, after, before, ...). Not in the default list.
 #           OUT/fanouthist-{before,after}-R.json; compare server_cpu_ns_per_delivery (the ratio
 #           of the medians, and each side's spread).
+# versus    issue 27 (and any change to the hot path): this build against earlier release builds
+#           of sse-edge, named in VERSUS="before=/path/to/sse-edge mid=/path/to/other" (required),
+#           interleaved in one sitting (before, mid, this, before, ...), 3 runs each: CPU per
+#           delivery at 10k streams (closed-loop, 100 messages, as `compare`) and bytes per idle
+#           stream at 10k and 19k (one broadcast, as `memory`). OUT/versus-{cpu,idle10000,
+#           idle19000}-NAME-R.json, NAME `this` for this build. Not in the default list.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
@@ -109,6 +115,21 @@ fanouthist)
         --json "$out/$name.json" > "$out/$name.txt" || true
     stop
   done; done ;;
+versus)
+  read -r -a named <<<"${VERSUS:?set VERSUS to NAME=/path/to/sse-edge pairs (release builds to compare with this one)}"
+  named+=("this=$edge")
+  for r in 1 2 3; do for shape in cpu idle10000 idle19000; do for pair in "${named[@]}"; do
+    bin=${pair#*=}; name="versus-$shape-${pair%%=*}-$r"
+    start "$name" "$bin" --listen 127.0.0.1:$port --tick 0 --log warn
+    if [ "$shape" = cpu ]; then
+      load=(--connections 10000 --publish-mode closed-loop --messages 100 --duration 120)
+    else
+      load=(--connections "${shape#idle}" --messages 1 --duration 10)
+    fi
+    $lt --url http://127.0.0.1:$port/stream --publish-url http://127.0.0.1:$port/broadcast "${load[@]}" \
+        --server-pid $pid --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
+    stop
+  done; done; done ;;
 shards)
   for shards in 1 2; do for rate in 10 20; do for r in 1 2 3; do
     name="shards$shards-$rate-$r"

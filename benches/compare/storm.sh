@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 runs=${1:-3}
 sizes=${2:-"1000 10000 19000"}
 bin=target/release/sse-edge
-[ -x "$bin" ] || cargo build --release --bins -q
+cargo build --release --bins -q  # a no-op when up to date; never a stale binary
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 line() { # server shape size output
