@@ -50,7 +50,8 @@
 #           interleaved in one sitting (before, mid, this, before, ...), 3 runs each: CPU per
 #           delivery at 10k streams (closed-loop, 100 messages, as `compare`) and bytes per idle
 #           stream at 10k and 19k (one broadcast, as `memory`). OUT/versus-{cpu,idle10000,
-#           idle19000}-NAME-R.json, NAME `this` for this build. Not in the default list.
+#           idle19000}-NAME-R.json, NAME `this` for this build. Then, with valgrind, instructions
+#           per delivery under callgrind (OUT/versus-cg-NAME-{50,100}.node). Not in the default list.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
@@ -129,7 +130,24 @@ versus)
     $lt --url http://127.0.0.1:$port/stream --publish-url http://127.0.0.1:$port/broadcast "${load[@]}" \
         --server-pid $pid --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
     stop
-  done; done; done ;;
+  done; done; done
+  # Instructions, not seconds: one shard under callgrind, 1,000 streams, 50 and then 100
+  # closed-loop messages; per delivery = (I(100) - I(50)) / 50,000, which cancels start-up,
+  # the connects and shutdown. Repeatable whatever else the machine does.
+  if command -v valgrind >/dev/null; then
+    for pair in "${named[@]}"; do for m in 50 100; do
+      bin=${pair#*=}; name="versus-cg-${pair%%=*}-$m"
+      valgrind --tool=callgrind --callgrind-out-file="$out/$name.cg" "$bin" --listen 127.0.0.1:$port \
+          --tick 0 --log warn --shards 1 >"$out/$name.server.log" 2>&1 & pid=$!
+      for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+      $lt --url http://127.0.0.1:$port/stream --publish-url http://127.0.0.1:$port/broadcast \
+          --connections 1000 --publish-mode closed-loop --messages $m --duration 300 --connect-timeout 120 \
+          --procs 1 --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
+      stop
+      echo "instructions=$(awk '/^summary:/ {print $2}' "$out/$name.cg")" > "$out/$name.node"
+      rm -f "$out/$name.cg"
+    done; done
+  fi ;;
 shards)
   for shards in 1 2; do for rate in 10 20; do for r in 1 2 3; do
     name="shards$shards-$rate-$r"
