@@ -232,6 +232,9 @@ impl Outbox {
     /// Returns the state reached and what was written. `Interrupted` is retried; any other
     /// error is returned and the caller closes the client.
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(Flush, Written)> {
+        if let Queue::One(front) = &mut self.0 {
+            return write_one(front, out);
+        }
         let mut total = Written::default();
         while let Some(front) = self.front() {
             // One frame queued is the common case (a healthy stream, one event per turn):
@@ -307,6 +310,30 @@ impl Outbox {
         }
         completed
     }
+}
+
+/// [`Outbox::write_to`] for the common case, one frame inline (a healthy stream, one event
+/// per turn): a plain write(2), and no queue to look at between the writes.
+fn write_one<W: Write>(front: &mut Bytes, out: &mut W) -> io::Result<(Flush, Written)> {
+    let mut total = Written::default();
+    while !front.is_empty() {
+        match out.write(front) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) if written >= front.len() => {
+                total.bytes += front.len();
+                total.frames += 1;
+                *front = Bytes::new();
+            }
+            Ok(written) => {
+                total.bytes += written;
+                front.advance(written);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Flush::Blocked, total)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((Flush::Empty, total))
 }
 
 #[cfg(test)]
@@ -439,6 +466,32 @@ mod tests {
         };
         assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, rest));
         assert_eq!(w.got, b"hello brave new world");
+    }
+
+    #[test]
+    fn one_inline_frame_written_in_parts_resumes_mid_frame() {
+        let mut q = Outbox::default();
+        q.push(frame("hello world"));
+        assert!(!q.holds_queue());
+        let mut w = Throttled::new(5, 2);
+        let part = Written {
+            bytes: 5,
+            frames: 0,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Blocked, part));
+        assert_eq!(
+            w.calls, 4,
+            "three writes of 2, 2 and 1 bytes, then would block"
+        );
+        assert_eq!(q.queued_bytes(), 6);
+        w.budget = 1000;
+        let rest = Written {
+            bytes: 6,
+            frames: 1,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), (Flush::Empty, rest));
+        assert_eq!(w.got, b"hello world");
+        assert!(q.is_empty());
     }
 
     #[test]
