@@ -67,8 +67,12 @@ fn every_route_answers_over_h2c_with_the_same_rules_and_no_connection_fields() {
             );
         }
     }
+    // A head over the list bound (an HPACK bomb's shape): 431 on its stream alone.
+    let big = "v".repeat(12 * 1024);
+    c.request(15, "GET", "/healthz", &[("x-big", &big)], true);
+    assert_eq!(c.response(15).status(), 431);
     // The connection goes on after all of them.
-    assert_eq!(c.get(15, "/healthz").status(), 200);
+    assert_eq!(c.get(17, "/healthz").status(), 200);
     assert_eq!(c.goaway, None);
 }
 
