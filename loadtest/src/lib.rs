@@ -39,6 +39,7 @@ pub mod board;
 pub mod client;
 pub mod clock;
 pub mod fdlimit;
+pub mod h2;
 pub mod inbox;
 pub mod meter;
 pub mod plot;
