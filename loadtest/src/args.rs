@@ -238,7 +238,20 @@ pub struct Args {
     /// back with its last id, as a network blip does (implies --reconnect).
     #[arg(long, value_name = "SECS")]
     pub reconnect_after: Option<f64>,
+
+    /// HTTP/2: open N streams on each connection (default 1 for h2c:// URLs). With it an
+    /// https:// --url speaks HTTP/2 by ALPN (h2; a server that does not agree fails the run);
+    /// without it https:// stays HTTP/1.1. --connections still counts streams: each worker
+    /// opens ceil(its streams / N) connections. Publishing stays HTTP/1.1 (--publish-url is
+    /// http:// or https://).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_STREAMS_PER_CONNECTION))]
+    pub streams_per_connection: Option<u64>,
 }
+
+/// Most streams one HTTP/2 connection may be asked to carry: far above any server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS (sse-edge: 100 by default), which bounds it in practice
+/// (streams past it are refused by the server and counted as reset).
+pub const MAX_STREAMS_PER_CONNECTION: u64 = 10_000;
 
 /// An id to send as `Last-Event-ID`: one header value, not empty.
 fn last_event_id(s: &str) -> Result<String, String> {
@@ -294,6 +307,44 @@ impl Args {
         crate::url::split_list(&self.url)
     }
 
+    /// HTTP/2 streams per connection: `--streams-per-connection`, or 1 for `h2c://`;
+    /// `None`: the run speaks HTTP/1.1.
+    pub fn streams_per_connection(&self) -> Option<u64> {
+        let h2c = self
+            .urls()
+            .iter()
+            .any(|url| Scheme::of(url) == Some(Scheme::H2c));
+        self.streams_per_connection.or(h2c.then_some(1))
+    }
+
+    /// HTTP/2 needs every --url to be h2c:// or https://, a plain --publish-url, and no slow
+    /// readers (a slow HTTP/2 stream is a closed window, not bytes left in the kernel).
+    fn check_h2(&self) -> Result<(), String> {
+        if let Some(url) = self.publish_url.as_deref() {
+            if Scheme::of(url) == Some(Scheme::H2c) {
+                return Err(
+                    "--publish-url: publishing is HTTP/1.1: give an http:// or https:// URL"
+                        .to_owned(),
+                );
+            }
+        }
+        if self.streams_per_connection().is_none() {
+            return Ok(());
+        }
+        let h2_ok = |url: &&str| matches!(Scheme::of(url), Some(Scheme::H2c | Scheme::Https));
+        if !self.urls().iter().all(h2_ok) {
+            return Err(
+                "HTTP/2 (h2c:// or --streams-per-connection) needs every --url to be h2c:// or \
+                 https://"
+                    .to_owned(),
+            );
+        }
+        if self.slow_fraction > 0.0 {
+            return Err("--slow-fraction is not supported over HTTP/2 yet".to_owned());
+        }
+        Ok(())
+    }
+
     /// Checks what clap cannot: positive rates and times.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |name: &str, v: f64| {
@@ -338,6 +389,7 @@ impl Args {
                     .to_owned(),
             );
         }
+        self.check_h2()?;
         self.check_tls()
     }
 
