@@ -372,8 +372,11 @@ impl Worker {
                                 .map_err(io::Error::other)?;
                             if plan.streams_per_connection.is_some() {
                                 // HTTP/2 only: a server that cannot speak it fails the run.
+                                // http/1.1 offered too, so a server without h2 still
+                                // finishes its handshake and the run can say what it chose.
                                 let mut with_alpn = (*config).clone();
-                                with_alpn.alpn_protocols = vec![b"h2".to_vec()];
+                                with_alpn.alpn_protocols =
+                                    vec![b"h2".to_vec(), b"http/1.1".to_vec()];
                                 config = Arc::new(with_alpn);
                             }
                             tls_config = Some(Arc::clone(&config));
@@ -1223,13 +1226,15 @@ impl Worker {
             if let Some(session) = conn.tls.as_deref() {
                 if !conn.alpn_checked && !session.is_handshaking() {
                     conn.alpn_checked = true;
-                    if session.alpn_protocol() != Some(b"h2") {
+                    let chosen = session.alpn_protocol();
+                    if chosen != Some(b"h2") {
                         let url = &self.targets[conn.target].url;
+                        let chosen = chosen.map_or("none".into(), String::from_utf8_lossy);
                         self.tls_error.get_or_insert_with(|| {
                             format!(
-                                "{url}: the server did not choose HTTP/2 by ALPN: \
-                                 --streams-per-connection needs h2 (without it https:// runs \
-                                 use HTTP/1.1)"
+                                "{url}: the server did not choose HTTP/2 by ALPN (it chose \
+                                 {chosen}): --streams-per-connection needs h2 (without it \
+                                 https:// runs use HTTP/1.1)"
                             )
                         });
                         return self.drop_conn(ckey, Some(Failure::Tls));
