@@ -46,6 +46,11 @@ Examples:
   loadtest --url https://edge.example:8443/stream --connections 10000 \\
            --publish-url https://edge.example:8443/broadcast --rate 10 --cacert ca.pem
 
+  # HTTP/2 with prior knowledge: 10k streams, 10 per connection (1,000 connections);
+  # publishing stays HTTP/1.1. Over https://, --streams-per-connection makes it h2 by ALPN:
+  loadtest --url h2c://127.0.0.1:8080/stream --connections 10000 --streams-per-connection 10 \\
+           --publish-url http://127.0.0.1:8080/broadcast --rate 10 --duration 30
+
   # Rehearse a deploy: 10k streams at once, each resuming after event 50 (run the node
   # with --tick 0 so that every event that is not the run's own is a replay):
   loadtest --url http://127.0.0.1:8080/stream --connections 10000 --storm --last-event-id 50 \\
@@ -68,7 +73,8 @@ Exit status: 0 when every stream connected and no fast reader lost a message, 1 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadtest", version, after_long_help = EXAMPLES, after_help = "See --help for examples.")]
 pub struct Args {
-    /// SSE stream URL, http:// or https:// (then give --cacert or --insecure), e.g.
+    /// SSE stream URL, http://, https:// (then give --cacert or --insecure) or h2c:// (HTTP/2
+    /// with prior knowledge, see --streams-per-connection), e.g.
     /// http://127.0.0.1:8080/stream?topic=load; or a comma-separated list of them, e.g. one
     /// per node: stream i starts on URL i mod the list's length, and with --reconnect a
     /// stream that ends comes back to the next URL of the list (a client-side failover list,
@@ -529,6 +535,35 @@ mod tests {
         needs_rate("--rate 5 --publishers 2 --publish-mode closed-loop").unwrap_err();
         assert!(args(&format!("{base} {url} --rate 5 --publishers 65")).is_err());
         assert!(args(&format!("{base} {url} --rate 5 --publishers 0")).is_err());
+    }
+
+    #[test]
+    fn http2_is_h2c_or_https_with_streams_per_connection() {
+        let parse = |line: &str| args(line).unwrap();
+        let h2c = parse("loadtest --connections 10 --url h2c://127.0.0.1:1/s");
+        h2c.validate().unwrap();
+        assert_eq!(h2c.streams_per_connection(), Some(1));
+        let h2c = parse(
+            "loadtest --connections 10 --url h2c://127.0.0.1:1/s --streams-per-connection 10",
+        );
+        assert_eq!(h2c.streams_per_connection(), Some(10));
+        let tls = parse("loadtest --connections 10 --url https://127.0.0.1:1/s --insecure");
+        assert_eq!(tls.streams_per_connection(), None);
+        let tls = parse(
+            "loadtest --connections 10 --url https://127.0.0.1:1/s,h2c://127.0.0.1:2/s \
+             --insecure --streams-per-connection 100",
+        );
+        tls.validate().unwrap();
+        assert_eq!(tls.streams_per_connection(), Some(100));
+        let plain = parse("loadtest --connections 10 --url http://127.0.0.1:1/s");
+        assert_eq!(plain.streams_per_connection(), None);
+        // Plain http:// cannot carry HTTP/2 here, not even beside an h2c:// URL.
+        let mixed =
+            parse("loadtest --connections 10 --url h2c://127.0.0.1:1/s,http://127.0.0.1:2/s");
+        assert!(mixed.validate().unwrap_err().contains("h2c:// or https://"));
+        assert!(
+            args("loadtest --connections 10 --url h2c://x/ --streams-per-connection 0").is_err()
+        );
     }
 
     #[test]
