@@ -110,6 +110,9 @@ pub struct Client {
     gone: bool,
     /// A connection error ended it (only our GOAWAY is left to send).
     failed: bool,
+    /// The server set SETTINGS_HEADER_TABLE_SIZE: our next block must open with a table size
+    /// update (RFC 7541 §4.2), or a server that checks (sse-edge does) fails the connection.
+    size_update_due: bool,
 }
 
 impl Default for Client {
@@ -144,6 +147,7 @@ impl Client {
             peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
             gone: false,
             failed: false,
+            size_update_due: false,
         }
     }
 
@@ -164,7 +168,16 @@ impl Client {
         }
         let stream = self.next_stream;
         self.next_stream += 2;
-        frame::write_headers(stream, block, true, self.peer_max_frame, &mut self.out);
+        if self.size_update_due {
+            // Size 0: our encoder never indexes, so no table at all is the truth.
+            self.size_update_due = false;
+            let mut first = Vec::with_capacity(block.len() + 1);
+            hpack::encode_size_update(0, &mut first);
+            first.extend_from_slice(block);
+            frame::write_headers(stream, &first, true, self.peer_max_frame, &mut self.out);
+        } else {
+            frame::write_headers(stream, block, true, self.peer_max_frame, &mut self.out);
+        }
         self.streams.insert(stream, Stream::default());
         Some(stream)
     }
@@ -375,7 +388,7 @@ impl Client {
                     match id {
                         setting::MAX_CONCURRENT_STREAMS => self.peer_max_streams = value,
                         setting::MAX_FRAME_SIZE => self.peer_max_frame = value,
-                        // Our encoder never indexes: its table size does not matter to it.
+                        setting::HEADER_TABLE_SIZE => self.size_update_due = true,
                         _ => {}
                     }
                 }
@@ -650,6 +663,31 @@ mod tests {
         let sent = b": connected\n\nid: 1\ndata: x\n\n".len() as u32;
         assert_eq!(p.server.send_window(a), Some(WINDOW - sent));
         assert_eq!(p.server.connection_window(), (WINDOW - sent) as i32);
+    }
+
+    #[test]
+    fn streams_opened_after_the_server_settings_open_with_a_table_size_update() {
+        // sse-edge advertises SETTINGS_HEADER_TABLE_SIZE 0 and holds the first block after our
+        // ACK to RFC 7541 §4.2: it must open with a size update, or the connection fails.
+        let mut p = Pair::new();
+        p.client.open(&get("/stream?first")).unwrap();
+        p.exchange();
+        let later = p.client.open(&get("/stream?later")).unwrap();
+        let again = p.client.open(&get("/stream?again")).unwrap();
+        p.exchange();
+        assert_eq!(
+            p.requests,
+            vec![
+                (1, "/stream?first".into()),
+                (later, "/stream?later".into()),
+                (again, "/stream?again".into())
+            ]
+        );
+        assert!(
+            p.seen.iter().all(|s| !matches!(s, Seen::GoAway(..))),
+            "{:?}",
+            p.seen
+        );
     }
 
     #[test]
