@@ -173,3 +173,86 @@ fn http2_flags_are_checked_before_anything_runs() {
     );
     assert!(e.contains("publishing is HTTP/1.1"), "{e}");
 }
+
+#[test]
+fn streams_the_server_ends_come_back_on_their_live_connections() {
+    // Every stream is ended (END_STREAM, the connection kept) after its second event; with
+    // --reconnect each comes back after its retry: with Last-Event-ID, on the connection it
+    // had, and the server replays what it missed.
+    let server = H2Server::start_with(h2_server::Options {
+        end_after_events: Some(2),
+        ..h2_server::Options::default()
+    });
+    let (ok, s, text) = run(
+        "ended.json",
+        &args(&format!(
+            "--url {} --connections 100 --streams-per-connection 10 --procs 1 --reconnect \
+             --publish-url {} --messages 6 --duration 20",
+            server.h2c("/stream"),
+            server.http("/broadcast")
+        )),
+    );
+    assert!(ok, "{text}");
+    assert_eq!(s["reconnects"], 100, "{text}");
+    assert_eq!(s["deliveries_received"], 100 * 6, "{text}");
+    assert_eq!(s["deliveries_lost"], 0, "{text}");
+    assert_eq!(s["deliveries_duplicated"], 0, "{text}");
+    // No new connection: the streams came back on the ten they had.
+    assert_eq!(s["connections"], 10, "{text}");
+    assert_eq!(server.count(|s| &s.h2_connections), 10);
+    assert_eq!(server.count(|s| &s.streams), 200);
+}
+
+#[test]
+fn https_with_streams_per_connection_speaks_h2_by_alpn() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::crypto::aws_lc_rs;
+    use rustls::pki_types::PrivateKeyDer;
+
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let ca_file = json_path("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let tls = H2Server::start_with(h2_server::Options {
+        tls: Some(std::sync::Arc::new(config)),
+        ..h2_server::Options::default()
+    });
+    // Publishing over plain HTTP/1.1 to a second (plain) server would reach other streams:
+    // this one takes its publishes over TLS, HTTP/1.1, on the same port.
+    let (ok, s, text) = run(
+        "tls.json",
+        &args(&format!(
+            "--url {} --connections 100 --streams-per-connection 10 --procs 1 \
+             --publish-url {} --messages 5 --duration 20 --cacert {}",
+            tls.https("/stream"),
+            tls.https("/broadcast"),
+            ca_file.display()
+        )),
+    );
+    assert!(ok, "{text}");
+    assert_eq!(s["protocol"], "h2", "{text}");
+    assert_eq!(s["connections"], 10, "{text}");
+    assert_eq!(s["deliveries_received"], 100 * 5, "{text}");
+    assert_eq!(s["deliveries_lost"], 0);
+    assert_eq!(tls.count(|s| &s.h2_connections), 10);
+    assert_eq!(tls.count(|s| &s.max_streams_per_connection), 10);
+}

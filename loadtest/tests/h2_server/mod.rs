@@ -2,8 +2,10 @@
 //! machine (`sse_edge::wire::h2::conn::Connection`) over real loopback sockets: streams over
 //! HTTP/2 with prior knowledge, publishes over HTTP/1.1 (`POST /broadcast`), each body sent
 //! to every stream as one event. It counts connections and streams, so a test can check how
-//! the loadtest spread its streams. `goaway_after` makes it answer only that many streams
-//! per connection and send a GOAWAY naming the last one, as a draining server does.
+//! the loadtest spread its streams. [`Options`]: answer only so many streams per connection
+//! and send a GOAWAY naming the last one, as a draining server does; end every stream (END_STREAM,
+//! the connection kept) after so many events, replaying after `last-event-id` when it comes
+//! back; serve over TLS with ALPN `h2`.
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use rustls::{ServerConfig, ServerConnection};
 use sse_edge::wire::h2::conn::{Connection, Event, Limits};
 use sse_edge::wire::h2::{frame, hpack, ErrorCode};
 
@@ -38,6 +41,17 @@ pub struct Seen {
     pub publishes: AtomicU64,
 }
 
+/// How the server behaves.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Answer this many streams per connection, then GOAWAY naming the last.
+    pub goaway_after: Option<u32>,
+    /// End every stream after it has had this many events (of the run's publishes).
+    pub end_after_events: Option<u64>,
+    /// Serve TLS with this configuration (its ALPN should offer `h2`).
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
 /// The server, stopped on drop.
 pub struct H2Server {
     /// Where it listens.
@@ -51,6 +65,14 @@ pub struct H2Server {
 impl H2Server {
     /// Starts it on a kernel-chosen loopback port.
     pub fn start(goaway_after: Option<u32>) -> H2Server {
+        Self::start_with(Options {
+            goaway_after,
+            ..Options::default()
+        })
+    }
+
+    /// Starts it with `options`.
+    pub fn start_with(options: Options) -> H2Server {
         let mut listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
@@ -67,7 +89,8 @@ impl H2Server {
                         max_streams: 1000,
                         ..Limits::default()
                     },
-                    goaway_after,
+                    options,
+                    history: Vec::new(),
                     seen,
                 };
                 server
@@ -84,6 +107,11 @@ impl H2Server {
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// `https://` URL of a path (TLS servers).
+    pub fn https(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 
     /// `h2c://` URL of a path.
@@ -116,8 +144,8 @@ enum Kind {
     Unknown,
     H2 {
         conn: Box<Connection>,
-        /// Streams answered.
-        streams: Vec<u32>,
+        /// Streams answered, with the events each has had.
+        streams: Vec<(u32, u64)>,
         /// Requests seen on it.
         requests: u32,
         /// A GOAWAY was sent naming this last stream.
@@ -128,6 +156,7 @@ enum Kind {
 
 struct Client {
     stream: TcpStream,
+    tls: Option<Box<ServerConnection>>,
     kind: Kind,
     input: Vec<u8>,
     out: Vec<u8>,
@@ -140,7 +169,9 @@ struct Server {
     next: usize,
     next_id: u64,
     limits: Limits,
-    goaway_after: Option<u32>,
+    options: Options,
+    /// Every event published: (id, frame).
+    history: Vec<(u64, Bytes)>,
     seen: Arc<Seen>,
 }
 
@@ -171,10 +202,15 @@ impl Server {
                             )
                             .unwrap();
                         self.seen.connections.fetch_add(1, Ordering::SeqCst);
+                        let tls =
+                            self.options.tls.as_ref().map(|config| {
+                                Box::new(ServerConnection::new(config.clone()).unwrap())
+                            });
                         self.conns.insert(
                             key,
                             Client {
                                 stream,
+                                tls,
                                 kind: Kind::Unknown,
                                 input: Vec::new(),
                                 out: Vec::new(),
@@ -201,20 +237,53 @@ impl Server {
             return;
         };
         let mut buf = [0u8; 65536];
-        loop {
-            match c.stream.read(&mut buf) {
-                Ok(0) => {
-                    c.closed = true;
-                    break;
-                }
-                Ok(n) => c.input.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    c.closed = true;
-                    break;
+        if let Some(tls) = c.tls.as_deref_mut() {
+            loop {
+                match tls.read_tls(&mut c.stream) {
+                    Ok(0) => {
+                        c.closed = true;
+                        break;
+                    }
+                    Ok(_) => {
+                        if tls.process_new_packets().is_err() {
+                            c.closed = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.closed = true;
+                        break;
+                    }
                 }
             }
+            loop {
+                match tls.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+        } else {
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        c.closed = true;
+                        break;
+                    }
+                    Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if c.input.is_empty() {
+            return;
         }
         if let Kind::Unknown = c.kind {
             if c.input.len() < frame::PREFACE.len() && Connection::is_preface_start(&c.input) {
@@ -254,18 +323,19 @@ impl Server {
         };
         let input = std::mem::take(&mut c.input);
         let mut events = Vec::new();
-        if conn.recv(&input, 0, &self.limits, &mut events).is_err() {
+        if let Err(e) = conn.recv(&input, 0, &self.limits, &mut events) {
+            eprintln!("h2_server: connection error {e:?}");
             c.closed = true;
         }
         for event in events {
             match event {
-                Event::Request { stream, .. } => {
+                Event::Request { stream, head, .. } => {
                     *requests += 1;
                     if last.is_some() {
                         self.seen.refused.fetch_add(1, Ordering::SeqCst);
                         continue;
                     }
-                    if self.goaway_after == Some(*requests) {
+                    if self.options.goaway_after == Some(*requests) {
                         if let Some(control) = conn.take_output() {
                             c.out.extend_from_slice(&control);
                         }
@@ -291,13 +361,27 @@ impl Server {
                         c.out.extend_from_slice(&header);
                         c.out.extend_from_slice(&chunk);
                     }
-                    streams.push(stream);
+                    // A stream that comes back gets what it missed.
+                    let after = head
+                        .field(b"last-event-id")
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+                    if let Some(after) = after {
+                        for (_, frame) in self.history.iter().filter(|(id, _)| *id > after) {
+                            for (header, chunk) in
+                                conn.send_data(stream, frame.clone(), false).unwrap()
+                            {
+                                c.out.extend_from_slice(&header);
+                                c.out.extend_from_slice(&chunk);
+                            }
+                        }
+                    }
+                    streams.push((stream, 0));
                     self.seen.streams.fetch_add(1, Ordering::SeqCst);
                     self.seen
                         .max_streams_per_connection
                         .fetch_max(streams.len() as u64, Ordering::SeqCst);
                 }
-                Event::Reset { stream, .. } => streams.retain(|&s| s != stream),
+                Event::Reset { stream, .. } => streams.retain(|&(s, _)| s != stream),
                 _ => {}
             }
         }
@@ -327,20 +411,27 @@ impl Server {
         let id = self.next_id;
         self.next_id += 1;
         let event = Bytes::from(format!("id: {id}\ndata: {body}\n\n"));
+        self.history.push((id, event.clone()));
+        let end_after = self.options.end_after_events;
         let mut clients = 0u64;
         for other in self.conns.values_mut() {
             if let Kind::H2 { conn, streams, .. } = &mut other.kind {
                 if let Some(control) = conn.take_output() {
                     other.out.extend_from_slice(&control);
                 }
-                for &s in streams.iter() {
-                    if let Ok(frames) = conn.send_data(s, event.clone(), false) {
+                for (s, had) in streams.iter_mut() {
+                    *had += 1;
+                    let end = end_after == Some(*had);
+                    if let Ok(frames) = conn.send_data(*s, event.clone(), end) {
                         clients += 1;
                         for (header, chunk) in frames {
                             other.out.extend_from_slice(&header);
                             other.out.extend_from_slice(&chunk);
                         }
                     }
+                }
+                if let Some(n) = end_after {
+                    streams.retain(|&(_, had)| had < n);
                 }
             }
         }
@@ -364,6 +455,23 @@ impl Server {
         if let Kind::H2 { conn, .. } = &mut c.kind {
             if let Some(control) = conn.take_output() {
                 c.out.extend_from_slice(&control);
+            }
+        }
+        if let Some(tls) = c.tls.as_deref_mut() {
+            if !c.out.is_empty() {
+                tls.writer().write_all(&c.out).unwrap();
+                c.out.clear();
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut c.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.closed = true;
+                        break;
+                    }
+                }
             }
         }
         while !c.out.is_empty() {
