@@ -231,8 +231,32 @@ pub struct Config {
     )]
     pub tls_handshakes_per_turn: usize,
 
+    /// HTTP/2 beside HTTP/1.1 (`on` or `off`): `h2` by ALPN on TLS listeners, h2c with
+    /// prior knowledge (the client preface) on plain ones. HTTP/1.1 is always served.
+    #[arg(
+        long = "http2",
+        env = "SSE_EDGE_HTTP2",
+        default_value = "on",
+        value_name = "on|off",
+        value_parser = parse_switch
+    )]
+    pub http2: bool,
+
+    /// Streams one HTTP/2 connection may hold open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// beyond it a new stream is refused with REFUSED_STREAM, which a client may retry.
+    #[arg(
+        long,
+        env = "SSE_EDGE_H2_MAX_STREAMS",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub h2_max_streams: u32,
+
     /// Streams this node holds before it sheds new ones (200, `: shed`, a long `retry:`,
-    /// closed). Default: the open-files limit less a reserve for listeners and publishers.
+    /// closed), whatever carries them (an HTTP/1.1 connection each, or HTTP/2 connections
+    /// sharing one). Default: the open-files limit less a reserve for listeners and
+    /// publishers, times --h2-max-streams with --http2 on (each descriptor may carry that
+    /// many HTTP/2 streams).
     #[arg(long, env = "SSE_EDGE_MAX_CLIENTS", value_name = "N")]
     pub max_clients: Option<usize>,
 
@@ -403,6 +427,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The most `--h2-max-streams` may say: a connection's streams are a sorted list searched per
+/// frame, and a browser opens a few dozen at most.
+pub const MAX_H2_STREAMS: u32 = 10_000;
+
+/// `on` or `off`, as the contract spells a switch.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected `on` or `off`".to_owned()),
+    }
+}
+
 fn parse_shards(s: &str) -> Result<usize, String> {
     if s == "auto" {
         return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -570,6 +607,11 @@ impl Config {
         }
         if self.retry_ms == 0 || self.retry_ms > 3_600_000 {
             return Err("--retry-ms must be between 1 and 3600000".into());
+        }
+        if !(1..=MAX_H2_STREAMS).contains(&self.h2_max_streams) {
+            return Err(format!(
+                "--h2-max-streams must be between 1 and {MAX_H2_STREAMS}"
+            ));
         }
         if self.max_clients == Some(0) || self.max_clients > Some(1 << 30) {
             return Err("--max-clients must be between 1 and 1073741824".into());

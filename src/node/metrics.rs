@@ -70,6 +70,35 @@ stats! {
     TlsHandshakes => "sse_edge_tls_handshakes_total", "counter", "TLS handshakes completed.";
     TlsHandshakeFailures => "sse_edge_tls_handshake_failures_total", "counter", "TLS connections that ended before their handshake completed (not TLS, bad TLS, gone, or too slow).";
     ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
+    H2Connections => "sse_edge_h2_connections_total", "counter", "HTTP/2 connections served (h2c with prior knowledge, and h2 by ALPN).";
+    H2RapidReset => "sse_edge_h2_defences_total" ["defence=\"rapid_reset\""], "counter", "Defences against hostile HTTP/2 peers that tripped (GOAWAY or RST_STREAM), by defence.";
+    H2ContinuationFlood => "sse_edge_h2_defences_total" ["defence=\"continuation_flood\""], "counter", "";
+    H2HeaderList => "sse_edge_h2_defences_total" ["defence=\"header_list\""], "counter", "";
+    H2SettingsFlood => "sse_edge_h2_defences_total" ["defence=\"settings_flood\""], "counter", "";
+    H2PingFlood => "sse_edge_h2_defences_total" ["defence=\"ping_flood\""], "counter", "";
+    H2WindowUpdateFlood => "sse_edge_h2_defences_total" ["defence=\"window_update_flood\""], "counter", "";
+    H2IdleFrameFlood => "sse_edge_h2_defences_total" ["defence=\"idle_frame_flood\""], "counter", "";
+    H2ControlBacklog => "sse_edge_h2_defences_total" ["defence=\"control_backlog\""], "counter", "";
+    H2WindowOverflow => "sse_edge_h2_defences_total" ["defence=\"window_overflow\""], "counter", "";
+    H2SettingsTimeout => "sse_edge_h2_defences_total" ["defence=\"settings_timeout\""], "counter", "";
+}
+
+impl Stat {
+    /// The counter of an HTTP/2 defence (`sse_edge_h2_defences_total{defence}`).
+    pub fn h2_defence(defence: crate::wire::h2::conn::Defence) -> Stat {
+        use crate::wire::h2::conn::Defence;
+        match defence {
+            Defence::RapidReset => Stat::H2RapidReset,
+            Defence::ContinuationFlood => Stat::H2ContinuationFlood,
+            Defence::HeaderList => Stat::H2HeaderList,
+            Defence::SettingsFlood => Stat::H2SettingsFlood,
+            Defence::PingFlood => Stat::H2PingFlood,
+            Defence::WindowUpdateFlood => Stat::H2WindowUpdateFlood,
+            Defence::IdleFrameFlood => Stat::H2IdleFrameFlood,
+            Defence::ControlBacklog => Stat::H2ControlBacklog,
+            Defence::WindowOverflow => Stat::H2WindowOverflow,
+        }
+    }
 }
 
 const STAT_COUNT: usize = INFO.len();

@@ -198,7 +198,7 @@ impl Server {
         let publish_keys = trust("--publish-jwt", &config.publish_jwt, &expect)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
-                Some(Certificate::load(cert, key).map_err(StartError::Keys)?)
+                Some(Certificate::load(cert, key, config.http2).map_err(StartError::Keys)?)
             }
             _ => None,
         };
@@ -243,7 +243,14 @@ impl Server {
         let max_streams = config.max_clients.unwrap_or_else(|| {
             let shards = listeners.len() as u64;
             let limit = fdlimit::soft_limit().unwrap_or(1024);
-            limit.saturating_sub(FD_HEADROOM + 4 * shards).max(1) as usize
+            let descriptors = limit.saturating_sub(FD_HEADROOM + 4 * shards).max(1);
+            // Each descriptor may carry --h2-max-streams HTTP/2 streams.
+            let per_connection = if config.http2 {
+                u64::from(config.h2_max_streams)
+            } else {
+                1
+            };
+            descriptors.saturating_mul(per_connection).min(1 << 30) as usize
         });
         info!(max_streams, "streams beyond this are shed");
         if config.reuse_port && config.redis.is_none() {
