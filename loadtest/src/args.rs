@@ -170,7 +170,7 @@ pub struct Args {
     pub grace: f64,
 
     /// Worker processes holding the streams; default: enough to stay under the open-files
-    /// limit (about 19.8k streams each here).
+    /// limit (about 19.8k connections each here: streams over HTTP/1.1).
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub procs: Option<u64>,
 
@@ -442,8 +442,17 @@ impl Args {
     pub fn procs(&self, fd_limit: u64) -> u64 {
         self.procs.unwrap_or_else(|| {
             let per = fd_limit.saturating_sub(FD_RESERVE).max(1);
-            self.connections.div_ceil(per)
+            self.sockets().div_ceil(per)
         })
+    }
+
+    /// Sockets the streams need: one each over HTTP/1.1, one per `--streams-per-connection`
+    /// over HTTP/2 (what descriptors and source ports are spent on).
+    pub fn sockets(&self) -> u64 {
+        match self.streams_per_connection() {
+            Some(n) => self.connections.div_ceil(n),
+            None => self.connections,
+        }
     }
 
     /// Source addresses: as asked, or 127.0.0.1..k when a loopback destination would run out
@@ -452,7 +461,7 @@ impl Args {
         if !self.source.is_empty() {
             return self.source.clone();
         }
-        let needed = self.connections.div_ceil(STREAMS_PER_SOURCE);
+        let needed = self.sockets().div_ceil(STREAMS_PER_SOURCE);
         match destination {
             IpAddr::V4(ip) if ip.is_loopback() && needed > 1 => (1..=needed.min(254))
                 .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
@@ -616,6 +625,15 @@ mod tests {
             args("loadtest --url http://127.0.0.1:1/ --connections 2000 --procs 2").unwrap();
         assert_eq!(small.procs(20_000), 2);
         assert!(small.sources(ip).is_empty());
+        // Over HTTP/2 descriptors and ports go by connections, not streams.
+        let h2 = args(
+            "loadtest --url h2c://127.0.0.1:1/ --connections 50000 --streams-per-connection 10",
+        )
+        .unwrap();
+        assert_eq!((h2.sockets(), h2.procs(20_000)), (5000, 1));
+        assert!(h2.sources(ip).is_empty());
+        let h2 = args("loadtest --url h2c://127.0.0.1:1/ --connections 50000").unwrap();
+        assert_eq!((h2.procs(20_000), h2.sources(ip).len()), (3, 10));
     }
 
     #[test]
