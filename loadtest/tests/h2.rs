@@ -203,8 +203,9 @@ fn streams_the_server_ends_come_back_on_their_live_connections() {
     assert_eq!(server.count(|s| &s.streams), 200);
 }
 
-#[test]
-fn https_with_streams_per_connection_speaks_h2_by_alpn() {
+/// A TLS server configuration with ALPN h2 then http/1.1 for a certificate of 127.0.0.1,
+/// and the file of the CA that signed it.
+fn tls_config(tag: &str) -> (std::sync::Arc<rustls::ServerConfig>, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use rustls::crypto::aws_lc_rs;
     use rustls::pki_types::PrivateKeyDer;
@@ -229,11 +230,16 @@ fn https_with_streams_per_connection_speaks_h2_by_alpn() {
     )
     .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let ca_file = json_path("ca.pem");
+    let ca_file = json_path(&format!("{tag}-ca.pem"));
     std::fs::write(&ca_file, ca.pem()).unwrap();
+    (std::sync::Arc::new(config), ca_file)
+}
 
+#[test]
+fn https_with_streams_per_connection_speaks_h2_by_alpn() {
+    let (config, ca_file) = tls_config("alpn");
     let tls = H2Server::start_with(h2_server::Options {
-        tls: Some(std::sync::Arc::new(config)),
+        tls: Some(config),
         ..h2_server::Options::default()
     });
     // Publishing over plain HTTP/1.1 to a second (plain) server would reach other streams:
@@ -255,4 +261,30 @@ fn https_with_streams_per_connection_speaks_h2_by_alpn() {
     assert_eq!(s["deliveries_lost"], 0);
     assert_eq!(tls.count(|s| &s.h2_connections), 10);
     assert_eq!(tls.count(|s| &s.max_streams_per_connection), 10);
+}
+
+#[test]
+fn a_thousand_streams_on_one_tls_connection_all_get_their_requests_out() {
+    // 1,000 HEADERS are ~90 KB of plaintext, more than rustls buffers at once: the rest must
+    // still leave once the socket takes the first part, with no edge of its own to wait for.
+    let (config, ca_file) = tls_config("many");
+    let tls = H2Server::start_with(h2_server::Options {
+        tls: Some(config),
+        ..h2_server::Options::default()
+    });
+    let (ok, s, text) = run(
+        "tls-many.json",
+        &args(&format!(
+            "--url {} --connections 2000 --streams-per-connection 1000 --procs 1 \
+             --publish-url {} --messages 3 --duration 20 --connect-timeout 10 --cacert {}",
+            tls.https("/stream"),
+            tls.https("/broadcast"),
+            ca_file.display()
+        )),
+    );
+    assert!(ok, "{text}");
+    assert_eq!(s["connections"], 2, "{text}");
+    assert_eq!(s["connections_established"], 2000, "{text}");
+    assert_eq!(s["deliveries_received"], 2000 * 3, "{text}");
+    assert_eq!(tls.count(|s| &s.max_streams_per_connection), 1000);
 }

@@ -202,10 +202,12 @@ impl Server {
                             )
                             .unwrap();
                         self.seen.connections.fetch_add(1, Ordering::SeqCst);
-                        let tls =
-                            self.options.tls.as_ref().map(|config| {
-                                Box::new(ServerConnection::new(config.clone()).unwrap())
-                            });
+                        let tls = self.options.tls.as_ref().map(|config| {
+                            let mut tls = ServerConnection::new(config.clone()).unwrap();
+                            // A test server: whatever it writes is buffered whole.
+                            tls.set_buffer_limit(None);
+                            Box::new(tls)
+                        });
                         self.conns.insert(
                             key,
                             Client {
@@ -248,6 +250,11 @@ impl Server {
                         if tls.process_new_packets().is_err() {
                             c.closed = true;
                             break;
+                        }
+                        // Drained after every record batch: rustls stops reading while its
+                        // plaintext buffer is full.
+                        while let Ok(n @ 1..) = tls.reader().read(&mut buf) {
+                            c.input.extend_from_slice(&buf[..n]);
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
