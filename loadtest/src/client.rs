@@ -1559,17 +1559,26 @@ fn write_conn(conn: &mut Conn) -> io::Result<()> {
         return Ok(());
     }
     match conn.tls.as_deref_mut() {
-        Some(session) => {
+        Some(session) => loop {
+            // rustls takes plaintext up to its buffer limit (during the handshake, and while
+            // its records wait for the socket): what it refuses goes once the socket took
+            // some, in this same call, since no edge of its own will come for it.
+            let before = conn.h2.output().len();
             while !conn.h2.output().is_empty() {
                 let n = session.writer().write(conn.h2.output())?;
                 if n == 0 {
-                    // rustls's plaintext buffer is full until the handshake is done.
                     break;
                 }
                 conn.h2.sent(n);
             }
-            tls::flush(session, &mut conn.stream)
-        }
+            tls::flush(session, &mut conn.stream)?;
+            let stuck = session.wants_write() || session.is_handshaking();
+            if conn.h2.output().is_empty() || stuck || conn.h2.output().len() == before {
+                // Done; or the socket is full (a writable edge follows) or the handshake
+                // holds the rest (its reads drive this again).
+                return Ok(());
+            }
+        },
         None => {
             while !conn.h2.output().is_empty() {
                 match conn.stream.write(conn.h2.output()) {
