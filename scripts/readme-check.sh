@@ -31,8 +31,9 @@
 #
 # Declared substitutions (printed again when it runs)
 #   - Every port the blocks name (`localhost:8081`, `--listen 0.0.0.0:8080`, `--port 6379`,
-#     `redis://127.0.0.1:6379`, and `http://localhost/` as port 80, `https://...` without a
-#     port as 443) becomes a free loopback port, the same one wherever the README repeats it;
+#     `redis://127.0.0.1:6379`, `h2c://127.0.0.1:8091`, and `http://localhost/` as port 80,
+#     `https://...` without a port as 443) becomes a free loopback port, the same one wherever
+#     the README repeats it;
 #     0.0.0.0 becomes 127.0.0.1.
 #   - `target/release/X` becomes this checkout's target/debug/X (built first);
 #     `cargo build --release ...` does nothing; `cargo run --release [-- ARGS]` (the reader's
@@ -149,8 +150,8 @@ sub host { my ($h) = @_; return $h eq '0.0.0.0' ? '127.0.0.1' : $h; }
 # Ports and addresses: every port a block names becomes its loopback port.
 sub map_ports {
     my ($l) = @_;
-    my %default = (http => 80, https => 443, redis => 6379);
-    $l =~ s{\b(https?|redis)://(localhost|127\.0\.0\.1|0\.0\.0\.0)(?::(\d+))?}
+    my %default = (http => 80, https => 443, redis => 6379, h2c => 80);
+    $l =~ s{\b(https?|redis|h2c)://(localhost|127\.0\.0\.1|0\.0\.0\.0)(?::(\d+))?}
            {"$1://" . host($2) . ':' . port($3 // $default{$1})}ge;
     $l =~ s{(--listen[ =])(?:0\.0\.0\.0|127\.0\.0\.1|localhost):(\d+)}{$1 . '127.0.0.1:' . port($2)}ge;
     $l =~ s{(--port[ =])(\d+)}{$1 . port($2)}ge;

@@ -46,6 +46,11 @@ Examples:
   loadtest --url https://edge.example:8443/stream --connections 10000 \\
            --publish-url https://edge.example:8443/broadcast --rate 10 --cacert ca.pem
 
+  # HTTP/2 with prior knowledge: 10k streams, 10 per connection (1,000 connections);
+  # publishing stays HTTP/1.1. Over https://, --streams-per-connection makes it h2 by ALPN:
+  loadtest --url h2c://127.0.0.1:8080/stream --connections 10000 --streams-per-connection 10 \\
+           --publish-url http://127.0.0.1:8080/broadcast --rate 10 --duration 30
+
   # Rehearse a deploy: 10k streams at once, each resuming after event 50 (run the node
   # with --tick 0 so that every event that is not the run's own is a replay):
   loadtest --url http://127.0.0.1:8080/stream --connections 10000 --storm --last-event-id 50 \\
@@ -68,7 +73,8 @@ Exit status: 0 when every stream connected and no fast reader lost a message, 1 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadtest", version, after_long_help = EXAMPLES, after_help = "See --help for examples.")]
 pub struct Args {
-    /// SSE stream URL, http:// or https:// (then give --cacert or --insecure), e.g.
+    /// SSE stream URL, http://, https:// (then give --cacert or --insecure) or h2c:// (HTTP/2
+    /// with prior knowledge, see --streams-per-connection), e.g.
     /// http://127.0.0.1:8080/stream?topic=load; or a comma-separated list of them, e.g. one
     /// per node: stream i starts on URL i mod the list's length, and with --reconnect a
     /// stream that ends comes back to the next URL of the list (a client-side failover list,
@@ -164,7 +170,7 @@ pub struct Args {
     pub grace: f64,
 
     /// Worker processes holding the streams; default: enough to stay under the open-files
-    /// limit (about 19.8k streams each here).
+    /// limit (about 19.8k connections each here: streams over HTTP/1.1).
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub procs: Option<u64>,
 
@@ -238,7 +244,20 @@ pub struct Args {
     /// back with its last id, as a network blip does (implies --reconnect).
     #[arg(long, value_name = "SECS")]
     pub reconnect_after: Option<f64>,
+
+    /// HTTP/2: open N streams on each connection (default 1 for h2c:// URLs). With it an
+    /// https:// --url speaks HTTP/2 by ALPN (h2; a server that does not agree fails the run);
+    /// without it https:// stays HTTP/1.1. --connections still counts streams: each worker
+    /// opens ceil(its streams / N) connections. Publishing stays HTTP/1.1 (--publish-url is
+    /// http:// or https://).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_STREAMS_PER_CONNECTION))]
+    pub streams_per_connection: Option<u64>,
 }
+
+/// Most streams one HTTP/2 connection may be asked to carry: far above any server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS (sse-edge: 100 by default), which bounds it in practice
+/// (streams past it are refused by the server and counted as reset).
+pub const MAX_STREAMS_PER_CONNECTION: u64 = 10_000;
 
 /// An id to send as `Last-Event-ID`: one header value, not empty.
 fn last_event_id(s: &str) -> Result<String, String> {
@@ -294,6 +313,44 @@ impl Args {
         crate::url::split_list(&self.url)
     }
 
+    /// HTTP/2 streams per connection: `--streams-per-connection`, or 1 for `h2c://`;
+    /// `None`: the run speaks HTTP/1.1.
+    pub fn streams_per_connection(&self) -> Option<u64> {
+        let h2c = self
+            .urls()
+            .iter()
+            .any(|url| Scheme::of(url) == Some(Scheme::H2c));
+        self.streams_per_connection.or(h2c.then_some(1))
+    }
+
+    /// HTTP/2 needs every --url to be h2c:// or https://, a plain --publish-url, and no slow
+    /// readers (a slow HTTP/2 stream is a closed window, not bytes left in the kernel).
+    fn check_h2(&self) -> Result<(), String> {
+        if let Some(url) = self.publish_url.as_deref() {
+            if Scheme::of(url) == Some(Scheme::H2c) {
+                return Err(
+                    "--publish-url: publishing is HTTP/1.1: give an http:// or https:// URL"
+                        .to_owned(),
+                );
+            }
+        }
+        if self.streams_per_connection().is_none() {
+            return Ok(());
+        }
+        let h2_ok = |url: &&str| matches!(Scheme::of(url), Some(Scheme::H2c | Scheme::Https));
+        if !self.urls().iter().all(h2_ok) {
+            return Err(
+                "HTTP/2 (h2c:// or --streams-per-connection) needs every --url to be h2c:// or \
+                 https://"
+                    .to_owned(),
+            );
+        }
+        if self.slow_fraction > 0.0 {
+            return Err("--slow-fraction is not supported over HTTP/2 yet".to_owned());
+        }
+        Ok(())
+    }
+
     /// Checks what clap cannot: positive rates and times.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |name: &str, v: f64| {
@@ -338,6 +395,7 @@ impl Args {
                     .to_owned(),
             );
         }
+        self.check_h2()?;
         self.check_tls()
     }
 
@@ -384,8 +442,17 @@ impl Args {
     pub fn procs(&self, fd_limit: u64) -> u64 {
         self.procs.unwrap_or_else(|| {
             let per = fd_limit.saturating_sub(FD_RESERVE).max(1);
-            self.connections.div_ceil(per)
+            self.sockets().div_ceil(per)
         })
+    }
+
+    /// Sockets the streams need: one each over HTTP/1.1, one per `--streams-per-connection`
+    /// over HTTP/2 (what descriptors and source ports are spent on).
+    pub fn sockets(&self) -> u64 {
+        match self.streams_per_connection() {
+            Some(n) => self.connections.div_ceil(n),
+            None => self.connections,
+        }
     }
 
     /// Source addresses: as asked, or 127.0.0.1..k when a loopback destination would run out
@@ -394,7 +461,7 @@ impl Args {
         if !self.source.is_empty() {
             return self.source.clone();
         }
-        let needed = self.connections.div_ceil(STREAMS_PER_SOURCE);
+        let needed = self.sockets().div_ceil(STREAMS_PER_SOURCE);
         match destination {
             IpAddr::V4(ip) if ip.is_loopback() && needed > 1 => (1..=needed.min(254))
                 .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
@@ -480,6 +547,35 @@ mod tests {
     }
 
     #[test]
+    fn http2_is_h2c_or_https_with_streams_per_connection() {
+        let parse = |line: &str| args(line).unwrap();
+        let h2c = parse("loadtest --connections 10 --url h2c://127.0.0.1:1/s");
+        h2c.validate().unwrap();
+        assert_eq!(h2c.streams_per_connection(), Some(1));
+        let h2c = parse(
+            "loadtest --connections 10 --url h2c://127.0.0.1:1/s --streams-per-connection 10",
+        );
+        assert_eq!(h2c.streams_per_connection(), Some(10));
+        let tls = parse("loadtest --connections 10 --url https://127.0.0.1:1/s --insecure");
+        assert_eq!(tls.streams_per_connection(), None);
+        let tls = parse(
+            "loadtest --connections 10 --url https://127.0.0.1:1/s,h2c://127.0.0.1:2/s \
+             --insecure --streams-per-connection 100",
+        );
+        tls.validate().unwrap();
+        assert_eq!(tls.streams_per_connection(), Some(100));
+        let plain = parse("loadtest --connections 10 --url http://127.0.0.1:1/s");
+        assert_eq!(plain.streams_per_connection(), None);
+        // Plain http:// cannot carry HTTP/2 here, not even beside an h2c:// URL.
+        let mixed =
+            parse("loadtest --connections 10 --url h2c://127.0.0.1:1/s,http://127.0.0.1:2/s");
+        assert!(mixed.validate().unwrap_err().contains("h2c:// or https://"));
+        assert!(
+            args("loadtest --connections 10 --url h2c://x/ --streams-per-connection 0").is_err()
+        );
+    }
+
+    #[test]
     fn https_urls_need_exactly_one_trust_flag() {
         let stream = "loadtest --connections 10 --url https://127.0.0.1:1/";
         let plain = "loadtest --connections 10 --url http://127.0.0.1:1/";
@@ -529,6 +625,15 @@ mod tests {
             args("loadtest --url http://127.0.0.1:1/ --connections 2000 --procs 2").unwrap();
         assert_eq!(small.procs(20_000), 2);
         assert!(small.sources(ip).is_empty());
+        // Over HTTP/2 descriptors and ports go by connections, not streams.
+        let h2 = args(
+            "loadtest --url h2c://127.0.0.1:1/ --connections 50000 --streams-per-connection 10",
+        )
+        .unwrap();
+        assert_eq!((h2.sockets(), h2.procs(20_000)), (5000, 1));
+        assert!(h2.sources(ip).is_empty());
+        let h2 = args("loadtest --url h2c://127.0.0.1:1/ --connections 50000").unwrap();
+        assert_eq!((h2.procs(20_000), h2.sources(ip).len()), (3, 10));
     }
 
     #[test]

@@ -26,6 +26,20 @@
 //! session may need to send at any time (handshake, alerts), and a writable edge is rare once
 //! the socket has room. A plain stream pays nothing of this: one empty `Option`.
 //!
+//! # HTTP/2: many streams on one connection
+//!
+//! With `h2c://` URLs, or `https://` ones and `--streams-per-connection N`, streams share
+//! connections: a stream opens on the connection of its URL that still has room (fewer than
+//! N streams, no GOAWAY, under the server's SETTINGS_MAX_CONCURRENT_STREAMS), or on a new one.
+//! A `Conn` owns the socket (and the TLS session, whose ALPN must have chosen `h2`) and an
+//! [`h2::Client`]; its streams are `Sub`s like any other, whose link names their connection
+//! and stream id, so a stream's life, parsing, deadlines and accounting are the same over
+//! both protocols. Opening a stream only queues its HEADERS; what connections queued is
+//! written once per turn (several streams' HEADERS in one write), and on writable edges.
+//! A stream the server ends, resets or leaves unprocessed under a GOAWAY ends like a stream
+//! whose connection closed (with `--reconnect` it comes back, on a live connection or a new
+//! one); a connection that ends takes its streams with it.
+//!
 //! # One turn of the loop
 //!
 //! 1. `poll` until the next timer: progress report, ramp slot, connect deadline.
@@ -51,8 +65,9 @@
 //! non-200 answer (a browser gives up for good there): a 503 from a proxy is then counted and
 //! retried, not a client lost.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -68,6 +83,7 @@ use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 use socket2::{Domain, Socket, Type};
 
 use crate::clock::now_us;
+use crate::h2;
 use crate::inbox::Inbox;
 use crate::meter::{Acct, Meter};
 use crate::response::{parse_head, Dechunker, HeadParse};
@@ -80,6 +96,9 @@ use crate::wire::{self, Command, Plan, Report, StormTally};
 
 /// The parent's command pipe; stream tokens are slab keys, far below it.
 const STDIN: Token = Token(usize::MAX - 1);
+/// HTTP/2 connections' tokens are this plus their slab key: above any stream's key (a worker
+/// holds at most a million streams), below `STDIN`.
+const CONN_BASE: usize = 1 << 40;
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 /// Longest sleep, so a missed timer computation costs at most this.
@@ -134,9 +153,68 @@ struct Life {
     head_us: u64,
 }
 
+/// What carries a stream.
+enum Link {
+    /// Its own connection (HTTP/1.1).
+    Tcp(TcpStream),
+    /// A stream of an HTTP/2 connection.
+    H2 {
+        /// The connection's key in `Worker::conns`.
+        conn: usize,
+        /// The stream id.
+        id: u32,
+    },
+}
+
+impl Link {
+    /// The stream's own socket (HTTP/1.1 only).
+    fn tcp(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Link::Tcp(stream) => Some(stream),
+            Link::H2 { .. } => None,
+        }
+    }
+}
+
+/// One HTTP/2 connection and the streams it carries.
+struct Conn {
+    stream: TcpStream,
+    /// The TLS session of an `https://` connection.
+    tls: Option<Box<ClientConnection>>,
+    h2: h2::Client,
+    /// Its URL in the `--url` list.
+    target: usize,
+    /// `connect()` is done.
+    connected: bool,
+    /// TLS: the handshake is done and its ALPN was checked.
+    alpn_checked: bool,
+    /// Stream id → key in `Worker::subs`.
+    ids: HashMap<u32, usize>,
+    /// Already in `Worker::dirty`.
+    dirty: bool,
+}
+
+/// What an HTTP/2 connection said, owned, so the worker can act on it with all of itself.
+enum H2Ev {
+    Head {
+        status: u16,
+        end_stream: bool,
+    },
+    /// Bytes `start..end` of `Worker::h2_data`.
+    Data {
+        start: usize,
+        end: usize,
+        end_stream: bool,
+    },
+    Reset,
+    GoAway {
+        last_stream: u32,
+    },
+}
+
 /// One stream with a connection.
 struct Sub {
-    stream: TcpStream,
+    link: Link,
     /// The TLS session of an `https://` stream (boxed: a plain stream pays one pointer).
     tls: Option<Box<ClientConnection>>,
     /// Tells a connect deadline apart from a later stream in the same slab slot.
@@ -170,6 +248,8 @@ struct Target {
     head: String,
     /// The whole request without `Last-Event-ID`.
     request: Vec<u8>,
+    /// HTTP/2: the request's HPACK block without `last-event-id`.
+    h2_block: Vec<u8>,
 }
 
 impl Target {
@@ -186,6 +266,35 @@ impl Target {
                 .into(),
         )
     }
+
+    /// The HTTP/2 request block for a stream whose last event was `last_id`.
+    fn h2_block_after(&self, last_id: &str) -> Cow<'_, [u8]> {
+        if last_id.is_empty() || last_id.len() > MAX_LAST_EVENT_ID {
+            return Cow::Borrowed(&self.h2_block);
+        }
+        let mut block = self.h2_block.clone();
+        h2::add_last_event_id(&mut block, last_id);
+        Cow::Owned(block)
+    }
+}
+
+/// The `--header` lines as HTTP/2 fields: names in lower case, connection-specific ones left
+/// out (RFC 9113 §8.2.2).
+fn h2_fields(headers: &str) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("accept".to_owned(), "text/event-stream".to_owned()),
+        ("cache-control".to_owned(), "no-cache".to_owned()),
+        ("user-agent".to_owned(), "sse-edge-loadtest".to_owned()),
+    ];
+    for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim().to_ascii_lowercase();
+            if !h2::is_connection_specific(&name) {
+                fields.push((name, value.trim().to_owned()));
+            }
+        }
+    }
+    fields
 }
 
 /// One worker process's event loop.
@@ -197,6 +306,19 @@ pub struct Worker {
     tls_error: Option<String>,
     poll: Poll,
     subs: Slots<Sub>,
+    /// HTTP/2 connections.
+    conns: Slots<Conn>,
+    /// Per URL, the HTTP/2 connection new streams fill first.
+    filling: Vec<Option<usize>>,
+    /// Per URL, HTTP/2 connections that had room when one of their streams ended (stale
+    /// entries are checked on use).
+    with_room: Vec<Vec<usize>>,
+    /// HTTP/2 connections with output queued this turn.
+    dirty: Vec<usize>,
+    /// What the HTTP/2 connection being read said (reused).
+    h2_events: Vec<(u32, H2Ev)>,
+    /// The DATA bytes of `h2_events` (reused).
+    h2_data: Vec<u8>,
     /// Streams between two connections (`--reconnect`).
     sleeping: Slots<Life>,
     /// When each sleeping stream reconnects: `(at_us, key in sleeping)`, soonest first.
@@ -237,7 +359,7 @@ impl Worker {
         for text in urls::split_list(&plan.url) {
             let url = Url::parse(text).map_err(io::Error::other)?;
             let tls = match url.scheme {
-                Scheme::Http => None,
+                Scheme::Http | Scheme::H2c => None,
                 Scheme::Https => {
                     let trust = plan.tls.as_ref().ok_or_else(|| {
                         io::Error::other("an https:// URL needs --cacert FILE or --insecure")
@@ -246,8 +368,17 @@ impl Worker {
                     let config = match &tls_config {
                         Some(config) => Arc::clone(config),
                         None => {
-                            let config = tls::client_config(trust, plan.tls_resume)
+                            let mut config = tls::client_config(trust, plan.tls_resume)
                                 .map_err(io::Error::other)?;
+                            if plan.streams_per_connection.is_some() {
+                                // HTTP/2 only: a server that cannot speak it fails the run.
+                                // http/1.1 offered too, so a server without h2 still
+                                // finishes its handshake and the run can say what it chose.
+                                let mut with_alpn = (*config).clone();
+                                with_alpn.alpn_protocols =
+                                    vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                                config = Arc::new(with_alpn);
+                            }
                             tls_config = Some(Arc::clone(&config));
                             config
                         }
@@ -263,11 +394,18 @@ impl Worker {
                 url.target, url.host_header, plan.headers
             );
             let request = format!("{head}\r\n").into_bytes();
+            let h2_block = h2::request_block(
+                url.scheme.h2_scheme(),
+                &url.host_header,
+                &url.target,
+                &h2_fields(&plan.headers),
+            );
             targets.push(Target {
                 url,
                 tls,
                 head,
                 request,
+                h2_block,
             });
         }
         if targets.is_empty() {
@@ -291,6 +429,12 @@ impl Worker {
             },
             next_report_us: now + plan.progress_ms * 1000,
             subs: Slots::with_capacity(plan.connections as usize),
+            conns: Slots::with_capacity(0),
+            filling: vec![None; targets.len()],
+            with_room: vec![Vec::new(); targets.len()],
+            dirty: Vec::new(),
+            h2_events: Vec::new(),
+            h2_data: Vec::new(),
             plan,
             targets,
             tls_error: None,
@@ -351,6 +495,7 @@ impl Worker {
             self.expire(now);
             self.start_connections(now);
             self.wake(now);
+            self.flush_dirty();
             if now >= self.next_report_us {
                 self.next_report_us = now + self.plan.progress_ms * 1000;
                 let report = self.report(false);
@@ -421,6 +566,10 @@ impl Worker {
                 for key in keys {
                     self.end(key, None);
                 }
+                let conns: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+                for ckey in conns {
+                    self.drop_conn(ckey, Some(Failure::Closed));
+                }
             }
             Command::Drain => {
                 self.draining = true;
@@ -444,6 +593,9 @@ impl Worker {
     }
 
     fn on_event(&mut self, key: usize, event: &Event) {
+        if let Some(ckey) = key.checked_sub(CONN_BASE) {
+            return self.on_conn_event(ckey);
+        }
         let Some(sub) = self.subs.get(key) else {
             // The stream was closed earlier in this batch.
             return;
@@ -461,6 +613,11 @@ impl Worker {
     /// Reads whatever kind of stream `key` is.
     fn read_any(&mut self, key: usize) {
         match self.subs.get(key) {
+            // Slow readers are HTTP/1.1 only (`--slow-fraction` is refused over HTTP/2).
+            Some(Sub {
+                link: Link::H2 { .. },
+                ..
+            }) => {}
             Some(sub) if sub.tls.is_some() => self.drive_tls(key),
             Some(_) => self.read_stream(key),
             None => {}
@@ -472,11 +629,14 @@ impl Worker {
         let Some(sub) = self.subs.get_mut(key) else {
             return;
         };
-        match sub.stream.take_error() {
+        let Some(stream) = sub.link.tcp() else {
+            return;
+        };
+        match stream.take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => return self.close(key, Failure::of(&e)),
         }
-        match sub.stream.peer_addr() {
+        match stream.peer_addr() {
             Ok(_) => {}
             // Still connecting: a spurious event.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -497,8 +657,11 @@ impl Worker {
         let Phase::Connecting { mut written } = sub.phase else {
             return;
         };
+        let Some(stream) = sub.link.tcp() else {
+            return;
+        };
         while written < request.len() {
-            match sub.stream.write(&request[written..]) {
+            match stream.write(&request[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     sub.phase = Phase::Connecting { written };
@@ -510,10 +673,10 @@ impl Worker {
         }
         sub.phase = Phase::Head;
         // Nothing more to write: stop hearing about writability.
-        if let Err(e) =
-            self.poll
-                .registry()
-                .reregister(&mut sub.stream, Token(key), Interest::READABLE)
+        if let Err(e) = self
+            .poll
+            .registry()
+            .reregister(stream, Token(key), Interest::READABLE)
         {
             return self.close(key, Failure::of(&e));
         }
@@ -529,7 +692,10 @@ impl Worker {
             if sub.life.acct.slow && sub.phase == Phase::Streaming && !self.draining {
                 return;
             }
-            match sub.stream.read(&mut self.scratch) {
+            let Some(stream) = sub.link.tcp() else {
+                return;
+            };
+            match stream.read(&mut self.scratch) {
                 Ok(0) => {
                     let kind = ended(sub);
                     if sub.phase != Phase::Streaming {
@@ -560,13 +726,16 @@ impl Worker {
             let Some(session) = sub.tls.as_deref_mut() else {
                 return;
             };
+            let Link::Tcp(stream) = &mut sub.link else {
+                return;
+            };
             if sub.life.acct.slow && sub.phase == Phase::Streaming && !self.draining {
-                if let Err(e) = tls::flush(session, &mut sub.stream) {
+                if let Err(e) = tls::flush(session, stream) {
                     self.close_with(key, &e);
                 }
                 return;
             }
-            match tls::read(session, &mut sub.stream, &mut self.scratch) {
+            match tls::read(session, stream, &mut self.scratch) {
                 Ok(Got::Plaintext(n)) => {
                     if !self.on_bytes(key, n) {
                         return;
@@ -602,19 +771,7 @@ impl Worker {
             now,
         );
         if before != Phase::Streaming && sub.phase == Phase::Streaming {
-            self.in_flight -= 1;
-            let life = &mut sub.life;
-            if life.first_open {
-                life.first_open = false;
-                self.first_open -= 1;
-            }
-            if life.ended_us != 0 {
-                // Served again: how long it was without a stream.
-                self.meter.counters.reconnects += 1;
-                self.reconnect_us
-                    .saturating_record(now.saturating_sub(life.ended_us).max(1));
-                life.ended_us = 0;
-            }
+            self.served(key, now);
         }
         match result {
             Ok(()) => true,
@@ -622,6 +779,26 @@ impl Worker {
                 self.close(key, kind);
                 false
             }
+        }
+    }
+
+    /// Counts a stream that just had its 200 head: out of flight, first opened, or back.
+    fn served(&mut self, key: usize, now: u64) {
+        let Some(sub) = self.subs.get_mut(key) else {
+            return;
+        };
+        self.in_flight -= 1;
+        let life = &mut sub.life;
+        if life.first_open {
+            life.first_open = false;
+            self.first_open -= 1;
+        }
+        if life.ended_us != 0 {
+            // Served again: how long it was without a stream.
+            self.meter.counters.reconnects += 1;
+            self.reconnect_us
+                .saturating_record(now.saturating_sub(life.ended_us).max(1));
+            life.ended_us = 0;
         }
     }
 
@@ -645,7 +822,12 @@ impl Worker {
         let Some(mut sub) = self.subs.remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut sub.stream);
+        match &mut sub.link {
+            Link::Tcp(stream) => {
+                let _ = self.poll.registry().deregister(stream);
+            }
+            &mut Link::H2 { conn, id } => self.detach(conn, id),
+        }
         let counters = &mut self.meter.counters;
         if let Some(kind) = kind {
             counters.fail(kind);
@@ -656,6 +838,14 @@ impl Worker {
         let mut life = sub.life;
         if sub.phase != Phase::Streaming {
             self.in_flight -= 1;
+        }
+        if kind == Some(Failure::GoAway) && self.plan.reconnect {
+            // The server never processed it (RFC 9113 §6.8: safe to retry): it goes again at
+            // once, on another connection, as a browser's network stack retries it; still
+            // its first attempt if it was.
+            let slot = self.sleeping.insert(life);
+            self.wakeups.push(Reverse((now_us(), slot)));
+            return;
         }
         if life.first_open {
             life.first_open = false;
@@ -765,7 +955,10 @@ impl Worker {
 
     /// Opens a connection for the stream `life`: to its target, with `Last-Event-ID` when it
     /// has one. A failure to even start is counted like a failed connection.
-    fn open(&mut self, mut life: Life, now: u64) {
+    fn open(&mut self, life: Life, now: u64) {
+        if let Some(per_conn) = self.plan.streams_per_connection {
+            return self.open_h2(life, now, per_conn);
+        }
         let target = &self.targets[life.target];
         let source = (!self.plan.sources.is_empty())
             .then(|| self.plan.sources[life.index as usize % self.plan.sources.len()]);
@@ -794,25 +987,12 @@ impl Worker {
         });
         let (stream, session) = match started {
             Ok(pair) => pair,
-            Err(kind) => {
-                // Counted as a connection that failed at once; with --reconnect it sleeps.
-                let counters = &mut self.meter.counters;
-                counters.fail(kind);
-                if life.first_open {
-                    life.first_open = false;
-                    self.first_open -= 1;
-                }
-                if self.plan.reconnect {
-                    self.sleep(life, now);
-                } else {
-                    counters.connect_errors += 1;
-                }
-                return;
-            }
+            Err(kind) => return self.not_started(life, kind, now),
         };
+        self.meter.counters.connections_opened += 1;
         self.serial += 1;
         let key = self.subs.insert(Sub {
-            stream,
+            link: Link::Tcp(stream),
             tls: session,
             serial: self.serial,
             phase: Phase::Connecting { written: 0 },
@@ -824,6 +1004,374 @@ impl Worker {
         self.in_flight += 1;
         self.deadlines
             .push_back((now + self.plan.connect_timeout_ms * 1000, key, self.serial));
+    }
+
+    /// Counts a stream whose connection could not even start like one that failed at once;
+    /// with `--reconnect` it sleeps.
+    fn not_started(&mut self, mut life: Life, kind: Failure, now: u64) {
+        let counters = &mut self.meter.counters;
+        counters.fail(kind);
+        if life.first_open {
+            life.first_open = false;
+            self.first_open -= 1;
+        }
+        if self.plan.reconnect {
+            self.sleep(life, now);
+        } else {
+            counters.connect_errors += 1;
+        }
+    }
+
+    /// Opens an HTTP/2 stream for `life`: its HEADERS queued on a connection of its URL with
+    /// room (at most `per_conn` streams), or on a new one.
+    fn open_h2(&mut self, life: Life, now: u64, per_conn: u64) {
+        let t = life.target;
+        let ckey = match self.conn_with_room(t, per_conn) {
+            Some(ckey) => ckey,
+            None => match self.new_conn(t, life.index / per_conn) {
+                Ok(ckey) => ckey,
+                Err(kind) => return self.not_started(life, kind, now),
+            },
+        };
+        let block = self.targets[t].h2_block_after(life.parser.last_event_id());
+        let Some(conn) = self.conns.get_mut(ckey) else {
+            return self.not_started(life, Failure::Other, now);
+        };
+        let Some(id) = conn.h2.open(&block) else {
+            return self.not_started(life, Failure::Other, now);
+        };
+        self.serial += 1;
+        let key = self.subs.insert(Sub {
+            link: Link::H2 { conn: ckey, id },
+            tls: None,
+            serial: self.serial,
+            phase: Phase::Head,
+            head: Vec::new(),
+            body: Body::Plain,
+            request: None,
+            life,
+        });
+        conn.ids.insert(id, key);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(ckey);
+        }
+        self.in_flight += 1;
+        self.deadlines
+            .push_back((now + self.plan.connect_timeout_ms * 1000, key, self.serial));
+    }
+
+    /// A connection of URL `t` that may take one more stream, if any.
+    fn conn_with_room(&mut self, t: usize, per_conn: u64) -> Option<usize> {
+        let conns = &self.conns;
+        let has_room = |ckey: usize| {
+            conns.get(ckey).is_some_and(|c| {
+                c.target == t && c.h2.can_open() && (c.ids.len() as u64) < per_conn
+            })
+        };
+        if let Some(ckey) = self.filling[t].filter(|&c| has_room(c)) {
+            return Some(ckey);
+        }
+        while let Some(ckey) = self.with_room[t].pop() {
+            if has_room(ckey) {
+                self.filling[t] = Some(ckey);
+                return Some(ckey);
+            }
+        }
+        None
+    }
+
+    /// Starts a new HTTP/2 connection to URL `t`; `spread` picks its source address.
+    fn new_conn(&mut self, t: usize, spread: u64) -> Result<usize, Failure> {
+        let target = &self.targets[t];
+        let source = (!self.plan.sources.is_empty())
+            .then(|| self.plan.sources[spread as usize % self.plan.sources.len()]);
+        let session = match &target.tls {
+            None => None,
+            Some(tls) => Some(Box::new(
+                ClientConnection::new(tls.config.clone(), tls.name.clone()).map_err(|e| {
+                    self.tls_error.get_or_insert_with(|| e.to_string());
+                    Failure::Tls
+                })?,
+            )),
+        };
+        let mut stream = connect(target.url.addr, source).map_err(|e| Failure::of(&e))?;
+        let ckey = self.conns.next_key();
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(CONN_BASE + ckey),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| Failure::of(&e))?;
+        self.conns.insert(Conn {
+            stream,
+            tls: session,
+            h2: h2::Client::new(),
+            target: t,
+            connected: false,
+            alpn_checked: false,
+            ids: HashMap::new(),
+            dirty: false,
+        });
+        self.meter.counters.connections_opened += 1;
+        self.filling[t] = Some(ckey);
+        Ok(ckey)
+    }
+
+    /// Takes an ended stream off its HTTP/2 connection (RST_STREAM when the server still
+    /// holds it open). A connection left without streams closes, unless it is live and may
+    /// carry the streams that come back (`--reconnect`).
+    fn detach(&mut self, ckey: usize, id: u32) {
+        let Some(conn) = self.conns.get_mut(ckey) else {
+            return;
+        };
+        conn.ids.remove(&id);
+        conn.h2.cancel(id);
+        let keep = self.plan.reconnect && conn.connected && conn.h2.can_open();
+        if conn.ids.is_empty() && !keep {
+            return self.drop_conn(ckey, None);
+        }
+        if conn.h2.can_open() {
+            self.with_room[conn.target].push(ckey);
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(ckey);
+        }
+    }
+
+    /// Closes an HTTP/2 connection and ends its streams: with `kind`, or (`None`) as the
+    /// server ending them (closed when streaming, a bad response before their head).
+    fn drop_conn(&mut self, ckey: usize, kind: Option<Failure>) {
+        let Some(mut conn) = self.conns.remove(ckey) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        for (_, key) in conn.ids {
+            let kind = match kind {
+                Some(kind) => kind,
+                None => {
+                    let Some(sub) = self.subs.get(key) else {
+                        continue;
+                    };
+                    if sub.phase != Phase::Streaming {
+                        self.meter.counters.closed_before_head += 1;
+                    }
+                    ended(sub)
+                }
+            };
+            self.close(key, kind);
+        }
+    }
+
+    /// Ends an HTTP/2 connection after an I/O or TLS error, keeping the first TLS reason.
+    fn fail_conn(&mut self, ckey: usize, e: &io::Error) {
+        let kind = Failure::of(e);
+        if kind == Failure::Tls && self.tls_error.is_none() {
+            self.tls_error = Some(e.to_string());
+        }
+        self.drop_conn(ckey, Some(kind));
+    }
+
+    /// Writes what the connections queued this turn (HEADERS, resets, window updates).
+    fn flush_dirty(&mut self) {
+        for ckey in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.conns.get_mut(ckey) else {
+                continue;
+            };
+            conn.dirty = false;
+            if let Err(e) = write_conn(conn) {
+                self.fail_conn(ckey, &e);
+            }
+        }
+    }
+
+    /// An HTTP/2 connection is readable or writable: finish `connect()`, then write and read
+    /// until its socket would block.
+    fn on_conn_event(&mut self, ckey: usize) {
+        let Some(conn) = self.conns.get_mut(ckey) else {
+            return;
+        };
+        if !conn.connected {
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail_conn(ckey, &e),
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => conn.connected = true,
+                // Still connecting: a spurious event.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.fail_conn(ckey, &e),
+            }
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(ckey) else {
+                return;
+            };
+            if let Err(e) = write_conn(conn) {
+                return self.fail_conn(ckey, &e);
+            }
+            let got = match conn.tls.as_deref_mut() {
+                Some(session) => tls::read(session, &mut conn.stream, &mut self.scratch),
+                None => match conn.stream.read(&mut self.scratch) {
+                    Ok(0) => Ok(Got::Closed),
+                    Ok(n) => Ok(Got::Plaintext(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Got::WouldBlock),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Some(session) = conn.tls.as_deref() {
+                if !conn.alpn_checked && !session.is_handshaking() {
+                    conn.alpn_checked = true;
+                    let chosen = session.alpn_protocol();
+                    if chosen != Some(b"h2") {
+                        let url = &self.targets[conn.target].url;
+                        let chosen = chosen.map_or("none".into(), String::from_utf8_lossy);
+                        self.tls_error.get_or_insert_with(|| {
+                            format!(
+                                "{url}: the server did not choose HTTP/2 by ALPN (it chose \
+                                 {chosen}): --streams-per-connection needs h2 (without it \
+                                 https:// runs use HTTP/1.1)"
+                            )
+                        });
+                        return self.drop_conn(ckey, Some(Failure::Tls));
+                    }
+                }
+            }
+            match got {
+                Ok(Got::Plaintext(n)) => {
+                    if !self.on_h2_bytes(ckey, n) {
+                        return;
+                    }
+                }
+                Ok(Got::WouldBlock) => {
+                    if let Err(e) = write_conn(conn) {
+                        self.fail_conn(ckey, &e);
+                    }
+                    return;
+                }
+                Ok(Got::Closed) => return self.drop_conn(ckey, None),
+                Err(e) => return self.fail_conn(ckey, &e),
+            }
+        }
+    }
+
+    /// Feeds `n` bytes of the scratch buffer to connection `ckey` and acts on what they said;
+    /// false when the connection is gone.
+    fn on_h2_bytes(&mut self, ckey: usize, n: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(ckey) else {
+            return false;
+        };
+        let mut events = std::mem::take(&mut self.h2_events);
+        let mut data = std::mem::take(&mut self.h2_data);
+        events.clear();
+        data.clear();
+        let result = conn.h2.recv(&self.scratch[..n], &mut |event| match event {
+            h2::Event::Head {
+                stream,
+                status,
+                end_stream,
+            } => events.push((stream, H2Ev::Head { status, end_stream })),
+            h2::Event::Data {
+                stream,
+                data: bytes,
+                end_stream,
+            } => {
+                let start = data.len();
+                data.extend_from_slice(bytes);
+                events.push((
+                    stream,
+                    H2Ev::Data {
+                        start,
+                        end: data.len(),
+                        end_stream,
+                    },
+                ));
+            }
+            h2::Event::Reset { stream, .. } => events.push((stream, H2Ev::Reset)),
+            h2::Event::GoAway { last_stream, .. } => events.push((0, H2Ev::GoAway { last_stream })),
+        });
+        let now = now_us();
+        for (id, event) in events.drain(..) {
+            self.on_h2_event(ckey, id, event, &data, now);
+        }
+        self.h2_events = events;
+        self.h2_data = data;
+        if result.is_err() {
+            // A connection error: its GOAWAY goes out if it can, then every stream is lost.
+            if let Some(conn) = self.conns.get_mut(ckey) {
+                let _ = write_conn(conn);
+            }
+            self.drop_conn(ckey, Some(Failure::BadResponse));
+            return false;
+        }
+        self.conns.get(ckey).is_some()
+    }
+
+    /// Acts on one thing an HTTP/2 connection said about stream `id`.
+    fn on_h2_event(&mut self, ckey: usize, id: u32, event: H2Ev, data: &[u8], now: u64) {
+        let Some(conn) = self.conns.get(ckey) else {
+            return;
+        };
+        if let H2Ev::GoAway { last_stream } = event {
+            self.meter.counters.h2_goaways += 1;
+            // Streams above its last id were not processed: they may go elsewhere at once.
+            let unprocessed: Vec<usize> = conn
+                .ids
+                .iter()
+                .filter(|(&id, _)| id > last_stream)
+                .map(|(_, &key)| key)
+                .collect();
+            for key in unprocessed {
+                self.meter.counters.h2_goaway_streams += 1;
+                self.close(key, Failure::GoAway);
+            }
+            return;
+        }
+        let Some(&key) = conn.ids.get(&id) else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(key) else {
+            return;
+        };
+        match event {
+            H2Ev::Head { status, end_stream } => {
+                if status != 200 {
+                    return self.close(key, Failure::BadStatus);
+                }
+                if sub.phase == Phase::Streaming {
+                    return;
+                }
+                sub.phase = Phase::Streaming;
+                on_head(sub, &mut self.meter, now);
+                self.served(key, now);
+                if end_stream {
+                    self.close(key, Failure::Closed);
+                }
+            }
+            H2Ev::Data {
+                start,
+                end,
+                end_stream,
+            } => {
+                let bytes = data.get(start..end).unwrap_or_default();
+                if let Err(kind) = feed_body(sub, bytes, &mut self.meter, &mut self.commands, now) {
+                    return self.close(key, kind);
+                }
+                if end_stream {
+                    let kind = ended(sub);
+                    self.close(key, kind);
+                }
+            }
+            H2Ev::Reset => {
+                self.meter.counters.h2_resets += 1;
+                self.close(key, Failure::Reset);
+            }
+            H2Ev::GoAway { .. } => {}
+        }
     }
 
     /// Settles the books at the end: what each stream never got is lost, whether it is
@@ -918,28 +1466,44 @@ fn ingest(
             HeadParse::Done(head) => head,
         };
         sub.phase = Phase::Streaming;
-        if !sub.life.established {
-            // A stream counts once, however many connections it takes (`--reconnect`).
-            sub.life.established = true;
-            sub.life.head_us = now;
-            meter.counters.established += 1;
-            if sub.life.acct.slow {
-                meter.counters.slow_established += 1;
-            }
-        }
-        if sub
-            .tls
-            .as_ref()
-            .is_some_and(|s| s.handshake_kind() == Some(HandshakeKind::Resumed))
-        {
-            meter.counters.tls_resumed += 1;
-        }
+        on_head(sub, meter, now);
         if head.chunked {
             sub.body = Body::Chunked(Dechunker::new());
         }
         head_bytes = std::mem::take(&mut sub.head);
         bytes = &head_bytes[head.len..];
     }
+    feed_body(sub, bytes, meter, commands, now)
+}
+
+/// Counts a stream's 200 head: established once however many connections it takes.
+fn on_head(sub: &mut Sub, meter: &mut Meter, now: u64) {
+    if !sub.life.established {
+        // A stream counts once, however many connections it takes (`--reconnect`).
+        sub.life.established = true;
+        sub.life.head_us = now;
+        meter.counters.established += 1;
+        if sub.life.acct.slow {
+            meter.counters.slow_established += 1;
+        }
+    }
+    if sub
+        .tls
+        .as_ref()
+        .is_some_and(|s| s.handshake_kind() == Some(HandshakeKind::Resumed))
+    {
+        meter.counters.tls_resumed += 1;
+    }
+}
+
+/// Feeds body bytes (de-chunked when the server chunks) to the stream's parser and meter.
+fn feed_body(
+    sub: &mut Sub,
+    bytes: &[u8],
+    meter: &mut Meter,
+    commands: &mut Commands,
+    now: u64,
+) -> Result<(), Failure> {
     let Sub { body, life, .. } = sub;
     let Life { parser, acct, .. } = life;
     let mut on_item = |item: Item<'_>| {
@@ -984,6 +1548,48 @@ impl Commands {
             if let Some(command) = meter.apply(command) {
                 self.deferred.push(command);
             }
+        }
+    }
+}
+
+/// Writes what an HTTP/2 connection queued, until its socket would block (TLS: through the
+/// session, which holds it until the handshake is done).
+fn write_conn(conn: &mut Conn) -> io::Result<()> {
+    if !conn.connected {
+        return Ok(());
+    }
+    match conn.tls.as_deref_mut() {
+        Some(session) => loop {
+            // rustls takes plaintext up to its buffer limit (during the handshake, and while
+            // its records wait for the socket): what it refuses goes once the socket took
+            // some, in this same call, since no edge of its own will come for it.
+            let before = conn.h2.output().len();
+            while !conn.h2.output().is_empty() {
+                let n = session.writer().write(conn.h2.output())?;
+                if n == 0 {
+                    break;
+                }
+                conn.h2.sent(n);
+            }
+            tls::flush(session, &mut conn.stream)?;
+            let stuck = session.wants_write() || session.is_handshaking();
+            if conn.h2.output().is_empty() || stuck || conn.h2.output().len() == before {
+                // Done; or the socket is full (a writable edge follows) or the handshake
+                // holds the rest (its reads drive this again).
+                return Ok(());
+            }
+        },
+        None => {
+            while !conn.h2.output().is_empty() {
+                match conn.stream.write(conn.h2.output()) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => conn.h2.sent(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
         }
     }
 }

@@ -20,6 +20,11 @@
 //! publisher uses rustls's blocking stream. What to trust (`--cacert FILE` or `--insecure`)
 //! travels to the workers in their plan, and each builds its own configuration from it.
 //!
+//! HTTP/2 (`h2c://` URLs, or `https://` with `--streams-per-connection`) carries many streams
+//! on one connection: the worker's connections hold a small client-side state machine of the
+//! loadtest's own ([`h2`], on sse-edge's frame layer and HPACK decoder), and each stream is
+//! parsed and accounted exactly as an HTTP/1.1 one is. Publishing stays HTTP/1.1.
+//!
 //! ## The flow of one message
 //!
 //! 1. The [`publisher`] POSTs message *k* with its *scheduled* time `t0 + k/rate`
@@ -39,6 +44,7 @@ pub mod board;
 pub mod client;
 pub mod clock;
 pub mod fdlimit;
+pub mod h2;
 pub mod inbox;
 pub mod meter;
 pub mod plot;

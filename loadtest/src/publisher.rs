@@ -464,6 +464,11 @@ impl Connection {
                     "{url}: an https:// URL needs --cacert FILE or --insecure"
                 ))
             }
+            (Scheme::H2c, _) => {
+                return Err(format!(
+                    "{url}: publishing is HTTP/1.1: give an http:// or https:// --publish-url"
+                ))
+            }
         };
         Ok(Connection {
             url,

@@ -101,6 +101,22 @@ pub struct Summary {
     pub connections_established: u64,
     /// Streams that failed before their head.
     pub connect_errors: u64,
+    /// How the streams were carried: `http/1.1` (one connection per stream) or `h2`.
+    pub protocol: String,
+    /// Connections opened (TCP): over HTTP/1.1 one per stream and attempt, over HTTP/2
+    /// about streams / `streams_per_connection` per worker (more after GOAWAYs or reconnects).
+    pub connections: u64,
+    /// HTTP/2 streams asked of each connection (`--streams-per-connection`); 1 over HTTP/1.1.
+    pub streams_per_connection: u64,
+    /// HTTP/2: GOAWAY frames received, and the streams they left unprocessed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_goaways: Option<u64>,
+    /// HTTP/2: streams left unprocessed by a GOAWAY (each reconnects under `--reconnect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_goaway_streams: Option<u64>,
+    /// HTTP/2: streams the server reset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_resets: Option<u64>,
     /// Established fast streams that ended before the run did.
     pub disconnects: u64,
     /// Failures by kind: refused, reset, timeout, bad_status, bad_response, emfile,
@@ -282,6 +298,22 @@ impl Summary {
                 self.connect_errors,
                 self.disconnects,
                 self.connect_secs
+            ),
+        );
+        row(
+            &mut t,
+            "protocol",
+            format!(
+                "{}, {} connections, {} streams per connection{}",
+                self.protocol,
+                self.connections,
+                self.streams_per_connection,
+                match (self.h2_goaways, self.h2_goaway_streams, self.h2_resets) {
+                    (Some(g), Some(gs), Some(r)) if g + gs + r > 0 => format!(
+                        "  (GOAWAY {g}, streams it left unprocessed {gs}, streams reset {r})"
+                    ),
+                    _ => String::new(),
+                }
             ),
         );
         if !self.errors_by_kind.is_empty() {
@@ -641,6 +673,9 @@ mod tests {
             "server_rss_bytes",
             "server_bytes_per_conn",
             "server_cpu_ns_per_delivery",
+            "protocol",
+            "connections",
+            "streams_per_connection",
         ] {
             assert!(json.get(field).is_some(), "{field} missing");
         }

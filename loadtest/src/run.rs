@@ -522,6 +522,7 @@ fn split(args: &Args, procs: u64, sources: &[std::net::IpAddr], deadline_us: u64
                 reconnect: args.reconnects(),
                 last_event_id: args.last_event_id.clone(),
                 storm: args.storm,
+                streams_per_connection: args.streams_per_connection(),
             };
             first += n;
             plan
@@ -674,6 +675,15 @@ impl Results<'_> {
             connections_started: c.requested,
             connections_established: c.established,
             connect_errors: c.connect_errors,
+            protocol: match args.streams_per_connection() {
+                Some(_) => "h2".to_owned(),
+                None => "http/1.1".to_owned(),
+            },
+            connections: c.connections_opened,
+            streams_per_connection: args.streams_per_connection().unwrap_or(1),
+            h2_goaways: args.streams_per_connection().map(|_| c.h2_goaways),
+            h2_goaway_streams: args.streams_per_connection().map(|_| c.h2_goaway_streams),
+            h2_resets: args.streams_per_connection().map(|_| c.h2_resets),
             disconnects: c.disconnects,
             errors_by_kind: c.errors.clone(),
             messages_published: published,

@@ -63,6 +63,8 @@ pub enum Failure {
     Closed,
     /// The server shed the stream at capacity (`: shed`).
     Shed,
+    /// An HTTP/2 server went away (GOAWAY) before it processed the stream.
+    GoAway,
     /// The TLS handshake failed (certificate not trusted, alert, hang-up before it was
     /// done) or a TLS record was bad.
     Tls,
@@ -99,6 +101,7 @@ impl Failure {
             Failure::Closed => "closed",
             Failure::Shed => "shed",
             Failure::Tls => "tls",
+            Failure::GoAway => "goaway",
             Failure::Other => "other",
         }
     }
@@ -149,6 +152,20 @@ pub struct Counters {
     /// `--reconnect`: connection attempts after a stream's first, whatever their outcome.
     #[serde(default)]
     pub reconnect_attempts: u64,
+    /// Connections opened (TCP; over HTTP/1.1 one per stream attempt, over HTTP/2 one per
+    /// `--streams-per-connection` streams).
+    #[serde(default)]
+    pub connections_opened: u64,
+    /// HTTP/2: GOAWAY frames received.
+    #[serde(default)]
+    pub h2_goaways: u64,
+    /// HTTP/2: streams a GOAWAY left unprocessed (above its last stream id); with
+    /// `--reconnect` each comes back on another connection.
+    #[serde(default)]
+    pub h2_goaway_streams: u64,
+    /// HTTP/2: streams the server reset (RST_STREAM).
+    #[serde(default)]
+    pub h2_resets: u64,
 }
 
 impl Counters {
@@ -179,6 +196,10 @@ impl Counters {
         self.closed_before_head += other.closed_before_head;
         self.reconnects += other.reconnects;
         self.reconnect_attempts += other.reconnect_attempts;
+        self.connections_opened += other.connections_opened;
+        self.h2_goaways += other.h2_goaways;
+        self.h2_goaway_streams += other.h2_goaway_streams;
+        self.h2_resets += other.h2_resets;
     }
 
     /// Established streams that read at full speed.

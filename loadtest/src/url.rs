@@ -1,4 +1,4 @@
-//! The `http://` and `https://` URLs the load generator speaks to:
+//! The `http://`, `https://` and `h2c://` URLs the load generator speaks to:
 //! `SCHEME://host[:port]/path?query`, resolved once at the start.
 
 use std::fmt;
@@ -11,8 +11,11 @@ use rustls::pki_types::ServerName;
 pub enum Scheme {
     /// Plain HTTP/1.1, port 80 by default.
     Http,
-    /// HTTP/1.1 over TLS ([`tls`](crate::tls)), port 443 by default.
+    /// HTTP/1.1 over TLS ([`tls`](crate::tls)), port 443 by default; HTTP/2 by ALPN with
+    /// `--streams-per-connection`.
     Https,
+    /// HTTP/2 over plain TCP with prior knowledge ([`h2`](crate::h2)), port 80 by default.
+    H2c,
 }
 
 impl Scheme {
@@ -20,6 +23,8 @@ impl Scheme {
     pub fn split(text: &str) -> Option<(Scheme, &str)> {
         if let Some(rest) = text.strip_prefix("http://") {
             Some((Scheme::Http, rest))
+        } else if let Some(rest) = text.strip_prefix("h2c://") {
+            Some((Scheme::H2c, rest))
         } else {
             text.strip_prefix("https://")
                 .map(|rest| (Scheme::Https, rest))
@@ -34,7 +39,7 @@ impl Scheme {
     /// The port when the URL gives none.
     pub fn default_port(self) -> u16 {
         match self {
-            Scheme::Http => 80,
+            Scheme::Http | Scheme::H2c => 80,
             Scheme::Https => 443,
         }
     }
@@ -43,17 +48,27 @@ impl Scheme {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::H2c => "h2c",
+        }
+    }
+
+    /// The `:scheme` of an HTTP/2 request over it.
+    pub fn h2_scheme(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http | Scheme::H2c => "http",
         }
     }
 }
 
 /// The URLs of a `--url URL[,URL..]` list. A comma separates two URLs only where the next
-/// one begins (`,http://` or `,https://`), so a comma inside a path or query stays its own.
+/// one begins (`,http://`, `,https://` or `,h2c://`), so a comma inside a path or query stays
+/// its own.
 pub fn split_list(text: &str) -> Vec<&str> {
     let mut urls = Vec::new();
     let mut rest = text;
     loop {
-        let next = [",http://", ",https://"]
+        let next = [",http://", ",https://", ",h2c://"]
             .iter()
             .filter_map(|sep| rest.find(sep))
             .min();
@@ -73,7 +88,7 @@ pub fn split_list(text: &str) -> Vec<&str> {
 /// A parsed and resolved URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
-    /// `http` or `https`.
+    /// `http`, `https` or `h2c`.
     pub scheme: Scheme,
     /// The host as written, without port or IPv6 brackets: the TLS server name (SNI and
     /// certificate check; an IP literal is checked against the certificate's IP addresses).
@@ -89,8 +104,9 @@ pub struct Url {
 impl Url {
     /// Parses and resolves `text`.
     pub fn parse(text: &str) -> Result<Url, String> {
-        let (scheme, rest) = Scheme::split(text)
-            .ok_or_else(|| format!("{text:?}: only http:// and https:// URLs are supported"))?;
+        let (scheme, rest) = Scheme::split(text).ok_or_else(|| {
+            format!("{text:?}: only http://, https:// and h2c:// URLs are supported")
+        })?;
         let (authority, target) = match rest.find(['/', '?']) {
             Some(at) if rest[at..].starts_with('?') => (&rest[..at], format!("/{}", &rest[at..])),
             Some(at) => (&rest[..at], rest[at..].to_owned()),
@@ -222,6 +238,15 @@ mod tests {
     }
 
     #[test]
+    fn h2c_is_plain_http2_on_port_80_by_default() {
+        let u = Url::parse("h2c://127.0.0.1/stream").unwrap();
+        assert_eq!((u.scheme, u.addr.port()), (Scheme::H2c, 80));
+        assert_eq!(u.scheme.h2_scheme(), "http");
+        assert_eq!(u.to_string(), "h2c://127.0.0.1/stream");
+        assert_eq!(Scheme::Https.h2_scheme(), "https");
+    }
+
+    #[test]
     fn the_scheme_is_known_without_resolving() {
         assert_eq!(
             Scheme::of("https://no.such.host.invalid/"),
@@ -232,6 +257,7 @@ mod tests {
             Some(Scheme::Http)
         );
         assert_eq!(Scheme::of("no.such.host.invalid"), None);
+        assert_eq!(Scheme::of("h2c://no.such.host.invalid/"), Some(Scheme::H2c));
     }
 
     #[test]
@@ -240,6 +266,10 @@ mod tests {
         assert_eq!(
             split_list("http://a/s?x=1,2,https://b:8443/s,http://c/"),
             vec!["http://a/s?x=1,2", "https://b:8443/s", "http://c/"]
+        );
+        assert_eq!(
+            split_list("h2c://a/s,h2c://b/s"),
+            vec!["h2c://a/s", "h2c://b/s"]
         );
     }
 }

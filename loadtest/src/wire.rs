@@ -71,6 +71,10 @@ pub struct Plan {
     /// `--storm`: measure how each stream was served (head, replay).
     #[serde(default)]
     pub storm: bool,
+    /// HTTP/2 (`h2c://`, or `https://` with `--streams-per-connection`): streams per
+    /// connection; `None`: HTTP/1.1, one connection per stream.
+    #[serde(default)]
+    pub streams_per_connection: Option<u64>,
 }
 
 /// What the parent tells a running worker.

@@ -233,6 +233,33 @@ fn with_cacert_every_tls_stream_gets_every_message() {
     a.extend(["--procs".to_owned(), "2".to_owned()]);
     let run = loadtest(&a);
     assert_everything_arrived(&run, 60, 0, 10);
+    // Without --streams-per-connection https:// stays HTTP/1.1: a connection per stream.
+    let j = run.json.as_ref().unwrap();
+    assert_eq!(j["protocol"], "http/1.1", "{j:#}");
+    assert_eq!(j["connections"], 60, "{j:#}");
+    assert_eq!(j["streams_per_connection"], 1, "{j:#}");
+}
+
+#[test]
+fn http2_over_tls_fails_in_one_line_when_the_server_does_not_choose_h2() {
+    // This server's ALPN offers http/1.1 only.
+    let pki = pki("loadtest h1 CA", &["127.0.0.1"]);
+    let port = start(pki.server.clone());
+    let mut a = args(port, 20, 2, &["--cacert", &pki.ca_file.path()]);
+    a.extend(["--streams-per-connection", "10", "--procs", "1"].map(String::from));
+    let run = loadtest(&a);
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
+    let j = run.json.as_ref().expect("--json written");
+    assert_eq!(j["protocol"], "h2", "{j:#}");
+    assert_eq!(j["connections"], 2, "{j:#}");
+    assert_eq!(j["connections_established"], 0, "{j:#}");
+    assert_eq!(j["errors_by_kind"]["tls"], 20, "{j:#}");
+    let line = format!(
+        "tls          first failure: https://127.0.0.1:{port}/events: the server did not choose \
+         HTTP/2 by ALPN (it chose http/1.1): --streams-per-connection needs h2 (without it \
+         https:// runs use HTTP/1.1)"
+    );
+    assert!(run.stdout.contains(&line), "{}", run.stdout);
 }
 
 #[test]
