@@ -52,6 +52,14 @@
 #           stream at 10k and 19k (one broadcast, as `memory`). OUT/versus-{cpu,idle10000,
 #           idle19000}-NAME-R.json, NAME `this` for this build. Then, with valgrind, instructions
 #           per delivery under callgrind (OUT/versus-cg-NAME-{50,100}.node). Not in the default list.
+# h2        issue 28: HTTP/2 beside HTTP/1.1 in one sitting, 3 runs each, interleaved
+#           (h1, h2c-1, h2c-10, h2c-100, h1, ...; h2c-N is h2c:// with N streams per connection):
+#           CPU per delivery at 10k streams (closed-loop, 100 messages, as `compare`), bytes per
+#           idle stream at 10k (one broadcast, as `memory`), instructions per delivery under
+#           callgrind (1,000 streams, 50 and 100 messages, one shard), and h2load (Debian's
+#           nghttp2-client) against /healthz over h2c and over HTTP/1.1 (--h1), and against
+#           /broadcast over h2c. OUT/h2-{cpu,idle}-SHAPE-R.json, OUT/h2-cg-SHAPE-M.node,
+#           OUT/h2load-{healthz-h2c,healthz-h1,broadcast-h2c}-R.txt. Not in the default list.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-runs}; shift || true
@@ -147,6 +155,52 @@ versus)
       echo "instructions=$(awk '/^summary:/ {print $2}' "$out/$name.cg")" > "$out/$name.node"
       rm -f "$out/$name.cg"
     done; done
+  fi ;;
+h2)
+  url_for() { # url_for SHAPE → the loadtest's --url and, for h2c, its streams per connection
+    case $1 in
+      h1) echo "--url http://127.0.0.1:$port/stream" ;;
+      h2c-*) echo "--url h2c://127.0.0.1:$port/stream --streams-per-connection ${1#h2c-}" ;;
+    esac
+  }
+  for r in 1 2 3; do for kind in cpu idle; do for shape in h1 h2c-1 h2c-10 h2c-100; do
+    name="h2-$kind-$shape-$r"
+    start "$name" $edge --listen 127.0.0.1:$port --tick 0 --log warn
+    if [ "$kind" = cpu ]; then
+      load=(--connections 10000 --publish-mode closed-loop --messages 100 --duration 120)
+    else
+      load=(--connections 10000 --messages 1 --duration 10)
+    fi
+    # shellcheck disable=SC2046 # url_for's words are meant to split
+    $lt $(url_for $shape) --publish-url http://127.0.0.1:$port/broadcast "${load[@]}" \
+        --server-pid $pid --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
+    stop
+  done; done; done
+  if command -v valgrind >/dev/null; then
+    for shape in h1 h2c-1 h2c-100; do for m in 50 100; do
+      name="h2-cg-$shape-$m"
+      valgrind --tool=callgrind --callgrind-out-file="$out/$name.cg" $edge --listen 127.0.0.1:$port \
+          --tick 0 --log warn --shards 1 >"$out/$name.server.log" 2>&1 & pid=$!
+      for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+      # shellcheck disable=SC2046
+      $lt $(url_for $shape) --publish-url http://127.0.0.1:$port/broadcast \
+          --connections 1000 --publish-mode closed-loop --messages $m --duration 300 --connect-timeout 120 \
+          --procs 1 --no-progress --json "$out/$name.json" > "$out/$name.txt" || true
+      stop
+      echo "instructions=$(awk '/^summary:/ {print $2}' "$out/$name.cg")" > "$out/$name.node"
+      rm -f "$out/$name.cg"
+    done; done
+  fi
+  if command -v h2load >/dev/null; then
+    printf 'h2load' > "$out/h2load-body"
+    for r in 1 2 3; do
+      start "h2load-$r" $edge --listen 127.0.0.1:$port --tick 0 --log warn
+      h2load -n 200000 -c 100 -m 10 -t 1 http://127.0.0.1:$port/healthz > "$out/h2load-healthz-h2c-$r.txt" 2>&1 || true
+      h2load --h1 -n 200000 -c 100 -m 1 -t 1 http://127.0.0.1:$port/healthz > "$out/h2load-healthz-h1-$r.txt" 2>&1 || true
+      h2load -n 100000 -c 10 -m 10 -t 1 -d "$out/h2load-body" -H 'content-type: text/plain' \
+          http://127.0.0.1:$port/broadcast > "$out/h2load-broadcast-h2c-$r.txt" 2>&1 || true
+      stop
+    done
   fi ;;
 shards)
   for shards in 1 2; do for rate in 10 20; do for r in 1 2 3; do

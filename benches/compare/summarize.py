@@ -184,3 +184,51 @@ if glob.glob(os.path.join(out, "tlsstorm-*.node")):
             continue
         per = median_of((b["instructions"] - a["instructions"]) / 200 for a, b in zip(small, large))
         print(f"| {label} | {fmt(per, ',.0f')} | {fmt(med(runs(f'tlsstorm-cg-{mode}-400'), lambda r: r.get('tls_resumed', 0)), '.0f')} |")
+
+def h2load_rps(name):
+    """Requests per second from h2load's 'finished in …, N req/s' line, per run."""
+    found = []
+    for f in sorted(glob.glob(os.path.join(out, name + "-[0-9].txt"))):
+        with open(f) as fh:
+            m = re.search(r"finished in [^,]+, ([0-9.]+) req/s", fh.read())
+        if m:
+            found.append(float(m.group(1)))
+    return found
+
+if runs("h2-cpu-h1"):
+    print("\n## HTTP/2 beside HTTP/1.1 at 10k streams (median of 3, one sitting)\n")
+    print("| shape | connections | CPU ns/delivery | vs HTTP/1.1 | bytes/idle stream | latency p50 | p99 | lost |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = med(runs("h2-cpu-h1"), lambda r: r.get("server_cpu_ns_per_delivery"))
+    for shape, label in (("h1", "HTTP/1.1"), ("h2c-1", "h2c, 1 stream/connection"),
+                         ("h2c-10", "h2c, 10 streams/connection"), ("h2c-100", "h2c, 100 streams/connection")):
+        rs, idle = runs(f"h2-cpu-{shape}"), runs(f"h2-idle-{shape}")
+        if not rs:
+            continue
+        cpu = med(rs, lambda r: r.get("server_cpu_ns_per_delivery"))
+        spread = [r.get("server_cpu_ns_per_delivery") for r in rs]
+        ratio = "–" if cpu is None or not base else f"{cpu / base:.2f}×"
+        print(f"| {label} | {fmt(med(rs, lambda r: r.get('connections', r['connections_established'])), ',.0f')} "
+              f"| {fmt(cpu, ',.0f')} ({', '.join(fmt(v, ',.0f') for v in spread)}) | {ratio} "
+              f"| {fmt(med(idle, lambda r: r.get('server_bytes_per_conn')), ',.0f')} "
+              f"| {ms(med(rs, lambda r: r['latency_us']['p50']))} | {ms(med(rs, lambda r: r['latency_us']['p99']))} "
+              f"| {lost(rs) + lost(idle)} |")
+    print("\n| shape | instructions per delivery under callgrind ((I(100) − I(50)) / 50,000) |")
+    print("|---|---|")
+    for shape in ("h1", "h2c-1", "h2c-100"):
+        counts = []
+        for m in (50, 100):
+            f = os.path.join(out, f"h2-cg-{shape}-{m}.node")
+            if os.path.exists(f):
+                with open(f) as fh:
+                    counts += [float(l.split("=", 1)[1]) for l in fh if l.startswith("instructions=") and l.strip() != "instructions="]
+        if len(counts) == 2:
+            print(f"| {shape} | {fmt((counts[1] - counts[0]) / 50000, ',.0f')} |")
+    print("\n| h2load | requests/s (median of 3; runs) |")
+    print("|---|---|")
+    for name, label in (("h2load-healthz-h2c", "/healthz over h2c, 100 connections × 10 streams"),
+                        ("h2load-healthz-h1", "/healthz over HTTP/1.1 (--h1), 100 connections"),
+                        ("h2load-broadcast-h2c", "POST /broadcast over h2c, 10 connections × 10 streams")):
+        got = h2load_rps(name)
+        if got:
+            print(f"| {label} | {statistics.median(got):,.0f} ({', '.join(f'{v:,.0f}' for v in got)}) |")

@@ -230,21 +230,13 @@ impl<'a> Lane<'a> {
     }
 
     /// Whether `len` more bytes fit under both bounds (always into an empty queue).
+    #[inline]
     pub fn fits(&self, len: usize, bounds: Bounds) -> bool {
         match (&self.own, &self.h2) {
             // Alone, its bytes are the outbox's: the two bounds are one, the smaller (the
             // per-event path of HTTP/1.1: one look at the queue, as before there were two).
             (None, None) => self.outbox.fits(len, bounds.stream.min(bounds.connection)),
-            (None, Some(way)) => {
-                let window = way.conn.send_window(way.id).unwrap_or(0) as usize;
-                if len > window {
-                    way.flags.set(way.flags.get() | STARVED);
-                    return false;
-                }
-                let bound = bounds.connection.saturating_mul(way.siblings.max(1));
-                self.outbox
-                    .fits(crate::delivery::data::wire_len(len), bound)
-            }
+            (None, Some(way)) => h2_fits(self.outbox, way, len, bounds),
             (Some(own), _) => {
                 (**own == 0 || own.saturating_add(len) <= bounds.stream)
                     && self.outbox.fits(len, bounds.connection)
@@ -268,14 +260,10 @@ impl<'a> Lane<'a> {
     /// Queues `frame`, whatever its size (a stream head, a replayed frame, a notice). On
     /// HTTP/2 it must still fit the peer's window, which a client that stopped reading keeps
     /// closed: then it is dropped (and the stream marked as not caught up).
+    #[inline]
     pub fn push(&mut self, frame: Bytes) {
         if let Some(way) = &mut self.h2 {
-            if way.conn.debit(way.id, frame.len()).is_err() {
-                way.flags.set(way.flags.get() | STARVED);
-                return;
-            }
-            way.flags.set(way.flags.get() | ACTIVE);
-            self.pushed += way.headers.push(self.outbox, way.id, frame);
+            self.pushed += h2_push(self.outbox, way, frame);
             return;
         }
         if let Some(own) = &mut self.own {
@@ -293,6 +281,32 @@ impl<'a> Lane<'a> {
         }
         fits
     }
+}
+
+/// [`Lane::fits`] on HTTP/2: the peer's window first (a closed one marks the stream as not
+/// caught up), then the connection's outbox with the frame's DATA headers. Out of line so
+/// that HTTP/1.1's per-event path stays as short as it was.
+#[inline(never)]
+fn h2_fits(outbox: &Outbox, way: &H2Way<'_>, len: usize, bounds: Bounds) -> bool {
+    let window = way.conn.send_window(way.id).unwrap_or(0) as usize;
+    if len > window {
+        way.flags.set(way.flags.get() | STARVED);
+        return false;
+    }
+    let bound = bounds.connection.saturating_mul(way.siblings.max(1));
+    outbox.fits(crate::delivery::data::wire_len(len), bound)
+}
+
+/// [`Lane::push`] on HTTP/2: debits the peer's windows and queues the frame as DATA frames;
+/// returns the bytes queued (none when the window is closed: the stream is marked).
+#[inline(never)]
+fn h2_push(outbox: &mut Outbox, way: &mut H2Way<'_>, frame: Bytes) -> usize {
+    if way.conn.debit(way.id, frame.len()).is_err() {
+        way.flags.set(way.flags.get() | STARVED);
+        return 0;
+    }
+    way.flags.set(way.flags.get() | ACTIVE);
+    way.headers.push(outbox, way.id, frame)
 }
 
 /// What became of a frame offered to a stream.
