@@ -465,18 +465,28 @@ impl Shard {
         }
     }
 
-    /// On a drain: every HTTP/2 connection gets GOAWAY(NO_ERROR); its streams end when it
-    /// closes, each browser coming back after its `retry:`.
+    /// On a drain: every HTTP/2 connection gets GOAWAY(NO_ERROR), then each of its event
+    /// streams ends cleanly after what it has queued (an empty DATA frame with END_STREAM:
+    /// a connection closed under an open stream is an error to the client, curl's "stream
+    /// was not closed cleanly"), each browser coming back after its `retry:`. Requests in
+    /// progress are still answered; the connection closes once it is flushed.
     pub(super) fn go_away_all(&mut self) {
         let keys: Vec<usize> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.phase_is_h2() && !c.closing)
+            .filter(|(_, c)| c.phase_is_h2() && !c.closing && !c.handed)
             .map(|(k, _)| k)
             .collect();
         for key in keys {
-            if let Some(h2) = self.clients[key].h2() {
-                h2.conn.go_away();
+            let Some(h2) = self.clients[key].h2() else {
+                continue;
+            };
+            h2.conn.go_away();
+            let ended: Vec<(usize, u32)> =
+                h2.streams.iter().map(|c| (c.key as usize, c.id)).collect();
+            for (stream, id) in ended {
+                self.forget_h2_stream(key, stream);
+                self.send_h2(key, id, None, Bytes::new(), true);
             }
             self.pump_h2(key);
         }
