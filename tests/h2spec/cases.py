@@ -312,7 +312,6 @@ def _(addr):
 def _(addr):
     c = open_conn(addr)
     c.get(5)
-    c.verify_headers(5)
     c.get(3)
     c.verify_connection_error(PROTOCOL_ERROR)
 
