@@ -127,7 +127,16 @@ impl Running {
 
     /// A streaming curl (`-N -i`), its own head and body as they come.
     fn curl(args: &[&str]) -> Running {
-        let mut all = vec!["-sS", "-N", "-i", "--max-time", "120"];
+        // -w prints when the stream ends (the node closed it), naming the protocol once more.
+        let mut all = vec![
+            "-sS",
+            "-N",
+            "-i",
+            "--max-time",
+            "120",
+            "-w",
+            "\n__CURL__ %{http_version} %{http_code}\n",
+        ];
         all.extend_from_slice(args);
         Self::spawn("curl", &all)
     }
@@ -610,4 +619,71 @@ fn a_stream_whose_window_stays_closed_drops_with_a_gap_and_never_holds_back_its_
         after["sse_edge_gap_notices_total"] > before["sse_edge_gap_notices_total"],
         "no gap notice counted"
     );
+}
+
+/// Waits for curl to exit after the node ended the stream; its `-w` line must name HTTP/2.
+fn ended_over_h2(stream: &mut Running) -> String {
+    let text = stream.wait("the stream ended by the node", |t| {
+        t.contains("\n__CURL__ ")
+    });
+    assert!(
+        text.contains("\n__CURL__ 2 200"),
+        "not ended as an HTTP/2 200: {text}"
+    );
+    text
+}
+
+#[test]
+fn notices_reset_expired_shed_and_drain_are_the_same_over_h2() {
+    let pk = "--http2-prior-knowledge";
+
+    // reset: an unknown Last-Event-ID, then the replay of what is kept.
+    let server = Server::start(&[]);
+    let ids: Vec<u64> = (0..3)
+        .map(|i| published_id(&server.publish("?topic=t", format!("kept {i}").as_bytes())))
+        .collect();
+    let mut stream = Running::curl(&[
+        pk,
+        "-H",
+        "Last-Event-ID: 999999",
+        &h2c(&server, "/stream?topic=t"),
+    ]);
+    stream.expect_h2_stream();
+    let text = stream.wait("the replay after reset", |t| t.contains("data: kept 2"));
+    let reset = text.find("event: reset\ndata: {\"reason\":\"unknown\",\"requested\":\"999999\"");
+    assert!(
+        reset.is_some_and(|at| at < text.find("data: kept 0").unwrap()),
+        "{text}"
+    );
+    assert!(text.contains(&format!("id: {}\n", ids[2])), "{text}");
+
+    // drain (SIGTERM): the stream ends with a retry: and curl sees a clean end of an HTTP/2 200.
+    stream.wait("the stream's retry", |t| t.contains("retry:"));
+    server.signal(libc::SIGTERM);
+    ended_over_h2(&mut stream);
+
+    // shed: beyond --max-clients the stream is answered 200, `: shed`, a retry, and ended.
+    let server = Server::start(&["--max-clients", "1"]);
+    let mut first = Running::curl(&[pk, &h2c(&server, "/stream")]);
+    first.expect_h2_stream();
+    first.wait(": connected", |t| t.contains(": connected"));
+    let mut shed = Running::curl(&[pk, &h2c(&server, "/stream")]);
+    let text = ended_over_h2(&mut shed);
+    assert!(text.contains("\r\n\r\n: shed\nretry: "), "{text}");
+    server.wait_metrics("the shed counted", |m| m["sse_edge_shed_total"] == 1.0);
+
+    // expired: the token's end sends `event: expired` and ends the stream.
+    let server = Server::start(&["--subscribe-jwt", SECRET]);
+    let claims = json!({"exp": now() + 2, "sse_edge": {"subscribe": ["x"], "publish": []}});
+    let short = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Authorization: Bearer {short}");
+    let mut expiring = Running::curl(&[pk, "-H", &bearer, &h2c(&server, "/stream?topic=x")]);
+    expiring.expect_h2_stream();
+    let text = ended_over_h2(&mut expiring);
+    assert!(text.contains("event: expired\ndata: {\"exp\":"), "{text}");
 }

@@ -39,12 +39,14 @@ fn h2spec_port_and_hostile_patterns_over_h2c() {
         "--client-buffer",
         "8192",
     ]);
+    let limited = Server::start(&["--h2-max-streams", "7"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/h2spec/run.py");
     let out = Command::new(py)
         .arg("-B")
         .arg(script)
         .args(["--conformance", &conformance.addr.to_string()])
         .args(["--hostile", &hostile.addr.to_string()])
+        .args(["--max-streams", &limited.addr.to_string(), "7"])
         .output()
         .expect("run tests/h2spec/run.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -64,10 +66,16 @@ fn h2spec_port_and_hostile_patterns_over_h2c() {
     };
     let (cases, passed) = summary("h2spec port:");
     let (hostile_cases, hostile_passed) = summary("hostile:");
+    let (limit_cases, limit_passed) = summary("--h2-max-streams:");
     let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL")).collect();
     assert!(
-        cases > 90 && passed == cases && hostile_cases == 8 && hostile_passed == hostile_cases,
-        "h2spec port: {passed}/{cases}, hostile: {hostile_passed}/{hostile_cases}; failed:\n{}",
+        cases > 90
+            && passed == cases
+            && hostile_cases == 8
+            && hostile_passed == hostile_cases
+            && (limit_cases, limit_passed) == (1, 1),
+        "h2spec port: {passed}/{cases}, hostile: {hostile_passed}/{hostile_cases}, \
+         --h2-max-streams: {limit_passed}/{limit_cases}; failed:\n{}",
         failed.join("\n")
     );
     assert!(out.status.success(), "run.py exited {}", out.status);

@@ -43,13 +43,34 @@ def run(title, addr, items, only):
     return failed
 
 
+def max_streams(addr, n):
+    c = harness.Conn(addr)
+    c.handshake((harness.INITIAL_WINDOW_SIZE, 0))
+    got = c.server_settings.get(harness.MAX_CONCURRENT_STREAMS)
+    if got != n:
+        raise harness.Failure(f"SETTINGS_MAX_CONCURRENT_STREAMS {got}, expected {n}")
+    for i in range(n):
+        c.get(1 + 2 * i, "/stream?topic=limit")
+    for i in range(n):
+        c.verify_headers(1 + 2 * i)  # the first n are served
+    c.get(1 + 2 * n, "/stream?topic=limit")
+    f = c.wait(lambda f: f.stream_id == 1 + 2 * n, f"an answer on stream {1 + 2 * n}")
+    if not (type(f).__name__ == "RstStreamFrame" and f.error_code == harness.REFUSED_STREAM):
+        raise harness.Failure(f"stream {n + 1} got {harness.describe(f)}, expected RST_STREAM REFUSED_STREAM")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--conformance", help="ADDR of a node for the h2spec port")
     p.add_argument("--hostile", help="ADDR of a node for the hostile patterns")
     p.add_argument("--only", default="")
+    p.add_argument("--max-streams", nargs=2, metavar=("ADDR", "N"),
+                   help="a node started with --h2-max-streams N: it must advertise N and refuse stream N+1")
     a = p.parse_args()
     failed = 0
+    if a.max_streams:
+        addr, n = a.max_streams[0], int(a.max_streams[1])
+        failed += run("--h2-max-streams", addr, [(f"advertises {n} and refuses the next", lambda addr: max_streams(addr, n))], "")
     if a.conformance:
         failed += run("h2spec port", a.conformance, cases.CASES, a.only)
     if a.hostile:
