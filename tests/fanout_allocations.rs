@@ -212,7 +212,7 @@ fn encrypting_a_frame_for_a_tls_stream_allocates_nothing() {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.join("c.pem"), made.cert.pem()).unwrap();
     std::fs::write(dir.join("k.pem"), made.signing_key.serialize_pem()).unwrap();
-    let certificate = Certificate::load(&dir.join("c.pem"), &dir.join("k.pem")).unwrap();
+    let certificate = Certificate::load(&dir.join("c.pem"), &dir.join("k.pem"), false).unwrap();
     std::fs::remove_dir_all(&dir).ok();
 
     let mut roots = rustls::RootCertStore::empty();

@@ -11,6 +11,7 @@
 //! `hub::Snapshot`) are delivery's own types; the node serialises them.
 
 pub mod admission;
+pub mod data;
 pub mod history;
 pub mod hub;
 pub mod outbox;

@@ -149,12 +149,42 @@ pub struct Lane<'a> {
     /// protocol lowers the count as they are written); None when the stream has the
     /// connection to itself, so all the outbox holds is its own.
     own: Option<&'a mut usize>,
+    /// On HTTP/2: the frame layer its bytes go through (windows, DATA frames).
+    h2: Option<H2Way<'a>>,
+    /// Bytes this lane put into the outbox (frames and, on HTTP/2, their headers).
+    pushed: usize,
 }
+
+/// What an HTTP/2 stream's lane writes through: its connection's flow control, its id, the
+/// shard's DATA headers of the delivery in course, and its flags.
+#[derive(Debug)]
+pub struct H2Way<'a> {
+    /// The connection's protocol state (the peer's windows).
+    pub conn: &'a mut crate::wire::h2::conn::Connection,
+    /// The stream's id on the connection.
+    pub id: u32,
+    /// The shard's DATA headers for the delivery in course.
+    pub headers: &'a mut crate::delivery::data::DataHeaders,
+    /// Its flags: a frame did not fit its window (until the peer opens it again), and
+    /// something was queued since the last keep-alive check.
+    pub flags: &'a std::cell::Cell<u8>,
+}
+
+/// [`H2Way::flags`]: a frame was dropped because the peer's window was closed; the stream is
+/// not caught up until the window opens again.
+pub const STARVED: u8 = 1;
+/// [`H2Way::flags`]: something was queued since the last keep-alive check.
+pub const ACTIVE: u8 = 2;
 
 impl<'a> Lane<'a> {
     /// A stream alone on its connection (HTTP/1.1): every byte in `outbox` is its own.
     pub fn alone(outbox: &'a mut Outbox) -> Lane<'a> {
-        Lane { outbox, own: None }
+        Lane {
+            outbox,
+            own: None,
+            h2: None,
+            pushed: 0,
+        }
     }
 
     /// A stream that shares `outbox` with others: `own` counts its bytes waiting.
@@ -162,24 +192,56 @@ impl<'a> Lane<'a> {
         Lane {
             outbox,
             own: Some(own),
+            h2: None,
+            pushed: 0,
         }
     }
 
-    /// This stream's bytes waiting.
-    pub fn queued(&self) -> usize {
-        match &self.own {
-            Some(own) => **own,
-            None => self.outbox.queued_bytes(),
+    /// An HTTP/2 stream: its frames become DATA frames within the peer's windows. Its own
+    /// bound is its window; what its connection's outbox holds is shared with its siblings.
+    pub fn h2(outbox: &'a mut Outbox, way: H2Way<'a>) -> Lane<'a> {
+        Lane {
+            outbox,
+            own: None,
+            h2: Some(way),
+            pushed: 0,
         }
+    }
+
+    /// This stream's bytes waiting (on HTTP/2, its connection's, and one more while its
+    /// window is closed on a frame it dropped: it has not caught up).
+    pub fn queued(&self) -> usize {
+        match (&self.own, &self.h2) {
+            (Some(own), _) => **own,
+            (None, Some(way)) => {
+                let starved = way.flags.get() & STARVED != 0;
+                self.outbox.queued_bytes() + usize::from(starved)
+            }
+            (None, None) => self.outbox.queued_bytes(),
+        }
+    }
+
+    /// Bytes this lane has put into the outbox so far.
+    pub fn pushed(&self) -> usize {
+        self.pushed
     }
 
     /// Whether `len` more bytes fit under both bounds (always into an empty queue).
     pub fn fits(&self, len: usize, bounds: Bounds) -> bool {
-        match &self.own {
+        match (&self.own, &self.h2) {
             // Alone, its bytes are the outbox's: the two bounds are one, the smaller (the
             // per-event path of HTTP/1.1: one look at the queue, as before there were two).
-            None => self.outbox.fits(len, bounds.stream.min(bounds.connection)),
-            Some(own) => {
+            (None, None) => self.outbox.fits(len, bounds.stream.min(bounds.connection)),
+            (None, Some(way)) => {
+                let window = way.conn.send_window(way.id).unwrap_or(0) as usize;
+                if len > window {
+                    way.flags.set(way.flags.get() | STARVED);
+                    return false;
+                }
+                self.outbox
+                    .fits(crate::delivery::data::wire_len(len), bounds.connection)
+            }
+            (Some(own), _) => {
                 (**own == 0 || own.saturating_add(len) <= bounds.stream)
                     && self.outbox.fits(len, bounds.connection)
             }
@@ -189,14 +251,30 @@ impl<'a> Lane<'a> {
     /// How many more bytes fit under both bounds (none once either is reached).
     pub fn room(&self, bounds: Bounds) -> usize {
         let stream = bounds.stream.saturating_sub(self.queued());
-        stream.min(bounds.connection.saturating_sub(self.outbox.queued_bytes()))
+        let room = stream.min(bounds.connection.saturating_sub(self.outbox.queued_bytes()));
+        match &self.h2 {
+            Some(way) => room.min(way.conn.send_window(way.id).unwrap_or(0) as usize),
+            None => room,
+        }
     }
 
-    /// Queues `frame`, whatever its size (a stream head, a replayed frame, a notice).
+    /// Queues `frame`, whatever its size (a stream head, a replayed frame, a notice). On
+    /// HTTP/2 it must still fit the peer's window, which a client that stopped reading keeps
+    /// closed: then it is dropped (and the stream marked as not caught up).
     pub fn push(&mut self, frame: Bytes) {
+        if let Some(way) = &mut self.h2 {
+            if way.conn.debit(way.id, frame.len()).is_err() {
+                way.flags.set(way.flags.get() | STARVED);
+                return;
+            }
+            way.flags.set(way.flags.get() | ACTIVE);
+            self.pushed += way.headers.push(self.outbox, way.id, frame);
+            return;
+        }
         if let Some(own) = &mut self.own {
             **own = own.saturating_add(frame.len());
         }
+        self.pushed += frame.len();
         self.outbox.push(frame);
     }
 

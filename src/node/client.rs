@@ -22,8 +22,10 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::auth::access::StreamGrant;
+use crate::delivery::data::DataHeaders;
 use crate::delivery::outbox::{Flush, Outbox, Written};
-use crate::delivery::stream::Lane;
+use crate::delivery::stream::{H2Way, Lane};
+use crate::node::h2::H2;
 use crate::node::tls::{Scratch, Session, TlsRead};
 use crate::wire::http::RequestParser;
 
@@ -73,15 +75,43 @@ pub enum Phase {
     /// The last response is written and our side half-closed; waiting for the peer's EOF
     /// so that closing cannot turn unread input into a reset that destroys the response.
     Linger {
-        /// When to close regardless.
-        deadline: Instant,
+        /// When to close regardless (to a tenth of a second: 4 bytes, so that the phase
+        /// stays 16 bytes with HTTP/2's boxed arm beside HTTP/1.1's stream key).
+        deadline: Coarse,
     },
 }
 
-/// What a streaming connection speaks: which streams it carries, and how their frames reach
-/// its outbox. An enum, not a trait object: HTTP/2 adds an arm (many streams, a frame layer
-/// between them and the outbox), never a second fan-out.
+/// An instant to a tenth of a second after the process's first use of one, in 4 bytes (13
+/// years of uptime). Rounded up: a deadline never comes early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coarse(u32);
+
+/// The resolution of [`Coarse`].
+const COARSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn coarse_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Coarse {
+    /// `at`, rounded up to the next tenth of a second.
+    pub fn at(at: Instant) -> Coarse {
+        let since = at.saturating_duration_since(coarse_epoch());
+        let ticks = since.as_nanos().div_ceil(COARSE.as_nanos());
+        Coarse(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
+    /// As an instant.
+    pub fn instant(self) -> Instant {
+        coarse_epoch() + COARSE * self.0
+    }
+}
+
+/// What a streaming connection speaks: which streams it carries, and how their frames reach
+/// its outbox. An enum, not a trait object: HTTP/2 is an arm (many streams, a frame layer
+/// between them and the outbox), never a second fan-out.
+#[derive(Debug)]
 pub enum Protocol {
     /// HTTP/1.1: one stream, the body of the response to the request that opened it. Its
     /// frames go into the outbox as they are, so every byte queued after its head is its own.
@@ -89,13 +119,26 @@ pub enum Protocol {
         /// The stream's key in the shard's slab of streams.
         stream: u32,
     },
+    /// HTTP/2 (h2c with prior knowledge, or `h2` by ALPN): any number of streams (none while
+    /// it only publishes or asks for pages), each framed into DATA within the peer's windows.
+    Http2(Box<H2>),
 }
 
 impl Protocol {
     /// The slab keys of the streams it carries.
-    pub fn streams(&self) -> impl Iterator<Item = usize> {
-        match *self {
-            Protocol::Http1 { stream } => std::iter::once(stream as usize),
+    pub fn streams(&self) -> impl Iterator<Item = usize> + '_ {
+        let (one, many) = match self {
+            Protocol::Http1 { stream } => (Some(*stream as usize), &[][..]),
+            Protocol::Http2(h2) => (None, &h2.streams[..]),
+        };
+        one.into_iter().chain(many.iter().map(|c| c.key as usize))
+    }
+
+    /// The slab key of its `i`-th stream (to walk them while borrowing the connection).
+    pub fn stream_at(&self, i: usize) -> Option<usize> {
+        match self {
+            Protocol::Http1 { stream } => (i == 0).then_some(*stream as usize),
+            Protocol::Http2(h2) => h2.streams.get(i).map(|c| c.key as usize),
         }
     }
 }
@@ -269,13 +312,50 @@ impl Client {
     }
 
     /// The way onto this connection for its stream `stream` (a key in the shard's slab of
-    /// streams), as its protocol has it; None if it does not carry that stream.
-    pub fn lane(&mut self, stream: usize) -> Option<Lane<'_>> {
-        match self.phase {
+    /// streams), as its protocol has it; None if it does not carry that stream. `headers`
+    /// are the shard's DATA headers of the delivery in course (HTTP/2 only).
+    pub fn lane<'a>(&'a mut self, stream: usize, headers: &'a mut DataHeaders) -> Option<Lane<'a>> {
+        match &mut self.phase {
             // HTTP/1.1: the stream has the connection to itself.
-            Phase::Streaming(Protocol::Http1 { stream: own }) if own as usize == stream => {
+            Phase::Streaming(Protocol::Http1 { stream: own }) if *own as usize == stream => {
                 Some(Lane::alone(&mut self.outbox))
             }
+            Phase::Streaming(Protocol::Http2(h2)) => {
+                let H2 { conn, streams, .. } = &mut **h2;
+                let carried = streams.iter().find(|c| c.key as usize == stream)?;
+                let way = H2Way {
+                    conn,
+                    id: carried.id,
+                    headers,
+                    flags: &carried.flags,
+                };
+                Some(Lane::h2(&mut self.outbox, way))
+            }
+            _ => None,
+        }
+    }
+
+    /// The serial that tickets for its stream `stream` carry: the connection's on HTTP/1.1,
+    /// the stream's own on HTTP/2.
+    pub fn serial_of(&self, stream: usize) -> Option<u32> {
+        match &self.phase {
+            Phase::Streaming(Protocol::Http1 { stream: own }) if *own as usize == stream => {
+                Some(self.serial)
+            }
+            Phase::Streaming(Protocol::Http2(h2)) => h2.by_key(stream).map(|c| c.serial),
+            _ => None,
+        }
+    }
+
+    /// Whether it speaks HTTP/2.
+    pub fn phase_is_h2(&self) -> bool {
+        matches!(self.phase, Phase::Streaming(Protocol::Http2(_)))
+    }
+
+    /// Its HTTP/2 state, when it speaks HTTP/2.
+    pub fn h2(&mut self) -> Option<&mut H2> {
+        match &mut self.phase {
+            Phase::Streaming(Protocol::Http2(h2)) => Some(h2),
             _ => None,
         }
     }
@@ -284,7 +364,9 @@ impl Client {
     pub fn start_linger(&mut self, deadline: Instant) {
         self.close_notify();
         let _ = self.socket.shutdown(Shutdown::Write);
-        self.phase = Phase::Linger { deadline };
+        self.phase = Phase::Linger {
+            deadline: Coarse::at(deadline),
+        };
     }
 
     /// Tells a TLS peer the connection ends (`close_notify`), in one try: a peer that does
@@ -324,8 +406,9 @@ impl Client {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Request(state) => Some(state.deadline),
-            Phase::Linger { deadline } => Some(*deadline),
-            Phase::Streaming(_) => None,
+            Phase::Linger { deadline } => Some(deadline.instant()),
+            Phase::Streaming(Protocol::Http2(h2)) => h2.deadline,
+            Phase::Streaming(Protocol::Http1 { .. }) => None,
         }
     }
 }
@@ -354,10 +437,10 @@ mod tests {
         // The outbox: one frame inline (32, a `Bytes`), or the pointer to a queue when frames
         // wait behind the front, in the frame's niche (outbox.rs).
         assert_eq!(size_of::<Outbox>(), 32);
-        // The phase: a request's box (8), a lingering deadline (16), or the protocol of the
-        // streams it carries (4: HTTP/1.1's one stream key); the tag sits in the deadline's
-        // spare bits.
-        assert_eq!(size_of::<Protocol>(), 4);
+        // The phase: a request's box (8), a lingering deadline (4, coarse), or the protocol
+        // of the streams it carries (16: HTTP/1.1's one stream key or HTTP/2's box, and the
+        // tag, whose spare values tag the phase).
+        assert_eq!(size_of::<Protocol>(), 16);
         assert_eq!(size_of::<Phase>(), 16);
         // The connection: socket (4: a descriptor) + serial (4) + eight flags (8) + the TLS session pointer (8, null for plain TCP) + outbox (32) + phase (16) = 72.
         // Debug builds of mio keep a selector id beside the descriptor (12 bytes more).

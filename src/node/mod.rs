@@ -7,13 +7,14 @@
 //! May use: `broker`, `delivery`, `auth`, `wire`.
 //! Used by: the binary (`src/main.rs`) only; nothing below imports it.
 //!
-//! HTTP/2 will be a second arm of a connection's protocol here, beside HTTP/1.1, over the
-//! same streams and the same fan-out.
+//! HTTP/2 is a second arm of a connection's protocol (`client`, `h2`), beside HTTP/1.1, over
+//! the same streams and the same fan-out.
 
 pub mod client;
 pub mod config;
 pub mod fdlimit;
 pub mod guard;
+pub mod h2;
 pub mod handover;
 pub mod listener;
 pub mod logs;

@@ -198,7 +198,7 @@ impl Server {
         let publish_keys = trust("--publish-jwt", &config.publish_jwt, &expect)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
-                Some(Certificate::load(cert, key).map_err(StartError::Keys)?)
+                Some(Certificate::load(cert, key, config.http2).map_err(StartError::Keys)?)
             }
             _ => None,
         };

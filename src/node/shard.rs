@@ -82,12 +82,13 @@ use crate::auth::access::{Access, StreamGrant};
 use crate::auth::jwt::Trust;
 use crate::broker::Broker;
 use crate::delivery::admission::{Admitted, Quota, Refusal};
+use crate::delivery::data::DataHeaders;
 use crate::delivery::hub::{Accepted, Delivery, Hub, Inbox, ReplayStep, Ticket, Unavailable};
 use crate::delivery::outbox::Written;
 use crate::delivery::stream::{Bounds, Offer, Stream};
 use crate::delivery::topics::{Subs, Topics};
 use crate::node::client::Awaiting;
-use crate::node::client::{Client, Phase, Protocol, ReadStatus, WriteStatus};
+use crate::node::client::{Client, Coarse, Phase, Protocol, ReadStatus, WriteStatus};
 use crate::node::config::Config;
 use crate::node::guard::{self, Contained};
 use crate::node::metrics::{self, Counters, ShardStats, Stat};
@@ -104,6 +105,7 @@ mod fanout;
 mod handover;
 pub(crate) use handover::Adopting;
 use handover::Handing;
+mod h2;
 mod handshakes;
 use handshakes::HandshakeQueue;
 mod streams;
@@ -201,6 +203,8 @@ pub(crate) struct Shard {
     /// fan-out, replay steps and token expiries name streams by their key here.
     streams: Slab<Stream>,
     topics: Topics,
+    /// The DATA frame headers of the delivery in course, for the HTTP/2 streams it reaches.
+    data_headers: DataHeaders,
     /// Clients with output queued and not yet flushed this turn (slab keys, 4 bytes each:
     /// after a broadcast this list has held every stream).
     pending: Vec<u32>,
@@ -329,6 +333,7 @@ impl Shard {
             clients: Slab::with_capacity(BIG / std::mem::size_of::<Client>() + 1),
             streams: Slab::with_capacity(BIG / std::mem::size_of::<Stream>() + 1),
             topics: Topics::default(),
+            data_headers: DataHeaders::default(),
             pending: Vec::with_capacity(BIG / 4),
             closing: Vec::new(),
             fanned: Vec::new(),
@@ -431,6 +436,7 @@ impl Shard {
         // Connections just handed to a successor are not this process's to drain.
         let clients = self.clients.iter().filter(|(_, c)| !c.handed).count();
         info!(shard = self.id, clients, "draining for up to {timeout:?}");
+        self.go_away_all();
     }
 
     /// Closes every connection that has nothing left to send, or all of them once the drain
@@ -519,6 +525,7 @@ impl Shard {
         let client = &mut self.clients[key];
         match client.phase {
             Phase::Request(_) => self.serve_requests(key),
+            Phase::Streaming(Protocol::Http2(_)) => self.serve_h2(key),
             Phase::Streaming(_) | Phase::Linger { .. } => {
                 if client.discard_input(&mut self.scratch) == ReadStatus::Closed {
                     self.close(key);
@@ -559,9 +566,10 @@ impl Shard {
     /// Queues bytes of stream `stream` that must not be dropped (its notices, replayed
     /// frames) onto its connection `conn`, and marks `conn` pending.
     fn queue_for(&mut self, stream: usize, conn: usize, bytes: Bytes) {
-        if let Some(mut lane) = self.clients[conn].lane(stream) {
-            self.counters.add(Stat::QueuedBytes, bytes.len() as u64);
+        if let Some(mut lane) = self.clients[conn].lane(stream, &mut self.data_headers) {
             lane.push(bytes);
+            let pushed = lane.pushed();
+            self.counters.add(Stat::QueuedBytes, pushed as u64);
             self.mark_pending(conn);
         }
     }
@@ -640,11 +648,18 @@ impl Shard {
                 self.queues.push((key as u32, client.serial));
                 self.next_release.get_or_insert(self.now + RELEASE_PERIOD);
             }
-            if let Phase::Streaming(protocol) = client.phase {
+            if let Phase::Streaming(_) = client.phase {
                 let closing = client.closing;
-                for s in protocol.streams() {
-                    let (Some(stream), Some(lane)) = (self.streams.get_mut(s), client.lane(s))
-                    else {
+                let mut i = 0;
+                while let Some(s) = match &client.phase {
+                    Phase::Streaming(protocol) => protocol.stream_at(i),
+                    _ => None,
+                } {
+                    i += 1;
+                    let (Some(stream), Some(lane)) = (
+                        self.streams.get_mut(s),
+                        client.lane(s, &mut self.data_headers),
+                    ) else {
                         continue;
                     };
                     let waiting = lane.queued();
@@ -667,6 +682,14 @@ impl Shard {
             // pipelines requests and never reads keeps output queued, and so meets
             // --header-timeout however many requests it trickles in.
             let client = &mut self.clients[key];
+            if !client.closing
+                && !client.close_after_flush
+                && client.readable
+                && client.phase_is_h2()
+                && client.outbox.queued_bytes() < RESPONSE_BACKLOG
+            {
+                resume.push(key);
+            }
             if let (false, false, Phase::Request(state)) =
                 (client.closing, client.close_after_flush, &mut client.phase)
             {
@@ -682,7 +705,11 @@ impl Shard {
         pending.append(&mut self.pending);
         self.pending = pending;
         for key in resume {
-            self.serve_requests(key);
+            if self.clients.get(key).is_some_and(Client::phase_is_h2) {
+                self.serve_h2(key);
+            } else {
+                self.serve_requests(key);
+            }
         }
         for stream in replays {
             self.continue_replay(stream);
@@ -766,11 +793,12 @@ impl Shard {
             self.counters
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
-            match client.phase {
+            match &client.phase {
                 Phase::Streaming(protocol) => {
                     for s in protocol.streams() {
+                        let serial = client.serial_of(s).unwrap_or(client.serial);
                         if let Some(stream) = self.streams.try_remove(s) {
-                            self.stream_ended(s, client.serial, stream);
+                            self.stream_ended(s, serial, stream);
                         }
                     }
                 }
@@ -818,6 +846,7 @@ fn owed_an_answer(client: &Client) -> bool {
                 || state.parser.head().is_some()
                 || state.awaiting.is_some()
         }
+        Phase::Streaming(Protocol::Http2(h2)) => h2.owes_answers(),
         Phase::Streaming(_) | Phase::Linger { .. } => false,
     }
 }

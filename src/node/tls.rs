@@ -28,6 +28,8 @@ pub struct Certificate {
     config: RwLock<Arc<ServerConfig>>,
     not_after: AtomicU64,
     reloads: AtomicU64,
+    /// ALPN offers `h2` (`--http2 on`).
+    h2: bool,
 }
 
 impl std::fmt::Debug for Certificate {
@@ -41,9 +43,11 @@ impl std::fmt::Debug for Certificate {
 
 impl Certificate {
     /// Loads the chain and key; any problem is one line naming the file.
-    pub fn load(cert: &Path, key: &Path) -> Result<Certificate, String> {
-        let (config, not_after) = server_config(cert, key)?;
+    /// With `h2`, ALPN offers `h2` before `http/1.1` (`--http2 on`).
+    pub fn load(cert: &Path, key: &Path, h2: bool) -> Result<Certificate, String> {
+        let (config, not_after) = server_config(cert, key, h2)?;
         Ok(Certificate {
+            h2,
             cert: cert.to_owned(),
             key: key.to_owned(),
             config: RwLock::new(Arc::new(config)),
@@ -55,7 +59,7 @@ impl Certificate {
     /// Re-reads both files (`SIGHUP`): new handshakes use them, open connections keep theirs.
     /// On any error the certificate in use stays, and the error says why.
     pub fn reload(&self) -> Result<String, String> {
-        let (config, not_after) = server_config(&self.cert, &self.key)?;
+        let (config, not_after) = server_config(&self.cert, &self.key, self.h2)?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         self.not_after.store(not_after, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -85,8 +89,8 @@ impl Certificate {
 }
 
 /// A rustls server configuration from PEM files: TLS 1.2 and 1.3 with rustls's defaults,
-/// ALPN `http/1.1`, session tickets; and the leaf certificate's expiry.
-fn server_config(cert: &Path, key: &Path) -> Result<(ServerConfig, u64), String> {
+/// ALPN `h2` (with `h2`) then `http/1.1`, session tickets; and the leaf certificate's expiry.
+fn server_config(cert: &Path, key: &Path, h2: bool) -> Result<(ServerConfig, u64), String> {
     let shown = cert.display();
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read --tls-cert {shown}: {e}"))?
@@ -112,7 +116,11 @@ fn server_config(cert: &Path, key: &Path) -> Result<(ServerConfig, u64), String>
             ),
             e => format!("--tls-cert {shown} and --tls-key {}: {e}", key.display()),
         })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     // Resumption without server state: a reconnecting browser skips the signature.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| format!("cannot set up TLS session tickets: {e}"))?;
@@ -219,6 +227,11 @@ impl Session {
     /// Whether the handshake is still going on.
     pub fn handshaking(&self) -> bool {
         self.handshaking
+    }
+
+    /// Whether ALPN agreed on `h2` (known once the handshake is over).
+    pub fn alpn_h2(&self) -> bool {
+        self.conn.alpn_protocol() == Some(&b"h2"[..])
     }
 
     /// Whether any ciphertext has been read: the handshake has had its first turn. Until

@@ -3,7 +3,62 @@
 
 use super::*;
 
+/// Which protocol a request came in, and so how its answer goes out: HTTP/1.1 (the
+/// connection's one response in progress) or HTTP/2 (on this stream id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2, on this stream.
+    Http2(u32),
+}
+
+/// A head's judgement, whatever protocol it came in: its route, and what it was granted or
+/// the refusal to answer (status, reason, extra header lines).
+pub(super) struct Judged {
+    pub outcome: Result<Option<StreamGrant>, (u16, String, String)>,
+}
+
 impl Shard {
+    /// Judges a request head from connection `key`, before its body is read: routing, access
+    /// (peer rules, tokens, CORS refusals), the same rules whichever protocol brought it.
+    /// Runs contained: a panic is the caller's to report.
+    pub(super) fn judge(&self, key: usize, head: &http::Head) -> Result<Judged, Contained> {
+        let client = &self.clients[key];
+        let (socket, access) = (&client.socket, &self.node.access);
+        let secure = client.tls.is_some();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cors = &self.node.cors;
+        guard::contain(|| {
+            let route = http::route(head.method, &head.path);
+            let peer = match route {
+                // One system call, only for the route that needs it.
+                Route::Broadcast => socket.peer_addr().ok().map(|a| a.ip()),
+                _ => None,
+            };
+            let verdict = crate::auth::access::check_head(route, head, access, peer, now, secure);
+            // A refused stream tells a listed origin's page why (publish answers never carry
+            // CORS).
+            let cors = match route {
+                Route::Stream => cors.refusal_headers(head.origin.as_deref()),
+                _ => "",
+            };
+            let outcome = match (route_refusal(route), verdict) {
+                (Some(refusal), _) => Err(refusal),
+                (None, Err(r)) if r.status == 401 => Err((
+                    401,
+                    r.reason.to_owned(),
+                    format!("WWW-Authenticate: Bearer\r\n{cors}"),
+                )),
+                (None, Err(r)) => Err((r.status, r.reason.to_owned(), cors.to_owned())),
+                (None, Ok(grant)) => Ok(grant),
+            };
+            Judged { outcome }
+        })
+    }
+
     /// Parses and answers requests from `key` until its input runs out, it becomes a
     /// stream, it must close, or its unread responses reach [`RESPONSE_BACKLOG`].
     ///
@@ -25,6 +80,10 @@ impl Shard {
             if client.outbox.queued_bytes() >= RESPONSE_BACKLOG {
                 return; // resumed by flush_pending once the peer reads
             }
+            if self.speaks_h2(key) {
+                return self.become_h2(key);
+            }
+            let client = &mut self.clients[key];
             let Phase::Request(state) = &mut client.phase else {
                 return;
             };
@@ -80,7 +139,11 @@ impl Shard {
                     if self.drain_deadline.is_some() {
                         request.head.keep_alive = false; // the answer says Connection: close
                     }
-                    self.dispatch(key, request)
+                    let grant = match &mut self.clients[key].phase {
+                        Phase::Request(state) => state.grant.take(),
+                        _ => None,
+                    };
+                    self.dispatch(key, Via::Http1, request, grant)
                 }
                 Err(rejection) => return self.reject(key, rejection),
             }
@@ -91,51 +154,26 @@ impl Shard {
     /// 405 and bad names are answered now and the body, if any, is read and dropped; an
     /// accepted head gets `100 Continue` when its client waits for one.
     pub(super) fn judge_head(&mut self, key: usize) {
-        let client = &mut self.clients[key];
-        let Phase::Request(state) = &mut client.phase else {
+        let Phase::Request(state) = &self.clients[key].phase else {
             return;
         };
-        let (socket, access) = (&client.socket, &self.node.access);
-        let secure = client.tls.is_some();
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let cors = &self.node.cors;
-        let judged = guard::contain(|| {
-            let head = state.parser.head()?;
-            let route = http::route(head.method, &head.path);
-            let peer = match route {
-                // One system call, only for the route that needs it.
-                Route::Broadcast => socket.peer_addr().ok().map(|a| a.ip()),
-                _ => None,
-            };
-            let verdict = crate::auth::access::check_head(route, head, access, peer, now, secure);
-            // A client waiting for `100 Continue` may never send the body of a refused
-            // request, so the position of its next request is unknown: close then.
-            let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());
-            // A refused stream tells a listed origin's page why (publish answers never carry
-            // CORS).
-            let cors = match route {
-                Route::Stream => cors.refusal_headers(head.origin.as_deref()),
-                _ => "",
-            };
-            Some((route, verdict, keep_alive, cors))
-        });
-        let (route, verdict, keep_alive, cors) = match judged {
+        let Some(head) = state.parser.head() else {
+            return;
+        };
+        // A client waiting for `100 Continue` may never send the body of a refused request,
+        // so the position of its next request is unknown: close then.
+        let keep_alive = head.keep_alive && !(head.expects_continue && head.has_body());
+        let judged = match self.judge(key, head) {
             Err(panic) => return self.parse_panicked(key, panic),
-            Ok(None) => return,
-            Ok(Some(judged)) => judged,
+            Ok(judged) => judged,
+        };
+        let Phase::Request(state) = &mut self.clients[key].phase else {
+            return;
         };
         let keep_alive = keep_alive && self.drain_deadline.is_none();
-        let (status, reason, extra) = match (route_refusal(route), verdict) {
-            (Some(refusal), _) => refusal,
-            (None, Err(r)) if r.status == 401 => (
-                401,
-                r.reason.to_owned(),
-                format!("WWW-Authenticate: Bearer\r\n{cors}"),
-            ),
-            (None, Err(r)) => (r.status, r.reason.to_owned(), cors.to_owned()),
-            (None, Ok(grant)) => {
+        let (status, reason, extra) = match judged.outcome {
+            Err(refusal) => refusal,
+            Ok(grant) => {
                 state.grant = grant;
                 if state.parser.accept_head() {
                     self.queue(key, Bytes::from_static(http::CONTINUE));
@@ -173,21 +211,29 @@ impl Shard {
         self.close(key);
     }
 
-    /// Answers one complete request.
-    pub(super) fn dispatch(&mut self, key: usize, request: Request) {
+    /// Answers one complete request that came `via` a protocol, its head judged and granted
+    /// `grant`.
+    pub(super) fn dispatch(
+        &mut self,
+        key: usize,
+        via: Via,
+        request: Request,
+        grant: Option<StreamGrant>,
+    ) {
         let keep_alive = request.head.keep_alive;
         let route = http::route(request.head.method, &request.head.path);
         match route {
-            Route::Stream => self.start_stream(key, request),
-            Route::Broadcast => self.publish_request(key, request),
+            Route::Stream => self.start_stream(key, via, request, grant),
+            Route::Broadcast => self.publish_request(key, via, request),
             Route::Page => {
                 let page = self.node.pages[usize::from(keep_alive)].clone();
-                self.respond(key, page, keep_alive)
+                self.answer(key, via, page, keep_alive)
             }
             // A load balancer routes around a node whose broker is down: its streams stay
             // open, but it could not publish or hear what others publish.
-            Route::Health if self.broker.healthy() => self.respond(
+            Route::Health if self.broker.healthy() => self.answer(
                 key,
+                via,
                 http::response(200, "text/plain; charset=utf-8", b"ok\n", keep_alive, ""),
                 keep_alive,
             ),
@@ -195,7 +241,7 @@ impl Shard {
                 self.counters.reject(503);
                 let reason = "the cluster broker (Redis) is unreachable";
                 let response = http::error_response(503, reason, keep_alive, "");
-                self.respond(key, response, keep_alive);
+                self.answer(key, via, response, keep_alive);
             }
             Route::Metrics => {
                 // Include this turn's counts of the shard that answers.
@@ -213,8 +259,9 @@ impl Shard {
                     tls: self.node.tls.as_ref().map(|c| (c.not_after(), c.reloads())),
                 };
                 let body = metrics::render(&self.stats, figures);
-                self.respond(
+                self.answer(
                     key,
+                    via,
                     http::response(
                         200,
                         "text/plain; version=0.0.4; charset=utf-8",
@@ -232,16 +279,25 @@ impl Shard {
                     .preflight_headers(request.head.origin.as_deref());
                 let headers = format!("{cors}Allow: GET, POST, OPTIONS\r\n");
                 let response = http::response(204, "text/plain", b"", keep_alive, &headers);
-                self.respond(key, response, keep_alive)
+                self.answer(key, via, response, keep_alive)
             }
             // Judged from the head already (its body skipped); kept for completeness.
             Route::WrongMethod(_) | Route::NotFound => {
                 if let Some((status, reason, extra)) = route_refusal(route) {
                     self.counters.reject(status);
                     let response = http::error_response(status, &reason, keep_alive, &extra);
-                    self.respond(key, response, keep_alive);
+                    self.answer(key, via, response, keep_alive);
                 }
             }
+        }
+    }
+
+    /// Queues an answer `via` the protocol its request came in: HTTP/1.1's as it is, an
+    /// HTTP/2 stream's as HEADERS and DATA ending the stream.
+    pub(super) fn answer(&mut self, key: usize, via: Via, response: Bytes, keep_alive: bool) {
+        match via {
+            Via::Http1 => self.respond(key, response, keep_alive),
+            Via::Http2(id) => self.respond_h2(key, id, &response),
         }
     }
 
@@ -275,7 +331,7 @@ impl Shard {
     }
 
     /// Publishes a complete request whose head was judged allowed ([`Shard::judge_head`]).
-    pub(super) fn publish_request(&mut self, key: usize, request: Request) {
+    pub(super) fn publish_request(&mut self, key: usize, via: Via, request: Request) {
         let keep_alive = request.head.keep_alive;
         let publish = guard::contain(|| params::parse_publish(request, SystemTime::now()));
         let publish = match publish {
@@ -286,22 +342,39 @@ impl Shard {
                 self.counters.reject(rejection.status);
                 let response =
                     http::error_response(rejection.status, rejection.reason, keep_alive, "");
-                return self.respond(key, response, keep_alive);
+                return self.answer(key, via, response, keep_alive);
             }
         };
-        let client = &mut self.clients[key];
-        let Phase::Request(state) = &mut client.phase else {
-            return;
-        };
-        // No further request on this connection is read until the broker answers, so the
-        // answers leave in the order the requests came.
-        state.awaiting = Some(Awaiting {
-            topic: publish.topic.clone(),
-            keep_alive,
-        });
-        let ticket = Ticket {
-            key,
-            serial: client.serial,
+        let ticket = match via {
+            Via::Http1 => {
+                let client = &mut self.clients[key];
+                let Phase::Request(state) = &mut client.phase else {
+                    return;
+                };
+                // No further request on this connection is read until the broker answers,
+                // so the answers leave in the order the requests came.
+                state.awaiting = Some(Awaiting {
+                    topic: publish.topic.clone(),
+                    keep_alive,
+                });
+                Ticket {
+                    key,
+                    serial: client.serial,
+                }
+            }
+            // HTTP/2 answers each stream on its own: other requests go on meanwhile.
+            Via::Http2(id) => {
+                let serial = self.next_serial();
+                let Some(h2) = self.clients[key].h2() else {
+                    return;
+                };
+                h2.awaiting.push(crate::node::h2::Owed {
+                    serial,
+                    id,
+                    topic: publish.topic.clone(),
+                });
+                Ticket { key, serial }
+            }
         };
         self.counters.add(Stat::EventsPublished, 1);
         self.broker.publish(
@@ -319,7 +392,18 @@ impl Shard {
         let Some(client) = self.clients.get_mut(ticket.key) else {
             return;
         };
-        if client.serial != ticket.serial || client.closing {
+        if client.closing {
+            return; // the publisher left; its event (if any) still went out
+        }
+        if let Some(h2) = client.h2() {
+            let Some(at) = h2.awaiting.iter().position(|o| o.serial == ticket.serial) else {
+                return;
+            };
+            let owed = h2.awaiting.swap_remove(at);
+            let response = published_response(&owed.topic, outcome, true, &mut self.counters);
+            return self.respond_h2(ticket.key, owed.id, &response);
+        }
+        if client.serial != ticket.serial {
             return; // the publisher left; its event (if any) still went out
         }
         let Phase::Request(state) = &mut client.phase else {
@@ -328,20 +412,7 @@ impl Shard {
         let Some(Awaiting { topic, keep_alive }) = state.awaiting.take() else {
             return;
         };
-        let response = match outcome {
-            Ok(accepted) => {
-                let body = format!(
-                    "{{\"id\":\"{}\",\"topic\":\"{topic}\",\"clients\":{}}}\n",
-                    accepted.id.wire(accepted.epoch.as_deref()),
-                    accepted.subscribers
-                );
-                http::response(200, "application/json", body.as_bytes(), keep_alive, "")
-            }
-            Err(unavailable) => {
-                self.counters.reject(503);
-                http::error_response(503, &unavailable.reason, keep_alive, "")
-            }
-        };
+        let response = published_response(&topic, outcome, keep_alive, &mut self.counters);
         self.respond(ticket.key, response, keep_alive);
         // Requests pipelined behind the publish waited for this answer.
         self.serve_requests(ticket.key);
@@ -352,6 +423,29 @@ impl Shard {
         self.counters.add(Stat::EventsPublished, 1);
         self.broker
             .publish(&self.hub, self.id, None, DEFAULT_TOPIC, None, text);
+    }
+}
+
+/// The answer to a publish: the `200` with its id, or `503` and why.
+fn published_response(
+    topic: &str,
+    outcome: Result<Accepted, Unavailable>,
+    keep_alive: bool,
+    counters: &mut Counters,
+) -> Bytes {
+    match outcome {
+        Ok(accepted) => {
+            let body = format!(
+                "{{\"id\":\"{}\",\"topic\":\"{topic}\",\"clients\":{}}}\n",
+                accepted.id.wire(accepted.epoch.as_deref()),
+                accepted.subscribers
+            );
+            http::response(200, "application/json", body.as_bytes(), keep_alive, "")
+        }
+        Err(unavailable) => {
+            counters.reject(503);
+            http::error_response(503, &unavailable.reason, keep_alive, "")
+        }
     }
 }
 

@@ -25,8 +25,12 @@ impl Shard {
             closing,
             counters,
             now,
+            data_headers,
             ..
         } = self;
+        data_headers.prepare(&delivery.frame);
+        // Streams of HTTP/2 connections too slow to keep: each ends alone (RST_STREAM).
+        let mut slow_h2: Vec<(usize, usize)> = Vec::new();
         let (mut queued, mut bytes, mut dropped, mut notices, mut too_slow, mut peak) =
             (0, 0, 0, 0, 0, 0);
         let mut reached = 0usize;
@@ -41,7 +45,8 @@ impl Shard {
             if client.closing {
                 continue;
             }
-            let Some(mut lane) = client.lane(key) else {
+            let h2 = client.phase_is_h2();
+            let Some(mut lane) = client.lane(key, data_headers) else {
                 continue;
             };
             reached += 1;
@@ -56,9 +61,10 @@ impl Shard {
                 slow_after,
             ) {
                 Offer::Queued(n) => {
+                    let pushed = lane.pushed();
                     queued += 1;
                     client.active = true;
-                    bytes += n;
+                    bytes += pushed;
                     notices += usize::from(n > frame.len());
                     peak = peak.max(client.outbox.queued_bytes());
                     if !client.pending {
@@ -67,6 +73,11 @@ impl Shard {
                     }
                 }
                 Offer::Dropped => dropped += 1,
+                Offer::TooSlow if h2 => {
+                    dropped += 1;
+                    too_slow += 1;
+                    slow_h2.push((conn, key));
+                }
                 Offer::TooSlow => {
                     dropped += 1;
                     too_slow += 1;
@@ -76,6 +87,7 @@ impl Shard {
                 Offer::Skipped => {}
             }
         }
+        data_headers.finish();
         counters.add(Stat::FramesQueued, queued);
         counters.add(Stat::FramesDropped, dropped);
         counters.add(Stat::GapNotices, notices as u64);
@@ -87,6 +99,9 @@ impl Shard {
             // capacity from turn to turn, so only a turn with more events than any before
             // it allocates.
             self.fanned.push(delivery.accepted);
+        }
+        for (conn, key) in slow_h2 {
+            self.end_h2_stream(conn, key, crate::wire::h2::ErrorCode::Cancel);
         }
         if too_slow > 0 {
             debug!(

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Sender;
 
+use super::api::Via;
 use super::*;
 use crate::delivery::history::Cursor;
 use crate::delivery::stream::{Gap, Loss};
@@ -251,10 +252,10 @@ impl Shard {
                     self.set_deadline(key, deadline);
                     None
                 }
-                Phase::Streaming(protocol) => Some(*protocol),
+                Phase::Streaming(protocol) => Some(protocol.streams().collect::<Vec<_>>()),
                 Phase::Linger { .. } => None,
             };
-            for s in carried.iter().flat_map(Protocol::streams) {
+            for &s in carried.iter().flatten() {
                 if let Some(exp) = self.streams.get(s).and_then(|s| s.expires) {
                     self.schedule_expiry(s, serial, u64::from(exp.get()));
                 }
@@ -263,7 +264,7 @@ impl Shard {
                 self.mark_pending(key);
             }
             self.on_readable(key);
-            for s in carried.iter().flat_map(Protocol::streams) {
+            for &s in carried.iter().flatten() {
                 self.continue_replay(s);
             }
         }
@@ -391,7 +392,15 @@ impl Shard {
             });
         }
         stream.expires = state.expires.and_then(NonZeroU32::new);
-        let began = self.stream_begins(key, stream, admitted.address, subscription.reset);
+        let serial = self.clients[key].serial;
+        let began = self.stream_begins(
+            key,
+            Via::Http1,
+            serial,
+            stream,
+            admitted.address,
+            subscription.reset,
+        );
         debug_assert_eq!(began, stream_key);
         if let Some(exp) = state.expires.and_then(NonZeroU32::new) {
             let serial = self.clients[key].serial;
@@ -406,7 +415,7 @@ impl Shard {
     fn shed_adopted(&mut self, key: usize, refusal: Refusal) {
         // Its head went out long ago; it is a stream on its way out, not a request.
         self.clients[key].phase = Phase::Linger {
-            deadline: self.now + LINGER,
+            deadline: Coarse::at(self.now + LINGER),
         };
         self.set_deadline(key, self.now + LINGER);
         self.shed(key, None, refusal);

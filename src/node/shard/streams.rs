@@ -3,17 +3,21 @@
 
 use std::num::NonZeroU32;
 
+use super::api::Via;
 use super::*;
+use crate::delivery::stream::ACTIVE;
 
 impl Shard {
     /// Opens the stream a request asked for, as its head was judged ([`Shard::judge_head`]):
     /// topics joined, replay asked for, its token's expiry scheduled; or answers an expired
     /// token, or sheds it at capacity.
-    pub(super) fn start_stream(&mut self, key: usize, request: Request) {
-        let grant = match &mut self.clients[key].phase {
-            Phase::Request(state) => state.grant.take(),
-            _ => None,
-        };
+    pub(super) fn start_stream(
+        &mut self,
+        key: usize,
+        via: Via,
+        request: Request,
+        grant: Option<StreamGrant>,
+    ) {
         let Some(grant) = grant else {
             // Every stream head is judged before its request completes; never open one that
             // was not.
@@ -25,11 +29,16 @@ impl Shard {
         };
         let head = self.node.cors.stream_head(request.head.origin.as_deref());
         if let StreamGrant::Expired(exp) = grant {
-            return self.refuse_expired(key, head, exp);
+            return self.refuse_expired(key, via, head, exp);
         }
         let subscribe = match params::parse_subscribe(&request) {
             Ok(s) => s,
-            Err(rejection) => return self.reject(key, rejection),
+            Err(rejection) if via == Via::Http1 => return self.reject(key, rejection),
+            Err(rejection) => {
+                self.counters.reject(rejection.status);
+                let response = http::error_response(rejection.status, rejection.reason, true, "");
+                return self.answer(key, via, response, true);
+            }
         };
         let peer = match self.clients[key].socket.peer_addr() {
             Ok(peer) => peer.ip(),
@@ -37,17 +46,18 @@ impl Shard {
         };
         if self.drain_deadline.is_some() {
             // Come back soon: to this node's successor, or to another node.
-            return self.shed(
+            return self.shed_via(
                 key,
-                Some(head),
+                via,
+                head,
                 crate::delivery::admission::Refusal::Draining,
             );
         }
         let admitted = match self.node.quota.admit(peer) {
             Ok(admitted) => admitted,
-            Err(refusal) => return self.shed(key, Some(head), refusal),
+            Err(refusal) => return self.shed_via(key, via, head, refusal),
         };
-        if self.config.send_buffer > 0 {
+        if self.config.send_buffer > 0 && via == Via::Http1 {
             // A stream's traffic is small frames; a client that stops reading would otherwise
             // let autotuning park megabytes of ours in its socket before --client-buffer binds.
             let socket = socket2::SockRef::from(&self.clients[key].socket);
@@ -63,9 +73,10 @@ impl Shard {
             Err(crate::delivery::history::TopicsFull) => {
                 // At capacity for new topics: come back later, as at --max-clients.
                 self.node.quota.release(admitted);
-                return self.shed(
+                return self.shed_via(
                     key,
-                    Some(head),
+                    via,
+                    head,
                     crate::delivery::admission::Refusal::TopicsFull,
                 );
             }
@@ -73,7 +84,10 @@ impl Shard {
         // The stream's key, taken by `stream_begins` below (nothing else is inserted before).
         self.room_for_a_stream();
         let stream_key = self.streams.vacant_key();
-        let serial = self.clients[key].serial;
+        let serial = match via {
+            Via::Http1 => self.clients[key].serial,
+            Via::Http2(_) => self.next_serial(),
+        };
         let mut subs = Vec::with_capacity(subscription.names.len());
         for name in subscription.names {
             subs.push(self.topics.join(name, stream_key));
@@ -88,14 +102,28 @@ impl Shard {
             // Unix seconds fit u32 until 2106; a later exp is kept as the last one that fits.
             stream.expires = NonZeroU32::new(u32::try_from(exp).unwrap_or(u32::MAX));
         }
-        self.left_request_phase();
-        // One frame, not two: a stream that keeps up then never needs more than the
-        // outbox's inline slot (the copy is a few hundred bytes, once per stream).
-        self.queue(
+        match via {
+            Via::Http1 => {
+                self.left_request_phase();
+                // One frame, not two: a stream that keeps up then never needs more than the
+                // outbox's inline slot (the copy is a few hundred bytes, once per stream).
+                self.queue(
+                    key,
+                    Bytes::from([&head[..], &sse::encode_preamble(retry)[..]].concat()),
+                );
+            }
+            Via::Http2(id) => {
+                self.send_h2(key, id, Some(&head), sse::encode_preamble(retry), false)
+            }
+        }
+        let began = self.stream_begins(
             key,
-            Bytes::from([&head[..], &sse::encode_preamble(retry)[..]].concat()),
+            via,
+            serial,
+            stream,
+            admitted.address,
+            subscription.reset,
         );
-        let began = self.stream_begins(key, stream, admitted.address, subscription.reset);
         debug_assert_eq!(began, stream_key);
         if let Some(exp) = expires {
             self.schedule_expiry(stream_key, serial, exp);
@@ -111,6 +139,8 @@ impl Shard {
     pub(super) fn stream_begins(
         &mut self,
         key: usize,
+        via: Via,
+        serial: u32,
         mut stream: Stream,
         address: Option<u64>,
         reset: Option<Bytes>,
@@ -125,12 +155,25 @@ impl Shard {
             self.addresses.insert(stream_key, address);
         }
         let client = &mut self.clients[key];
-        // Slab keys stay far below u32::MAX: the stream quota bounds them.
-        client.phase = Phase::Streaming(Protocol::Http1 {
-            stream: stream_key as u32,
-        });
-        // Its head was just queued: no keep-alive is due before the next check.
-        client.active = true;
+        match (via, client.h2()) {
+            (Via::Http2(id), Some(h2)) => {
+                // Its head was just queued: no keep-alive is due before the next check.
+                h2.streams.push(crate::node::h2::Carried {
+                    id,
+                    key: stream_key as u32,
+                    serial,
+                    flags: std::cell::Cell::new(ACTIVE),
+                });
+            }
+            _ => {
+                // Slab keys stay far below u32::MAX: the stream quota bounds them.
+                client.phase = Phase::Streaming(Protocol::Http1 {
+                    stream: stream_key as u32,
+                });
+                // Its head was just queued: no keep-alive is due before the next check.
+                client.active = true;
+            }
+        }
         if let Some(reset) = reset {
             self.counters.add(Stat::ResetNotices, 1);
             self.queue_for(stream_key, key, reset);
@@ -154,8 +197,10 @@ impl Shard {
         if client.closing || client.handed {
             return;
         }
-        let serial = client.serial;
-        let Some(lane) = client.lane(key) else {
+        let Some(serial) = client.serial_of(key) else {
+            return;
+        };
+        let Some(lane) = client.lane(key, &mut self.data_headers) else {
             return;
         };
         let Some(replay) = stream.replay_mut() else {
@@ -191,7 +236,7 @@ impl Shard {
             return;
         };
         // A detached stream asks again if the hand-over is called off.
-        if client.serial != ticket.serial || client.closing || client.handed {
+        if client.serial_of(ticket.key) != Some(ticket.serial) || client.closing || client.handed {
             return;
         }
         let batch = match step {
@@ -218,7 +263,7 @@ impl Shard {
             self.queue_for(ticket.key, conn, frame);
         }
         let waiting = self.clients[conn]
-            .lane(ticket.key)
+            .lane(ticket.key, &mut self.data_headers)
             .map_or(usize::MAX, |lane| lane.queued());
         if more && waiting < self.config.client_buffer / 2 {
             self.continue_replay(ticket.key);
@@ -228,9 +273,12 @@ impl Shard {
     /// Answers a stream whose token is correctly signed but expired: `200`, the `expired`
     /// notice with a `retry:`, close. Not a 401, which would stop the browser for good: an
     /// idle tab retries until its page has refreshed the cookie.
-    pub(super) fn refuse_expired(&mut self, key: usize, head: Bytes, exp: u64) {
+    pub(super) fn refuse_expired(&mut self, key: usize, via: Via, head: Bytes, exp: u64) {
         self.counters.add(Stat::ExpiredTokens, 1);
         let retry = self.expired_retry();
+        if let Via::Http2(id) = via {
+            return self.send_h2(key, id, Some(&head), sse::encode_expired(exp, retry), true);
+        }
         self.queue(key, head);
         self.queue(key, sse::encode_expired(exp, retry));
         self.clients[key].close_after_flush = true;
@@ -253,12 +301,23 @@ impl Shard {
             return;
         };
         // A detached stream's expiry is scheduled again if the hand-over is called off.
-        if client.serial != serial || client.closing || client.handed {
+        if client.serial_of(key) != Some(serial) || client.closing || client.handed {
             return;
+        }
+        if let Some(h2) = client.h2() {
+            // One stream of several ends: the notice, END_STREAM, and the connection goes on.
+            let id = h2.by_key(key).map_or(0, |c| c.id);
+            let retry = self.expired_retry();
+            let notice = sse::encode_expired(u64::from(exp.get()), retry);
+            self.counters.add(Stat::StreamsExpired, 1);
+            self.forget_h2_stream(conn, key);
+            return self.send_h2(conn, id, None, notice, true);
         }
         // An HTTP/1.1 stream is its connection's response: the connection ends with it.
         let deadline = self.now + LINGER;
-        client.phase = Phase::Linger { deadline };
+        client.phase = Phase::Linger {
+            deadline: Coarse::at(deadline),
+        };
         client.close_after_flush = true;
         self.set_deadline(conn, deadline);
         if let Some(stream) = self.streams.try_remove(key) {
@@ -281,19 +340,41 @@ impl Shard {
         let bounds = Bounds::both(self.config.client_buffer);
         let mut sent = 0;
         for (key, client) in self.clients.iter_mut() {
-            let Phase::Streaming(protocol) = client.phase else {
+            let Phase::Streaming(protocol) = &client.phase else {
                 continue;
             };
-            if std::mem::replace(&mut client.active, false) || client.closing || client.handed {
+            let h2 = matches!(protocol, Protocol::Http2(_));
+            if client.closing || client.handed {
+                continue;
+            }
+            // HTTP/1.1's one stream keeps its flag in the connection; HTTP/2's each their own.
+            if !h2 && std::mem::replace(&mut client.active, false) {
                 continue;
             }
             let mut queued = false;
-            for s in protocol.streams() {
-                if let Some(mut lane) = client.lane(s) {
+            let mut i = 0;
+            while let Some(s) = match &client.phase {
+                Phase::Streaming(protocol) => protocol.stream_at(i),
+                _ => None,
+            } {
+                i += 1;
+                if let Some(Protocol::Http2(h2)) = match &client.phase {
+                    Phase::Streaming(p) => Some(p),
+                    _ => None,
+                } {
+                    if let Some(c) = h2.by_key(s) {
+                        let flags = c.flags.get();
+                        c.flags.set(flags & !ACTIVE);
+                        if flags & ACTIVE != 0 {
+                            continue;
+                        }
+                    }
+                }
+                if let Some(mut lane) = client.lane(s, &mut self.data_headers) {
                     if lane.push_bounded(frame.clone(), bounds) {
                         queued = true;
                         sent += 1;
-                        self.counters.add(Stat::QueuedBytes, frame.len() as u64);
+                        self.counters.add(Stat::QueuedBytes, lane.pushed() as u64);
                     }
                 }
             }

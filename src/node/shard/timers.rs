@@ -110,6 +110,9 @@ impl Shard {
                     return; // its ClientHello came; the wait is the node's (shard/handshakes.rs)
                 }
                 let client = &self.clients[key];
+                if client.phase_is_h2() {
+                    return self.h2_timed_out(key);
+                }
                 if matches!(client.phase, Phase::Request(_)) {
                     self.counters.add(Stat::HeaderTimeouts, 1);
                     debug!(

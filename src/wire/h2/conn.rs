@@ -1068,6 +1068,42 @@ impl Connection {
         Ok(frames)
     }
 
+    /// Takes `len` bytes of DATA out of the peer's windows for `stream`, for frames the node
+    /// writes itself (a broadcast's headers beside its shared payload, see
+    /// [`frame::data_header`]): the same accounting as [`Connection::send_data`], no iterator.
+    pub fn debit(&mut self, stream: u32, len: usize) -> Result<(), SendError> {
+        let i = self.sendable(stream)?;
+        let len = i32::try_from(len).map_err(|_| SendError::Window)?;
+        let entry = &mut self.streams[i];
+        if len > entry.send_window || len > self.send_window {
+            return Err(SendError::Window);
+        }
+        entry.send_window -= len;
+        self.send_window -= len;
+        Ok(())
+    }
+
+    /// Whether the handshake is over: the preface and the peer's first SETTINGS came, and the
+    /// peer acknowledged ours (until then the node holds the connection to its header
+    /// timeout).
+    pub fn settled(&self) -> bool {
+        !matches!(self.state, State::Preface | State::FirstSettings) && self.decoder.acknowledged()
+    }
+
+    /// Whether the peer's preface and first SETTINGS came (a connection that is not
+    /// [`Connection::settled`] then waits only for the acknowledgement of ours).
+    pub fn opened(&self) -> bool {
+        !matches!(self.state, State::Preface | State::FirstSettings)
+    }
+
+    /// Ends the connection with GOAWAY(`code`) (SETTINGS_TIMEOUT, when ours are never
+    /// acknowledged); only the GOAWAY is left to send.
+    pub fn abort(&mut self, code: super::ErrorCode) {
+        if !self.is_failed() {
+            self.fail(code);
+        }
+    }
+
     /// Bytes of DATA the peer's windows let `stream` send now (`None`: not open for sending).
     pub fn send_window(&self, stream: u32) -> Option<u32> {
         let entry = self.streams.get(self.find(stream)?)?;

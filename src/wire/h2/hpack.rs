@@ -262,6 +262,11 @@ impl Decoder {
         }
     }
 
+    /// Whether no limit we advertised waits for the peer's acknowledgement.
+    pub fn acknowledged(&self) -> bool {
+        self.pending == u32::MAX
+    }
+
     /// The dynamic table's size in bytes (the RFC's count, 32 per entry).
     pub fn table_size(&self) -> usize {
         self.table.as_ref().map_or(0, |t| t.size)

@@ -3,6 +3,7 @@
 //! frames, [`conn`] is one connection's state machine (preface, SETTINGS, streams, flow
 //! control, and the defences against hostile peers).
 
+pub mod bridge;
 pub mod conn;
 pub mod frame;
 pub mod hpack;

@@ -8,7 +8,7 @@ mod parser;
 #[cfg(test)]
 mod proptests;
 
-pub use parser::{Framing, Head, Request, RequestParser, Shape, Step, MAX_CHUNK_LINE};
+pub use parser::{parse_head, Framing, Head, Request, RequestParser, Shape, Step, MAX_CHUNK_LINE};
 
 use bytes::Bytes;
 

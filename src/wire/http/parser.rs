@@ -241,6 +241,12 @@ impl RequestParser {
         self.buf.len().saturating_sub(self.pos)
     }
 
+    /// The bytes received and not yet consumed (the first read of a connection tells h2c's
+    /// preface from a request).
+    pub fn unread(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or_default()
+    }
+
     /// The head waiting for judgement, or whose body is being read.
     pub fn head(&self) -> Option<&Head> {
         match &self.state {
@@ -617,8 +623,9 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Reads one complete head (`raw` ends with the blank line) and checks its framing.
-fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
+/// Reads one complete head (`raw` ends with the blank line) and checks its framing. HTTP/2
+/// heads are judged by these very rules ([`crate::wire::h2::bridge`]).
+pub fn parse_head(raw: &[u8], max_body: usize) -> Result<Head, Rejection> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(raw) {

@@ -1,0 +1,117 @@
+//! One HTTP/2 connection's node-side state: the sans-IO protocol state
+//! ([`crate::wire::h2::conn::Connection`]), the streams it carries (by id and slab key), the
+//! requests whose bodies are still arriving, publishes waiting for the broker, and answers
+//! whose bodies wait for the peer's window. Boxed in [`crate::node::client::Protocol::Http2`]
+//! so that a connection that speaks HTTP/1.1 pays nothing for it.
+
+use std::cell::Cell;
+
+use bytes::Bytes;
+
+use crate::auth::access::StreamGrant;
+use crate::wire::h2::conn::{Connection, Limits};
+use crate::wire::http::Head;
+
+/// An HTTP/2 connection's state beside its socket.
+#[derive(Debug)]
+pub struct H2 {
+    /// The protocol state: frames, windows, defences.
+    pub conn: Connection,
+    /// The event streams it carries, by stream id (few: a browser opens a handful).
+    pub streams: Vec<Carried>,
+    /// Requests whose heads were judged and whose bodies are still arriving (publishes).
+    pub bodies: Vec<Body>,
+    /// Publishes sent to the broker, whose answers are owed (by the publish's serial).
+    pub awaiting: Vec<Owed>,
+    /// Answers whose bodies wait for the peer's window, in order.
+    pub unsent: Vec<(u32, Bytes)>,
+    /// Until the handshake is settled (preface, SETTINGS both ways): when to give up, in
+    /// the shard's ticks.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// An event stream an HTTP/2 connection carries.
+#[derive(Debug)]
+pub struct Carried {
+    /// Its id on the connection.
+    pub id: u32,
+    /// Its key in the shard's slab of streams.
+    pub key: u32,
+    /// Its own serial (stream keys are reused, and so are connections' streams): replay
+    /// tickets and token expiries name it.
+    pub serial: u32,
+    /// [`crate::delivery::stream::STARVED`] | [`crate::delivery::stream::ACTIVE`].
+    pub flags: Cell<u8>,
+}
+
+/// A request whose body is still arriving.
+#[derive(Debug)]
+pub struct Body {
+    /// Its stream id.
+    pub id: u32,
+    /// Its head, judged allowed.
+    pub head: Box<Head>,
+    /// What its head was granted.
+    pub grant: Option<StreamGrant>,
+    /// The body so far (at most `--max-body`).
+    pub bytes: Vec<u8>,
+}
+
+/// A publish whose answer is owed to a stream.
+#[derive(Debug)]
+pub struct Owed {
+    /// The publish's serial (its ticket's).
+    pub serial: u32,
+    /// The stream to answer on.
+    pub id: u32,
+    /// The topic, for the answer.
+    pub topic: String,
+}
+
+impl H2 {
+    /// A connection whose preface is arriving; our SETTINGS are queued.
+    pub fn new(limits: &Limits, deadline: std::time::Instant) -> H2 {
+        H2 {
+            conn: Connection::new(limits),
+            streams: Vec::new(),
+            bodies: Vec::new(),
+            awaiting: Vec::new(),
+            unsent: Vec::new(),
+            deadline: Some(deadline),
+        }
+    }
+
+    /// The stream it carries under id `id`.
+    pub fn by_id(&self, id: u32) -> Option<&Carried> {
+        self.streams.iter().find(|c| c.id == id)
+    }
+
+    /// The stream it carries under slab key `key`.
+    pub fn by_key(&self, key: usize) -> Option<&Carried> {
+        self.streams.iter().find(|c| c.key as usize == key)
+    }
+
+    /// Forgets the stream of slab key `key`; returns its id and serial.
+    pub fn drop_key(&mut self, key: usize) -> Option<(u32, u32)> {
+        let i = self.streams.iter().position(|c| c.key as usize == key)?;
+        let c = self.streams.swap_remove(i);
+        if self.streams.is_empty() {
+            self.streams = Vec::new();
+        }
+        Some((c.id, c.serial))
+    }
+
+    /// Whether a request on it is owed an answer (a drain waits for it).
+    pub fn owes_answers(&self) -> bool {
+        !self.bodies.is_empty() || !self.awaiting.is_empty() || !self.unsent.is_empty()
+    }
+
+    /// Heap bytes it holds beyond its box (for the memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.conn.heap_bytes()
+            + self.streams.capacity() * std::mem::size_of::<Carried>()
+            + self.bodies.capacity() * std::mem::size_of::<Body>()
+            + self.awaiting.capacity() * std::mem::size_of::<Owed>()
+            + self.unsent.capacity() * std::mem::size_of::<(u32, Bytes)>()
+    }
+}
