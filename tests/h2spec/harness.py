@@ -121,6 +121,15 @@ def literal(name, value):
     return b"\x00" + hpack_str(name) + hpack_str(value)
 
 
+def hblock(fields):
+    """The start of a header block: a dynamic table size update to 0, then literals. The node
+    advertises SETTINGS_HEADER_TABLE_SIZE 0, and once our ACK of it is sent an encoder MUST say
+    so at the start of its next block (RFC 7541 §4.2), which the node enforces (as nghttp2
+    does). h2spec's own client leaves it out; every block start here carries it (allowed at the
+    start of any block, at or below the setting)."""
+    return b"\x20" + block(fields)
+
+
 def block(fields):
     """A header block of literals without indexing (the table is never touched)."""
     return b"".join(literal(n, v) for n, v in fields)

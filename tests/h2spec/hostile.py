@@ -20,6 +20,7 @@ from harness import (
     Conn,
     Failure,
     block,
+    hblock,
     defence_count,
     frame,
     hpack_int,
@@ -117,7 +118,7 @@ def _(addr):
     before = defence_before(addr, "continuation_flood")
     c = Conn(addr)
     c.handshake()
-    c.send(frame(HEADERS, END_STREAM, 1, block(c.common_headers("/stream"))))
+    c.send(frame(HEADERS, END_STREAM, 1, hblock(c.common_headers("/stream"))))
     flood = b"".join(frame(CONTINUATION, 0, 1, literal_pad(i)) for i in range(5000))
     c.send(flood)
     c.verify_goaway(ENHANCE_YOUR_CALM)
