@@ -309,16 +309,19 @@ fn h2c_prior_knowledge_serves_every_plain_route() {
     assert_eq!(large.status, 200, "{large:?}");
     assert_eq!(witness.next_event().data.len(), 65536);
 
-    let too_large = curl2(
-        &[
-            pk,
-            "--data-binary",
-            "@-",
-            &h2c(&server, "/broadcast?topic=pub"),
-        ],
-        Some("b".repeat(65537).as_bytes()),
-    );
-    assert_eq!(too_large.status, 413, "{too_large:?}");
+    // One byte over: 413 before the body is read. nghttp here, not curl: curl 7.88.1 (Debian 12)
+    // reports error 92 and no status for any server that answers an upload early and resets
+    // the stream with NO_ERROR (RFC 9113 §8.1), as the edge does (checked against a minimal
+    // PyPI h2 server doing just that).
+    let dir = util::tempdir("h2-413");
+    let body = dir.join("body");
+    std::fs::write(&body, "b".repeat(65537)).unwrap();
+    let body = body.display().to_string();
+    let url = h2c(&server, "/broadcast?topic=pub");
+    let mut nghttp = Running::spawn("nghttp", &["-v", "-d", &body, &url]);
+    let text = nghttp.wait("the 413", |t| t.contains(":status: "));
+    assert!(text.contains(":status: 413"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

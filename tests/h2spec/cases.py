@@ -41,6 +41,7 @@ from harness import (
     Conn,
     Failure,
     block,
+    describe,
     hblock,
     frame,
     goaway,
@@ -1070,3 +1071,23 @@ def _(addr):
         if name in ("connection", "keep-alive", "transfer-encoding"):
             raise Failure(f"the head carries the connection-specific field {name!r}")
     c.verify_stream_close(1)
+
+
+@case(
+    "5.1/extra",
+    "Stream States (RFC 9113 §5.1, not an h2spec case): closed: DATA already in flight after "
+    "the node's RST_STREAM is ignored",
+)
+def _(addr):
+    # A body over --max-body is answered 413 at once and the stream reset with NO_ERROR (§8.1);
+    # the client's DATA already sent "MUST" then be ignored (§5.1, closed), not answered with
+    # another RST_STREAM per frame.
+    c = open_conn(addr)
+    c.post(1, BROADCAST, [("content-length", "70000")])
+    c.data(1, b"x" * 16384)
+    c.data(1, b"x" * 16384)
+    c.wait(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == 1, "the node's RST_STREAM")
+    c.send(ping(b"h2spec\0\0"))
+    f = c.wait(lambda f: isinstance(f, PingFrame) or isinstance(f, RstStreamFrame), "PING with ACK")
+    if isinstance(f, RstStreamFrame):
+        raise Failure(f"the node answered DATA on a stream it had reset with {describe(f)}")
