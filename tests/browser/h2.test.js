@@ -110,9 +110,14 @@ async function tenStreams(origin, topic, expectOpen) {
     // Over HTTP/1.1 a fetch would wait behind the six held connections: only over h2.
     const protocols = await page.evaluate(async (withFetch) => {
       if (!withFetch) return { navigation: performance.getEntriesByType("navigation")[0].nextHopProtocol };
-      await fetch("/healthz");
+      await (await fetch("/healthz?probe")).text();
       const nav = performance.getEntriesByType("navigation")[0];
-      const fetched = performance.getEntriesByType("resource").filter((e) => e.name.endsWith("/healthz")).pop();
+      // The resource entry lands once the body is read, which may be a task after the text.
+      let fetched;
+      for (let i = 0; i < 100 && !fetched; i++) {
+        fetched = performance.getEntriesByType("resource").find((e) => e.name.endsWith("/healthz?probe"));
+        if (!fetched) await new Promise((r) => setTimeout(r, 20));
+      }
       return { navigation: nav && nav.nextHopProtocol, fetch: fetched && fetched.nextHopProtocol };
     }, expectOpen === STREAMS);
     const streams = await page.evaluate(() => window.streams.map((s) => ({ open: s.open, got: s.data.length })));
