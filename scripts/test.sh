@@ -38,7 +38,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)  # tests/tls.rs:
 # HTTP/2 clients no one here wrote (tests/h2_clients.rs, tests/h2spec.rs): curl built with
 # HTTP/2 (Debian's is, with nghttp2), nghttp and h2load from Debian's nghttp2-client, and a
 # python3 that can make a venv for PyPI's h2 (below).
-curl -V 2>/dev/null | grep -qw HTTP2 || need+=(curl)
+grep -qw HTTP2 <<<"$(curl -V 2>/dev/null || true)" || need+=(curl)  # (no pipe: pipefail and grep -q)
 command -v nghttp >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
