@@ -559,6 +559,20 @@ fn publish_rules_and_cors_read_authority_where_http1_reads_host() {
     );
     let published = server.metrics()["sse_edge_events_published_total"];
     assert_eq!(published, 1.0);
+
+    // --publish-allow without loopback: this peer may not publish over h2 either.
+    let closed = Server::start(&["--publish-allow", "10.0.0.0/8"]);
+    let refused = curl2(
+        &[pk, "-X", "POST", &h2c(&closed, "/broadcast?topic=o")],
+        None,
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let allowed = Server::start(&["--publish-allow", "127.0.0.0/8"]);
+    let ok = curl2(
+        &[pk, "-X", "POST", &h2c(&allowed, "/broadcast?topic=o")],
+        None,
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
 }
 
 #[test]
