@@ -168,6 +168,9 @@ pub struct H2Way<'a> {
     /// Its flags: a frame did not fit its window (until the peer opens it again), and
     /// something was queued since the last keep-alive check.
     pub flags: &'a std::cell::Cell<u8>,
+    /// Streams its connection carries: the connection's bound is the per-stream bound times
+    /// this (what as many HTTP/1.1 connections would hold), so one event reaches them all.
+    pub siblings: usize,
 }
 
 /// [`H2Way::flags`]: a frame was dropped because the peer's window was closed; the stream is
@@ -238,8 +241,9 @@ impl<'a> Lane<'a> {
                     way.flags.set(way.flags.get() | STARVED);
                     return false;
                 }
+                let bound = bounds.connection.saturating_mul(way.siblings.max(1));
                 self.outbox
-                    .fits(crate::delivery::data::wire_len(len), bounds.connection)
+                    .fits(crate::delivery::data::wire_len(len), bound)
             }
             (Some(own), _) => {
                 (**own == 0 || own.saturating_add(len) <= bounds.stream)
@@ -251,10 +255,13 @@ impl<'a> Lane<'a> {
     /// How many more bytes fit under both bounds (none once either is reached).
     pub fn room(&self, bounds: Bounds) -> usize {
         let stream = bounds.stream.saturating_sub(self.queued());
-        let room = stream.min(bounds.connection.saturating_sub(self.outbox.queued_bytes()));
         match &self.h2 {
-            Some(way) => room.min(way.conn.send_window(way.id).unwrap_or(0) as usize),
-            None => room,
+            Some(way) => {
+                let bound = bounds.connection.saturating_mul(way.siblings.max(1));
+                let room = stream.min(bound.saturating_sub(self.outbox.queued_bytes()));
+                room.min(way.conn.send_window(way.id).unwrap_or(0) as usize)
+            }
+            None => stream.min(bounds.connection.saturating_sub(self.outbox.queued_bytes())),
         }
     }
 

@@ -328,6 +328,7 @@ impl Client {
                     id: carried.id,
                     headers,
                     flags: &carried.flags,
+                    siblings: streams.len(),
                 };
                 Some(Lane::h2(&mut self.outbox, way))
             }

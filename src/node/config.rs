@@ -238,7 +238,8 @@ pub struct Config {
         env = "SSE_EDGE_HTTP2",
         default_value = "on",
         value_name = "on|off",
-        value_parser = parse_switch
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set
     )]
     pub http2: bool,
 

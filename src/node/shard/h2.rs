@@ -179,17 +179,17 @@ impl Shard {
                     self.forget_h2_stream(key, s);
                 }
             }
-            H2Event::Settings { .. } | H2Event::Writable { stream: None } => {
+            H2Event::Settings { .. } | H2Event::Writable { .. } => {
+                // A stream that dropped a frame for want of window has caught up once its
+                // window holds a whole frame again: a reader trickling a few bytes of window
+                // stays behind, as an HTTP/1.1 reader trickling a few bytes does.
                 if let Some(h2) = self.clients[key].h2() {
                     for c in &h2.streams {
-                        c.flags.set(c.flags.get() & !STARVED);
+                        let window = h2.conn.send_window(c.id).unwrap_or(0) as usize;
+                        if window >= crate::delivery::data::MAX_FRAME {
+                            c.flags.set(c.flags.get() & !STARVED);
+                        }
                     }
-                }
-                self.mark_pending(key);
-            }
-            H2Event::Writable { stream: Some(id) } => {
-                if let Some(c) = self.clients[key].h2().and_then(|h2| h2.by_id(id)) {
-                    c.flags.set(c.flags.get() & !STARVED);
                 }
                 self.mark_pending(key);
             }
