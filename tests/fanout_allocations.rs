@@ -271,3 +271,146 @@ fn encrypting_a_frame_for_a_tls_stream_allocates_nothing() {
         assert_eq!(flush(5), 1, "flush {round} of five frames: one record");
     }
 }
+
+/// One HTTP/2 connection of the fan-out test: its protocol state, its outbox, and its
+/// streams (the stream, its lane's flags, its id).
+struct H2Conn {
+    conn: sse_edge::wire::h2::conn::Connection,
+    outbox: Outbox,
+    streams: Vec<(Stream, std::cell::Cell<u8>, u32)>,
+}
+
+/// A server-side connection whose peer opened `streams` streams (ids 1, 3, …) and gave every
+/// window its largest size.
+fn h2_connection(streams: u32) -> H2Conn {
+    use sse_edge::wire::h2::conn::{Connection, Limits};
+    use sse_edge::wire::h2::frame::{self, setting, MAX_WINDOW, PREFACE};
+    use sse_edge::wire::h2::hpack;
+    let limits = Limits::default();
+    let mut conn = Connection::new(&limits);
+    let mut input = PREFACE.to_vec();
+    frame::write_settings(&[(setting::INITIAL_WINDOW_SIZE, MAX_WINDOW)], &mut input);
+    frame::write_window_update(0, MAX_WINDOW - 65_535, &mut input);
+    frame::write_settings_ack(&mut input);
+    for i in 0..streams {
+        let mut block = Vec::new();
+        if i == 0 {
+            hpack::encode_size_update(0, &mut block);
+        }
+        for (n, v) in [
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/stream"),
+            (b":authority", b"t"),
+        ] {
+            hpack::encode_field(n, v, false, false, &mut block);
+        }
+        frame::write_headers(1 + 2 * i, &block, true, 16_384, &mut input);
+    }
+    let mut events = Vec::new();
+    conn.recv(&input, 0, &limits, &mut events).unwrap();
+    let _ = conn.take_output();
+    H2Conn {
+        conn,
+        outbox: Outbox::default(),
+        streams: (0..streams)
+            .map(|i| {
+                let s = Stream::new(Subs::One((0, 0)), None);
+                (s, std::cell::Cell::new(0), 1 + 2 * i)
+            })
+            .collect(),
+    }
+}
+
+/// Offers one event of `size` bytes to every stream of `conns` through HTTP/2 lanes; returns
+/// the allocations the offers made and the streams that queued it. The bytes written are
+/// checked to be DATA frames of at most 16 KiB carrying the event.
+fn h2_round(
+    conns: &mut [H2Conn],
+    headers: &mut sse_edge::delivery::data::DataHeaders,
+    id: u64,
+    size: usize,
+) -> (u64, usize) {
+    use sse_edge::delivery::stream::H2Way;
+    let text = "p".repeat(size);
+    let frame = encode_event(EventId::local(id), None, None, &text);
+    let now = Instant::now();
+    headers.prepare(&frame);
+    let before = allocations();
+    let mut queued = 0;
+    for c in conns.iter_mut() {
+        let siblings = c.streams.len();
+        for (stream, flags, sid) in c.streams.iter_mut() {
+            let way = H2Way {
+                conn: &mut c.conn,
+                id: *sid,
+                headers,
+                flags,
+                siblings,
+            };
+            let mut lane = Lane::h2(&mut c.outbox, way);
+            let got = stream.offer(
+                &mut lane,
+                EventId::local(id),
+                None,
+                &frame,
+                Bounds::both(1 << 20),
+                now,
+                Duration::from_secs(30),
+            );
+            queued += usize::from(matches!(got, Offer::Queued(_)));
+        }
+    }
+    let during = allocations() - before;
+    headers.finish();
+    for c in conns.iter_mut() {
+        let mut wire = Vec::new();
+        c.outbox.write_to(&mut wire).unwrap();
+        // DATA frames of at most 16 KiB, per stream in turn, carrying the event whole.
+        let mut at = 0;
+        let mut per_stream: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        while at < wire.len() {
+            let len = u32::from_be_bytes([0, wire[at], wire[at + 1], wire[at + 2]]) as usize;
+            assert_eq!(wire[at + 3], 0, "a DATA frame");
+            assert!(len <= 16_384, "a frame of {len} bytes");
+            let sid = u32::from_be_bytes(wire[at + 5..at + 9].try_into().unwrap());
+            per_stream
+                .entry(sid)
+                .or_default()
+                .extend_from_slice(&wire[at + 9..at + 9 + len]);
+            at += 9 + len;
+        }
+        assert_eq!(per_stream.len(), c.streams.len());
+        assert!(per_stream.values().all(|p| p[..] == frame[..]));
+    }
+    (during, queued)
+}
+
+#[test]
+fn offering_a_frame_to_http2_streams_allocates_once_per_delivery_not_per_stream() {
+    let mut headers = sse_edge::delivery::data::DataHeaders::default();
+    // The hard case: 10 000 connections of one stream each (stream 1: its frame is baked
+    // once per delivery, headers and payload, so its outbox holds one frame inline).
+    let mut single: Vec<H2Conn> = (0..10_000).map(|_| h2_connection(1)).collect();
+    // Many streams per connection: 100 connections of 100 streams each.
+    let mut shared: Vec<H2Conn> = (0..100).map(|_| h2_connection(100)).collect();
+    // Each outbox grows its queue to the most frames one delivery leaves it (two per stream
+    // per 16 KiB: header and payload) once, as an HTTP/1.1 outbox does for a burst.
+    h2_round(&mut shared, &mut headers, 1, 40 * 1024);
+    for (id, size) in [(2, 100), (3, 100), (4, 40 * 1024), (5, 100)] {
+        let (during, queued) = h2_round(&mut single, &mut headers, id, size);
+        assert_eq!(queued, 10_000);
+        // A buffer and, at its first clone, its shared count: per delivery, not per stream.
+        assert!(
+            during <= 2,
+            "event {id} ({size} B) to 10 000 single-stream connections: {during} allocations"
+        );
+        let (during, queued) = h2_round(&mut shared, &mut headers, id, size);
+        assert_eq!(queued, 10_000);
+        // Stream 1's baked frame and the headers of the other ids, once each.
+        assert!(
+            during <= 4,
+            "event {id} ({size} B) to 100 x 100 streams: {during} allocations"
+        );
+    }
+}

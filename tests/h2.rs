@@ -316,3 +316,78 @@ fn a_drain_sends_goaway_no_error_and_closes_the_streams() {
     assert_eq!(c.goaway, Some(NO_ERROR));
     assert!(c.closed_by_server());
 }
+
+#[test]
+fn streams_count_against_max_clients_and_the_connection_refuses_past_h2_max_streams() {
+    let server = Server::start(&["--max-clients", "2"]);
+    let mut c = H2Client::connect(server.addr, &[]);
+    for id in [1, 3, 5] {
+        c.request(id, "GET", "/stream?topic=q", &[], true);
+    }
+    // Two streams fit the node; the third is shed as over HTTP/1.1: 200, `: shed`, a long
+    // `retry:`, and its stream ends.
+    let shed = c.response(5);
+    assert_eq!(shed.status(), 200);
+    assert!(shed.text().contains(": shed\n"), "{}", shed.text());
+    assert!(shed.text().contains("retry: "), "{}", shed.text());
+    c.body_until(1, "retry:");
+    c.body_until(3, "retry:");
+    server.wait_metrics("two streams", |m| m["sse_edge_clients"] == 2.0);
+    assert_eq!(c.goaway, None);
+    // --h2-max-streams: a connection holding that many open streams has the next refused
+    // by the frame layer with REFUSED_STREAM (a client may retry it).
+    let server = Server::start(&["--h2-max-streams", "2"]);
+    let mut c = H2Client::connect(server.addr, &[]);
+    for id in [1, 3, 5] {
+        c.request(id, "GET", "/stream?topic=q", &[], true);
+    }
+    c.wait("a refusal", |c| {
+        c.streams.get(&5).is_some_and(|r| r.reset == Some(7))
+    });
+    c.body_until(1, "retry:");
+    c.body_until(3, "retry:");
+    server.wait_metrics("two streams", |m| m["sse_edge_clients"] == 2.0);
+    assert_eq!(c.goaway, None);
+}
+
+#[test]
+fn a_split_cookie_and_the_authorization_field_carry_tokens() {
+    // An HS256 token for topic "secret", signed as tests/auth.rs signs them.
+    let secret = "0123456789abcdef0123456789abcdef";
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({"exp": exp, "sse_edge": {"subscribe": ["secret"]}});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let server = Server::start(&["--subscribe-jwt", secret]);
+    let mut c = H2Client::connect(server.addr, &[]);
+    assert_eq!(c.get(1, "/stream?topic=secret").status(), 401);
+    // HTTP/2 may split a cookie into several fields (RFC 9113 §8.2.3).
+    let cookie = format!("sse_edge_token={token}");
+    c.request(
+        3,
+        "GET",
+        "/stream?topic=secret",
+        &[("cookie", "theme=dark"), ("cookie", &cookie)],
+        true,
+    );
+    c.body_until(3, "retry:");
+    assert_eq!(c.streams[&3].status(), 200);
+    let bearer = format!("Bearer {token}");
+    c.request(
+        5,
+        "GET",
+        "/stream?topic=secret",
+        &[("authorization", &bearer)],
+        true,
+    );
+    c.body_until(5, "retry:");
+    assert_eq!(c.streams[&5].status(), 200);
+}

@@ -510,3 +510,35 @@ fn the_heartbeat_counts_on_across_an_upgrade() {
     }
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
+
+#[path = "util/h2.rs"]
+mod h2_client;
+
+#[test]
+fn h2c_connections_drain_with_goaway_while_http1_streams_are_handed_over() {
+    // Issue 28 asks h2c connections to travel with their state; until the hand-over record
+    // carries HTTP/2's, they drain as TLS connections do: GOAWAY(NO_ERROR), then closed, so
+    // each browser reconnects (to the new process) after its `retry:`, none left hanging.
+    let exe = binary_copy("h2c");
+    let mut old = Server::start_exe(&exe, &[]);
+    let mut h2 = h2_client::H2Client::connect(old.addr, &[]);
+    h2.request(1, "GET", "/stream?topic=u", &[], true);
+    h2.request(3, "GET", "/stream?topic=u", &[], true);
+    let retry = h2.body_until(1, "retry:");
+    assert!(retry.contains("retry: "), "{retry}");
+    h2.body_until(3, "retry:");
+    let mut http1 = old.stream("/stream?topic=u");
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    h2.wait("GOAWAY", |c| c.goaway.is_some());
+    assert_eq!(h2.goaway, Some(0));
+    assert!(h2.closed_by_server());
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // The HTTP/1.1 stream went on in the new process; a new h2c connection is served there.
+    let mut conn = HttpConn::open(old.addr);
+    assert_eq!(conn.publish("?topic=u", b"after").status, 200);
+    assert_eq!(http1.next_event().data, "after");
+    let mut again = h2_client::H2Client::connect(old.addr, &[]);
+    assert_eq!(again.get(1, "/healthz").status(), 200);
+}

@@ -115,3 +115,31 @@ impl H2 {
             + self.unsent.capacity() * std::mem::size_of::<(u32, Bytes)>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// What an idle HTTP/2 connection and its streams cost beyond HTTP/1.1's tables (the
+    /// integration test `tests/h2_memory.rs` measures the same live, with the allocator).
+    #[test]
+    fn an_idle_h2_connection_and_its_streams_fit_their_budget() {
+        // The box: the protocol state (152, see conn.rs), four lists (24 each), the
+        // handshake's deadline (16).
+        assert_eq!(size_of::<Connection>(), 152);
+        assert_eq!(size_of::<H2>(), 264);
+        // Per stream: its entry here (16) and in the protocol state (20); the stream's slab
+        // entry (24) and its two 4-byte slots are HTTP/1.1's too.
+        assert_eq!(size_of::<Carried>(), 16);
+        let per_stream = size_of::<Carried>() + 20 + 24 + 8;
+        assert!(per_stream <= 128, "{per_stream}");
+        // A connection with one stream: its slab entry (72 in release builds), the box, one
+        // stream's entries (lists grown exactly).
+        let mut h2 = H2::new(&Limits::default(), std::time::Instant::now());
+        let _ = h2.conn.take_output();
+        assert_eq!(h2.heap_bytes(), 0, "an idle connection holds no buffer");
+        let one = 72 + size_of::<H2>() + per_stream;
+        assert!(one <= 512, "{one}");
+    }
+}
