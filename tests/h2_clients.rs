@@ -92,6 +92,9 @@ fn curl2(args: &[&str], stdin: Option<&[u8]>) -> Curl {
 struct Running {
     child: Child,
     out: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr, joined once the process has exited so that
+    /// nothing it wrote is still in a pipe when the output is judged.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -104,12 +107,13 @@ impl Running {
             .spawn()
             .unwrap_or_else(|e| panic!("{program} (scripts/test.sh installs it): {e}"));
         let out = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let sink = out.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 let mut pipe = pipe;
                 let mut chunk = [0u8; 16384];
                 while let Ok(n) = pipe.read(&mut chunk) {
@@ -120,9 +124,13 @@ impl Running {
                         .unwrap()
                         .push_str(&String::from_utf8_lossy(&chunk[..n]));
                 }
-            });
+            }));
         }
-        Running { child, out }
+        Running {
+            child,
+            out,
+            readers,
+        }
     }
 
     /// A streaming curl (`-N -i`), its own head and body as they come.
@@ -155,6 +163,11 @@ impl Running {
             }
             let exited = self.child.try_wait().ok().flatten();
             if Instant::now() > deadline || exited.is_some() {
+                if exited.is_some() {
+                    for reader in self.readers.drain(..) {
+                        let _ = reader.join();
+                    }
+                }
                 // One more look: the output may have landed with the exit.
                 let text = self.text();
                 if cond(&text) {
@@ -643,23 +656,23 @@ fn a_stream_whose_window_stays_closed_drops_with_a_gap_and_never_holds_back_its_
     );
 }
 
-/// Waits for curl to exit after the node ended the stream; its `-w` line must name HTTP/2.
-fn ended_over_h2(stream: &mut Running) -> String {
-    let text = stream.wait("the stream ended by the node", |t| {
-        t.contains("\n__CURL__ ")
-    });
+/// Waits for curl to exit after the node ended the stream: its `-w` line must name HTTP/2, and
+/// its exit status be 0 (curl's 18 is "HTTP/2 stream was not closed cleanly before end of the
+/// underlying stream": the connection closed under a stream the node never ended).
+fn ended_over_h2(stream: &mut Running, what: &str) -> String {
+    let text = stream.wait(what, |t| t.contains("\n__CURL__ "));
     assert!(
         text.contains("\n__CURL__ 2 200"),
-        "not ended as an HTTP/2 200: {text}"
+        "{what}: not an HTTP/2 200: {text}"
     );
+    let exit = stream.child.wait().unwrap();
+    assert!(exit.success(), "{what}: curl exited {exit}: {text}");
     text
 }
 
 #[test]
-fn notices_reset_expired_shed_and_drain_are_the_same_over_h2() {
+fn h2c_reset_notice_comes_before_the_replay() {
     let pk = "--http2-prior-knowledge";
-
-    // reset: an unknown Last-Event-ID, then the replay of what is kept.
     let server = Server::start(&[]);
     let ids: Vec<u64> = (0..3)
         .map(|i| published_id(&server.publish("?topic=t", format!("kept {i}").as_bytes())))
@@ -673,28 +686,42 @@ fn notices_reset_expired_shed_and_drain_are_the_same_over_h2() {
     stream.expect_h2_stream();
     let text = stream.wait("the replay after reset", |t| t.contains("data: kept 2"));
     let reset = text.find("event: reset\ndata: {\"reason\":\"unknown\",\"requested\":\"999999\"");
+    let first = text.find("data: kept 0");
     assert!(
-        reset.is_some_and(|at| at < text.find("data: kept 0").unwrap()),
+        reset.is_some() && first.is_some() && reset < first,
         "{text}"
     );
     assert!(text.contains(&format!("id: {}\n", ids[2])), "{text}");
+}
 
-    // drain (SIGTERM): the stream ends with a retry: and curl sees a clean end of an HTTP/2 200.
+#[test]
+fn h2c_drain_ends_each_stream_cleanly() {
+    // SIGTERM: GOAWAY, and each stream ended (END_STREAM or RST_STREAM) before the connection
+    // closes, so that a client sees the end of a stream rather than a broken connection.
+    let server = Server::start(&[]);
+    let mut stream = Running::curl(&["--http2-prior-knowledge", &h2c(&server, "/stream")]);
+    stream.expect_h2_stream();
     stream.wait("the stream's retry", |t| t.contains("retry:"));
     server.signal(libc::SIGTERM);
-    ended_over_h2(&mut stream);
+    ended_over_h2(&mut stream, "the stream ended by the drain");
+}
 
-    // shed: beyond --max-clients the stream is answered 200, `: shed`, a retry, and ended.
+#[test]
+fn h2c_shed_beyond_max_clients_is_answered_and_ended() {
+    // Beyond --max-clients the stream is answered 200, `: shed`, a retry, and ended.
+    let pk = "--http2-prior-knowledge";
     let server = Server::start(&["--max-clients", "1"]);
     let mut first = Running::curl(&[pk, &h2c(&server, "/stream")]);
     first.expect_h2_stream();
     first.wait(": connected", |t| t.contains(": connected"));
     let mut shed = Running::curl(&[pk, &h2c(&server, "/stream")]);
-    let text = ended_over_h2(&mut shed);
+    let text = ended_over_h2(&mut shed, "the shed stream ended");
     assert!(text.contains("\r\n\r\n: shed\nretry: "), "{text}");
     server.wait_metrics("the shed counted", |m| m["sse_edge_shed_total"] == 1.0);
+}
 
-    // expired: the token's end sends `event: expired` and ends the stream.
+#[test]
+fn h2c_expired_token_sends_expired_and_ends_the_stream() {
     let server = Server::start(&["--subscribe-jwt", SECRET]);
     let claims = json!({"exp": now() + 2, "sse_edge": {"subscribe": ["x"], "publish": []}});
     let short = jsonwebtoken::encode(
@@ -704,8 +731,13 @@ fn notices_reset_expired_shed_and_drain_are_the_same_over_h2() {
     )
     .unwrap();
     let bearer = format!("Authorization: Bearer {short}");
-    let mut expiring = Running::curl(&[pk, "-H", &bearer, &h2c(&server, "/stream?topic=x")]);
+    let mut expiring = Running::curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        &bearer,
+        &h2c(&server, "/stream?topic=x"),
+    ]);
     expiring.expect_h2_stream();
-    let text = ended_over_h2(&mut expiring);
+    let text = ended_over_h2(&mut expiring, "the expired stream ended");
     assert!(text.contains("event: expired\ndata: {\"exp\":"), "{text}");
 }
