@@ -67,8 +67,12 @@ fn every_route_answers_over_h2c_with_the_same_rules_and_no_connection_fields() {
             );
         }
     }
+    // A head over the list bound (an HPACK bomb's shape): 431 on its stream alone.
+    let big = "v".repeat(12 * 1024);
+    c.request(15, "GET", "/healthz", &[("x-big", &big)], true);
+    assert_eq!(c.response(15).status(), 431);
     // The connection goes on after all of them.
-    assert_eq!(c.get(15, "/healthz").status(), 200);
+    assert_eq!(c.get(17, "/healthz").status(), 200);
     assert_eq!(c.goaway, None);
 }
 
@@ -251,7 +255,10 @@ fn a_stream_that_stays_behind_is_reset_alone_after_the_slow_client_period() {
 fn rapid_reset_ends_the_connection_with_enhance_your_calm_and_is_counted() {
     let server = Server::start(&[]);
     let mut c = H2Client::connect(server.addr, &[]);
-    for i in 0..400u32 {
+    // A stream open when the connection fails ends with it (and gives back its place).
+    c.request(1, "GET", "/stream?topic=rr", &[], true);
+    c.body_until(1, "retry:");
+    for i in 1..400u32 {
         let id = 1 + 2 * i;
         c.request(id, "GET", "/healthz", &[], true);
         c.reset(id, CANCEL);
@@ -264,6 +271,10 @@ fn rapid_reset_ends_the_connection_with_enhance_your_calm_and_is_counted() {
             .is_some_and(|&n| n >= 1.0)
     });
     assert_eq!(m["sse_edge_h2_defences_total"], 1.0);
+    // Only the scrape's own connection is left.
+    server.wait_metrics("its stream ended", |m| {
+        m["sse_edge_clients"] == 0.0 && m["sse_edge_connections"] == 1.0
+    });
 }
 
 #[test]

@@ -64,6 +64,12 @@ impl Shard {
         client.phase = Phase::Streaming(Protocol::Http2(Box::new(H2::new(&limits, deadline))));
         self.left_request_phase();
         self.counters.add(Stat::H2Connections, 1);
+        if self.config.send_buffer > 0 {
+            // As for an HTTP/1.1 stream's socket: a peer that stops reading must not park
+            // megabytes of ours in the kernel before the windows and --client-buffer bind.
+            let socket = socket2::SockRef::from(&self.clients[key].socket);
+            let _ = socket.set_send_buffer_size(self.config.send_buffer);
+        }
         // The preface and both SETTINGS must be done within the header timeout.
         self.set_deadline(key, deadline);
         self.h2_input(key, &unread);
@@ -145,7 +151,9 @@ impl Shard {
             self.on_h2_event(key, event);
         }
         if result.is_err() {
-            // A connection error: the GOAWAY is queued; send it and close.
+            // A connection error: the GOAWAY is queued; send it and close. Its streams end
+            // now (the lingering phase that follows the flush no longer names them).
+            self.forget_all_h2_streams(key);
             self.clients[key].close_after_flush = true;
         }
         self.pump_h2(key);
@@ -413,6 +421,17 @@ impl Shard {
         }
     }
 
+    /// Every stream of HTTP/2 connection `conn` is over: it is about to close.
+    pub(super) fn forget_all_h2_streams(&mut self, conn: usize) {
+        let keys: Vec<usize> = match self.clients[conn].h2() {
+            Some(h2) => h2.streams.iter().map(|c| c.key as usize).collect(),
+            None => return,
+        };
+        for key in keys {
+            self.forget_h2_stream(conn, key);
+        }
+    }
+
     /// Ends stream `stream` of HTTP/2 connection `conn` with RST_STREAM(`code`) (a slow
     /// reader: the others go on).
     pub(super) fn end_h2_stream(&mut self, conn: usize, stream: usize, code: ErrorCode) {
@@ -436,6 +455,7 @@ impl Shard {
         h2.deadline = None;
         if h2.conn.opened() {
             h2.conn.abort(ErrorCode::SettingsTimeout);
+            self.forget_all_h2_streams(key);
             self.counters.add(Stat::H2SettingsTimeout, 1);
             self.clients[key].close_after_flush = true;
             self.pump_h2(key);
