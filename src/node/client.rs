@@ -322,7 +322,10 @@ impl Client {
             }
             Phase::Streaming(Protocol::Http2(h2)) => {
                 let H2 { conn, streams, .. } = &mut **h2;
-                let carried = streams.iter().find(|c| c.key as usize == stream)?;
+                let at = streams
+                    .binary_search_by_key(&stream, |c| c.key as usize)
+                    .ok()?;
+                let carried = streams.get(at)?;
                 let way = H2Way {
                     conn,
                     id: carried.id,

@@ -17,7 +17,8 @@ use crate::wire::http::Head;
 pub struct H2 {
     /// The protocol state: frames, windows, defences.
     pub conn: Connection,
-    /// The event streams it carries, by stream id (few: a browser opens a handful).
+    /// The event streams it carries, sorted by slab key (the fan-out finds a stream's entry
+    /// by its key, by binary search).
     pub streams: Vec<Carried>,
     /// Requests whose heads were judged and whose bodies are still arriving (publishes).
     pub bodies: Vec<Body>,
@@ -88,13 +89,30 @@ impl H2 {
 
     /// The stream it carries under slab key `key`.
     pub fn by_key(&self, key: usize) -> Option<&Carried> {
-        self.streams.iter().find(|c| c.key as usize == key)
+        let i = self
+            .streams
+            .binary_search_by_key(&key, |c| c.key as usize)
+            .ok()?;
+        self.streams.get(i)
+    }
+
+    /// Starts carrying `carried` (kept in key order).
+    pub fn carry(&mut self, carried: Carried) {
+        if self.streams.len() == self.streams.capacity() {
+            // Grow by little: most connections carry one or a few streams.
+            self.streams.reserve_exact((self.streams.len() / 2).max(1));
+        }
+        let at = self.streams.partition_point(|c| c.key < carried.key);
+        self.streams.insert(at, carried);
     }
 
     /// Forgets the stream of slab key `key`; returns its id and serial.
     pub fn drop_key(&mut self, key: usize) -> Option<(u32, u32)> {
-        let i = self.streams.iter().position(|c| c.key as usize == key)?;
-        let c = self.streams.swap_remove(i);
+        let i = self
+            .streams
+            .binary_search_by_key(&key, |c| c.key as usize)
+            .ok()?;
+        let c = self.streams.remove(i);
         if self.streams.is_empty() {
             self.streams = Vec::new();
         }

@@ -157,12 +157,8 @@ impl Shard {
         let client = &mut self.clients[key];
         match (via, client.h2()) {
             (Via::Http2(id), Some(h2)) => {
-                if h2.streams.len() == h2.streams.capacity() {
-                    // Grow by little: most connections carry one or a few streams.
-                    h2.streams.reserve_exact((h2.streams.len() / 2).max(1));
-                }
                 // Its head was just queued: no keep-alive is due before the next check.
-                h2.streams.push(crate::node::h2::Carried {
+                h2.carry(crate::node::h2::Carried {
                     id,
                     key: stream_key as u32,
                     serial,
