@@ -1080,8 +1080,9 @@ def _(addr):
 )
 def _(addr):
     # A body over --max-body is answered 413 at once and the stream reset with NO_ERROR (§8.1);
-    # the client's DATA already sent "MUST" then be ignored (§5.1, closed), not answered with
-    # another RST_STREAM per frame.
+    # frames the client had already sent "MUST" then be minimally processed and discarded
+    # (§5.1, "closed", after sending RST_STREAM; DATA still counts against the connection
+    # window), not answered with another RST_STREAM per frame.
     c = open_conn(addr)
     c.post(1, BROADCAST, [("content-length", "70000")])
     c.data(1, b"x" * 16384)
