@@ -35,6 +35,13 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)  # tests/tls.rs: curl --cacert
+# HTTP/2 clients no one here wrote (tests/h2_clients.rs, tests/h2spec.rs): curl built with
+# HTTP/2 (Debian's is, with nghttp2), nghttp and h2load from Debian's nghttp2-client, and a
+# python3 that can make a venv for PyPI's h2 (below).
+grep -qw HTTP2 <<<"$(curl -V 2>/dev/null || true)" || need+=(curl)  # (no pipe: pipefail and grep -q)
+command -v nghttp >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The deploy kit's checks (tests/deploy.rs, tests/prometheus.rs): promtool and prometheus from
 # Debian's prometheus, without its recommends (they bring node-exporter; the tests run their
 # own prometheus on a free loopback port with its own storage and never use the package's
@@ -64,6 +71,15 @@ if ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0'; then
   cargo install --locked --quiet cargo-deb --version 3.8.0
 fi
 
+# PyPI's h2 (with its hyperframe and hpack) for the h2spec port and the closed-window test, in a
+# venv of its own under target/ (pinned: the cases read its frame classes). Only when missing.
+if ! target/py/bin/python -c 'import h2, hyperframe, hpack, sys; sys.exit(h2.__version__ != "4.3.0")' \
+    >/dev/null 2>&1; then
+  say "installing PyPI's h2 into target/py"
+  python3 -m venv target/py
+  target/py/bin/pip install -q --disable-pip-version-check h2==4.3.0 hyperframe==6.1.0 hpack==4.2.0
+fi
+
 say "unit and integration tests"
 cargo test --workspace
 
@@ -84,3 +100,4 @@ fi
 node tests/browser/page.test.js
 node tests/browser/auth.test.js
 node tests/browser/tls.test.js
+node tests/browser/h2.test.js
