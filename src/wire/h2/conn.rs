@@ -434,6 +434,11 @@ pub struct Connection {
     state: State,
     /// Our first header block (which opens with a table size update to 0) has been sent.
     head_sent: bool,
+    /// The last stream we reset: DATA and WINDOW_UPDATE the peer sent before it saw our
+    /// RST_STREAM are ignored there (§5.1, "closed"), not answered with STREAM_CLOSED. One id
+    /// is enough for the case that matters, a refused request whose body is still arriving;
+    /// an earlier reset stream gets STREAM_CLOSED, which costs the peer that stream only.
+    reset_last: u32,
 }
 
 fn conn_err(code: ErrorCode) -> H2Error {
@@ -457,6 +462,7 @@ impl Connection {
             flood: Flood::default(),
             state: State::Preface,
             head_sent: false,
+            reset_last: 0,
         };
         frame::write_settings(
             &[
@@ -627,6 +633,7 @@ impl Connection {
         limits: &Limits,
         events: &mut Vec<Event>,
     ) -> Result<(), H2Error> {
+        self.reset_last = stream;
         if let Some(i) = self.find(stream) {
             self.streams.remove(i);
             events.push(Event::Reset {
@@ -820,6 +827,9 @@ impl Connection {
             return Err(conn_err(ErrorCode::ProtocolError)); // DATA on an idle stream
         }
         let Some(i) = self.find(stream) else {
+            if stream == self.reset_last {
+                return Ok(()); // in flight when we reset it; counted above, in the window
+            }
             return Err(H2Error::Stream(stream, ErrorCode::StreamClosed));
         };
         let window = Self::window(limits);
@@ -1124,6 +1134,7 @@ impl Connection {
     pub fn reset(&mut self, stream: u32, code: ErrorCode) {
         if let Some(i) = self.find(stream) {
             self.streams.remove(i);
+            self.reset_last = stream;
             frame::write_rst_stream(stream, code, &mut self.out);
         }
     }
@@ -1347,6 +1358,33 @@ pub(crate) mod tests {
             "one stream entry and nothing else on the heap"
         );
         assert!(!p.conn.decoder.holds_table());
+    }
+
+    #[test]
+    fn data_in_flight_on_a_stream_we_reset_is_ignored_but_counted_in_the_window() {
+        // §5.1 "closed": a peer may have sent frames before it saw our RST_STREAM.
+        let mut p = Peer::open();
+        let mut block = vec![0x20];
+        hpack::encode_field(b":method", b"POST", false, false, &mut block);
+        hpack::encode_field(b":scheme", b"http", false, false, &mut block);
+        hpack::encode_field(b":path", b"/broadcast", false, false, &mut block);
+        p.send(kind::HEADERS, flag::END_HEADERS, 1, &block).unwrap();
+        p.conn.reset(1, ErrorCode::NoError); // answered early: the body is not wanted
+        assert_eq!(p.rst(1), Some(ErrorCode::NoError));
+        let window = p.conn.recv_window;
+        p.send(kind::DATA, 0, 1, &[b'x'; 100]).unwrap();
+        assert_eq!(
+            p.rst(1),
+            None,
+            "no STREAM_CLOSED for DATA that crossed our reset"
+        );
+        assert_eq!(p.conn.recv_window, window - 100, "still the connection's");
+        // A stream that ended normally is another matter.
+        p.request(3, true).unwrap();
+        p.conn.send_head(3, &[0x88], true).unwrap();
+        p.frames();
+        p.send(kind::DATA, 0, 3, b"late").unwrap();
+        assert_eq!(p.rst(3), Some(ErrorCode::StreamClosed));
     }
 
     #[test]
