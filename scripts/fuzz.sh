@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzes, for a bounded time shared between them, the request path
-# (fuzz/fuzz_targets/request.rs) and the new process's side of a hand-over
+# (fuzz/fuzz_targets/request.rs), the new process's side of a hand-over
 # (fuzz/fuzz_targets/handover.rs: the decoder of the hand-over's messages and the judge of
-# what is taken).
+# what is taken), HTTP/2's frame layer and connection state machine
+# (fuzz/fuzz_targets/h2.rs) and the HPACK decoder (fuzz/fuzz_targets/hpack.rs).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     default 300 seconds, both targets
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     default 300 seconds, all four targets
 #
 # Installs cargo-fuzz from crates.io when missing. cargo-fuzz needs nightly flags
 # (-Zsanitizer); RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. New inputs go to
@@ -16,7 +17,7 @@ seconds="${1:-300}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(request handover)
+    targets=(request handover h2 hpack)
 fi
 each=$((seconds / ${#targets[@]}))
 if [ "$each" -lt 1 ]; then
