@@ -50,8 +50,12 @@ pub struct Carried {
 pub struct Body {
     /// Its stream id.
     pub id: u32,
-    /// Its head, judged allowed.
-    pub head: Box<Head>,
+    /// Its head, judged allowed; None for a request already answered (refused from its
+    /// head), whose body is read and dropped as HTTP/1.1's is: cutting it short with
+    /// RST_STREAM(NO_ERROR) makes some clients lose the answer (curl 7.88: error 92).
+    pub head: Option<Box<Head>>,
+    /// Body bytes read and dropped so far (a refused request's), at most `--max-body`.
+    pub dropped: usize,
     /// What its head was granted.
     pub grant: Option<StreamGrant>,
     /// The body so far (at most `--max-body`).
@@ -121,7 +125,9 @@ impl H2 {
 
     /// Whether a request on it is owed an answer (a drain waits for it).
     pub fn owes_answers(&self) -> bool {
-        !self.bodies.is_empty() || !self.awaiting.is_empty() || !self.unsent.is_empty()
+        self.bodies.iter().any(|b| b.head.is_some())
+            || !self.awaiting.is_empty()
+            || !self.unsent.is_empty()
     }
 
     /// Heap bytes it holds beyond its box (for the memory budget).

@@ -228,7 +228,13 @@ impl Shard {
             Err(rejection) => {
                 self.counters.reject(rejection.status);
                 let response = http::error_response(rejection.status, rejection.reason, true, "");
-                return self.refuse_h2(key, id, &response, end_stream);
+                // A head HTTP/1.1 could not read either (or a content-length over
+                // --max-body): its body is not read, as HTTP/1.1 closes then.
+                self.respond_h2(key, id, &response);
+                if !end_stream {
+                    self.cut_body(key, id);
+                }
+                return;
             }
         };
         let judged = match self.judge(key, &head) {
@@ -249,23 +255,39 @@ impl Shard {
         if let Some(h2) = self.clients[key].h2() {
             h2.bodies.push(Body {
                 id,
-                head: Box::new(head),
+                head: Some(Box::new(head)),
                 grant,
                 bytes: Vec::new(),
+                dropped: 0,
             });
         }
     }
 
-    /// Answers a request refused from its head; a body it may still send is cut short with
-    /// RST_STREAM(NO_ERROR) (RFC 9113 §8.1).
+    /// Answers a request refused from its head (401, 403, 404, 405). A body it may still send
+    /// is read and dropped, as over HTTP/1.1, up to `--max-body`; past that it is cut short with
+    /// RST_STREAM(NO_ERROR) (RFC 9113 §8.1). Resetting at once is allowed too, but curl 7.88
+    /// (Debian 12's) then loses the answer (error 92) even for a body it has finished sending.
     fn refuse_h2(&mut self, key: usize, id: u32, response: &Bytes, end_stream: bool) {
         self.respond_h2(key, id, response);
         if !end_stream {
             if let Some(h2) = self.clients[key].h2() {
-                h2.conn.reset(id, ErrorCode::NoError);
+                h2.bodies.push(Body {
+                    id,
+                    head: None,
+                    grant: None,
+                    bytes: Vec::new(),
+                    dropped: 0,
+                });
             }
-            self.pump_h2(key);
         }
+    }
+
+    /// Stops reading the body of stream `id`, answered already: RST_STREAM(NO_ERROR).
+    fn cut_body(&mut self, key: usize, id: u32) {
+        if let Some(h2) = self.clients[key].h2() {
+            h2.conn.reset(id, ErrorCode::NoError);
+        }
+        self.pump_h2(key);
     }
 
     /// Body bytes of a request on stream `id`.
@@ -278,18 +300,33 @@ impl Shard {
             return; // answered already (and reset)
         };
         let body = &mut h2.bodies[at];
+        if body.head.is_none() {
+            // Answered already: read and dropped.
+            body.dropped = body.dropped.saturating_add(data.len());
+            if end_stream {
+                h2.bodies.swap_remove(at);
+            } else if body.dropped > max_body {
+                h2.bodies.swap_remove(at);
+                self.cut_body(key, id);
+            }
+            return;
+        }
         if body.bytes.len().saturating_add(data.len()) > max_body {
             h2.bodies.swap_remove(at);
             self.counters.reject(413);
             let response = http::error_response(413, "request body too large", true, "");
-            return self.refuse_h2(key, id, &response, false);
+            self.respond_h2(key, id, &response);
+            return self.cut_body(key, id);
         }
         body.bytes.extend_from_slice(data);
         if !end_stream {
             return;
         }
         let body = h2.bodies.swap_remove(at);
-        let request = Request::new(*body.head, body.bytes);
+        let Some(head) = body.head else {
+            return;
+        };
+        let request = Request::new(*head, body.bytes);
         self.dispatch(key, Via::Http2(id), request, body.grant);
     }
 
