@@ -514,31 +514,139 @@ fn the_heartbeat_counts_on_across_an_upgrade() {
 #[path = "util/h2.rs"]
 mod h2_client;
 
+/// The events (id, data) in an SSE body, in order.
+fn events_in(body: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in body.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.parse().ok();
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("data: "), id) {
+            out.push((n, v.to_owned()));
+            id = None;
+        }
+    }
+    out
+}
+
+/// Publishes `datas` to topic `u` of whoever serves `addr`; their ids.
+fn publish_all(addr: SocketAddr, datas: &[String]) -> Vec<u64> {
+    let mut conn = HttpConn::open(addr);
+    datas
+        .iter()
+        .map(|d| published_id(&conn.publish("?topic=u", d.as_bytes())))
+        .collect()
+}
+
 #[test]
-fn h2c_connections_drain_with_goaway_while_http1_streams_are_handed_over() {
-    // Issue 28 asks h2c connections to travel with their state; until the hand-over record
-    // carries HTTP/2's, they drain as TLS connections do: GOAWAY(NO_ERROR), then closed, so
-    // each browser reconnects (to the new process) after its `retry:`, none left hanging.
+fn h2c_streams_go_on_on_the_same_connection_in_the_new_process_with_every_event_once() {
     let exe = binary_copy("h2c");
     let mut old = Server::start_exe(&exe, &[]);
-    let mut h2 = h2_client::H2Client::connect(old.addr, &[]);
+    let addr = old.addr;
+    let mut h2 = h2_client::H2Client::connect(addr, &[]);
+    // Three event streams on one connection (one also on a second topic), and an HTTP/1.1
+    // stream beside it.
     h2.request(1, "GET", "/stream?topic=u", &[], true);
-    h2.request(3, "GET", "/stream?topic=u", &[], true);
-    let retry = h2.body_until(1, "retry:");
-    assert!(retry.contains("retry: "), "{retry}");
-    h2.body_until(3, "retry:");
+    h2.request(3, "GET", "/stream?topic=u&topic=v", &[], true);
+    h2.request(5, "GET", "/stream?topic=u", &[], true);
+    for id in [1, 3, 5] {
+        h2.body_until(id, "retry:");
+    }
     let mut http1 = old.stream("/stream?topic=u");
+    let before: Vec<String> = (1..=5).map(|n| format!("before-{n}")).collect();
+    let mut ids = publish_all(addr, &before);
+    h2.wait("every event before the upgrade", |c| {
+        [1, 3, 5]
+            .iter()
+            .all(|id| c.streams[id].text().contains("before-5"))
+    });
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade: handed");
-    let _new = Successor::from_log(&log, "upgrade: handed");
-    h2.wait("GOAWAY", |c| c.goaway.is_some());
-    assert_eq!(h2.goaway, Some(0));
-    assert!(h2.closed_by_server());
+    let new = Successor::from_log(&log, "upgrade: handed");
+    assert!(
+        log.contains("handed 4 streams"),
+        "three h2c, one HTTP/1.1:\n{log}"
+    );
     assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
-    // The HTTP/1.1 stream went on in the new process; a new h2c connection is served there.
-    let mut conn = HttpConn::open(old.addr);
-    assert_eq!(conn.publish("?topic=u", b"after").status, 200);
-    assert_eq!(http1.next_event().data, "after");
-    let mut again = h2_client::H2Client::connect(old.addr, &[]);
-    assert_eq!(again.get(1, "/healthz").status(), 200);
+    let after: Vec<String> = (1..=5).map(|n| format!("after-{n}")).collect();
+    ids.extend(publish_all(addr, &after));
+    assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "one sequence of ids");
+    h2.wait("every event after the upgrade", |c| {
+        [1, 3, 5]
+            .iter()
+            .all(|id| c.streams[id].text().contains("after-5"))
+    });
+    let wanted: Vec<(u64, String)> = ids
+        .iter()
+        .copied()
+        .zip(before.iter().chain(&after).cloned())
+        .collect();
+    for id in [1, 3, 5] {
+        let r = &h2.streams[&id];
+        assert_eq!(events_in(&r.text()), wanted, "stream {id}: each event once");
+        assert!(!r.ended && r.reset.is_none(), "stream {id} goes on");
+        // One head: the stream was never opened again.
+        assert_eq!(r.head.iter().filter(|(n, _)| n == ":status").count(), 1);
+    }
+    assert_eq!(
+        h2.goaway, None,
+        "no GOAWAY: the connection was handed, not drained"
+    );
+    for n in 1..=10 {
+        assert_eq!(http1.next_event().id, Some(n.to_string()));
+    }
+    // The same connection, now the new process's: it answers on it.
+    assert_eq!(h2.get(7, "/healthz").status(), 200);
+    let metrics = util::parse_metrics(&conn_metrics(addr));
+    assert_eq!(metrics.get("sse_edge_streams_adopted_total"), Some(&4.0));
+    assert_eq!(
+        metrics.get("sse_edge_h2_connections_adopted_total"),
+        Some(&1.0)
+    );
+    assert_eq!(h2.goaway, None);
+    drop(new);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_stream_opened_on_a_handed_h2c_connection_is_served_by_the_new_process() {
+    let exe = binary_copy("h2c-new-stream");
+    let mut old = Server::start_exe(&exe, &[]);
+    let addr = old.addr;
+    let mut h2 = h2_client::H2Client::connect(addr, &[]);
+    h2.request(1, "GET", "/stream?topic=u", &[], true);
+    h2.body_until(1, "retry:");
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let new = Successor::from_log(&log, "upgrade: handed");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // A new stream on the handed connection: its HEADERS reach the new process, which
+    // knows the ids used so far and the windows, and serves it beside stream 1.
+    h2.request(3, "GET", "/stream?topic=u", &[], true);
+    h2.body_until(3, "retry:");
+    let ids = publish_all(addr, &["one".into(), "two".into()]);
+    h2.wait("both events on both streams", |c| {
+        [1, 3].iter().all(|id| c.streams[id].text().contains("two"))
+    });
+    let wanted: Vec<(u64, String)> = ids.into_iter().zip(["one".into(), "two".into()]).collect();
+    for id in [1, 3] {
+        assert_eq!(events_in(&h2.streams[&id].text()), wanted, "stream {id}");
+    }
+    assert_eq!(h2.streams[&3].status(), 200);
+    assert_eq!(h2.goaway, None);
+    let metrics = util::parse_metrics(&conn_metrics(addr));
+    assert_eq!(metrics.get("sse_edge_streams_adopted_total"), Some(&1.0));
+    assert_eq!(
+        metrics.get("sse_edge_h2_connections_adopted_total"),
+        Some(&1.0)
+    );
+    // Stream 1's state came along: it had ended its request (END_STREAM), so a second
+    // head on it is a stream error STREAM_CLOSED (RFC 9113 §5.1), and only it ends.
+    h2.request(1, "GET", "/healthz", &[], true);
+    h2.wait("RST_STREAM on stream 1", |c| c.streams[&1].reset.is_some());
+    assert_eq!(h2.streams[&1].reset, Some(5));
+    assert_eq!(h2.get(5, "/healthz").status(), 200);
+    assert_eq!(h2.goaway, None);
+    drop(new);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
