@@ -311,7 +311,7 @@ fn a_new_binary_of_another_hand_over_version_is_refused_and_the_old_one_keeps_ev
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade failed, this process keeps serving");
     assert!(
-        log.contains("this binary speaks hand-over version 2, the new one 99..=99"),
+        log.contains("this binary speaks hand-over version 3, the new one 99..=99"),
         "{log}"
     );
     // The new process said why too, in one line, and exited.

@@ -137,7 +137,7 @@ impl Shard {
                 Phase::Request(state) if client.is_idle_request() => Kind::Requests {
                     answered: state.answered,
                 },
-                // The hand-over's record is one stream per connection: an HTTP/1.1 one.
+                // HTTP/1.1: one stream, the connection its own.
                 Phase::Streaming(Protocol::Http1 { stream }) => {
                     match self.streams.get(*stream as usize) {
                         Some(s) => Kind::Stream(describe(s, &self.topics, last_id, self.now)),
