@@ -529,12 +529,13 @@ fn events_in(body: &str) -> Vec<(u64, String)> {
     out
 }
 
-/// Publishes `datas` to topic `u` of whoever serves `addr`; their ids.
-fn publish_all(addr: SocketAddr, datas: &[String]) -> Vec<u64> {
+/// Publishes `datas` to `topic` of whoever serves `addr`; their ids.
+fn publish_all(addr: SocketAddr, topic: &str, datas: &[String]) -> Vec<u64> {
     let mut conn = HttpConn::open(addr);
+    let query = format!("?topic={topic}");
     datas
         .iter()
-        .map(|d| published_id(&conn.publish("?topic=u", d.as_bytes())))
+        .map(|d| published_id(&conn.publish(&query, d.as_bytes())))
         .collect()
 }
 
@@ -554,7 +555,7 @@ fn h2c_streams_go_on_on_the_same_connection_in_the_new_process_with_every_event_
     }
     let mut http1 = old.stream("/stream?topic=u");
     let before: Vec<String> = (1..=5).map(|n| format!("before-{n}")).collect();
-    let mut ids = publish_all(addr, &before);
+    let mut ids = publish_all(addr, "u", &before);
     h2.wait("every event before the upgrade", |c| {
         [1, 3, 5]
             .iter()
@@ -569,7 +570,7 @@ fn h2c_streams_go_on_on_the_same_connection_in_the_new_process_with_every_event_
     );
     assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
     let after: Vec<String> = (1..=5).map(|n| format!("after-{n}")).collect();
-    ids.extend(publish_all(addr, &after));
+    ids.extend(publish_all(addr, "u", &after));
     assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "one sequence of ids");
     h2.wait("every event after the upgrade", |c| {
         [1, 3, 5]
@@ -624,7 +625,7 @@ fn a_stream_opened_on_a_handed_h2c_connection_is_served_by_the_new_process() {
     // knows the ids used so far and the windows, and serves it beside stream 1.
     h2.request(3, "GET", "/stream?topic=u", &[], true);
     h2.body_until(3, "retry:");
-    let ids = publish_all(addr, &["one".into(), "two".into()]);
+    let ids = publish_all(addr, "u", &["one".into(), "two".into()]);
     h2.wait("both events on both streams", |c| {
         [1, 3].iter().all(|id| c.streams[id].text().contains("two"))
     });
@@ -648,5 +649,101 @@ fn a_stream_opened_on_a_handed_h2c_connection_is_served_by_the_new_process() {
     assert_eq!(h2.get(5, "/healthz").status(), 200);
     assert_eq!(h2.goaway, None);
     drop(new);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn an_h2c_connection_with_a_frame_half_read_drains_while_one_at_rest_is_handed_over() {
+    let exe = binary_copy("h2c-mid-frame");
+    let mut old = Server::start_exe(&exe, &[]);
+    let addr = old.addr;
+    let mut at_rest = h2_client::H2Client::connect(addr, &[]);
+    at_rest.request(1, "GET", "/stream?topic=u", &[], true);
+    at_rest.body_until(1, "retry:");
+    let mut mid = h2_client::H2Client::connect(addr, &[]);
+    mid.request(1, "GET", "/stream?topic=u", &[], true);
+    mid.body_until(1, "retry:");
+    // A whole PING, then five bytes of another, in one write: once the first is answered
+    // the node has read the half frame too (it reads until the socket is empty).
+    let mut ping = Vec::new();
+    sse_edge::wire::h2::frame::write_ping(false, *b"whole...", &mut ping);
+    let mut half = Vec::new();
+    sse_edge::wire::h2::frame::write_ping(false, *b"half....", &mut half);
+    ping.extend_from_slice(&half[..5]);
+    mid.send(&ping);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no PING ACK");
+        if let Some(f) = mid.read_frame(Duration::from_millis(100)) {
+            if f.header.kind == 6 && f.header.flags & 1 != 0 {
+                break;
+            }
+        }
+    }
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    assert!(log.contains("handed 1 streams"), "{log}");
+    // The one mid-frame drains as before: GOAWAY(NO_ERROR), its stream told to come back.
+    mid.wait("GOAWAY", |c| c.goaway.is_some());
+    assert_eq!(mid.goaway, Some(0));
+    assert!(mid.closed_by_server());
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    let ids = publish_all(addr, "u", &["after".into()]);
+    at_rest.body_until(1, "after");
+    assert_eq!(
+        events_in(&at_rest.streams[&1].text()),
+        vec![(ids[0], "after".to_owned())]
+    );
+    assert_eq!(at_rest.goaway, None);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn an_h2c_stream_starved_by_its_window_keeps_its_loss_across_the_upgrade() {
+    let exe = binary_copy("h2c-starved");
+    let mut old = Server::start_exe(&exe, &["--slow-client-timeout", "0"]);
+    let addr = old.addr;
+    let mut c = h2_client::H2Client::connect(addr, &[]);
+    // Stream 1 never gives its window back; stream 3 does.
+    c.hold.push(1);
+    c.request(1, "GET", "/stream?topic=w", &[], true);
+    c.request(3, "GET", "/stream?topic=w", &[], true);
+    c.body_until(1, "retry:");
+    c.body_until(3, "retry:");
+    let event = "z".repeat(10_000);
+    let mut conn = HttpConn::open(addr);
+    for n in 1..=10 {
+        assert_eq!(published_id(&conn.publish("?topic=w", event.as_bytes())), n);
+        c.body_until(3, &format!("id: {n}\n"));
+    }
+    let held = events_in(&c.streams[&1].text()).len();
+    assert!(held < 10, "stream 1 got past its window");
+    drop(conn);
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    assert!(log.contains("handed 2 streams"), "{log}");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // Its window opens in the new process: what it lost there is announced, then it goes on.
+    c.hold.clear();
+    c.window_update(1, 1 << 20);
+    let ids = publish_all(addr, "w", &["after".into()]);
+    assert_eq!(ids, vec![11]);
+    let body = c.body_until(1, "data: after\n");
+    assert!(body.contains("event: gap\n"), "{body}");
+    let got: Vec<u64> = events_in(&body).iter().map(|(id, _)| *id).collect();
+    let mut wanted: Vec<u64> = (1..=held as u64).collect();
+    wanted.push(11);
+    assert_eq!(
+        got, wanted,
+        "what fit its window, then the event after: none twice"
+    );
+    let three: Vec<u64> = events_in(&c.body_until(3, "data: after\n"))
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(three, (1..=11).collect::<Vec<u64>>());
+    assert_eq!(c.goaway, None);
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }

@@ -328,8 +328,9 @@ impl Shard {
         let Adopting { epoch, connections } = std::mem::take(&mut self.adopting);
         let (mut streams, mut requests) = (0usize, 0usize);
         for (record, fd) in connections {
+            let carried = record.streams();
             match self.adopt(record, fd, epoch.as_deref()) {
-                Some(true) => streams += 1,
+                Some(true) => streams += carried,
                 Some(false) => requests += 1,
                 None => {}
             }
