@@ -747,3 +747,40 @@ fn an_h2c_stream_starved_by_its_window_keeps_its_loss_across_the_upgrade() {
     assert_eq!(c.goaway, None);
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
+
+#[test]
+fn an_h2c_connection_taken_back_after_a_failed_hand_over_goes_on_in_the_old_process() {
+    let exe = binary_copy("h2c-die");
+    // The new process exits after taking every socket, before it says it has them.
+    let mut old = Server::start_exe_env(&exe, &[], &[("SSE_EDGE_TEST_HANDOVER_DIE", "1")]);
+    let addr = old.addr;
+    let mut h2 = h2_client::H2Client::connect(addr, &[]);
+    h2.request(1, "GET", "/stream?topic=u", &[], true);
+    h2.request(3, "GET", "/stream?topic=u", &[], true);
+    h2.body_until(1, "retry:");
+    h2.body_until(3, "retry:");
+    let mut ids = publish_all(addr, "u", &["before".into()]);
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade failed, this process keeps serving");
+    // The h2c connection was detached (taken out of epoll, described), then taken back.
+    assert!(
+        log.contains("hand-over: detached shard=0 connections=1"),
+        "{log}"
+    );
+    ids.extend(publish_all(addr, "u", &["after".into()]));
+    assert_eq!(ids, vec![1, 2]);
+    h2.wait("both events on both streams", |c| {
+        [1, 3]
+            .iter()
+            .all(|id| c.streams[id].text().contains("after"))
+    });
+    let wanted = vec![(1, "before".to_owned()), (2, "after".to_owned())];
+    for id in [1, 3] {
+        assert_eq!(events_in(&h2.streams[&id].text()), wanted, "stream {id}");
+    }
+    // Its frame layer is the one it had: a new stream on it is served.
+    assert_eq!(h2.get(5, "/healthz").status(), 200);
+    assert_eq!(h2.goaway, None);
+    assert_goes_on(&mut old);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}

@@ -1954,4 +1954,53 @@ pub(crate) mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// An image from a hostile or broken predecessor: any fields. Import never panics,
+        /// and what it takes is a connection that gives the same image back.
+        #[test]
+        fn any_image_is_refused_or_taken_whole(
+            windows in proptest::array::uniform4(proptest::num::i32::ANY),
+            peer in proptest::array::uniform3(0u32..=(1 << 25)),
+            ids in proptest::collection::vec((0u32..64, proptest::num::i32::ANY, 0u8..4), 0..8),
+            entries in proptest::collection::vec((0usize..600, 0usize..600), 0..4),
+            sizes in proptest::array::uniform3(proptest::prop_oneof![0u32..5000, proptest::strategy::Just(u32::MAX)]),
+            flags in proptest::array::uniform2(proptest::bool::ANY),
+        ) {
+            let limits = Limits { max_streams: 4, ..Limits::default() };
+            let image = Image {
+                advertised_window: if peer[0] % 8 == 0 { 65_536 } else { 65_535 },
+                send_window: windows[0],
+                recv_window: windows[1],
+                peer_window: peer[1],
+                peer_max_frame: peer[2],
+                last_stream: peer[0] % 128,
+                head_sent: flags[0],
+                streams: ids
+                    .iter()
+                    .map(|&(id, w, closed)| StreamImage {
+                        id,
+                        send_window: w,
+                        recv_window: windows[2],
+                        body_left: windows[3] as u32,
+                        remote_closed: closed & 1 != 0,
+                        local_closed: closed & 2 != 0,
+                    })
+                    .collect(),
+                decoder: hpack::DecoderImage {
+                    entries: entries
+                        .iter()
+                        .map(|&(n, v)| (vec![b'n'; n], vec![b'v'; v]))
+                        .collect(),
+                    max_size: sizes[0],
+                    limit: sizes[1],
+                    pending: sizes[2],
+                    update_due: flags[1],
+                },
+            };
+            if let Ok(conn) = Connection::import(image.clone(), &limits) {
+                proptest::prop_assert_eq!(conn.export(&limits), Ok(image));
+            }
+        }
+    }
 }
