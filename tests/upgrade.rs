@@ -784,3 +784,84 @@ fn an_h2c_connection_taken_back_after_a_failed_hand_over_goes_on_in_the_old_proc
     assert_goes_on(&mut old);
     std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }
+
+/// A child's stdout, gathered as it comes.
+fn gather(mut out: std::process::ChildStdout) -> Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = Arc::new(std::sync::Mutex::new(String::new()));
+    let into = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Waits until `text` holds `needle` `times` times.
+fn wait_count(text: &std::sync::Mutex<String>, needle: &str, times: usize) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let got = text.lock().unwrap().matches(needle).count();
+        if got >= times {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} {got} times of {times}: {}",
+            text.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn nghttp_s_two_h2c_streams_on_one_connection_go_on_across_the_upgrade() {
+    // nghttp (Debian's nghttp2-client) opens both streams on one prior-knowledge h2c
+    // connection; a GOAWAY and a close would end them, and it would exit.
+    let exe = binary_copy("h2c-nghttp");
+    let mut old = Server::start_exe(&exe, &[]);
+    let addr = old.addr;
+    let url = format!("http://{addr}/stream?topic=u");
+    let mut nghttp = std::process::Command::new("stdbuf")
+        .args(["-o0", "nghttp", &url, &format!("{url}&topic=v")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nghttp (nghttp2-client)");
+    let text = gather(nghttp.stdout.take().unwrap());
+    wait_count(&text, "retry:", 2);
+    let ids = publish_all(addr, "u", &["before".into()]);
+    wait_count(&text, "data: before\n", 2);
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    assert!(log.contains("handed 2 streams"), "{log}");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    let after = publish_all(addr, "u", &["after".into()]);
+    assert_eq!((ids[0], after[0]), (1, 2));
+    wait_count(&text, "data: after\n", 2);
+    assert_eq!(nghttp.try_wait().unwrap(), None, "nghttp's streams go on");
+    let got = text.lock().unwrap().clone();
+    assert_eq!(got.matches("id: 1\n").count(), 2, "{got}");
+    assert_eq!(got.matches("id: 2\n").count(), 2, "{got}");
+    assert_eq!(
+        got.matches("retry:").count(),
+        2,
+        "no stream opened again: {got}"
+    );
+    let metrics = util::parse_metrics(&conn_metrics(addr));
+    assert_eq!(metrics.get("sse_edge_streams_adopted_total"), Some(&2.0));
+    assert_eq!(
+        metrics.get("sse_edge_h2_connections_adopted_total"),
+        Some(&1.0)
+    );
+    let _ = nghttp.kill();
+    let _ = nghttp.wait();
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
