@@ -35,6 +35,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)  # tests/tls.rs: curl --cacert
+command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)  # tests/upgrade.rs: h2c across SIGUSR2
 # The deploy kit's checks (tests/deploy.rs, tests/prometheus.rs): promtool and prometheus from
 # Debian's prometheus, without its recommends (they bring node-exporter; the tests run their
 # own prometheus on a free loopback port with its own storage and never use the package's
