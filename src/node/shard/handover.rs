@@ -574,7 +574,7 @@ fn describe(stream: &Stream, topics: &Topics, last_id: EventId, now: Instant) ->
 
 /// An h2c connection's state for its successor, if it is at rest: its handshake over, no
 /// request owed an answer (a body arriving, a publish waiting, an answer waiting for window),
-/// nothing half read, and every stream it carries in the slab. Otherwise None: it stays and
+/// nothing half read, and every stream it carries in the slab and open in its frame layer. Otherwise None: it stays and
 /// drains (GOAWAY, `retry:`), as before version 3 of the hand-over.
 fn describe_h2(
     h2: &H2,
@@ -593,6 +593,9 @@ fn describe_h2(
         .iter()
         .map(|c| {
             let stream = streams.get(c.key as usize)?;
+            // The successor refuses a stream its frame layer does not hold open for sending
+            // (and with it the whole hand-over): such a connection drains here instead.
+            h2.conn.send_window(c.id)?;
             Some(H2Stream {
                 id: c.id,
                 starved: c.flags.get() & STARVED != 0,
