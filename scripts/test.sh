@@ -35,7 +35,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)  # tests/tls.rs: curl --cacert
-# HTTP/2 clients no one here wrote (tests/h2_clients.rs, tests/h2spec.rs): curl built with
+# HTTP/2 clients no one here wrote (tests/h2_clients.rs, tests/h2spec.rs, tests/upgrade.rs): curl built with
 # HTTP/2 (Debian's is, with nghttp2), nghttp and h2load from Debian's nghttp2-client, and a
 # python3 that can make a venv for PyPI's h2 (below).
 grep -qw HTTP2 <<<"$(curl -V 2>/dev/null || true)" || need+=(curl)  # (no pipe: pipefail and grep -q)

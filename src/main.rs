@@ -103,10 +103,8 @@ fn main() -> ExitCode {
                 let streams = taken
                     .connections
                     .iter()
-                    .filter(|(r, _)| {
-                        matches!(r.kind, sse_edge::node::handover::wire::Kind::Stream(_))
-                    })
-                    .count();
+                    .map(|(r, _)| r.streams())
+                    .sum::<usize>();
                 info!(
                     streams,
                     connections = taken.connections.len(),

@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sse_edge::node::handover::wire::{
-    HistoryHead, HistoryPart, Kind, Message, Offer, Record, State, StreamState, VERSION,
+    H2Conn, H2Stream, HistoryHead, HistoryPart, Kind, Message, Offer, Record, State, StreamState,
+    VERSION,
 };
 use sse_edge::node::handover::{self, Channel, Limits, Outcome};
 use sse_edge::wire::event_id::EventId;
+use sse_edge::wire::h2::conn::{Image, StreamImage};
+use sse_edge::wire::h2::hpack::DecoderImage;
 
 /// Forwards to the system allocator, remembering the calling thread's largest request.
 struct Largest;
@@ -42,6 +45,7 @@ const LIMITS: Limits = Limits {
     history_bytes: 64 << 10,
     max_streams: 1000,
     max_connections: 1000,
+    h2_max_streams: 100,
 };
 
 /// The most any one allocation of the taking side may be: its packet buffer (60 KiB) and
@@ -326,5 +330,162 @@ fn a_truncated_message_is_refused() {
     };
     drop(ours);
     assert!(err.contains("cut short"), "{err}");
+    assert_eq!(old.join().unwrap().as_deref(), Some(err.as_str()));
+}
+
+/// An h2c connection with stream 1 open, carrying it on topic "a", spoiled by `spoil`.
+fn h2c(spoil: impl FnOnce(&mut H2Conn)) -> Script {
+    let Kind::Stream(carried) = stream(vec!["a".into()]).kind else {
+        unreachable!()
+    };
+    let mut h2 = H2Conn {
+        conn: Image {
+            advertised_window: 65_535,
+            send_window: 65_535,
+            recv_window: 65_535,
+            peer_window: 65_535,
+            peer_max_frame: 16_384,
+            last_stream: 1,
+            head_sent: true,
+            streams: vec![StreamImage {
+                id: 1,
+                send_window: 65_535,
+                recv_window: 65_535,
+                body_left: u32::MAX,
+                remote_closed: true,
+                local_closed: false,
+            }],
+            decoder: DecoderImage {
+                entries: Vec::new(),
+                max_size: 0,
+                limit: 0,
+                pending: u32::MAX,
+                update_due: false,
+            },
+        },
+        streams: vec![H2Stream {
+            id: 1,
+            starved: false,
+            state: carried,
+        }],
+    };
+    spoil(&mut h2);
+    vec![
+        (state(1, None), 0),
+        (
+            Message::Connections(vec![Record {
+                shard: 0,
+                tail: Bytes::new(),
+                kind: Kind::H2(h2),
+            }]),
+            1,
+        ),
+    ]
+}
+
+#[test]
+fn an_h2c_connection_no_connection_could_reach_is_refused() {
+    // Windows past 2^31-1, a frame size past 2^24-1, ids out of order, a table larger than
+    // the default, a stream the connection does not have open, topics as a request's.
+    refused(
+        h2c(|h| h.conn.send_window = i32::MIN),
+        "window out of range",
+    );
+    refused(
+        h2c(|h| h.conn.streams[0].recv_window = i32::MIN),
+        "window out of range",
+    );
+    refused(h2c(|h| h.conn.peer_max_frame = u32::MAX), "frame size");
+    refused(h2c(|h| h.conn.last_stream = 0), "never opened");
+    refused(h2c(|h| h.conn.last_stream = u32::MAX), "not a client's");
+    refused(
+        h2c(|h| {
+            let s = h.conn.streams[0];
+            h.conn.streams = (0..101)
+                .map(|i| StreamImage { id: 2 * i + 1, ..s })
+                .collect();
+            h.conn.last_stream = 201;
+        }),
+        "--h2-max-streams",
+    );
+    refused(
+        h2c(|h| {
+            h.conn.decoder.max_size = 4096;
+            h.conn.decoder.entries = vec![(vec![b'n'; 4000], vec![b'v'; 100])];
+        }),
+        "HPACK table larger",
+    );
+    refused(
+        h2c(|h| h.conn.decoder.limit = u32::MAX - 1),
+        "HPACK table size",
+    );
+    refused(h2c(|h| h.streams[0].id = 3), "not open");
+    refused(
+        h2c(|h| h.conn.streams[0].local_closed = true),
+        "a closed HTTP/2 stream",
+    );
+    refused(
+        h2c(|h| {
+            h.conn.streams[0].remote_closed = false;
+            h.conn.streams[0].local_closed = true;
+        }),
+        "not open",
+    );
+    refused(h2c(|h| h.streams.push(h.streams[0].clone())), "named twice");
+    refused(
+        h2c(|h| h.streams[0].state.topics = vec!["a\nb".into()]),
+        "topic must be",
+    );
+}
+
+#[test]
+fn an_h2c_record_claiming_more_entries_than_its_bytes_is_refused_before_anything_is_reserved() {
+    // The decoder's entry count (a u16) claims 65 535 entries in a message of a few bytes:
+    // refused by the count check, nothing sized by it (the allocation bound of `take_from`).
+    let script = h2c(|_| {});
+    let Message::Connections(records) = &script[1].0 else {
+        unreachable!()
+    };
+    let bytes = Message::Connections(records.clone()).encode();
+    // Tag, count, shard, empty tail, kind, the connection's seven fields, one stream entry.
+    let entries = 1 + 4 + 2 + 4 + 1 + (6 * 4 + 1) + 2 + 17;
+    let mut spoiled = bytes.clone();
+    spoiled[entries..entries + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+    assert!(Message::decode(&spoiled).is_err());
+    let (ours, theirs) = Channel::pair().unwrap();
+    ours.set_timeout(Duration::from_secs(30)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let old = std::thread::spawn(move || {
+        let _ = theirs.recv();
+        theirs
+            .send(&Message::Accept { version: VERSION }, &[])
+            .unwrap();
+        theirs
+            .send(&Message::Offer(Offer { history_bytes: 0 }), &[])
+            .unwrap();
+        let _ = theirs.recv();
+        theirs.send(&state(1, None), &[]).unwrap();
+        theirs.send_bytes(&spoiled, &[lent.as_raw_fd()]).unwrap();
+        let mut refusal = None;
+        while let Ok((message, _)) = theirs.recv() {
+            if let Message::Refuse { reason } = message {
+                refusal = Some(reason);
+            }
+        }
+        refusal
+    });
+    LARGEST.with(|l| l.set(0));
+    let err = match handover::take(&ours, &LIMITS, |_| {}) {
+        Err(err) => err,
+        Ok(other) => panic!("{other:?}"),
+    };
+    let largest = LARGEST.with(Cell::get);
+    drop(ours);
+    assert!(err.contains("a count larger than the message"), "{err}");
+    assert!(
+        largest <= MOST_ONE_ALLOCATION,
+        "one allocation of {largest}"
+    );
     assert_eq!(old.join().unwrap().as_deref(), Some(err.as_str()));
 }

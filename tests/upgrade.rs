@@ -311,7 +311,7 @@ fn a_new_binary_of_another_hand_over_version_is_refused_and_the_old_one_keeps_ev
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade failed, this process keeps serving");
     assert!(
-        log.contains("this binary speaks hand-over version 2, the new one 99..=99"),
+        log.contains("this binary speaks hand-over version 3, the new one 99..=99"),
         "{log}"
     );
     // The new process said why too, in one line, and exited.
@@ -514,31 +514,354 @@ fn the_heartbeat_counts_on_across_an_upgrade() {
 #[path = "util/h2.rs"]
 mod h2_client;
 
+/// The events (id, data) in an SSE body, in order.
+fn events_in(body: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in body.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.parse().ok();
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("data: "), id) {
+            out.push((n, v.to_owned()));
+            id = None;
+        }
+    }
+    out
+}
+
+/// Publishes `datas` to `topic` of whoever serves `addr`; their ids.
+fn publish_all(addr: SocketAddr, topic: &str, datas: &[String]) -> Vec<u64> {
+    let mut conn = HttpConn::open(addr);
+    let query = format!("?topic={topic}");
+    datas
+        .iter()
+        .map(|d| published_id(&conn.publish(&query, d.as_bytes())))
+        .collect()
+}
+
 #[test]
-fn h2c_connections_drain_with_goaway_while_http1_streams_are_handed_over() {
-    // Issue 28 asks h2c connections to travel with their state; until the hand-over record
-    // carries HTTP/2's, they drain as TLS connections do: GOAWAY(NO_ERROR), then closed, so
-    // each browser reconnects (to the new process) after its `retry:`, none left hanging.
+fn h2c_streams_go_on_on_the_same_connection_in_the_new_process_with_every_event_once() {
     let exe = binary_copy("h2c");
     let mut old = Server::start_exe(&exe, &[]);
-    let mut h2 = h2_client::H2Client::connect(old.addr, &[]);
+    let addr = old.addr;
+    let mut h2 = h2_client::H2Client::connect(addr, &[]);
+    // Three event streams on one connection (one also on a second topic), and an HTTP/1.1
+    // stream beside it.
     h2.request(1, "GET", "/stream?topic=u", &[], true);
-    h2.request(3, "GET", "/stream?topic=u", &[], true);
-    let retry = h2.body_until(1, "retry:");
-    assert!(retry.contains("retry: "), "{retry}");
-    h2.body_until(3, "retry:");
+    h2.request(3, "GET", "/stream?topic=u&topic=v", &[], true);
+    h2.request(5, "GET", "/stream?topic=u", &[], true);
+    for id in [1, 3, 5] {
+        h2.body_until(id, "retry:");
+    }
     let mut http1 = old.stream("/stream?topic=u");
+    let before: Vec<String> = (1..=5).map(|n| format!("before-{n}")).collect();
+    let mut ids = publish_all(addr, "u", &before);
+    h2.wait("every event before the upgrade", |c| {
+        [1, 3, 5]
+            .iter()
+            .all(|id| c.streams[id].text().contains("before-5"))
+    });
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let new = Successor::from_log(&log, "upgrade: handed");
+    assert!(
+        log.contains("handed 4 streams"),
+        "three h2c, one HTTP/1.1:\n{log}"
+    );
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    let after: Vec<String> = (1..=5).map(|n| format!("after-{n}")).collect();
+    ids.extend(publish_all(addr, "u", &after));
+    assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "one sequence of ids");
+    h2.wait("every event after the upgrade", |c| {
+        [1, 3, 5]
+            .iter()
+            .all(|id| c.streams[id].text().contains("after-5"))
+    });
+    let wanted: Vec<(u64, String)> = ids
+        .iter()
+        .copied()
+        .zip(before.iter().chain(&after).cloned())
+        .collect();
+    for id in [1, 3, 5] {
+        let r = &h2.streams[&id];
+        assert_eq!(events_in(&r.text()), wanted, "stream {id}: each event once");
+        assert!(!r.ended && r.reset.is_none(), "stream {id} goes on");
+        // One head: the stream was never opened again.
+        assert_eq!(r.head.iter().filter(|(n, _)| n == ":status").count(), 1);
+    }
+    assert_eq!(
+        h2.goaway, None,
+        "no GOAWAY: the connection was handed, not drained"
+    );
+    for n in 1..=10 {
+        assert_eq!(http1.next_event().id, Some(n.to_string()));
+    }
+    // The same connection, now the new process's: it answers on it.
+    assert_eq!(h2.get(7, "/healthz").status(), 200);
+    let metrics = util::parse_metrics(&conn_metrics(addr));
+    assert_eq!(metrics.get("sse_edge_streams_adopted_total"), Some(&4.0));
+    assert_eq!(
+        metrics.get("sse_edge_h2_connections_adopted_total"),
+        Some(&1.0)
+    );
+    assert_eq!(h2.goaway, None);
+    drop(new);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_stream_opened_on_a_handed_h2c_connection_is_served_by_the_new_process() {
+    let exe = binary_copy("h2c-new-stream");
+    let mut old = Server::start_exe(&exe, &[]);
+    let addr = old.addr;
+    let mut h2 = h2_client::H2Client::connect(addr, &[]);
+    h2.request(1, "GET", "/stream?topic=u", &[], true);
+    h2.body_until(1, "retry:");
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let new = Successor::from_log(&log, "upgrade: handed");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // A new stream on the handed connection: its HEADERS reach the new process, which
+    // knows the ids used so far and the windows, and serves it beside stream 1.
+    h2.request(3, "GET", "/stream?topic=u", &[], true);
+    h2.body_until(3, "retry:");
+    let ids = publish_all(addr, "u", &["one".into(), "two".into()]);
+    h2.wait("both events on both streams", |c| {
+        [1, 3].iter().all(|id| c.streams[id].text().contains("two"))
+    });
+    let wanted: Vec<(u64, String)> = ids.into_iter().zip(["one".into(), "two".into()]).collect();
+    for id in [1, 3] {
+        assert_eq!(events_in(&h2.streams[&id].text()), wanted, "stream {id}");
+    }
+    assert_eq!(h2.streams[&3].status(), 200);
+    assert_eq!(h2.goaway, None);
+    let metrics = util::parse_metrics(&conn_metrics(addr));
+    assert_eq!(metrics.get("sse_edge_streams_adopted_total"), Some(&1.0));
+    assert_eq!(
+        metrics.get("sse_edge_h2_connections_adopted_total"),
+        Some(&1.0)
+    );
+    // Stream 1's state came along: it had ended its request (END_STREAM), so a second
+    // head on it is a stream error STREAM_CLOSED (RFC 9113 §5.1), and only it ends.
+    h2.request(1, "GET", "/healthz", &[], true);
+    h2.wait("RST_STREAM on stream 1", |c| c.streams[&1].reset.is_some());
+    assert_eq!(h2.streams[&1].reset, Some(5));
+    assert_eq!(h2.get(5, "/healthz").status(), 200);
+    assert_eq!(h2.goaway, None);
+    drop(new);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn an_h2c_connection_with_a_frame_half_read_drains_while_one_at_rest_is_handed_over() {
+    let exe = binary_copy("h2c-mid-frame");
+    let mut old = Server::start_exe(&exe, &[]);
+    let addr = old.addr;
+    let mut at_rest = h2_client::H2Client::connect(addr, &[]);
+    at_rest.request(1, "GET", "/stream?topic=u", &[], true);
+    at_rest.body_until(1, "retry:");
+    let mut mid = h2_client::H2Client::connect(addr, &[]);
+    mid.request(1, "GET", "/stream?topic=u", &[], true);
+    mid.body_until(1, "retry:");
+    // A whole PING, then five bytes of another, in one write: once the first is answered
+    // the node has read the half frame too (it reads until the socket is empty).
+    let mut ping = Vec::new();
+    sse_edge::wire::h2::frame::write_ping(false, *b"whole...", &mut ping);
+    let mut half = Vec::new();
+    sse_edge::wire::h2::frame::write_ping(false, *b"half....", &mut half);
+    ping.extend_from_slice(&half[..5]);
+    mid.send(&ping);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no PING ACK");
+        if let Some(f) = mid.read_frame(Duration::from_millis(100)) {
+            if f.header.kind == 6 && f.header.flags & 1 != 0 {
+                break;
+            }
+        }
+    }
     old.signal(libc::SIGUSR2);
     let log = old.wait_for_log("upgrade: handed");
     let _new = Successor::from_log(&log, "upgrade: handed");
-    h2.wait("GOAWAY", |c| c.goaway.is_some());
-    assert_eq!(h2.goaway, Some(0));
-    assert!(h2.closed_by_server());
+    assert!(log.contains("handed 1 streams"), "{log}");
+    // The one mid-frame drains as before: GOAWAY(NO_ERROR), its stream told to come back.
+    mid.wait("GOAWAY", |c| c.goaway.is_some());
+    assert_eq!(mid.goaway, Some(0));
+    assert!(mid.closed_by_server());
     assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
-    // The HTTP/1.1 stream went on in the new process; a new h2c connection is served there.
-    let mut conn = HttpConn::open(old.addr);
-    assert_eq!(conn.publish("?topic=u", b"after").status, 200);
-    assert_eq!(http1.next_event().data, "after");
-    let mut again = h2_client::H2Client::connect(old.addr, &[]);
-    assert_eq!(again.get(1, "/healthz").status(), 200);
+    let ids = publish_all(addr, "u", &["after".into()]);
+    at_rest.body_until(1, "after");
+    assert_eq!(
+        events_in(&at_rest.streams[&1].text()),
+        vec![(ids[0], "after".to_owned())]
+    );
+    assert_eq!(at_rest.goaway, None);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn an_h2c_stream_starved_by_its_window_keeps_its_loss_across_the_upgrade() {
+    let exe = binary_copy("h2c-starved");
+    let mut old = Server::start_exe(&exe, &["--slow-client-timeout", "0"]);
+    let addr = old.addr;
+    let mut c = h2_client::H2Client::connect(addr, &[]);
+    // Stream 1 never gives its window back; stream 3 does.
+    c.hold.push(1);
+    c.request(1, "GET", "/stream?topic=w", &[], true);
+    c.request(3, "GET", "/stream?topic=w", &[], true);
+    c.body_until(1, "retry:");
+    c.body_until(3, "retry:");
+    let event = "z".repeat(10_000);
+    let mut conn = HttpConn::open(addr);
+    for n in 1..=10 {
+        assert_eq!(published_id(&conn.publish("?topic=w", event.as_bytes())), n);
+        c.body_until(3, &format!("id: {n}\n"));
+    }
+    let held = events_in(&c.streams[&1].text()).len();
+    assert!(held < 10, "stream 1 got past its window");
+    drop(conn);
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    assert!(log.contains("handed 2 streams"), "{log}");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    // Its window opens in the new process: what it lost there is announced, then it goes on.
+    c.hold.clear();
+    c.window_update(1, 1 << 20);
+    let ids = publish_all(addr, "w", &["after".into()]);
+    assert_eq!(ids, vec![11]);
+    let body = c.body_until(1, "data: after\n");
+    assert!(body.contains("event: gap\n"), "{body}");
+    let got: Vec<u64> = events_in(&body).iter().map(|(id, _)| *id).collect();
+    let mut wanted: Vec<u64> = (1..=held as u64).collect();
+    wanted.push(11);
+    assert_eq!(
+        got, wanted,
+        "what fit its window, then the event after: none twice"
+    );
+    let three: Vec<u64> = events_in(&c.body_until(3, "data: after\n"))
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(three, (1..=11).collect::<Vec<u64>>());
+    assert_eq!(c.goaway, None);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+#[test]
+fn an_h2c_connection_taken_back_after_a_failed_hand_over_goes_on_in_the_old_process() {
+    let exe = binary_copy("h2c-die");
+    // The new process exits after taking every socket, before it says it has them.
+    let mut old = Server::start_exe_env(&exe, &[], &[("SSE_EDGE_TEST_HANDOVER_DIE", "1")]);
+    let addr = old.addr;
+    let mut h2 = h2_client::H2Client::connect(addr, &[]);
+    h2.request(1, "GET", "/stream?topic=u", &[], true);
+    h2.request(3, "GET", "/stream?topic=u", &[], true);
+    h2.body_until(1, "retry:");
+    h2.body_until(3, "retry:");
+    let mut ids = publish_all(addr, "u", &["before".into()]);
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade failed, this process keeps serving");
+    // The h2c connection was detached (taken out of epoll, described), then taken back.
+    assert!(
+        log.contains("hand-over: detached shard=0 connections=1"),
+        "{log}"
+    );
+    ids.extend(publish_all(addr, "u", &["after".into()]));
+    assert_eq!(ids, vec![1, 2]);
+    h2.wait("both events on both streams", |c| {
+        [1, 3]
+            .iter()
+            .all(|id| c.streams[id].text().contains("after"))
+    });
+    let wanted = vec![(1, "before".to_owned()), (2, "after".to_owned())];
+    for id in [1, 3] {
+        assert_eq!(events_in(&h2.streams[&id].text()), wanted, "stream {id}");
+    }
+    // Its frame layer is the one it had: a new stream on it is served.
+    assert_eq!(h2.get(5, "/healthz").status(), 200);
+    assert_eq!(h2.goaway, None);
+    assert_goes_on(&mut old);
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
+}
+
+/// A child's stdout, gathered as it comes.
+fn gather(mut out: std::process::ChildStdout) -> Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = Arc::new(std::sync::Mutex::new(String::new()));
+    let into = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Waits until `text` holds `needle` `times` times.
+fn wait_count(text: &std::sync::Mutex<String>, needle: &str, times: usize) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let got = text.lock().unwrap().matches(needle).count();
+        if got >= times {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} {got} times of {times}: {}",
+            text.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn nghttp_s_two_h2c_streams_on_one_connection_go_on_across_the_upgrade() {
+    // nghttp (Debian's nghttp2-client) opens both streams on one prior-knowledge h2c
+    // connection; a GOAWAY and a close would end them, and it would exit.
+    let exe = binary_copy("h2c-nghttp");
+    let mut old = Server::start_exe(&exe, &[]);
+    let addr = old.addr;
+    let url = format!("http://{addr}/stream?topic=u");
+    let mut nghttp = std::process::Command::new("stdbuf")
+        .args(["-o0", "nghttp", &url, &format!("{url}&topic=v")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nghttp (nghttp2-client)");
+    let text = gather(nghttp.stdout.take().unwrap());
+    wait_count(&text, "retry:", 2);
+    let ids = publish_all(addr, "u", &["before".into()]);
+    wait_count(&text, "data: before\n", 2);
+    old.signal(libc::SIGUSR2);
+    let log = old.wait_for_log("upgrade: handed");
+    let _new = Successor::from_log(&log, "upgrade: handed");
+    assert!(log.contains("handed 2 streams"), "{log}");
+    assert_eq!(old.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    let after = publish_all(addr, "u", &["after".into()]);
+    assert_eq!((ids[0], after[0]), (1, 2));
+    wait_count(&text, "data: after\n", 2);
+    assert_eq!(nghttp.try_wait().unwrap(), None, "nghttp's streams go on");
+    let got = text.lock().unwrap().clone();
+    assert_eq!(got.matches("id: 1\n").count(), 2, "{got}");
+    assert_eq!(got.matches("id: 2\n").count(), 2, "{got}");
+    assert_eq!(
+        got.matches("retry:").count(),
+        2,
+        "no stream opened again: {got}"
+    );
+    let metrics = util::parse_metrics(&conn_metrics(addr));
+    assert_eq!(metrics.get("sse_edge_streams_adopted_total"), Some(&2.0));
+    assert_eq!(
+        metrics.get("sse_edge_h2_connections_adopted_total"),
+        Some(&1.0)
+    );
+    let _ = nghttp.kill();
+    let _ = nghttp.wait();
+    std::fs::remove_dir_all(exe.parent().unwrap()).ok();
 }

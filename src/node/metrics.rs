@@ -71,6 +71,7 @@ stats! {
     TlsHandshakeFailures => "sse_edge_tls_handshake_failures_total", "counter", "TLS connections that ended before their handshake completed (not TLS, bad TLS, gone, or too slow).";
     ParsePanics => "sse_edge_parse_panics_total", "counter", "Requests whose parsing panicked (connection closed, server kept running).";
     H2Connections => "sse_edge_h2_connections_total", "counter", "HTTP/2 connections served (h2c with prior knowledge, and h2 by ALPN).";
+    H2ConnectionsAdopted => "sse_edge_h2_connections_adopted_total", "counter", "h2c connections taken over, with their HTTP/2 state and streams, from this node's previous process in an upgrade.";
     H2RapidReset => "sse_edge_h2_defences_total" ["defence=\"rapid_reset\""], "counter", "Defences against hostile HTTP/2 peers that tripped (GOAWAY or RST_STREAM), by defence.";
     H2ContinuationFlood => "sse_edge_h2_defences_total" ["defence=\"continuation_flood\""], "counter", "";
     H2HeaderList => "sse_edge_h2_defences_total" ["defence=\"header_list\""], "counter", "";

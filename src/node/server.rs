@@ -80,6 +80,8 @@ pub struct Control {
     embedded: bool,
     /// `--history-bytes`.
     history_bytes: usize,
+    /// `--h2-max-streams`.
+    h2_max_streams: u32,
 }
 
 impl Control {
@@ -335,6 +337,7 @@ impl Server {
                 stats,
                 embedded: config.redis.is_none(),
                 history_bytes: config.history_bytes,
+                h2_max_streams: config.h2_max_streams,
             },
         })
     }
@@ -369,6 +372,7 @@ impl Server {
                 0
             },
             max_streams: control.node.quota.max_streams(),
+            h2_max_streams: control.h2_max_streams,
             // Unreadable, the limit is taken as the kernel's default ceiling (nr_open).
             max_connections: fdlimit::soft_limit()
                 .map_or(1 << 20, |n| usize::try_from(n).unwrap_or(usize::MAX)),

@@ -14,7 +14,9 @@ use crate::wire::event_id::EventId;
 use crate::wire::params::{self, MAX_TOPICS_PER_STREAM, MAX_TOPIC_LEN};
 use crate::wire::sse;
 
-use super::wire::{self, HistoryPart, Kind, Offer, Record, State};
+use crate::wire::h2::conn::{Connection, Limits as H2Limits};
+
+use super::wire::{self, HistoryPart, Kind, Offer, Record, State, StreamState};
 
 /// What this process can take, from its own flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,8 @@ pub struct Limits {
     pub max_streams: usize,
     /// The most connections it can hold: its open-files limit.
     pub max_connections: usize,
+    /// Its `--h2-max-streams`: an h2c connection with more open streams is refused.
+    pub h2_max_streams: u32,
 }
 
 impl Limits {
@@ -52,6 +56,7 @@ impl Limits {
 /// The new process's judge of one hand-over, from the state on.
 #[derive(Debug)]
 pub struct Intake {
+    h2: H2Limits,
     last_id: EventId,
     epoch: Option<String>,
     /// The embedded broker's ids: nothing handed over may be after the last one.
@@ -116,6 +121,10 @@ impl Intake {
             }
         };
         Ok(Intake {
+            h2: H2Limits {
+                max_streams: limits.h2_max_streams,
+                ..H2Limits::default()
+            },
             last_id: state.last_id,
             epoch: state.epoch.clone(),
             embedded: state.history.is_some(),
@@ -177,28 +186,50 @@ impl Intake {
             .filter(|&n| n <= self.announced)
             .ok_or_else(|| format!("more than the {} connections announced", self.announced))?;
         for record in records.iter_mut() {
-            let Kind::Stream(stream) = &mut record.kind else {
-                continue;
-            };
-            let mut topics = Vec::with_capacity(stream.topics.len().min(MAX_TOPICS_PER_STREAM));
-            for name in std::mem::take(&mut stream.topics) {
-                params::add_topic(&mut topics, name)
-                    .map_err(|r| format!("a stream's topics: {}", r.reason))?;
-            }
-            if topics.is_empty() {
-                return Err("a stream with no topic".into());
-            }
-            stream.topics = topics;
-            // A cluster stream may wait for an id this node has not read yet; an embedded
-            // one has nothing after the last id.
-            if self.embedded && (stream.after > self.last_id || stream.announced > self.last_id) {
-                return Err("a stream after the last id".into());
-            }
-            if stream.gap.is_some_and(|(from, to, _)| from > to) {
-                return Err("a stream's gap ends before it starts".into());
+            match &mut record.kind {
+                Kind::Requests { .. } => {}
+                Kind::Stream(stream) => self.stream(stream)?,
+                Kind::H2(h2) => {
+                    // Judged whole here, so that a record no connection could reach refuses
+                    // the hand-over (the old process keeps everything) rather than a socket.
+                    let conn = Connection::import(h2.conn.clone(), &self.h2)?;
+                    let mut ids = Vec::with_capacity(h2.streams.len());
+                    for carried in &mut h2.streams {
+                        if conn.send_window(carried.id).is_none() {
+                            return Err("an HTTP/2 event stream that is not open".into());
+                        }
+                        if ids.contains(&carried.id) {
+                            return Err("an HTTP/2 event stream named twice".into());
+                        }
+                        ids.push(carried.id);
+                        self.stream(&mut carried.state)?;
+                    }
+                }
             }
         }
         self.taken = taken;
+        Ok(())
+    }
+
+    /// Judges one stream's state; keeps its topics as a request's are kept.
+    fn stream(&self, stream: &mut StreamState) -> Result<(), String> {
+        let mut topics = Vec::with_capacity(stream.topics.len().min(MAX_TOPICS_PER_STREAM));
+        for name in std::mem::take(&mut stream.topics) {
+            params::add_topic(&mut topics, name)
+                .map_err(|r| format!("a stream's topics: {}", r.reason))?;
+        }
+        if topics.is_empty() {
+            return Err("a stream with no topic".into());
+        }
+        stream.topics = topics;
+        // A cluster stream may wait for an id this node has not read yet; an embedded
+        // one has nothing after the last id.
+        if self.embedded && (stream.after > self.last_id || stream.announced > self.last_id) {
+            return Err("a stream after the last id".into());
+        }
+        if stream.gap.is_some_and(|(from, to, _)| from > to) {
+            return Err("a stream's gap ends before it starts".into());
+        }
         Ok(())
     }
 
@@ -229,6 +260,7 @@ mod tests {
         history_bytes: 64 << 10,
         max_streams: 10,
         max_connections: 100,
+        h2_max_streams: 100,
     };
 
     fn state(history: Option<HistoryHead>, connections: u32) -> State {
@@ -331,6 +363,83 @@ mod tests {
         assert!(one.history(part("t", vec![])).is_err());
         let mut small = Intake::new(&LIMITS, &state(head(1, 10), 0)).unwrap();
         assert!(small.history(part("t", vec![frame(1)])).is_err());
+    }
+
+    /// An h2c connection with streams 1 and 3 open, carrying `carried` (id, topics).
+    fn h2(carried: &[(u32, &[&str])]) -> Record {
+        use crate::node::handover::wire::{H2Conn, H2Stream};
+        use crate::wire::h2::conn::{Image, StreamImage};
+        let open = |id| StreamImage {
+            id,
+            send_window: 65_535,
+            recv_window: 65_535,
+            body_left: u32::MAX,
+            remote_closed: true,
+            local_closed: false,
+        };
+        Record {
+            shard: 0,
+            tail: Bytes::new(),
+            kind: Kind::H2(H2Conn {
+                conn: Image {
+                    advertised_window: 65_535,
+                    send_window: 65_535,
+                    recv_window: 65_535,
+                    peer_window: 65_535,
+                    peer_max_frame: 16_384,
+                    last_stream: 3,
+                    head_sent: true,
+                    streams: vec![open(1), open(3)],
+                    decoder: Default::default(),
+                },
+                streams: carried
+                    .iter()
+                    .map(|(id, topics)| {
+                        let Kind::Stream(state) = stream(topics).kind else {
+                            unreachable!()
+                        };
+                        H2Stream {
+                            id: *id,
+                            starved: false,
+                            state,
+                        }
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn h2c_connections_are_judged_whole_and_their_streams_like_requests() {
+        let intake = || Intake::new(&LIMITS, &state(None, 1)).unwrap();
+        for (bad, why) in [
+            (h2(&[(5, &["a"])]), "not open"),
+            (h2(&[(1, &["a"]), (1, &["b"])]), "named twice"),
+            (h2(&[(1, &["a\nb"])]), "topic must be"),
+            (h2(&[(1, &[])]), "no topic"),
+        ] {
+            let err = intake().connections(&mut [bad]).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let mut spoiled = h2(&[(1, &["a"])]);
+        if let Kind::H2(h2) = &mut spoiled.kind {
+            h2.conn.decoder.max_size = 1 << 20;
+        }
+        let err = intake().connections(&mut [spoiled]).unwrap_err();
+        assert!(err.contains("HPACK"), "{err}");
+        let mut fewer = Intake::new(
+            &Limits {
+                h2_max_streams: 1,
+                ..LIMITS
+            },
+            &state(None, 1),
+        )
+        .unwrap();
+        let err = fewer.connections(&mut [h2(&[(1, &["a"])])]).unwrap_err();
+        assert!(err.contains("--h2-max-streams"), "{err}");
+        let mut good = [h2(&[(1, &["a", "b", "a"]), (3, &["c"])])];
+        intake().connections(&mut good).unwrap();
+        assert!(matches!(&good[0].kind, Kind::H2(h2) if h2.streams[0].state.topics == ["a", "b"]));
     }
 
     #[test]

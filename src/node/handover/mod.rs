@@ -52,7 +52,7 @@ pub use channel::Channel;
 pub use intake::{Intake, Limits};
 use wire::{
     connections_len, plan_history, record_len, Hello, HistoryHead, Message, Offer, Record, State,
-    BATCH, HISTORY_PART, MIN_MESSAGE, VERSION,
+    BATCH, HISTORY_PART, MIN_MESSAGE, MIN_VERSION, VERSION,
 };
 
 /// How long requests in progress may take to finish once a hand-over starts; those still
@@ -202,10 +202,7 @@ fn prepare(
     heard_nothing(channel)?;
     let snapshot = node.freeze();
     let outgoing = node.detach()?;
-    let streams = outgoing
-        .iter()
-        .filter(|o| matches!(o.record.kind, wire::Kind::Stream(_)))
-        .count();
+    let streams = outgoing.iter().map(|o| o.record.streams()).sum();
     let history = match &snapshot.history {
         None => None,
         Some(image) => {
@@ -461,7 +458,7 @@ fn spoken() -> (u16, u16) {
     {
         return (v, v);
     }
-    (VERSION, VERSION)
+    (MIN_VERSION, VERSION)
 }
 
 /// Tells the old process this one serves; it then drains what it kept and exits.
@@ -656,6 +653,7 @@ mod tests {
             history_bytes: budget,
             max_streams: 10,
             max_connections: 100,
+            h2_max_streams: 100,
         }
     }
 

@@ -23,11 +23,17 @@ use bytes::Bytes;
 
 use crate::delivery::history::HistoryImage;
 use crate::wire::event_id::EventId;
+use crate::wire::h2::conn::{Image, StreamImage};
+use crate::wire::h2::hpack::DecoderImage;
 
 /// The hand-over version this binary speaks. Version 2 sends the history in parts, after
 /// the new process said it can take what the old one keeps (version 1 sent it whole, under
-/// one message's limit).
-pub const VERSION: u16 = 2;
+/// one message's limit); version 3 adds h2c connections ([`Kind::H2`]).
+pub const VERSION: u16 = 3;
+
+/// The oldest version this binary takes from a previous process: a version 2 one sends
+/// what version 3 does, less its h2c connections (it drains those).
+pub const MIN_VERSION: u16 = 2;
 
 /// Streams whose descriptors travel in one message: `SCM_RIGHTS` carries at most 253.
 pub const BATCH: usize = 253;
@@ -64,6 +70,11 @@ pub(crate) const PART_BASE: usize = 1 + 4 + 4;
 pub(crate) const TOPIC_ENTRY: usize = 4 + 16;
 /// A frame entry's bytes besides the frame: its id, topic index and length.
 const FRAME_ENTRY: usize = 16 + 4 + 4;
+/// An h2c connection's stream entry: id, two windows, body left, flags.
+const H2_STREAM_ENTRY: usize = 4 + 4 + 4 + 4 + 1;
+/// The least an h2c connection's event stream takes: id, flag, and a stream state with no
+/// topic (its count, two ids, three flags).
+const H2_CARRIED_ENTRY: usize = 4 + 1 + 2 + 16 + 16 + 1 + 1 + 1 + 1;
 
 /// One step of the hand-over, either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +206,29 @@ pub enum Kind {
     },
     /// An event stream.
     Stream(StreamState),
+    /// An HTTP/2 connection (h2c: TLS keys cannot travel), at rest between frames.
+    H2(H2Conn),
+}
+
+/// An h2c connection handed over: its protocol state and the event streams it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2Conn {
+    /// Its protocol state (judged by [`crate::wire::h2::conn::Connection::import`]).
+    pub conn: Image,
+    /// Its event streams, each one of `conn`'s open streams.
+    pub streams: Vec<H2Stream>,
+}
+
+/// An event stream an h2c connection carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2Stream {
+    /// Its id on the connection.
+    pub id: u32,
+    /// Its window was closed when it last had a frame: it catches up only once the window
+    /// holds a whole frame (the lane's rule).
+    pub starved: bool,
+    /// Its delivery state, as an HTTP/1.1 stream's.
+    pub state: StreamState,
 }
 
 /// A stream's delivery state.
@@ -309,6 +343,7 @@ impl Message {
                             answered: r.flag()?,
                         },
                         1 => Kind::Stream(r.stream()?),
+                        2 => Kind::H2(r.h2()?),
                         _ => return Err(Malformed("bad connection kind")),
                     };
                     records.push(Record { shard, tail, kind });
@@ -346,6 +381,17 @@ impl Message {
             Message::Prepared { .. } => "Prepared",
             Message::Commit => "Commit",
             Message::Serving => "Serving",
+        }
+    }
+}
+
+impl Record {
+    /// The event streams it carries: one for an HTTP/1.1 stream, any number on h2c.
+    pub fn streams(&self) -> usize {
+        match &self.kind {
+            Kind::Requests { .. } => 0,
+            Kind::Stream(_) => 1,
+            Kind::H2(h2) => h2.streams.len(),
         }
     }
 }
@@ -615,6 +661,51 @@ impl<S: Sink> Writer<S> {
             }
             Kind::Stream(s) => {
                 self.u8(1);
+                self.stream(s);
+            }
+            Kind::H2(h2) => {
+                self.u8(2);
+                self.h2(h2);
+            }
+        }
+    }
+    fn h2(&mut self, h2: &H2Conn) {
+        let c = &h2.conn;
+        self.u32(c.advertised_window);
+        self.u32(c.send_window as u32);
+        self.u32(c.recv_window as u32);
+        self.u32(c.peer_window);
+        self.u32(c.peer_max_frame);
+        self.u32(c.last_stream);
+        self.u8(u8::from(c.head_sent));
+        self.u16(c.streams.len() as u16);
+        for s in &c.streams {
+            self.u32(s.id);
+            self.u32(s.send_window as u32);
+            self.u32(s.recv_window as u32);
+            self.u32(s.body_left);
+            self.u8(u8::from(s.remote_closed) | u8::from(s.local_closed) << 1);
+        }
+        let d = &c.decoder;
+        self.u16(d.entries.len() as u16);
+        for (name, value) in &d.entries {
+            self.bytes(name);
+            self.bytes(value);
+        }
+        self.u32(d.max_size);
+        self.u32(d.limit);
+        self.u32(d.pending);
+        self.u8(u8::from(d.update_due));
+        self.u16(h2.streams.len() as u16);
+        for s in &h2.streams {
+            self.u32(s.id);
+            self.u8(u8::from(s.starved));
+            self.stream(&s.state);
+        }
+    }
+    fn stream(&mut self, s: &StreamState) {
+        {
+            {
                 self.u16(s.topics.len() as u16);
                 for t in &s.topics {
                     self.str(t);
@@ -754,6 +845,79 @@ impl<'a> Reader<'a> {
             None
         })
     }
+    fn i32(&mut self) -> Result<i32, Malformed> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+    fn h2(&mut self) -> Result<H2Conn, Malformed> {
+        let advertised_window = self.u32()?;
+        let send_window = self.i32()?;
+        let recv_window = self.i32()?;
+        let peer_window = self.u32()?;
+        let peer_max_frame = self.u32()?;
+        let last_stream = self.u32()?;
+        let head_sent = self.flag()?;
+        let n = self.u16()?;
+        let n = self.fits(usize::from(n), H2_STREAM_ENTRY)?;
+        let mut streams = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = self.u32()?;
+            let send_window = self.i32()?;
+            let recv_window = self.i32()?;
+            let body_left = self.u32()?;
+            let closed = self.u8()?;
+            if closed > 3 {
+                return Err(Malformed("bad HTTP/2 stream flags"));
+            }
+            streams.push(StreamImage {
+                id,
+                send_window,
+                recv_window,
+                body_left,
+                remote_closed: closed & 1 != 0,
+                local_closed: closed & 2 != 0,
+            });
+        }
+        // Each entry takes at least its two 4-byte lengths.
+        let n = self.u16()?;
+        let n = self.fits(usize::from(n), 8)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.bytes()?.to_vec();
+            let value = self.bytes()?.to_vec();
+            entries.push((name, value));
+        }
+        let decoder = DecoderImage {
+            entries,
+            max_size: self.u32()?,
+            limit: self.u32()?,
+            pending: self.u32()?,
+            update_due: self.flag()?,
+        };
+        let n = self.u16()?;
+        let n = self.fits(usize::from(n), H2_CARRIED_ENTRY)?;
+        let mut carried = Vec::with_capacity(n);
+        for _ in 0..n {
+            carried.push(H2Stream {
+                id: self.u32()?,
+                starved: self.flag()?,
+                state: self.stream()?,
+            });
+        }
+        Ok(H2Conn {
+            conn: Image {
+                advertised_window,
+                send_window,
+                recv_window,
+                peer_window,
+                peer_max_frame,
+                last_stream,
+                head_sent,
+                streams,
+                decoder,
+            },
+            streams: carried,
+        })
+    }
     fn stream(&mut self) -> Result<StreamState, Malformed> {
         // Each name takes at least its 4-byte length.
         let n = self.u16()?;
@@ -799,6 +963,57 @@ mod tests {
                 gap: Some((EventId::local(7), EventId::local(9), 3)),
                 losing_ms: Some(1500),
                 expires: Some(1_900_000_000),
+            }),
+        }
+    }
+
+    fn h2_record() -> Record {
+        let Kind::Stream(state) = record(b"").kind else {
+            unreachable!()
+        };
+        Record {
+            shard: 0,
+            tail: Bytes::from_static(b"\0\0\x05\0\0\0\0\0\x01: x\n\n"),
+            kind: Kind::H2(H2Conn {
+                conn: Image {
+                    advertised_window: 65_535,
+                    send_window: -5,
+                    recv_window: 1 << 20,
+                    peer_window: 65_535,
+                    peer_max_frame: 16_384,
+                    last_stream: 5,
+                    head_sent: true,
+                    streams: vec![
+                        StreamImage {
+                            id: 1,
+                            send_window: 100,
+                            recv_window: 65_535,
+                            body_left: u32::MAX,
+                            remote_closed: true,
+                            local_closed: false,
+                        },
+                        StreamImage {
+                            id: 5,
+                            send_window: -7,
+                            recv_window: 0,
+                            body_left: 3,
+                            remote_closed: false,
+                            local_closed: true,
+                        },
+                    ],
+                    decoder: DecoderImage {
+                        entries: vec![(b"x-a".to_vec(), b"b".to_vec())],
+                        max_size: 4096,
+                        limit: 0,
+                        pending: u32::MAX,
+                        update_due: true,
+                    },
+                },
+                streams: vec![H2Stream {
+                    id: 1,
+                    starved: true,
+                    state,
+                }],
             }),
         }
     }
@@ -850,6 +1065,7 @@ mod tests {
                     tail: Bytes::new(),
                     kind: Kind::Requests { answered: true },
                 },
+                h2_record(),
             ]),
             Message::Ack { taken: 253 },
             Message::End,
@@ -881,6 +1097,36 @@ mod tests {
             longer.push(0);
             assert_eq!(Message::decode(&longer), Err(Malformed("trailing bytes")));
         }
+    }
+
+    #[test]
+    fn an_h2_record_with_bad_flags_or_counts_past_its_bytes_is_refused() {
+        let bytes = Message::Connections(vec![h2_record()]).encode();
+        // Tag, count, shard, tail; then the kind and the connection's seven fixed fields.
+        let tail = 1 + 4 + 2 + 4 + h2_record().tail.len();
+        let streams = tail + 1 + 6 * 4 + 1;
+        let mut huge = bytes.clone();
+        huge[streams..streams + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(
+            Message::decode(&huge),
+            Err(Malformed("a count larger than the message"))
+        );
+        let mut flags = bytes.clone();
+        flags[streams + 2 + H2_STREAM_ENTRY - 1] = 4;
+        assert_eq!(
+            Message::decode(&flags),
+            Err(Malformed("bad HTTP/2 stream flags"))
+        );
+        let mut kind = bytes.clone();
+        kind[tail] = 3;
+        assert_eq!(
+            Message::decode(&kind),
+            Err(Malformed("bad connection kind"))
+        );
+        assert_eq!(
+            Message::decode(&bytes),
+            Ok(Message::Connections(vec![h2_record()]))
+        );
     }
 
     #[test]

@@ -9,10 +9,13 @@ use std::sync::mpsc::Sender;
 use super::api::Via;
 use super::*;
 use crate::delivery::history::Cursor;
+use crate::delivery::stream::STARVED;
 use crate::delivery::stream::{Gap, Loss};
-use crate::node::handover::wire::{Kind, Record, StreamState};
+use crate::node::h2::H2;
+use crate::node::handover::wire::{H2Conn, H2Stream, Kind, Record, StreamState};
 use crate::node::handover::{Outgoing, Step, SETTLE};
 use crate::wire::event_id::EventId;
+use crate::wire::h2::conn::Connection;
 
 /// Where this shard is in a hand-over.
 #[derive(Debug)]
@@ -101,10 +104,11 @@ impl Shard {
         }
     }
 
-    /// Detaches every connection that can go on in another process: plain streams and
-    /// connections between requests. Each is taken out of epoll and flushed once; what it
-    /// still has queued travels with it. TLS connections (their keys cannot travel) and
-    /// connections on their way out stay here.
+    /// Detaches every connection that can go on in another process: plain streams, h2c
+    /// connections at rest and connections between requests. Each is taken out of epoll and
+    /// flushed once; what it still has queued travels with it. TLS connections (their keys
+    /// cannot travel), h2c ones that are not at rest ([`describe_h2`]) and connections on
+    /// their way out stay here (and drain).
     fn detach(&mut self) -> Vec<Outgoing> {
         let mut outgoing = Vec::new();
         let mut detached = Vec::new();
@@ -112,6 +116,19 @@ impl Shard {
         // The hub is frozen at its last id, and every event up to it was in the inbox ahead
         // of this step: a live stream has been offered all of them.
         let (last_id, _) = self.hub.last_id();
+        // What the frame layers queued goes into the outboxes first: the outbox travels,
+        // the frame layer's own queue does not.
+        let h2c: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.phase_is_h2() && c.tls.is_none() && !c.closing)
+            .map(|(key, _)| key)
+            .collect();
+        for key in h2c {
+            self.pump_h2(key);
+        }
+        let limits = Self::h2_limits(&self.config);
+        let mut kept_h2 = 0usize;
         for (key, client) in self.clients.iter_mut() {
             if client.closing || client.close_after_flush || client.tls.is_some() {
                 continue;
@@ -120,11 +137,20 @@ impl Shard {
                 Phase::Request(state) if client.is_idle_request() => Kind::Requests {
                     answered: state.answered,
                 },
-                // The hand-over's record is one stream per connection: an HTTP/1.1 one.
+                // HTTP/1.1: one stream, the connection its own.
                 Phase::Streaming(Protocol::Http1 { stream }) => {
                     match self.streams.get(*stream as usize) {
                         Some(s) => Kind::Stream(describe(s, &self.topics, last_id, self.now)),
                         None => continue,
+                    }
+                }
+                Phase::Streaming(Protocol::Http2(h2)) => {
+                    match describe_h2(h2, &self.streams, &self.topics, last_id, self.now, &limits) {
+                        Some(h2) => Kind::H2(h2),
+                        None => {
+                            kept_h2 += 1;
+                            continue;
+                        }
                     }
                 }
                 _ => continue,
@@ -178,6 +204,7 @@ impl Shard {
             connections = outgoing.len(),
             replaying,
             tail_bytes,
+            h2c_draining = kept_h2,
             "hand-over: detached"
         );
         self.handing = Some(Handing::Detached(detached));
@@ -195,12 +222,14 @@ impl Shard {
             self.counters
                 .sub(Stat::QueuedBytes, client.outbox.queued_bytes() as u64);
             self.counters.sub(Stat::Connections, 1);
-            match client.phase {
+            match &client.phase {
                 Phase::Streaming(protocol) => {
                     for s in protocol.streams() {
+                        // HTTP/2 streams' tickets name their own serial, not the connection's.
+                        let serial = client.serial_of(s).unwrap_or(client.serial);
                         if let Some(stream) = self.streams.try_remove(s) {
                             self.counters.add(Stat::StreamsHandedOver, 1);
-                            self.stream_ended(s, client.serial, stream);
+                            self.stream_ended(s, serial, stream);
                         }
                     }
                 }
@@ -244,7 +273,6 @@ impl Shard {
             }
             client.readable = true;
             client.writable = true;
-            let serial = client.serial;
             let carried = match &mut client.phase {
                 Phase::Request(state) => {
                     state.deadline = self.now + header_timeout;
@@ -256,6 +284,9 @@ impl Shard {
                 Phase::Linger { .. } => None,
             };
             for &s in carried.iter().flatten() {
+                let Some(serial) = self.clients[key].serial_of(s) else {
+                    continue;
+                };
                 if let Some(exp) = self.streams.get(s).and_then(|s| s.expires) {
                     self.schedule_expiry(s, serial, u64::from(exp.get()));
                 }
@@ -297,8 +328,9 @@ impl Shard {
         let Adopting { epoch, connections } = std::mem::take(&mut self.adopting);
         let (mut streams, mut requests) = (0usize, 0usize);
         for (record, fd) in connections {
+            let carried = record.streams();
             match self.adopt(record, fd, epoch.as_deref()) {
-                Some(true) => streams += 1,
+                Some(true) => streams += carried,
                 Some(false) => requests += 1,
                 None => {}
             }
@@ -348,7 +380,79 @@ impl Shard {
                 return Some(false);
             }
             Kind::Stream(state) => state,
+            Kind::H2(h2) => {
+                self.adopt_h2(key, h2, peer, epoch);
+                return Some(true);
+            }
         };
+        let serial = self.clients[key].serial;
+        self.adopt_stream(key, Via::Http1, serial, peer, state, epoch);
+        Some(true)
+    }
+
+    /// Installs the HTTP/2 state of adopted connection `key` and every stream it carries;
+    /// it goes on at the peer's next frame. A state this process cannot take closes the
+    /// connection (its streams reconnect).
+    fn adopt_h2(
+        &mut self,
+        key: usize,
+        h2: H2Conn,
+        peer: Option<std::net::SocketAddr>,
+        epoch: Option<&str>,
+    ) {
+        let limits = Self::h2_limits(&self.config);
+        let conn = match Connection::import(h2.conn, &limits) {
+            Ok(conn) => conn,
+            Err(why) => {
+                warn!(
+                    shard = self.id,
+                    why, "cannot take a handed-over h2c connection"
+                );
+                self.close(key);
+                return;
+            }
+        };
+        let mut state = H2::new(&limits, self.now);
+        state.conn = conn;
+        state.deadline = None;
+        self.clients[key].phase = Phase::Streaming(Protocol::Http2(Box::new(state)));
+        self.counters.add(Stat::H2ConnectionsAdopted, 1);
+        if self.config.send_buffer > 0 {
+            let socket = socket2::SockRef::from(&self.clients[key].socket);
+            let _ = socket.set_send_buffer_size(self.config.send_buffer);
+        }
+        for H2Stream { id, starved, state } in h2.streams {
+            let serial = self.next_serial();
+            let Some(stream) = self.adopt_stream(key, Via::Http2(id), serial, peer, state, epoch)
+            else {
+                continue;
+            };
+            if starved {
+                if let Some(carried) = self.clients[key].h2().and_then(|h2| {
+                    let i = h2
+                        .streams
+                        .binary_search_by_key(&stream, |c| c.key as usize)
+                        .ok()?;
+                    h2.streams.get(i)
+                }) {
+                    carried.flags.set(carried.flags.get() | STARVED);
+                }
+            }
+        }
+        self.pump_h2(key);
+    }
+
+    /// Installs one adopted stream on connection `key` (`via` its protocol, its tickets
+    /// naming `serial`); returns its key in the slab of streams, None if it was shed.
+    fn adopt_stream(
+        &mut self,
+        key: usize,
+        via: Via,
+        serial: u32,
+        peer: Option<std::net::SocketAddr>,
+        state: StreamState,
+        epoch: Option<&str>,
+    ) -> Option<usize> {
         // A stream counts against this process's quota as any other; one over it is shed
         // (after its queued bytes) and comes back to a node with room.
         let admitted = match peer.map(|p| self.node.quota.admit(p.ip())) {
@@ -358,8 +462,8 @@ impl Shard {
                     Some(Err(refusal)) => refusal,
                     _ => Refusal::NodeFull,
                 };
-                self.shed_adopted(key, refusal);
-                return Some(true);
+                self.shed_adopted(key, via, refusal);
+                return None;
             }
         };
         let cursor = Cursor::resume(state.after, state.announced);
@@ -371,8 +475,8 @@ impl Shard {
             Ok(subscription) => subscription,
             Err(crate::delivery::history::TopicsFull) => {
                 self.node.quota.release(admitted);
-                self.shed_adopted(key, Refusal::TopicsFull);
-                return Some(true);
+                self.shed_adopted(key, via, Refusal::TopicsFull);
+                return None;
             }
         };
         // The stream's key, taken by `stream_begins` below (nothing else is inserted before).
@@ -392,10 +496,9 @@ impl Shard {
             });
         }
         stream.expires = state.expires.and_then(NonZeroU32::new);
-        let serial = self.clients[key].serial;
         let began = self.stream_begins(
             key,
-            Via::Http1,
+            via,
             serial,
             stream,
             admitted.address,
@@ -403,16 +506,25 @@ impl Shard {
         );
         debug_assert_eq!(began, stream_key);
         if let Some(exp) = state.expires.and_then(NonZeroU32::new) {
-            let serial = self.clients[key].serial;
             self.schedule_expiry(stream_key, serial, u64::from(exp.get()));
         }
         self.counters.add(Stat::StreamsAdopted, 1);
-        Some(true)
+        Some(stream_key)
     }
 
     /// Sheds an adopted stream this process has no room for (after its queued bytes): it
-    /// comes back to a node with room.
-    fn shed_adopted(&mut self, key: usize, refusal: Refusal) {
+    /// comes back to a node with room. On HTTP/2 the stream alone ends (`: shed`, its
+    /// `retry:`, END_STREAM); its head went out long ago.
+    fn shed_adopted(&mut self, key: usize, via: Via, refusal: Refusal) {
+        if let Via::Http2(id) = via {
+            self.counters.add(Stat::Shed, 1);
+            if refusal == Refusal::TopicsFull {
+                self.counters.add(Stat::TopicBudgetShed, 1);
+            }
+            let retry = self.jitter(self.config.retry_ms * SHED_RETRY_FACTOR);
+            self.send_h2(key, id, None, sse::encode_shed(retry), true);
+            return;
+        }
         // Its head went out long ago; it is a stream on its way out, not a request.
         self.clients[key].phase = Phase::Linger {
             deadline: Coarse::at(self.now + LINGER),
@@ -458,4 +570,41 @@ fn describe(stream: &Stream, topics: &Topics, last_id: EventId, now: Instant) ->
         losing_ms,
         expires: stream.expires.map(NonZeroU32::get),
     }
+}
+
+/// An h2c connection's state for its successor, if it is at rest: its handshake over, no
+/// request owed an answer (a body arriving, a publish waiting, an answer waiting for window),
+/// nothing half read, and every stream it carries in the slab and open in its frame layer. Otherwise None: it stays and
+/// drains (GOAWAY, `retry:`), as before version 3 of the hand-over.
+fn describe_h2(
+    h2: &H2,
+    streams: &Slab<Stream>,
+    topics: &Topics,
+    last_id: EventId,
+    now: Instant,
+    limits: &crate::wire::h2::conn::Limits,
+) -> Option<H2Conn> {
+    if h2.deadline.is_some() || h2.owes_answers() {
+        return None;
+    }
+    let conn = h2.conn.export(limits).ok()?;
+    let carried = h2
+        .streams
+        .iter()
+        .map(|c| {
+            let stream = streams.get(c.key as usize)?;
+            // The successor refuses a stream its frame layer does not hold open for sending
+            // (and with it the whole hand-over): such a connection drains here instead.
+            h2.conn.send_window(c.id)?;
+            Some(H2Stream {
+                id: c.id,
+                starved: c.flags.get() & STARVED != 0,
+                state: describe(stream, topics, last_id, now),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(H2Conn {
+        conn,
+        streams: carried,
+    })
 }

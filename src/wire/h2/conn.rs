@@ -405,6 +405,68 @@ enum State {
     Failed(ErrorCode),
 }
 
+/// A connection's protocol state between two frames, for another process to go on with it
+/// (the zero-disconnect upgrade): settings both ways, windows, the streams' states and the
+/// HPACK decoder. Plain data; [`Connection::import`] judges it as peer input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The SETTINGS_INITIAL_WINDOW_SIZE we advertised (the peer's view of our stream windows).
+    pub advertised_window: u32,
+    /// The peer's connection window for our DATA (may be negative).
+    pub send_window: i32,
+    /// Our connection window for the peer's DATA.
+    pub recv_window: i32,
+    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE.
+    pub peer_window: u32,
+    /// The peer's SETTINGS_MAX_FRAME_SIZE.
+    pub peer_max_frame: u32,
+    /// The highest stream id the peer has used.
+    pub last_stream: u32,
+    /// Our first header block (with its table size update) was sent.
+    pub head_sent: bool,
+    /// Open and half-closed streams, by id.
+    pub streams: Vec<StreamImage>,
+    /// The HPACK decoder, our SETTINGS' acknowledgement included.
+    pub decoder: hpack::DecoderImage,
+}
+
+/// One stream's protocol state in an [`Image`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamImage {
+    /// Its id.
+    pub id: u32,
+    /// The peer's window for our DATA on it.
+    pub send_window: i32,
+    /// Our window for the peer's DATA on it.
+    pub recv_window: i32,
+    /// Body bytes its content-length still promises (`u32::MAX`: none given).
+    pub body_left: u32,
+    /// It received END_STREAM.
+    pub remote_closed: bool,
+    /// We sent END_STREAM.
+    pub local_closed: bool,
+}
+
+/// Why a connection cannot be handed over as it is (it drains instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAtRest {
+    /// The handshake is not over, or the connection is ending.
+    #[error("not open")]
+    NotOpen,
+    /// Part of a frame, or a header block, is read and not acted on.
+    #[error("a frame or header block half read")]
+    MidFrame,
+    /// Frames are queued in it and not taken into the outbox.
+    #[error("output not taken")]
+    Output,
+}
+
+/// A window carried over must be one a connection can hold (§6.9.1; negative down to the
+/// same bound after a SETTINGS change, §6.9.2).
+fn window_ok(w: i32) -> bool {
+    w.unsigned_abs() <= frame::MAX_WINDOW
+}
+
 /// One HTTP/2 server connection's protocol state.
 #[derive(Debug)]
 pub struct Connection {
@@ -482,6 +544,114 @@ impl Connection {
         limits
             .window
             .clamp(frame::DEFAULT_WINDOW, frame::MAX_WINDOW) as i32
+    }
+
+    /// Its state, for [`Connection::import`] in another process; refused unless the
+    /// connection is open and at rest between frames, with nothing queued in it (take the
+    /// output into the outbox first: the outbox travels beside).
+    pub fn export(&self, limits: &Limits) -> Result<Image, NotAtRest> {
+        if self.state != State::Open {
+            return Err(NotAtRest::NotOpen);
+        }
+        if !self.partial.is_empty() || self.block.is_some() {
+            return Err(NotAtRest::MidFrame);
+        }
+        if !self.out.is_empty() {
+            return Err(NotAtRest::Output);
+        }
+        Ok(Image {
+            advertised_window: Self::window(limits) as u32,
+            send_window: self.send_window,
+            recv_window: self.recv_window,
+            peer_window: self.peer_window,
+            peer_max_frame: self.peer_max_frame,
+            last_stream: self.last_stream,
+            head_sent: self.head_sent,
+            streams: self
+                .streams
+                .iter()
+                .map(|s| StreamImage {
+                    id: s.id,
+                    send_window: s.send_window,
+                    recv_window: s.recv_window,
+                    body_left: s.body_left,
+                    remote_closed: s.closed & REMOTE_CLOSED != 0,
+                    local_closed: s.closed & LOCAL_CLOSED != 0,
+                })
+                .collect(),
+            decoder: self.decoder.image(),
+        })
+    }
+
+    /// The connection `image` describes, open, with nothing queued: it goes on at the next
+    /// frame the peer sends. The image comes from another process: every field is held to
+    /// what a connection under `limits` could reach, and one that could not is refused.
+    pub fn import(image: Image, limits: &Limits) -> Result<Connection, &'static str> {
+        if image.advertised_window != Self::window(limits) as u32 {
+            return Err("an HTTP/2 connection advertised another initial window");
+        }
+        if !window_ok(image.send_window) || !window_ok(image.recv_window) {
+            return Err("an HTTP/2 connection window out of range");
+        }
+        if image.peer_window > frame::MAX_WINDOW {
+            return Err("an HTTP/2 peer window out of range");
+        }
+        if !(frame::DEFAULT_MAX_FRAME_SIZE..=frame::MAX_MAX_FRAME_SIZE)
+            .contains(&image.peer_max_frame)
+        {
+            return Err("an HTTP/2 peer frame size out of range");
+        }
+        if image.last_stream > frame::MAX_WINDOW
+            || (image.last_stream != 0 && image.last_stream.is_multiple_of(2))
+        {
+            return Err("an HTTP/2 stream id that is not a client's");
+        }
+        if image.streams.len() > limits.max_streams as usize {
+            return Err("more HTTP/2 streams than --h2-max-streams");
+        }
+        let mut streams = Vec::with_capacity(image.streams.len());
+        let mut previous = 0u32;
+        for s in &image.streams {
+            if s.id.is_multiple_of(2) || s.id <= previous || s.id > image.last_stream {
+                return Err("HTTP/2 stream ids out of order or never opened");
+            }
+            if !window_ok(s.send_window) || !window_ok(s.recv_window) {
+                return Err("an HTTP/2 stream window out of range");
+            }
+            if s.remote_closed && s.local_closed {
+                return Err("a closed HTTP/2 stream");
+            }
+            previous = s.id;
+            streams.push(StreamEntry {
+                id: s.id,
+                send_window: s.send_window,
+                recv_window: s.recv_window,
+                body_left: s.body_left,
+                closed: if s.remote_closed { REMOTE_CLOSED } else { 0 }
+                    | if s.local_closed { LOCAL_CLOSED } else { 0 },
+            });
+        }
+        let decoder = Decoder::from_image(image.decoder)?;
+        Ok(Connection {
+            partial: Vec::new(),
+            out: Vec::new(),
+            streams,
+            block: None,
+            decoder,
+            send_window: image.send_window,
+            recv_window: image.recv_window,
+            peer_window: image.peer_window,
+            peer_max_frame: image.peer_max_frame,
+            last_stream: image.last_stream,
+            // The flood windows start again: they count per window of seconds, and the
+            // other process's clock is not this one's.
+            flood: Flood::default(),
+            state: State::Open,
+            head_sent: image.head_sent,
+            // Not carried: a DATA frame that crossed a reset made before the hand-over gets
+            // STREAM_CLOSED, which costs the peer that one stream.
+            reset_last: 0,
+        })
     }
 
     /// Whether `bytes` (the first read of a plain connection) can be the start of the client
@@ -1336,6 +1506,148 @@ pub(crate) mod tests {
         }
     }
 
+    /// A connection with streams 1 and 3 open for our DATA, some of their windows spent,
+    /// and a HPACK table the peer filled: our limit of 0 is not acknowledged yet.
+    fn busy() -> Peer {
+        let mut p = Peer::fresh(Limits::default());
+        let mut hello = frame::PREFACE.to_vec();
+        hello.extend(raw(kind::SETTINGS, 0, 0, &[0, 5, 0, 0, 0x80, 0]));
+        p.feed(&hello).unwrap();
+        // Indexed with incremental indexing: a field that lands in the table.
+        let mut block = get("/stream");
+        block.extend_from_slice(b"\x40\x06x-kept\x0cin the table");
+        p.send(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &block,
+        )
+        .unwrap();
+        p.request(3, false).unwrap();
+        p.conn.send_head(1, &[0x88], false).unwrap();
+        p.conn.debit(1, 1000).unwrap();
+        p.conn.debit(3, 10).unwrap();
+        p.conn.take_output();
+        p
+    }
+
+    #[test]
+    fn a_connection_at_rest_goes_on_in_another_process_as_it_was() {
+        let mut p = busy();
+        let image = p.conn.export(&p.limits).unwrap();
+        assert_eq!(image.streams.len(), 2);
+        assert_eq!(image.peer_max_frame, 32_768);
+        assert_eq!(image.decoder.entries.len(), 1, "the table travels");
+        assert_eq!(image.decoder.pending, 0, "our SETTINGS wait for their ACK");
+        let mut q = Peer::fresh(p.limits.clone());
+        q.conn = Connection::import(image.clone(), &q.limits).unwrap();
+        assert_eq!(q.conn.export(&q.limits), Ok(image));
+        for c in [&p.conn, &q.conn] {
+            // The connection's window binds both: 1 010 bytes of it are spent.
+            assert_eq!(c.send_window(1), Some(65_535 - 1010));
+            assert_eq!(c.send_window(3), Some(65_535 - 1010));
+            assert_eq!(c.connection_window(), 65_535 - 1010);
+        }
+        // Both go on alike: a new stream whose head indexes the handed table; then our
+        // SETTINGS are acknowledged and the next block must empty it.
+        let mut block = get("/stream");
+        block.push(0x80 | 62); // the dynamic table's newest entry
+        for peer in [&mut p, &mut q] {
+            peer.send(kind::HEADERS, flag::END_HEADERS, 5, &block)
+                .unwrap();
+            match &peer.events[..] {
+                [Event::Request {
+                    stream: 5, head, ..
+                }] => {
+                    assert_eq!(head.field(b"x-kept"), Some(&b"in the table"[..]));
+                }
+                other => panic!("{other:?}"),
+            }
+            peer.send(kind::SETTINGS, flag::ACK, 0, &[]).unwrap();
+            assert_eq!(
+                peer.send(kind::HEADERS, flag::END_HEADERS, 7, &get("/")),
+                Err(ErrorCode::CompressionError),
+                "the shrink is due"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_connection_between_frames_with_nothing_queued_is_exported() {
+        let p = Peer::fresh(Limits::default());
+        assert_eq!(p.conn.export(&p.limits), Err(NotAtRest::NotOpen));
+        let mut p = Peer::open();
+        p.feed(&raw(kind::PING, 0, 0, &[0; 8])[..5]).unwrap();
+        assert_eq!(p.conn.export(&p.limits), Err(NotAtRest::MidFrame));
+        p.feed(&raw(kind::PING, 0, 0, &[0; 8])[5..]).unwrap();
+        assert_eq!(p.conn.export(&p.limits), Err(NotAtRest::Output));
+        p.conn.take_output();
+        assert!(p.conn.export(&p.limits).is_ok());
+        p.send(kind::HEADERS, 0, 1, &[0x20]).unwrap();
+        assert_eq!(p.conn.export(&p.limits), Err(NotAtRest::MidFrame));
+        let mut p = Peer::open();
+        p.conn.go_away();
+        p.conn.take_output();
+        assert_eq!(p.conn.export(&p.limits), Err(NotAtRest::NotOpen));
+    }
+
+    #[test]
+    fn an_image_no_connection_could_reach_is_refused() {
+        let p = busy();
+        let good = p.conn.export(&p.limits).unwrap();
+        let limits = Limits::default();
+        type Spoil = Box<dyn Fn(&mut Image)>;
+        let bad: Vec<(&str, Spoil)> = vec![
+            ("window", Box::new(|i| i.send_window = i32::MIN)),
+            ("recv window", Box::new(|i| i.recv_window = i32::MIN)),
+            ("advertised", Box::new(|i| i.advertised_window += 1)),
+            ("peer window", Box::new(|i| i.peer_window = u32::MAX)),
+            ("frame small", Box::new(|i| i.peer_max_frame = 100)),
+            ("frame large", Box::new(|i| i.peer_max_frame = 1 << 24)),
+            ("even last", Box::new(|i| i.last_stream = 4)),
+            ("last too high", Box::new(|i| i.last_stream = u32::MAX)),
+            ("order", Box::new(|i| i.streams.swap(0, 1))),
+            ("even id", Box::new(|i| i.streams[0].id = 2)),
+            ("after last", Box::new(|i| i.last_stream = 1)),
+            (
+                "stream window",
+                Box::new(|i| i.streams[1].send_window = i32::MIN),
+            ),
+            (
+                "closed",
+                Box::new(|i| {
+                    i.streams[0].remote_closed = true;
+                    i.streams[0].local_closed = true;
+                }),
+            ),
+            (
+                "too many",
+                Box::new(|i| {
+                    let s = i.streams[1];
+                    i.streams = (0..101)
+                        .map(|n| StreamImage { id: 2 * n + 1, ..s })
+                        .collect();
+                    i.last_stream = 201;
+                }),
+            ),
+            ("table size", Box::new(|i| i.decoder.max_size = 1 << 20)),
+            ("table limit", Box::new(|i| i.decoder.limit = 1 << 20)),
+            ("pending", Box::new(|i| i.decoder.pending = 1 << 20)),
+            (
+                "table over",
+                Box::new(|i| {
+                    i.decoder.entries.push((vec![b'a'; 4000], vec![b'b'; 100]));
+                }),
+            ),
+        ];
+        for (what, spoil) in bad {
+            let mut image = good.clone();
+            spoil(&mut image);
+            assert!(Connection::import(image, &limits).is_err(), "{what}");
+        }
+        assert!(Connection::import(good, &limits).is_ok());
+    }
+
     #[test]
     fn idle_footprint_fits_the_budget() {
         // Issue 28's budget: an idle h2c connection with one stream at most 512 B of user
@@ -1681,6 +1993,55 @@ pub(crate) mod tests {
                 0,
                 "nothing kept after a whole frame"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// An image from a hostile or broken predecessor: any fields. Import never panics,
+        /// and what it takes is a connection that gives the same image back.
+        #[test]
+        fn any_image_is_refused_or_taken_whole(
+            windows in proptest::array::uniform4(proptest::num::i32::ANY),
+            peer in proptest::array::uniform3(0u32..=(1 << 25)),
+            ids in proptest::collection::vec((0u32..64, proptest::num::i32::ANY, 0u8..4), 0..8),
+            entries in proptest::collection::vec((0usize..600, 0usize..600), 0..4),
+            sizes in proptest::array::uniform3(proptest::prop_oneof![0u32..5000, proptest::strategy::Just(u32::MAX)]),
+            flags in proptest::array::uniform2(proptest::bool::ANY),
+        ) {
+            let limits = Limits { max_streams: 4, ..Limits::default() };
+            let image = Image {
+                advertised_window: if peer[0] % 8 == 0 { 65_536 } else { 65_535 },
+                send_window: windows[0],
+                recv_window: windows[1],
+                peer_window: peer[1],
+                peer_max_frame: peer[2],
+                last_stream: peer[0] % 128,
+                head_sent: flags[0],
+                streams: ids
+                    .iter()
+                    .map(|&(id, w, closed)| StreamImage {
+                        id,
+                        send_window: w,
+                        recv_window: windows[2],
+                        body_left: windows[3] as u32,
+                        remote_closed: closed & 1 != 0,
+                        local_closed: closed & 2 != 0,
+                    })
+                    .collect(),
+                decoder: hpack::DecoderImage {
+                    entries: entries
+                        .iter()
+                        .map(|&(n, v)| (vec![b'n'; n], vec![b'v'; v]))
+                        .collect(),
+                    max_size: sizes[0],
+                    limit: sizes[1],
+                    pending: sizes[2],
+                    update_due: flags[1],
+                },
+            };
+            if let Ok(conn) = Connection::import(image.clone(), &limits) {
+                proptest::prop_assert_eq!(conn.export(&limits), Ok(image));
+            }
         }
     }
 }

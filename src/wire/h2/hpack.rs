@@ -244,6 +244,23 @@ impl Default for Decoder {
     }
 }
 
+/// A decoder's state, to go on in another process (the hand-over): its dynamic table,
+/// newest entry first, and where its size limits stand. [`Decoder::from_image`] judges it as
+/// peer input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecoderImage {
+    /// The dynamic table's entries as (name, value), newest first.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The table's maximum size, as the peer's last size update set it.
+    pub max_size: u32,
+    /// Our SETTINGS_HEADER_TABLE_SIZE in force.
+    pub limit: u32,
+    /// A limit advertised and not acknowledged yet (`u32::MAX`: none).
+    pub pending: u32,
+    /// The next block must begin with a size update.
+    pub update_due: bool,
+}
+
 impl Decoder {
     /// Records that we sent SETTINGS_HEADER_TABLE_SIZE `limit`; it applies once acknowledged.
     pub fn advertise(&mut self, limit: u32) {
@@ -275,6 +292,58 @@ impl Decoder {
     /// Whether the decoder holds any heap (a dynamic table).
     pub fn holds_table(&self) -> bool {
         self.table.is_some()
+    }
+
+    /// Its state, for [`Decoder::from_image`] in another process.
+    pub fn image(&self) -> DecoderImage {
+        DecoderImage {
+            entries: self
+                .table
+                .iter()
+                .flat_map(|t| t.entries.iter())
+                .map(|e| (e.name().to_vec(), e.value().to_vec()))
+                .collect(),
+            max_size: self.max_size,
+            limit: self.limit,
+            pending: self.pending,
+            update_due: self.update_due,
+        }
+    }
+
+    /// A decoder in the state `image` describes. The image comes from another process and is
+    /// held to what this decoder could ever reach: no size above the default table's (the
+    /// most we advertise), entries that fit the table's maximum size.
+    pub fn from_image(image: DecoderImage) -> Result<Decoder, &'static str> {
+        if image.max_size > DEFAULT_TABLE_SIZE || image.limit > DEFAULT_TABLE_SIZE {
+            return Err("an HPACK table size above the default");
+        }
+        if image.pending != u32::MAX && image.pending > DEFAULT_TABLE_SIZE {
+            return Err("an HPACK table size above the default");
+        }
+        let mut size = 0usize;
+        for (name, value) in &image.entries {
+            size = size
+                .checked_add(name.len())
+                .and_then(|s| s.checked_add(value.len()))
+                .and_then(|s| s.checked_add(ENTRY_OVERHEAD as usize))
+                .filter(|&s| s <= image.max_size as usize)
+                .ok_or("an HPACK table larger than its maximum size")?;
+        }
+        let mut decoder = Decoder {
+            table: None,
+            max_size: image.max_size,
+            limit: image.limit,
+            pending: image.pending,
+            update_due: image.update_due,
+        };
+        // Oldest first, so that the newest ends in front, as they were.
+        for (name, value) in image.entries.into_iter().rev() {
+            let mut bytes = name;
+            let name_len = bytes.len();
+            bytes.extend_from_slice(&value);
+            decoder.insert(&bytes, name_len);
+        }
+        Ok(decoder)
     }
 
     /// Decodes one complete header block into `out` (cleared first).
