@@ -432,9 +432,9 @@ impl Shard {
             .collect();
     }
 
-    /// Answers a stream request beyond capacity: its stream `head` (unless it was sent
-    /// already), `: shed`, a long jittered `retry:`, then close.
-    pub(super) fn shed(&mut self, key: usize, head: Option<Bytes>, refusal: Refusal) {
+    /// Counts a shed stream and picks its `retry:`: long and jittered at capacity, the plain
+    /// one while draining (whatever protocol carries the stream).
+    pub(super) fn shed_retry(&mut self, refusal: Refusal) -> u64 {
         self.counters.add(Stat::Shed, 1);
         if refusal == Refusal::TopicsFull {
             self.counters.add(Stat::TopicBudgetShed, 1);
@@ -443,7 +443,13 @@ impl Shard {
             Refusal::Draining => 1,
             Refusal::NodeFull | Refusal::AddressFull | Refusal::TopicsFull => SHED_RETRY_FACTOR,
         };
-        let retry = self.jitter(self.config.retry_ms * factor);
+        self.jitter(self.config.retry_ms * factor)
+    }
+
+    /// Answers a stream request beyond capacity: its stream `head` (unless it was sent
+    /// already), `: shed`, a long jittered `retry:`, then close.
+    pub(super) fn shed(&mut self, key: usize, head: Option<Bytes>, refusal: Refusal) {
+        let retry = self.shed_retry(refusal);
         if let Some(head) = head {
             self.queue(key, head);
         }

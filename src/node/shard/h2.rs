@@ -384,15 +384,7 @@ impl Shard {
         let Via::Http2(id) = via else {
             return self.shed(key, Some(head), refusal);
         };
-        self.counters.add(Stat::Shed, 1);
-        if refusal == Refusal::TopicsFull {
-            self.counters.add(Stat::TopicBudgetShed, 1);
-        }
-        let factor = match refusal {
-            Refusal::Draining => 1,
-            Refusal::NodeFull | Refusal::AddressFull | Refusal::TopicsFull => SHED_RETRY_FACTOR,
-        };
-        let retry = self.jitter(self.config.retry_ms * factor);
+        let retry = self.shed_retry(refusal);
         self.send_h2(key, id, Some(&head), sse::encode_shed(retry), true);
     }
 
